@@ -1,0 +1,20 @@
+//! `POST /api/tenants`: create a tenant (registry row, database, migrations), answer 201.
+
+use lambda_http::{http::Method, run, service_fn, Body, Error, Request, Response};
+use shared::{api, Database};
+
+async fn handler(db: &Database, req: Request) -> Result<Response<Body>, Error> {
+    let request_id = http_support::request_id(&req);
+    let outcome = match *req.method() {
+        Method::POST => api::create(db, http_support::body_bytes(&req)).await,
+        _ => api::route_not_found(),
+    };
+    http_support::log_request(&req, &request_id, outcome.status);
+    Ok(http_support::respond(outcome, &request_id))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let db = http_support::init("create-tenant")?;
+    run(service_fn(|req| handler(&db, req))).await
+}

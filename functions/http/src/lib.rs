@@ -1,0 +1,90 @@
+//! What the HTTP functions share: start-up (tracing, configuration, the sandbox's database
+//! handle) and the translation between `lambda_http` and `shared::api`.
+
+use lambda_http::{
+    http::{header, HeaderValue, StatusCode},
+    Body, Error, Request, RequestExt, Response,
+};
+use shared::{api::ApiResponse, Config, Database};
+
+pub use shared::api::MAX_BODY_BYTES;
+
+/// Tracing (JSON when `AWS_LAMBDA_LOG_FORMAT=JSON`), configuration and the database handle.
+/// Fails at start-up, naming what is missing, rather than on the first request.
+pub fn init(function_name: &str) -> Result<Database, Error> {
+    lambda_http::tracing::init_default_subscriber();
+    let config =
+        Config::from_env().inspect_err(|e| tracing::error!(error = %e, "bad configuration"))?;
+    let db = Database::new(config, function_name)
+        .inspect_err(|e| tracing::error!(error = %e, "bad configuration"))?;
+    Ok(db)
+}
+
+/// The id of this invocation (the Lambda request id), returned in `x-request-id`.
+pub fn request_id(req: &Request) -> String {
+    req.lambda_context_ref()
+        .map(|c| c.request_id.clone())
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The raw body bytes, whatever the event encoded (text or base64).
+pub fn body_bytes(req: &Request) -> &[u8] {
+    req.body().as_ref()
+}
+
+/// The `{slug}` path parameter, or the last path segment when the router gave none.
+pub fn slug_param(req: &Request) -> Option<String> {
+    if let Some(slug) = req.path_parameters_ref().and_then(|p| p.first("slug")) {
+        return Some(slug.to_owned());
+    }
+    let path = req.uri().path().trim_end_matches('/');
+    let (prefix, last) = path.rsplit_once('/')?;
+    prefix.ends_with("/tenants").then(|| last.to_owned())
+}
+
+/// Query parameters as (name, value) pairs, each name as many times as it was given.
+pub fn query_pairs(req: &Request) -> Vec<(String, String)> {
+    let params = req.query_string_parameters();
+    let mut pairs = Vec::new();
+    for (key, _) in params.iter() {
+        if pairs.iter().any(|(k, _): &(String, String)| k == key) {
+            continue;
+        }
+        for value in params.all(key).unwrap_or_default() {
+            pairs.push((key.to_owned(), value.to_owned()));
+        }
+    }
+    pairs
+}
+
+/// JSON response carrying the request id (header, and inside error bodies).
+pub fn respond(api: ApiResponse, request_id: &str) -> Response<Body> {
+    let mut body = api.body;
+    if let Some(error) = body.get_mut("error").and_then(|e| e.as_object_mut()) {
+        error.insert("request_id".into(), request_id.into());
+    }
+    let status = StatusCode::from_u16(api.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = Response::new(Body::Text(body.to_string()));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", v);
+    }
+    resp
+}
+
+/// Logs one line per request with what a reader needs to follow it.
+pub fn log_request(req: &Request, request_id: &str, status: u16) {
+    tracing::info!(
+        request_id,
+        method = %req.method(),
+        path = %req.uri().path(),
+        status,
+        "request"
+    );
+}

@@ -1,0 +1,530 @@
+//! The HTTP contract without an HTTP library: request parsing (bodies, query strings, path
+//! slugs) and the one place where operation errors become status codes and error bodies.
+//!
+//! Error bodies never carry SQL, host names, stack traces or secrets: the cause chain of a
+//! 5xx goes to the log, the client gets a fixed sentence.
+
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use tracing::error;
+
+use crate::{
+    db::Database,
+    domain::{NewTenant, Slug, TenantName, TenantStatus},
+    tenants::{
+        self, CreateTenantError, Cursor, DeleteTenantError, FieldError, GetTenantError, ListQuery,
+        ListTenantsError, LIST_MAX_LIMIT,
+    },
+};
+
+/// Largest request body accepted (bytes); larger is 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    ValidationError,
+    NotFound,
+    Conflict,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    InternalError,
+}
+
+impl ErrorCode {
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::ValidationError => 400,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Conflict => 409,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::ServiceUnavailable => 503,
+            ErrorCode::InternalError => 500,
+        }
+    }
+}
+
+/// An error as the client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub details: Vec<FieldError>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+
+    pub fn validation(message: impl Into<String>, details: Vec<FieldError>) -> Self {
+        ApiError {
+            code: ErrorCode::ValidationError,
+            message: message.into(),
+            details,
+        }
+    }
+
+    fn unavailable(log_detail: &str) -> Self {
+        error!(cause = %log_detail, "dependency unavailable");
+        ApiError::new(
+            ErrorCode::ServiceUnavailable,
+            "The tenant database service is temporarily unavailable; retry later",
+        )
+    }
+
+    fn internal(cause: &anyhow::Error, message: &str) -> Self {
+        error!(cause = %format!("{cause:#}"), "request failed");
+        ApiError::new(ErrorCode::InternalError, message)
+    }
+
+    pub fn payload_too_large() -> Self {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("Request body exceeds {MAX_BODY_BYTES} bytes"),
+        )
+    }
+
+    pub fn into_response(self) -> ApiResponse {
+        let mut error = Map::new();
+        error.insert("code".into(), json!(self.code));
+        error.insert("message".into(), json!(self.message));
+        if !self.details.is_empty() {
+            error.insert("details".into(), json!(self.details));
+        }
+        ApiResponse {
+            status: self.code.status(),
+            body: json!({ "error": error }),
+        }
+    }
+}
+
+/// Status and JSON body; the function crates turn it into an HTTP response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiResponse {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl ApiResponse {
+    fn ok(status: u16, body: impl Serialize) -> ApiResponse {
+        match serde_json::to_value(body) {
+            Ok(body) => ApiResponse { status, body },
+            Err(e) => ApiError::internal(&e.into(), "Unexpected error").into_response(),
+        }
+    }
+}
+
+impl From<Result<ApiResponse, ApiError>> for ApiResponse {
+    fn from(r: Result<ApiResponse, ApiError>) -> Self {
+        r.unwrap_or_else(ApiError::into_response)
+    }
+}
+
+// ---- the one mapping from operation errors to the contract ---------------------------------
+
+impl From<CreateTenantError> for ApiError {
+    fn from(e: CreateTenantError) -> Self {
+        match e {
+            CreateTenantError::Validation { message, details } => {
+                ApiError::validation(message, details)
+            }
+            CreateTenantError::Conflict(slug) | CreateTenantError::DatabaseExists(slug) => {
+                ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("Tenant with slug '{slug}' already exists"),
+                )
+            }
+            CreateTenantError::Busy(slug) => ApiError::new(
+                ErrorCode::Conflict,
+                format!("Tenant '{slug}' is being changed by another operation; retry later"),
+            ),
+            CreateTenantError::Unavailable(m) => ApiError::unavailable(&m),
+            CreateTenantError::Unexpected(cause) => ApiError::internal(
+                &cause,
+                "Provisioning failed; nothing was kept and the request can be retried",
+            ),
+        }
+    }
+}
+
+impl From<GetTenantError> for ApiError {
+    fn from(e: GetTenantError) -> Self {
+        match e {
+            GetTenantError::NotFound(slug) => not_found(slug.as_ref()),
+            GetTenantError::Unavailable(m) => ApiError::unavailable(&m),
+            GetTenantError::Unexpected(cause) => ApiError::internal(&cause, "Unexpected error"),
+        }
+    }
+}
+
+impl From<ListTenantsError> for ApiError {
+    fn from(e: ListTenantsError) -> Self {
+        match e {
+            ListTenantsError::Unavailable(m) => ApiError::unavailable(&m),
+            ListTenantsError::Unexpected(cause) => ApiError::internal(&cause, "Unexpected error"),
+        }
+    }
+}
+
+impl From<DeleteTenantError> for ApiError {
+    fn from(e: DeleteTenantError) -> Self {
+        match e {
+            DeleteTenantError::NotFound(slug) => not_found(slug.as_ref()),
+            DeleteTenantError::Provisioning(slug) => ApiError::new(
+                ErrorCode::Conflict,
+                format!("Tenant '{slug}' is still being provisioned; retry later"),
+            ),
+            DeleteTenantError::Busy(slug) => ApiError::new(
+                ErrorCode::Conflict,
+                format!("Tenant '{slug}' is being changed by another operation; retry later"),
+            ),
+            DeleteTenantError::Unavailable(m) => ApiError::unavailable(&m),
+            DeleteTenantError::Unexpected(cause) => ApiError::internal(&cause, "Unexpected error"),
+        }
+    }
+}
+
+fn not_found(slug: Option<&Slug>) -> ApiError {
+    match slug {
+        Some(slug) => ApiError::new(ErrorCode::NotFound, format!("Tenant '{slug}' not found")),
+        None => ApiError::new(ErrorCode::NotFound, "Tenant not found"),
+    }
+}
+
+// ---- request parsing ----------------------------------------------------------------------
+
+/// Parses a create body: a JSON object with exactly `name` and `slug`, both strings.
+/// Every problem is reported with its field; nothing reaches SQL unless all is well.
+pub fn parse_create_body(body: &[u8]) -> Result<NewTenant, CreateTenantError> {
+    let invalid = |message: &str, details: Vec<FieldError>| CreateTenantError::Validation {
+        message: message.to_owned(),
+        details,
+    };
+    if body.len() > MAX_BODY_BYTES {
+        // Callers check first; kept here so that the rule holds for every caller.
+        return Err(invalid(
+            "Request body too large",
+            vec![FieldError::new("body", "too large")],
+        ));
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(invalid(
+            "Request body is required",
+            vec![FieldError::new(
+                "body",
+                "must be a JSON object with `name` and `slug`",
+            )],
+        ));
+    }
+    let text = std::str::from_utf8(body).map_err(|e| {
+        invalid(
+            "Request body is not valid UTF-8",
+            vec![FieldError::new(
+                "body",
+                format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+            )],
+        )
+    })?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        invalid(
+            "Request body is not valid JSON",
+            vec![FieldError::new(
+                "body",
+                format!("invalid JSON at line {} column {}", e.line(), e.column()),
+            )],
+        )
+    })?;
+    let Value::Object(mut fields) = value else {
+        return Err(invalid(
+            "Request body must be a JSON object",
+            vec![FieldError::new(
+                "body",
+                format!("expected an object, got {}", json_type(&value)),
+            )],
+        ));
+    };
+
+    let mut details = Vec::new();
+    let mut text_field = |name: &str| match fields.remove(name) {
+        None => {
+            details.push(FieldError::new(name, "is required"));
+            None
+        }
+        Some(Value::Null) => {
+            details.push(FieldError::new(name, "must not be null"));
+            None
+        }
+        Some(Value::String(s)) => Some(s),
+        Some(other) => {
+            details.push(FieldError::new(
+                name,
+                format!("must be a string, got {}", json_type(&other)),
+            ));
+            None
+        }
+    };
+    let name = text_field("name");
+    let slug = text_field("slug");
+    let mut unknown: Vec<String> = fields.keys().cloned().collect();
+    unknown.sort();
+    for field in unknown {
+        let shown: String = field.chars().take(64).collect();
+        details.push(FieldError::new(shown, "unknown field"));
+    }
+
+    let name = name.and_then(|n| {
+        TenantName::parse(&n)
+            .map_err(|e| details.push(FieldError::new("name", e.to_string())))
+            .ok()
+    });
+    let slug = slug.and_then(|s| {
+        Slug::parse(&s)
+            .map_err(|e| details.push(FieldError::new("slug", e.to_string())))
+            .ok()
+    });
+    match (name, slug) {
+        (Some(name), Some(slug)) if details.is_empty() => Ok(NewTenant { name, slug }),
+        _ => {
+            let message = match details.as_slice() {
+                [only] if only.field == "slug" => "Invalid slug format",
+                [only] if only.field == "name" => "Invalid name",
+                _ => "Invalid request body",
+            };
+            Err(invalid(message, details))
+        }
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Parses `status`, `limit` and `cursor`; any other parameter is refused (a typo such as
+/// `?staus=active` would otherwise silently list everything).
+pub fn parse_list_query<'a>(
+    params: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<ListQuery, ApiError> {
+    let mut q = ListQuery::default();
+    let mut details = Vec::new();
+    let mut seen = Vec::new();
+    for (key, value) in params {
+        if seen.contains(&key) {
+            details.push(FieldError::new(clip(key), "given more than once"));
+            continue;
+        }
+        seen.push(key);
+        match key {
+            "status" => match TenantStatus::parse(value) {
+                Some(s) => q.status = Some(s),
+                None => details.push(FieldError::new(
+                    "status",
+                    "must be one of provisioning, active, deleted",
+                )),
+            },
+            "limit" => match value.parse::<i64>() {
+                Ok(n) if (1..=LIST_MAX_LIMIT).contains(&n) => q.limit = n,
+                _ => details.push(FieldError::new(
+                    "limit",
+                    format!("must be a whole number from 1 to {LIST_MAX_LIMIT}"),
+                )),
+            },
+            "cursor" => match Cursor::decode(value) {
+                Some(c) => q.cursor = Some(c),
+                None => details.push(FieldError::new(
+                    "cursor",
+                    "is not a cursor returned by this API (use next_cursor as given)",
+                )),
+            },
+            other => details.push(FieldError::new(clip(other), "unknown query parameter")),
+        }
+    }
+    if details.is_empty() {
+        Ok(q)
+    } else {
+        Err(ApiError::validation("Invalid query parameters", details))
+    }
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// A slug taken from the path. One that cannot be valid cannot exist: 404, no SQL.
+fn path_slug(raw: Option<&str>) -> Result<Slug, Option<Slug>> {
+    raw.and_then(|s| Slug::parse(s).ok()).ok_or(None)
+}
+
+// ---- the operations, as the handlers call them --------------------------------------------
+
+/// `POST /api/tenants`.
+pub async fn create(db: &Database, body: &[u8]) -> ApiResponse {
+    let result: Result<ApiResponse, ApiError> = async {
+        if body.len() > MAX_BODY_BYTES {
+            return Err(ApiError::payload_too_large());
+        }
+        let new = parse_create_body(body)?;
+        let tenant = tenants::create_tenant(db, &new).await?;
+        Ok(ApiResponse::ok(201, tenant))
+    }
+    .await;
+    result.into()
+}
+
+/// `GET /api/tenants`.
+pub async fn list<'a>(
+    db: &Database,
+    params: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> ApiResponse {
+    let result: Result<ApiResponse, ApiError> = async {
+        let q = parse_list_query(params)?;
+        let page = tenants::list_tenants(db, &q).await?;
+        Ok(ApiResponse::ok(200, page))
+    }
+    .await;
+    result.into()
+}
+
+/// `GET /api/tenants/{slug}`.
+pub async fn get(db: &Database, slug: Option<&str>) -> ApiResponse {
+    let result: Result<ApiResponse, ApiError> = async {
+        let slug = path_slug(slug).map_err(GetTenantError::NotFound)?;
+        let tenant = tenants::get_tenant(db, &slug).await?;
+        Ok(ApiResponse::ok(200, tenant))
+    }
+    .await;
+    result.into()
+}
+
+/// `DELETE /api/tenants/{slug}`.
+pub async fn delete(db: &Database, slug: Option<&str>) -> ApiResponse {
+    let result: Result<ApiResponse, ApiError> = async {
+        let slug = path_slug(slug).map_err(DeleteTenantError::NotFound)?;
+        let tenant = tenants::delete_tenant(db, &slug).await?;
+        Ok(ApiResponse::ok(200, tenant))
+    }
+    .await;
+    result.into()
+}
+
+/// Bodies for requests that reach a function on a method or path it does not serve.
+pub fn route_not_found() -> ApiResponse {
+    ApiError::new(ErrorCode::NotFound, "No such route").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn details(e: CreateTenantError) -> Vec<(String, String)> {
+        match e {
+            CreateTenantError::Validation { details, .. } => {
+                details.into_iter().map(|d| (d.field, d.message)).collect()
+            }
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    fn fields(body: &str) -> Vec<String> {
+        details(parse_create_body(body.as_bytes()).unwrap_err())
+            .into_iter()
+            .map(|d| d.0)
+            .collect()
+    }
+
+    #[test]
+    fn valid_body_parses() {
+        let t = parse_create_body(br#"{"name": " Acme Corp ", "slug": "acme"}"#).unwrap();
+        assert_eq!((t.name.as_str(), t.slug.as_str()), ("Acme Corp", "acme"));
+    }
+
+    #[test]
+    fn each_problem_names_its_field() {
+        assert_eq!(fields(r#"{"name": "A"}"#), ["slug"]);
+        assert_eq!(fields(r#"{"slug": "acme"}"#), ["name"]);
+        assert_eq!(fields(r#"{"name": null, "slug": 5}"#), ["name", "slug"]);
+        assert_eq!(
+            fields(r#"{"name": "A", "slug": "acme", "zz": 1, "admin": true}"#),
+            ["admin", "zz"]
+        );
+        assert_eq!(fields(r#"{"name": "A", "slug": "Acme"}"#), ["slug"]);
+        assert_eq!(fields(r#"{"name": "", "slug": "acme"}"#), ["name"]);
+        assert_eq!(fields(r#"[]"#), ["body"]);
+        assert_eq!(fields(r#"{"name": "#), ["body"]);
+        assert_eq!(fields(""), ["body"]);
+        assert_eq!(
+            details(parse_create_body(b"{\"name\": \"\xff\"}").unwrap_err())[0].0,
+            "body"
+        );
+    }
+
+    #[test]
+    fn slug_message_says_which_rule_failed() {
+        let d = details(parse_create_body(br#"{"name": "A", "slug": "ab"}"#).unwrap_err());
+        assert!(d[0].1.contains("between 3 and 48"), "{d:?}");
+        let d = details(parse_create_body(br#"{"name": "A", "slug": "1ab"}"#).unwrap_err());
+        assert!(d[0].1.contains("start with a lowercase letter"), "{d:?}");
+    }
+
+    #[test]
+    fn error_codes_map_to_statuses() {
+        assert_eq!(ErrorCode::ValidationError.status(), 400);
+        assert_eq!(ErrorCode::NotFound.status(), 404);
+        assert_eq!(ErrorCode::Conflict.status(), 409);
+        assert_eq!(ErrorCode::PayloadTooLarge.status(), 413);
+        assert_eq!(ErrorCode::ServiceUnavailable.status(), 503);
+        assert_eq!(ErrorCode::InternalError.status(), 500);
+        let r = ApiError::new(ErrorCode::Conflict, "x").into_response();
+        assert_eq!(
+            r.body,
+            json!({"error": {"code": "CONFLICT", "message": "x"}})
+        );
+    }
+
+    #[test]
+    fn unavailable_and_internal_errors_hide_their_cause() {
+        let r = ApiError::from(CreateTenantError::Unavailable(
+            "connect to db.internal:5432 refused".into(),
+        ))
+        .into_response();
+        assert_eq!(r.status, 503);
+        assert!(!r.body.to_string().contains("db.internal"));
+        let r = ApiError::from(CreateTenantError::Unexpected(anyhow::anyhow!(
+            "syntax error at SELECT"
+        )))
+        .into_response();
+        assert_eq!(r.status, 500);
+        assert!(!r.body.to_string().contains("SELECT"));
+    }
+
+    #[test]
+    fn list_query_rules() {
+        assert_eq!(parse_list_query([]).unwrap(), ListQuery::default());
+        let q = parse_list_query([("status", "active"), ("limit", "500")]).unwrap();
+        assert_eq!((q.status, q.limit), (Some(TenantStatus::Active), 500));
+        for bad in [
+            vec![("limit", "0")],
+            vec![("limit", "501")],
+            vec![("limit", "ten")],
+            vec![("status", "gone")],
+            vec![("cursor", "nope")],
+            vec![("sort", "name")],
+            vec![("limit", "5"), ("limit", "6")],
+        ] {
+            let e = parse_list_query(bad.clone()).unwrap_err();
+            assert_eq!(e.code, ErrorCode::ValidationError, "{bad:?}");
+            assert_eq!(e.details.len(), 1, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,745 @@
+//! migrate-all: bring the system database and every active tenant database to the latest
+//! migration, tenant by tenant, with bounded concurrency, and report what happened to each.
+//!
+//! Safety rules:
+//! - one run per fleet (advisory lock; a second run ends at once with `already_running`);
+//! - one tenant at a time per tenant (the tenant lock that create and delete also take);
+//! - a failing tenant is rolled back to its last good version (refinery runs each migration
+//!   in its own transaction), reported, and the run goes on;
+//! - released migrations are immutable: a history that disagrees with the embedded files
+//!   (changed checksum, or a version that no longer exists) fails that tenant, with the reason.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use futures_util::{stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::{error::SqlState, Client};
+use tracing::{error, info, warn};
+use uuid::Uuid;
+
+use crate::{
+    db::{error_chain, is_unavailable, Database, DbError},
+    domain::Slug,
+    locks::{self, Lock},
+    migrations::{self, HISTORY_TABLE},
+};
+
+/// Default number of tenants migrated at once (one connection each, plus one to the
+/// system database): sized for a small RDS instance (`db.t4g.micro` allows about 80).
+pub const DEFAULT_CONCURRENCY: usize = 10;
+pub const MAX_CONCURRENCY: usize = 64;
+
+/// The invocation event. Unknown fields are ignored, so that an EventBridge event is
+/// accepted as is.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MigrateAllRequest {
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Limit the run to these tenants.
+    #[serde(default)]
+    pub slugs: Option<Vec<String>>,
+    /// Override `MIGRATE_CONCURRENCY` for this run.
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantOutcome {
+    /// Pending migrations were applied.
+    Migrated,
+    /// Nothing was pending.
+    UpToDate,
+    /// Dry run: migrations are pending (listed in `pending`).
+    Pending,
+    /// Could not be migrated (see `error`); left at its last good version.
+    Failed,
+    /// Not migrated by design: named in `slugs` but not active, or unknown.
+    Skipped,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantReport {
+    pub slug: String,
+    pub status: TenantOutcome,
+    pub from_version: Option<i64>,
+    pub to_version: Option<i64>,
+    pub applied: Vec<i64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<i64>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub migrated: usize,
+    pub up_to_date: usize,
+    pub pending: usize,
+    pub failed: usize,
+    pub skipped: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Completed,
+    /// Another run holds the fleet lock; this one did nothing.
+    AlreadyRunning,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemReport {
+    pub applied: Vec<i64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrateAllReport {
+    pub run_id: Uuid,
+    pub status: RunStatus,
+    pub dry_run: bool,
+    pub latest_version: i64,
+    pub concurrency: usize,
+    pub system: Option<SystemReport>,
+    pub counts: Counts,
+    pub tenants: Vec<TenantReport>,
+    pub duration_ms: u64,
+}
+
+impl MigrateAllReport {
+    pub fn failed_slugs(&self) -> Vec<&str> {
+        self.tenants
+            .iter()
+            .filter(|t| t.status == TenantOutcome::Failed)
+            .map(|t| t.slug.as_str())
+            .collect()
+    }
+
+    /// One sentence for the invocation error when tenants failed.
+    pub fn failure_summary(&self) -> String {
+        let c = &self.counts;
+        format!(
+            "{} of {} tenants failed to migrate ({}); migrated {}, up to date {}, skipped {}; run {}",
+            c.failed,
+            self.tenants.len(),
+            self.failed_slugs().join(", "),
+            c.migrated,
+            c.up_to_date,
+            c.skipped,
+            self.run_id
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateAllError {
+    #[error("invalid event: {0}")]
+    InvalidRequest(String),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("system database migration failed: {0}")]
+    SystemMigration(String),
+    #[error("migrate-all failed: {0}")]
+    Unexpected(String),
+}
+
+impl From<DbError> for MigrateAllError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Unavailable(m) => MigrateAllError::Unavailable(m),
+            other => MigrateAllError::Unexpected(error_chain(&other)),
+        }
+    }
+}
+
+impl MigrateAllError {
+    /// The `errorType` Lambda reports.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            MigrateAllError::InvalidRequest(_) => "InvalidRequest",
+            MigrateAllError::Unavailable(_) => "DatabaseUnavailable",
+            MigrateAllError::SystemMigration(_) => "SystemMigrationFailed",
+            MigrateAllError::Unexpected(_) => "Unexpected",
+        }
+    }
+}
+
+struct TenantRow {
+    slug: String,
+    database_name: String,
+}
+
+/// Runs migrate-all. `default_concurrency` comes from `MIGRATE_CONCURRENCY`.
+pub async fn migrate_all(
+    db: &Database,
+    req: &MigrateAllRequest,
+    default_concurrency: usize,
+) -> Result<MigrateAllReport, MigrateAllError> {
+    let started = Instant::now();
+    let run_id = Uuid::new_v4();
+    let concurrency = req.concurrency.unwrap_or(default_concurrency);
+    if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
+        return Err(MigrateAllError::InvalidRequest(format!(
+            "concurrency must be from 1 to {MAX_CONCURRENCY}, got {concurrency}"
+        )));
+    }
+    let slugs = match &req.slugs {
+        None => None,
+        Some(list) => {
+            let mut parsed = Vec::new();
+            let mut bad = Vec::new();
+            for s in list {
+                match Slug::parse(s) {
+                    Ok(slug) => parsed.push(slug.as_str().to_owned()),
+                    Err(e) => {
+                        bad.push(format!("{:?}: {e}", s.chars().take(64).collect::<String>()))
+                    }
+                }
+            }
+            if !bad.is_empty() {
+                return Err(MigrateAllError::InvalidRequest(format!(
+                    "invalid slugs: {}",
+                    bad.join("; ")
+                )));
+            }
+            Some(parsed)
+        }
+    };
+    let latest_version = migrations::latest_tenant_version();
+    let mut report = MigrateAllReport {
+        run_id,
+        status: RunStatus::Completed,
+        dry_run: req.dry_run,
+        latest_version,
+        concurrency,
+        system: None,
+        counts: Counts::default(),
+        tenants: Vec::new(),
+        duration_ms: 0,
+    };
+    info!(%run_id, dry_run = req.dry_run, concurrency, latest_version, "migrate-all started");
+
+    // The system database first. A dry run only reports what is pending.
+    let system = if req.dry_run {
+        system_pending(db).await?
+    } else {
+        let applied = migrations::migrate_system(db).await.map_err(|e| match e {
+            DbError::Unavailable(m) => MigrateAllError::Unavailable(m),
+            other => MigrateAllError::SystemMigration(error_chain(&other)),
+        })?;
+        SystemReport {
+            applied,
+            pending: Vec::new(),
+        }
+    };
+    report.system = Some(system);
+
+    let sys = db.system().await?;
+    // One run per fleet. A dry run changes nothing and needs no lock.
+    let fleet_lock = if req.dry_run {
+        None
+    } else {
+        match locks::try_acquire(&sys, Lock::Fleet).await? {
+            Some(lock) => Some(lock),
+            None => {
+                info!(%run_id, "another migrate-all run is in progress; this one stops here");
+                report.status = RunStatus::AlreadyRunning;
+                report.duration_ms = started.elapsed().as_millis() as u64;
+                return Ok(report);
+            }
+        }
+    };
+
+    let result = run_tenants(
+        db,
+        &sys,
+        req.dry_run,
+        slugs.as_deref(),
+        concurrency,
+        &mut report,
+    )
+    .await;
+    if let Some(lock) = fleet_lock {
+        locks::release(&sys, lock).await;
+    }
+    result?;
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    info!(
+        %run_id,
+        migrated = report.counts.migrated,
+        up_to_date = report.counts.up_to_date,
+        pending = report.counts.pending,
+        failed = report.counts.failed,
+        skipped = report.counts.skipped,
+        duration_ms = report.duration_ms,
+        "migrate-all finished"
+    );
+    Ok(report)
+}
+
+async fn system_pending(db: &Database) -> Result<SystemReport, MigrateAllError> {
+    let client = db.system().await?;
+    let history = read_history(&client).await.map_err(DbError::from)?;
+    let applied: Vec<i64> = history.iter().map(|h| h.version).collect();
+    let pending = migrations::system_runner()
+        .get_migrations()
+        .iter()
+        .map(|m| i64::from(m.version()))
+        .filter(|v| !applied.contains(v))
+        .collect();
+    Ok(SystemReport {
+        applied: Vec::new(),
+        pending,
+    })
+}
+
+async fn run_tenants(
+    db: &Database,
+    sys: &Client,
+    dry_run: bool,
+    slugs: Option<&[String]>,
+    concurrency: usize,
+    report: &mut MigrateAllReport,
+) -> Result<(), MigrateAllError> {
+    let rows = match slugs {
+        None => sys
+            .query(
+                "SELECT slug, database_name FROM tenants WHERE status = 'active' ORDER BY created_at, id",
+                &[],
+            )
+            .await,
+        Some(slugs) => sys
+            .query(
+                "SELECT slug, database_name FROM tenants \
+                 WHERE status = 'active' AND slug = ANY($1) ORDER BY created_at, id",
+                &[&slugs],
+            )
+            .await,
+    }
+    .map_err(DbError::from)?;
+    let tenants: Vec<TenantRow> = rows
+        .iter()
+        .map(|r| {
+            Ok(TenantRow {
+                slug: r.try_get(0)?,
+                database_name: r.try_get(1)?,
+            })
+        })
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(DbError::from)?;
+
+    let expected = ExpectedHistory::new();
+    let lock_wait = db.config().lock_timeout;
+    let mut results: Vec<TenantReport> = stream::iter(tenants.iter())
+        .map(|t| migrate_tenant(db, sys, t, dry_run, &expected, lock_wait))
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+
+    // Named slugs that are not active tenants are reported, not silently dropped.
+    if let Some(slugs) = slugs {
+        for slug in slugs {
+            if !tenants.iter().any(|t| &t.slug == slug) && !results.iter().any(|r| &r.slug == slug)
+            {
+                results.push(TenantReport {
+                    slug: slug.clone(),
+                    status: TenantOutcome::Skipped,
+                    from_version: None,
+                    to_version: None,
+                    applied: Vec::new(),
+                    pending: Vec::new(),
+                    error: Some("not an active tenant".into()),
+                    duration_ms: 0,
+                });
+            }
+        }
+    }
+    // Report in registry order (oldest first), whatever order they finished in.
+    let order: BTreeMap<&str, usize> = tenants
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.slug.as_str(), i))
+        .collect();
+    results.sort_by_key(|r| order.get(r.slug.as_str()).copied().unwrap_or(usize::MAX));
+    for r in &results {
+        match r.status {
+            TenantOutcome::Migrated => report.counts.migrated += 1,
+            TenantOutcome::UpToDate => report.counts.up_to_date += 1,
+            TenantOutcome::Pending => report.counts.pending += 1,
+            TenantOutcome::Failed => report.counts.failed += 1,
+            TenantOutcome::Skipped => report.counts.skipped += 1,
+        }
+    }
+    report.tenants = results;
+    Ok(())
+}
+
+/// One row of refinery's history table, read as text so that a damaged row is reported
+/// rather than trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HistoryRow {
+    version: i64,
+    name: String,
+    checksum: String,
+}
+
+async fn read_history(client: &Client) -> Result<Vec<HistoryRow>, tokio_postgres::Error> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&HISTORY_TABLE])
+        .await?
+        .try_get(0)?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            &format!(
+                "SELECT version::bigint, name::text, checksum::text FROM {HISTORY_TABLE} ORDER BY version"
+            ),
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(HistoryRow {
+                version: r.try_get(0)?,
+                name: r.try_get::<_, Option<String>>(1)?.unwrap_or_default(),
+                checksum: r.try_get::<_, Option<String>>(2)?.unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// The embedded tenant migrations as a history would record them.
+struct ExpectedHistory {
+    rows: Vec<HistoryRow>,
+}
+
+/// How a tenant's history compares with the embedded migrations.
+#[derive(Debug, PartialEq, Eq)]
+enum HistoryCheck {
+    Current,
+    Pending(Vec<i64>),
+    Diverged(String),
+}
+
+impl ExpectedHistory {
+    fn new() -> Self {
+        let rows = migrations::tenant_migrations()
+            .iter()
+            .map(|m| HistoryRow {
+                version: i64::from(m.version()),
+                name: m.name().to_owned(),
+                checksum: m.checksum().to_string(),
+            })
+            .collect();
+        ExpectedHistory { rows }
+    }
+
+    fn check(&self, applied: &[HistoryRow]) -> HistoryCheck {
+        for row in applied {
+            match self.rows.iter().find(|e| e.version == row.version) {
+                None => {
+                    return HistoryCheck::Diverged(format!(
+                        "applied migration V{} ({}) is not among the released migrations",
+                        row.version, row.name
+                    ))
+                }
+                Some(e) if e.name != row.name || e.checksum != row.checksum => {
+                    return HistoryCheck::Diverged(format!(
+                        "applied migration V{}__{} differs from the released V{}__{} (a released migration was edited)",
+                        row.version, row.name, e.version, e.name
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        let pending: Vec<i64> = self
+            .rows
+            .iter()
+            .map(|e| e.version)
+            .filter(|v| !applied.iter().any(|a| a.version == *v))
+            .collect();
+        if pending.is_empty() {
+            HistoryCheck::Current
+        } else {
+            HistoryCheck::Pending(pending)
+        }
+    }
+}
+
+/// Takes the tenant lock without blocking the shared system connection: a try-lock, retried
+/// until `wait` has passed.
+async fn tenant_lock(
+    sys: &Client,
+    slug: &str,
+    wait: Duration,
+) -> Result<Option<locks::Held>, DbError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(held) = locks::try_acquire(sys, Lock::Tenant(slug.to_owned())).await? {
+            return Ok(Some(held));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn migrate_tenant(
+    db: &Database,
+    sys: &Client,
+    tenant: &TenantRow,
+    dry_run: bool,
+    expected: &ExpectedHistory,
+    lock_wait: Duration,
+) -> TenantReport {
+    let started = Instant::now();
+    let mut report = TenantReport {
+        slug: tenant.slug.clone(),
+        status: TenantOutcome::Failed,
+        from_version: None,
+        to_version: None,
+        applied: Vec::new(),
+        pending: Vec::new(),
+        error: None,
+        duration_ms: 0,
+    };
+    let lock = if dry_run {
+        None
+    } else {
+        match tenant_lock(sys, &tenant.slug, lock_wait).await {
+            Ok(Some(lock)) => Some(lock),
+            Ok(None) => {
+                report.error = Some(
+                    "tenant is locked by another operation (create or delete); retry later".into(),
+                );
+                return finish(report, started);
+            }
+            Err(e) => {
+                report.error = Some(sanitize_db(&e));
+                return finish(report, started);
+            }
+        }
+    };
+    if let Err(message) = migrate_one(db, sys, tenant, dry_run, expected, &mut report).await {
+        report.status = TenantOutcome::Failed;
+        report.error = Some(message);
+    }
+    if let Some(lock) = lock {
+        locks::release(sys, lock).await;
+    }
+    finish(report, started)
+}
+
+fn finish(mut report: TenantReport, started: Instant) -> TenantReport {
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    let r = &report;
+    if r.status == TenantOutcome::Failed {
+        warn!(
+            tenant.slug = %r.slug, status = ?r.status, from_version = ?r.from_version,
+            to_version = ?r.to_version, applied = ?r.applied, error = r.error.as_deref().unwrap_or(""),
+            duration_ms = r.duration_ms, "tenant migration"
+        );
+    } else {
+        info!(
+            tenant.slug = %r.slug, status = ?r.status, from_version = ?r.from_version,
+            to_version = ?r.to_version, applied = ?r.applied, pending = ?r.pending,
+            duration_ms = r.duration_ms, "tenant migration"
+        );
+    }
+    report
+}
+
+/// The body of one tenant's migration; `Err` is the sanitised reason it failed.
+async fn migrate_one(
+    db: &Database,
+    sys: &Client,
+    tenant: &TenantRow,
+    dry_run: bool,
+    expected: &ExpectedHistory,
+    report: &mut TenantReport,
+) -> Result<(), String> {
+    let mut client = match db.connect(&tenant.database_name).await {
+        Ok(c) => c,
+        Err(DbError::Postgres(e)) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
+            return Err("tenant database does not exist".into())
+        }
+        Err(e) => return Err(sanitize_db(&e)),
+    };
+    // One cheap read decides whether refinery is needed at all.
+    let history = read_history(&client).await.map_err(|e| sanitize_pg(&e))?;
+    let from = history.iter().map(|h| h.version).max().unwrap_or(0);
+    report.from_version = Some(from);
+    report.to_version = Some(from);
+    match expected.check(&history) {
+        HistoryCheck::Diverged(reason) => return Err(reason),
+        HistoryCheck::Current => {
+            report.status = TenantOutcome::UpToDate;
+            sync_registry_version(sys, &tenant.slug, from, dry_run).await?;
+            return Ok(());
+        }
+        HistoryCheck::Pending(pending) if dry_run => {
+            report.status = TenantOutcome::Pending;
+            report.pending = pending;
+            return Ok(());
+        }
+        HistoryCheck::Pending(_) => {}
+    }
+    let outcome = migrations::tenant_runner().run_async(&mut client).await;
+    // Whatever happened, the version the database is at now is the truth to record.
+    let now_at = migrations::applied_version(&client).await.unwrap_or(from);
+    report.to_version = Some(now_at);
+    match outcome {
+        Ok(done) => {
+            report.applied = done
+                .applied_migrations()
+                .iter()
+                .map(|m| i64::from(m.version()))
+                .collect();
+            report.status = if report.applied.is_empty() {
+                TenantOutcome::UpToDate
+            } else {
+                TenantOutcome::Migrated
+            };
+            sync_registry_version(sys, &tenant.slug, now_at, false).await?;
+            Ok(())
+        }
+        Err(e) => {
+            if let Some(partial) = e.report() {
+                report.applied = partial
+                    .applied_migrations()
+                    .iter()
+                    .map(|m| i64::from(m.version()))
+                    .collect();
+            }
+            let _ = sync_registry_version(sys, &tenant.slug, now_at, false).await;
+            Err(sanitize_refinery(&e))
+        }
+    }
+}
+
+/// Records the tenant's version in the registry when it differs (never in a dry run).
+async fn sync_registry_version(
+    sys: &Client,
+    slug: &str,
+    version: i64,
+    dry_run: bool,
+) -> Result<(), String> {
+    if dry_run {
+        return Ok(());
+    }
+    let version =
+        i32::try_from(version).map_err(|_| format!("schema version {version} out of range"))?;
+    sys.execute(
+        "UPDATE tenants SET schema_version = $2, updated_at = now() \
+         WHERE slug = $1 AND schema_version IS DISTINCT FROM $2",
+        &[&slug, &version],
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| format!("could not record the schema version: {}", sanitize_pg(&e)))
+}
+
+/// A PostgreSQL error as a report may show it: SQLSTATE and the server's message (which
+/// names objects, never hosts or credentials); connection problems as one fixed sentence.
+fn sanitize_pg(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None if is_unavailable(e) => "tenant database unreachable".into(),
+        None => "database error".into(),
+    }
+}
+
+fn sanitize_db(e: &DbError) -> String {
+    match e {
+        DbError::Unavailable(detail) => {
+            error!(cause = %detail, "tenant database unavailable");
+            "tenant database unreachable".into()
+        }
+        DbError::Postgres(pg) => sanitize_pg(pg),
+        DbError::Other(_) => "unexpected error (see the function log)".into(),
+    }
+}
+
+fn sanitize_refinery(e: &refinery::Error) -> String {
+    use refinery::error::Kind;
+    match e.kind() {
+        Kind::Connection(msg, source) => {
+            let pg = source.downcast_ref::<tokio_postgres::Error>();
+            let detail = pg
+                .map(sanitize_pg)
+                .unwrap_or_else(|| "database error".into());
+            // refinery's message names the migration ("error applying migration V3__x").
+            let which = msg
+                .split_whitespace()
+                .find(|w| w.starts_with('V'))
+                .unwrap_or("");
+            if which.is_empty() {
+                detail
+            } else {
+                format!("migration {which} failed: {detail}")
+            }
+        }
+        Kind::DivergentVersion(applied, embedded) => {
+            format!("applied migration {applied} differs from the released {embedded}")
+        }
+        Kind::MissingVersion(m) => {
+            format!("applied migration {m} is not among the released migrations")
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(v: i64, name: &str, checksum: &str) -> HistoryRow {
+        HistoryRow {
+            version: v,
+            name: name.into(),
+            checksum: checksum.into(),
+        }
+    }
+
+    #[test]
+    fn history_check_rules() {
+        let expected = ExpectedHistory {
+            rows: vec![row(1, "a", "11"), row(2, "b", "22"), row(3, "c", "33")],
+        };
+        assert_eq!(expected.check(&[]), HistoryCheck::Pending(vec![1, 2, 3]));
+        assert_eq!(
+            expected.check(&[row(1, "a", "11"), row(2, "b", "22")]),
+            HistoryCheck::Pending(vec![3])
+        );
+        assert_eq!(
+            expected.check(&[row(1, "a", "11"), row(2, "b", "22"), row(3, "c", "33")]),
+            HistoryCheck::Current
+        );
+        assert!(
+            matches!(expected.check(&[row(1, "a", "99")]), HistoryCheck::Diverged(m) if m.contains("edited"))
+        );
+        assert!(matches!(
+            expected.check(&[row(1, "x", "11")]),
+            HistoryCheck::Diverged(_)
+        ));
+        assert!(
+            matches!(expected.check(&[row(7, "z", "77")]), HistoryCheck::Diverged(m) if m.contains("V7"))
+        );
+    }
+
+    #[test]
+    fn request_accepts_an_eventbridge_event() {
+        let event = serde_json::json!({"version": "0", "id": "x", "detail-type": "Scheduled Event",
+            "source": "aws.scheduler", "detail": {}});
+        let req: MigrateAllRequest = serde_json::from_value(event).unwrap();
+        assert!(!req.dry_run && req.slugs.is_none() && req.concurrency.is_none());
+    }
+}

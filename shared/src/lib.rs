@@ -1,0 +1,16 @@
+//! The provisioning library every function uses: configuration, credentials, connections,
+//! the tenant registry and lifecycle, migrations, and the HTTP contract (without an HTTP
+//! library: the function crates adapt it to `lambda_http`).
+
+pub mod api;
+pub mod config;
+pub mod credentials;
+pub mod db;
+pub mod domain;
+pub mod fleet;
+pub mod locks;
+pub mod migrations;
+pub mod tenants;
+
+pub use config::Config;
+pub use db::Database;

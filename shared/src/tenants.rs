@@ -1,0 +1,499 @@
+//! The tenant lifecycle: create (provision), list, get and soft-delete, on the registry in
+//! the system database. One error enum per operation; `api` maps them to HTTP in one place.
+
+use std::time::Instant;
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use chrono::{DateTime, Utc};
+use tokio_postgres::{error::SqlState, types::ToSql, Client, Row};
+use tracing::{error, info, instrument, warn};
+use uuid::Uuid;
+
+use crate::{
+    db::{error_chain, Database, DbError},
+    domain::{NewTenant, Slug, Tenant, TenantStatus},
+    locks::{self, Lock},
+    migrations,
+};
+
+/// Columns of a [`Tenant`], in the order [`tenant_from_row`] reads them.
+const TENANT_COLUMNS: &str =
+    "id, name, slug, status, database_name, schema_version, created_at, deleted_at";
+
+fn tenant_from_row(row: &Row) -> Result<Tenant, DbError> {
+    let status: String = row.try_get(3)?;
+    let status = TenantStatus::parse(&status)
+        .ok_or_else(|| anyhow::anyhow!("registry holds an unknown status {status:?}"))?;
+    Ok(Tenant {
+        id: row.try_get(0)?,
+        name: row.try_get(1)?,
+        slug: row.try_get(2)?,
+        status,
+        database_name: row.try_get(4)?,
+        schema_version: i64::from(row.try_get::<_, i32>(5)?),
+        created_at: row.try_get(6)?,
+        deleted_at: row.try_get(7)?,
+    })
+}
+
+/// A field-level validation problem, reported to the client as is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Create
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateTenantError {
+    #[error("invalid request")]
+    Validation {
+        message: String,
+        details: Vec<FieldError>,
+    },
+    #[error("tenant with slug '{0}' already exists")]
+    Conflict(Slug),
+    /// A database of that name exists but the registry does not own it: never adopted,
+    /// never dropped.
+    #[error("database for slug '{0}' already exists outside the registry")]
+    DatabaseExists(Slug),
+    /// Another operation on the same tenant held its lock past the lock timeout.
+    #[error("tenant '{0}' is busy")]
+    Busy(Slug),
+    #[error("database unavailable")]
+    Unavailable(String),
+    /// Provisioning failed and was undone (or could not be, see the log).
+    #[error("provisioning failed")]
+    Unexpected(#[source] anyhow::Error),
+}
+
+impl From<DbError> for CreateTenantError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Unavailable(m) => CreateTenantError::Unavailable(m),
+            other => CreateTenantError::Unexpected(anyhow::Error::new(other)),
+        }
+    }
+}
+
+/// Creates the registry row, the database and its schema; answers the active tenant.
+///
+/// Steps, each undone on a later failure ("compensation", since `CREATE DATABASE` cannot run
+/// in a transaction):
+/// 1. insert the row as `provisioning` (committed: a concurrent duplicate gets a conflict
+///    from the unique slug, and so never reaches step 3);
+/// 2. take the tenant's lock (create, delete and migrate-all of one tenant never interleave);
+/// 3. `CREATE DATABASE` (if the name exists, the database is not ours: remove our row,
+///    answer a conflict, touch nothing);
+/// 4. revoke `CONNECT` from `PUBLIC`, apply every tenant migration, record `schema_version`,
+///    mark `active`.
+///
+/// On failure after step 3: close our connection to the new database, drop it
+/// `WITH (FORCE)`, remove the row.
+#[instrument(skip_all, fields(tenant.slug = %new.slug))]
+pub async fn create_tenant(db: &Database, new: &NewTenant) -> Result<Tenant, CreateTenantError> {
+    let started = Instant::now();
+    let sys = db.system().await?;
+    let db_name = new.slug.database_name();
+
+    // 1. The row, committed.
+    let id: Uuid = match sys
+        .query_one(
+            "INSERT INTO tenants (name, slug, database_name, status) \
+             VALUES ($1, $2, $3, 'provisioning') RETURNING id",
+            &[&new.name.as_str(), &new.slug.as_str(), &db_name.as_str()],
+        )
+        .await
+    {
+        Ok(row) => row.try_get(0).map_err(DbError::from)?,
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            return Err(CreateTenantError::Conflict(new.slug.clone()))
+        }
+        Err(e) => return Err(DbError::from(e).into()),
+    };
+
+    // 2. The tenant lock.
+    let lock = match locks::acquire(&sys, Lock::Tenant(new.slug.to_string())).await {
+        Ok(lock) => lock,
+        Err(e) => {
+            remove_row(&sys, id).await;
+            return Err(if locks::is_lock_timeout(&e) {
+                CreateTenantError::Busy(new.slug.clone())
+            } else {
+                e.into()
+            });
+        }
+    };
+
+    // 3. The database.
+    if let Err(e) = sys
+        .batch_execute(&format!("CREATE DATABASE {}", db_name.quoted()))
+        .await
+    {
+        let duplicate = e.code() == Some(&SqlState::DUPLICATE_DATABASE);
+        remove_row(&sys, id).await;
+        locks::release(&sys, lock).await;
+        if duplicate {
+            warn!(database = %db_name, "database exists but no registry row owns it; left untouched");
+            return Err(CreateTenantError::DatabaseExists(new.slug.clone()));
+        }
+        return Err(DbError::from(e).into());
+    }
+
+    // 4. Privileges, schema, registry.
+    let finished = finish_provisioning(db, &sys, id, &db_name).await;
+    match finished {
+        Ok(tenant) => {
+            locks::release(&sys, lock).await;
+            info!(
+                tenant.id = %tenant.id,
+                schema_version = tenant.schema_version,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "tenant provisioned"
+            );
+            Ok(tenant)
+        }
+        Err(e) => {
+            error!(error = %error_chain(&e), "provisioning failed; dropping the new database");
+            let dropped = sys
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    db_name.quoted()
+                ))
+                .await;
+            match dropped {
+                Ok(()) => remove_row(&sys, id).await,
+                // Keep the row: it owns the leftover database, which must not become an
+                // orphan nobody knows about.
+                Err(drop_err) => error!(
+                    database = %db_name,
+                    error = %error_chain(&drop_err),
+                    "could not drop the database of a failed provisioning; row kept as provisioning"
+                ),
+            }
+            locks::release(&sys, lock).await;
+            Err(e.into())
+        }
+    }
+}
+
+async fn finish_provisioning(
+    db: &Database,
+    sys: &Client,
+    id: Uuid,
+    db_name: &crate::domain::DatabaseName,
+) -> Result<Tenant, DbError> {
+    sys.batch_execute(&format!(
+        "REVOKE CONNECT ON DATABASE {} FROM PUBLIC",
+        db_name.quoted()
+    ))
+    .await?;
+    let version = {
+        let mut tenant = db.connect(db_name.as_str()).await?;
+        migrations::apply_tenant_migrations(&mut tenant)
+            .await
+            .map_err(|e| anyhow::anyhow!("tenant migrations failed: {e}"))?;
+        let version = migrations::applied_version(&tenant).await?;
+        drop(tenant); // closes our connection to the new database
+        version
+    };
+    let version = i32::try_from(version)
+        .map_err(|_| anyhow::anyhow!("schema version {version} out of range"))?;
+    let row = sys
+        .query_one(
+            &format!(
+                "UPDATE tenants SET status = 'active', schema_version = $2, updated_at = now() \
+                 WHERE id = $1 AND status = 'provisioning' RETURNING {TENANT_COLUMNS}"
+            ),
+            &[&id, &version],
+        )
+        .await?;
+    tenant_from_row(&row)
+}
+
+/// Removes the row of a provisioning that did not happen. Logged, never raised: the caller
+/// is already answering an error.
+async fn remove_row(sys: &Client, id: Uuid) {
+    if let Err(e) = sys
+        .execute(
+            "DELETE FROM tenants WHERE id = $1 AND status = 'provisioning'",
+            &[&id],
+        )
+        .await
+    {
+        error!(tenant.id = %id, error = %error_chain(&e), "could not remove the provisioning row");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Get
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, thiserror::Error)]
+pub enum GetTenantError {
+    #[error("tenant not found")]
+    NotFound(Option<Slug>),
+    #[error("database unavailable")]
+    Unavailable(String),
+    #[error("unexpected error")]
+    Unexpected(#[source] anyhow::Error),
+}
+
+impl From<DbError> for GetTenantError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Unavailable(m) => GetTenantError::Unavailable(m),
+            other => GetTenantError::Unexpected(anyhow::Error::new(other)),
+        }
+    }
+}
+
+#[instrument(skip_all, fields(tenant.slug = %slug))]
+pub async fn get_tenant(db: &Database, slug: &Slug) -> Result<Tenant, GetTenantError> {
+    let sys = db.system().await?;
+    let row = sys
+        .query_opt(
+            &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE slug = $1"),
+            &[&slug.as_str()],
+        )
+        .await
+        .map_err(DbError::from)?;
+    match row {
+        Some(row) => Ok(tenant_from_row(&row)?),
+        None => Err(GetTenantError::NotFound(Some(slug.clone()))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// List
+// ---------------------------------------------------------------------------------------------
+
+pub const LIST_DEFAULT_LIMIT: i64 = 100;
+pub const LIST_MAX_LIMIT: i64 = 500;
+
+/// Position after the last tenant of a page: (created_at, id), oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+impl Cursor {
+    /// Opaque to clients: base64url of `v1:{created_at in µs}:{id}`.
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(format!(
+            "v1:{}:{}",
+            self.created_at.timestamp_micros(),
+            self.id
+        ))
+    }
+
+    pub fn decode(raw: &str) -> Option<Cursor> {
+        let bytes = URL_SAFE_NO_PAD.decode(raw).ok()?;
+        let text = String::from_utf8(bytes).ok()?;
+        let mut parts = text.splitn(3, ':');
+        if parts.next()? != "v1" {
+            return None;
+        }
+        let micros: i64 = parts.next()?.parse().ok()?;
+        let id = Uuid::parse_str(parts.next()?).ok()?;
+        Some(Cursor {
+            created_at: DateTime::from_timestamp_micros(micros)?,
+            id,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    pub status: Option<TenantStatus>,
+    pub limit: i64,
+    pub cursor: Option<Cursor>,
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        ListQuery {
+            status: None,
+            limit: LIST_DEFAULT_LIMIT,
+            cursor: None,
+        }
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct TenantPage {
+    pub tenants: Vec<Tenant>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListTenantsError {
+    #[error("database unavailable")]
+    Unavailable(String),
+    #[error("unexpected error")]
+    Unexpected(#[source] anyhow::Error),
+}
+
+impl From<DbError> for ListTenantsError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Unavailable(m) => ListTenantsError::Unavailable(m),
+            other => ListTenantsError::Unexpected(anyhow::Error::new(other)),
+        }
+    }
+}
+
+/// One page, oldest first, by keyset pagination on (created_at, id).
+#[instrument(skip_all)]
+pub async fn list_tenants(db: &Database, q: &ListQuery) -> Result<TenantPage, ListTenantsError> {
+    let sys = db.system().await?;
+    let status = q.status.map(TenantStatus::as_str);
+    let fetch = q.limit + 1; // one more, to know whether there is a next page
+    let mut sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE true");
+    let mut args: Vec<&(dyn ToSql + Sync)> = Vec::new();
+    if let Some(status) = status.as_ref() {
+        args.push(status);
+        sql.push_str(&format!(" AND status = ${}", args.len()));
+    }
+    if let Some(c) = q.cursor.as_ref() {
+        args.push(&c.created_at);
+        args.push(&c.id);
+        sql.push_str(&format!(
+            " AND (created_at, id) > (${}, ${})",
+            args.len() - 1,
+            args.len()
+        ));
+    }
+    args.push(&fetch);
+    sql.push_str(&format!(" ORDER BY created_at, id LIMIT ${}", args.len()));
+    let rows = sys.query(&sql, &args).await.map_err(DbError::from)?;
+    let mut tenants = rows
+        .iter()
+        .map(tenant_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let next_cursor = if tenants.len() as i64 > q.limit {
+        tenants.truncate(q.limit as usize);
+        tenants.last().map(|t| {
+            Cursor {
+                created_at: t.created_at,
+                id: t.id,
+            }
+            .encode()
+        })
+    } else {
+        None
+    };
+    Ok(TenantPage {
+        tenants,
+        next_cursor,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delete (soft)
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteTenantError {
+    #[error("tenant not found")]
+    NotFound(Option<Slug>),
+    #[error("tenant '{0}' is still being provisioned")]
+    Provisioning(Slug),
+    #[error("tenant '{0}' is busy")]
+    Busy(Slug),
+    #[error("database unavailable")]
+    Unavailable(String),
+    #[error("unexpected error")]
+    Unexpected(#[source] anyhow::Error),
+}
+
+impl From<DbError> for DeleteTenantError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Unavailable(m) => DeleteTenantError::Unavailable(m),
+            other => DeleteTenantError::Unexpected(anyhow::Error::new(other)),
+        }
+    }
+}
+
+/// Marks the tenant `deleted` and keeps its database. Deleting again answers the same tenant.
+#[instrument(skip_all, fields(tenant.slug = %slug))]
+pub async fn delete_tenant(db: &Database, slug: &Slug) -> Result<Tenant, DeleteTenantError> {
+    let sys = db.system().await?;
+    let lock = match locks::acquire(&sys, Lock::Tenant(slug.to_string())).await {
+        Ok(lock) => lock,
+        Err(e) if locks::is_lock_timeout(&e) => return Err(DeleteTenantError::Busy(slug.clone())),
+        Err(e) => return Err(e.into()),
+    };
+    let result = soft_delete(&sys, slug).await;
+    locks::release(&sys, lock).await;
+    let tenant = result?;
+    if tenant.status != TenantStatus::Deleted {
+        return Err(DeleteTenantError::Provisioning(slug.clone()));
+    }
+    Ok(tenant)
+}
+
+async fn soft_delete(sys: &Client, slug: &Slug) -> Result<Tenant, DeleteTenantError> {
+    // One statement: flips an active tenant, or returns the row as it is (deleted already,
+    // or provisioning) so that the caller can answer.
+    let row = sys
+        .query_opt(
+            &format!(
+                "WITH flipped AS ( \
+                   UPDATE tenants SET status = 'deleted', deleted_at = now(), updated_at = now() \
+                   WHERE slug = $1 AND status = 'active' RETURNING {TENANT_COLUMNS}) \
+                 SELECT {TENANT_COLUMNS} FROM flipped \
+                 UNION ALL \
+                 SELECT {TENANT_COLUMNS} FROM tenants \
+                 WHERE slug = $1 AND NOT EXISTS (SELECT 1 FROM flipped)"
+            ),
+            &[&slug.as_str()],
+        )
+        .await
+        .map_err(DbError::from)?;
+    match row {
+        Some(row) => Ok(tenant_from_row(&row)?),
+        None => Err(DeleteTenantError::NotFound(Some(slug.clone()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_to_the_microsecond() {
+        let c = Cursor {
+            created_at: DateTime::from_timestamp_micros(1_768_644_000_123_456).unwrap(),
+            id: Uuid::new_v4(),
+        };
+        assert_eq!(Cursor::decode(&c.encode()), Some(c));
+    }
+
+    #[test]
+    fn cursor_rejects_garbage() {
+        for bad in [
+            "",
+            "x",
+            "!!!",
+            &URL_SAFE_NO_PAD.encode("v2:1:abc"),
+            &URL_SAFE_NO_PAD.encode("v1:1:not-a-uuid"),
+        ] {
+            assert_eq!(Cursor::decode(bad), None, "{bad}");
+        }
+    }
+}
