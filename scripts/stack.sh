@@ -1,0 +1,338 @@
+#!/usr/bin/env bash
+# The local stack: a PostgreSQL cluster owned by the project (.local/pg), a local Secrets
+# Manager (moto) holding the admin secret, and `cargo lambda watch` serving the functions on
+# the same paths as API Gateway.
+#
+#   scripts/stack.sh dev            start everything, stay in the foreground until Ctrl-C or
+#                                   SIGTERM, then stop everything this script started
+#   scripts/stack.sh run -- CMD...  reuse a running stack or start one, run CMD with the
+#                                   stack's variables exported, stop what was started
+#   scripts/stack.sh tools          install what is missing (cargo-lambda, moto, PostgreSQL)
+#   scripts/stack.sh env            print the variables the functions and tests get
+#
+# Variables (all optional): PG_PORT (5433), SM_PORT (5000), LAMBDA_PORT (9000),
+# LAMBDA_CONCURRENCY (8), RELEASE (empty: debug builds; 1: release builds), PG_BIN (directory
+# of initdb/pg_ctl; found under /usr/lib/postgresql otherwise).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+LOCAL="$ROOT/.local"
+VENV="$ROOT/.venv"
+RUN="$LOCAL/run"
+PG_PORT=${PG_PORT:-5433}
+SM_PORT=${SM_PORT:-5000}
+LAMBDA_PORT=${LAMBDA_PORT:-9000}
+LAMBDA_CONCURRENCY=${LAMBDA_CONCURRENCY:-8}
+RELEASE=${RELEASE:-}
+PG_USER=postgres
+PG_PASSWORD=postgres
+SECRET_ID=dbtools/admin
+SYSTEM_DB_NAME=${SYSTEM_DB_NAME:-dbtools}
+
+log() { printf '\033[1m[stack]\033[0m %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+export PATH="$VENV/bin:$HOME/.cargo/bin:$PATH"
+
+# ---------------------------------------------------------------------------------------------
+# Tools
+# ---------------------------------------------------------------------------------------------
+
+ensure_venv() {
+  local req="$ROOT/scripts/requirements-dev.txt" stamp="$VENV/.dev-requirements"
+  if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && cmp -s "$req" "$stamp"; then
+    return
+  fi
+  log "installing cargo-lambda and the local Secrets Manager into .venv"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --disable-pip-version-check -q -r "$req"
+  cp "$req" "$stamp"
+}
+
+find_pg_bin() {
+  if [ -n "${PG_BIN:-}" ] && [ -x "$PG_BIN/initdb" ]; then echo "$PG_BIN"; return; fi
+  local d
+  for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+    if [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ]; then echo "$d"; return; fi
+  done
+  if command -v pg_config >/dev/null && [ -x "$(pg_config --bindir)/initdb" ]; then
+    pg_config --bindir; return
+  fi
+  return 1
+}
+
+ensure_postgres() {
+  if PG_BIN=$(find_pg_bin); then return; fi
+  log "no PostgreSQL server binaries found; installing them with apt-get"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q postgresql postgresql-contrib
+  PG_BIN=$(find_pg_bin) || die "PostgreSQL installation did not provide initdb"
+}
+
+ensure_tools() {
+  ensure_venv
+  ensure_postgres
+  command -v psql >/dev/null || PATH="$PG_BIN:$PATH"
+}
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL
+# ---------------------------------------------------------------------------------------------
+
+# initdb refuses to run as root: the cluster runs as the postgres user when we are root.
+as_pg() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pg_dir() { echo "$LOCAL/pg"; }
+
+prepare_pg_dir() {
+  local dir; dir=$(pg_dir)
+  mkdir -p "$dir"
+  if [ "$(id -u)" -eq 0 ]; then
+    id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+    chown postgres: "$dir"
+    if ! runuser -u postgres -- test -w "$dir"; then
+      # The checkout is not reachable by the postgres user (e.g. under /root): keep the
+      # cluster in a directory it can reach, linked from .local/pg.
+      local alt="/tmp/dbtools-pg-$(echo "$ROOT" | md5sum | cut -c1-12)"
+      log "the postgres user cannot reach $dir; keeping the cluster in $alt"
+      rmdir "$dir" 2>/dev/null || true
+      mkdir -p "$alt" && chown postgres: "$alt" && ln -sfn "$alt" "$dir"
+    fi
+  fi
+}
+
+pg_isready_local() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" 2>/dev/null; }
+
+start_postgres() {
+  local dir data
+  prepare_pg_dir
+  dir=$(pg_dir); data="$dir/data"
+  if [ ! -f "$data/PG_VERSION" ]; then
+    log "creating the PostgreSQL cluster in .local/pg"
+    local pw="$dir/pwfile"
+    printf '%s\n' "$PG_PASSWORD" >"$pw"
+    [ "$(id -u)" -ne 0 ] || chown postgres: "$pw"
+    as_pg "$PG_BIN/initdb" -D "$data" -U "$PG_USER" --pwfile="$pw" -E UTF8 --locale=C \
+      --auth-local=trust --auth-host=scram-sha-256 >"$dir/initdb.log" 2>&1 \
+      || { cat "$dir/initdb.log" >&2; die "initdb failed"; }
+    rm -f "$pw"
+  fi
+  if as_pg "$PG_BIN/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    log "PostgreSQL already running (.local/pg)"
+    return
+  fi
+  if pg_isready_local; then
+    die "port $PG_PORT is taken by another server; set PG_PORT"
+  fi
+  mkdir -p "$dir/run"
+  [ "$(id -u)" -ne 0 ] || chown postgres: "$dir/run"
+  log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+  as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$dir/server.log" -w -t 60 \
+    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $dir/run -c max_connections=300 -c shared_buffers=256MB" \
+    start >/dev/null || { tail -20 "$dir/server.log" >&2; die "PostgreSQL did not start"; }
+  STARTED+=(pg)
+}
+
+stop_postgres() {
+  log "stopping PostgreSQL"
+  as_pg "$PG_BIN/pg_ctl" -D "$(pg_dir)/data" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+# ---------------------------------------------------------------------------------------------
+# Local Secrets Manager (moto)
+# ---------------------------------------------------------------------------------------------
+
+sm_url() { echo "http://127.0.0.1:$SM_PORT"; }
+
+sm_up() { curl -s -o /dev/null --max-time 1 "$(sm_url)/moto-api/" ; }
+
+start_secrets_manager() {
+  if sm_up; then
+    log "a local Secrets Manager already answers on :$SM_PORT; reusing it"
+  else
+    log "starting the local Secrets Manager on 127.0.0.1:$SM_PORT"
+    setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$SM_PORT" >"$LOCAL/moto.log" 2>&1 &
+    echo $! >"$RUN/moto.pid"
+    STARTED+=(moto)
+    for _ in $(seq 1 100); do sm_up && break; sleep 0.1; done
+    sm_up || { tail -20 "$LOCAL/moto.log" >&2; die "the local Secrets Manager did not start"; }
+  fi
+  put_secret
+}
+
+put_secret() {
+  AWS_ENDPOINT_URL_SECRETS_MANAGER="$(sm_url)" "$VENV/bin/python" "$ROOT/scripts/put_secret.py" \
+    "$SECRET_ID" "{\"username\":\"$PG_USER\",\"password\":\"$PG_PASSWORD\",\"host\":\"127.0.0.1\",\"port\":$PG_PORT,\"dbname\":\"postgres\",\"engine\":\"postgres\"}"
+}
+
+stop_pidfile() {
+  local f="$RUN/$1.pid"
+  if [ -f "$f" ]; then
+    local pid; pid=$(cat "$f")
+    # Each service runs in its own session: end the whole group (cargo lambda watch's
+    # function processes included).
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    rm -f "$f"
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Functions (cargo lambda watch)
+# ---------------------------------------------------------------------------------------------
+
+write_env() {
+  cat >"$LOCAL/functions.env" <<EOF
+AWS_REGION=us-east-1
+AWS_ACCESS_KEY_ID=local
+AWS_SECRET_ACCESS_KEY=local
+AWS_ENDPOINT_URL_SECRETS_MANAGER=$(sm_url)
+DB_SECRET_ID=$SECRET_ID
+DB_SSLMODE=disable
+SYSTEM_DB_NAME=$SYSTEM_DB_NAME
+MIGRATE_CONCURRENCY=${MIGRATE_CONCURRENCY:-10}
+RUST_LOG=${RUST_LOG:-info}
+EOF
+}
+
+api_url() { echo "http://127.0.0.1:$LAMBDA_PORT"; }
+
+api_up() {
+  local code
+  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$(api_url)/api/tenants?limit=1" || true)
+  [ -n "$code" ] && [ "$code" != "000" ]
+}
+
+build_functions() {
+  log "building the functions${RELEASE:+ (release)}"
+  (cd "$ROOT" && cargo build --workspace --bins ${RELEASE:+--release})
+}
+
+start_watch() {
+  local reload=("$@")
+  if api_up; then die "port $LAMBDA_PORT is already serving; stop it or set LAMBDA_PORT"; fi
+  log "starting cargo lambda watch on $(api_url)"
+  (cd "$ROOT" && exec setsid cargo lambda watch \
+      --invoke-address 127.0.0.1 --invoke-port "$LAMBDA_PORT" \
+      --concurrency "$LAMBDA_CONCURRENCY" --env-file "$LOCAL/functions.env" \
+      ${RELEASE:+--release} "${reload[@]}" >"$LOCAL/watch.log" 2>&1) &
+  echo $! >"$RUN/watch.pid"
+  STARTED+=(watch)
+  for _ in $(seq 1 600); do
+    api_up && return 0
+    kill -0 "$(cat "$RUN/watch.pid")" 2>/dev/null || break
+    sleep 0.2
+  done
+  tail -30 "$LOCAL/watch.log" >&2
+  die "cargo lambda watch did not start"
+}
+
+invoke_migrate_all() {
+  log "migrate-all: bringing the system database and every tenant up to date"
+  local out
+  if ! out=$(cd "$ROOT" && cargo lambda invoke migrate-all --invoke-address 127.0.0.1 \
+      --invoke-port "$LAMBDA_PORT" --data-ascii '{}' 2>&1); then
+    printf '%s\n' "$out" >&2
+    die "migrate-all failed"
+  fi
+}
+
+stack_env() {
+  cat "$LOCAL/functions.env"
+  cat <<EOF
+DBTOOLS_API_URL=$(api_url)
+DBTOOLS_PG_URL=postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/postgres
+DBTOOLS_PG_BIN=$PG_BIN
+DBTOOLS_LOCAL_DIR=$LOCAL
+DBTOOLS_LAMBDA_PORT=$LAMBDA_PORT
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------
+
+STARTED=()
+TAIL_PID=
+
+stop_started() {
+  local i
+  [ -z "$TAIL_PID" ] || kill "$TAIL_PID" 2>/dev/null || true
+  for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
+    case "${STARTED[$i]}" in
+      watch) log "stopping cargo lambda watch"; stop_pidfile watch ;;
+      moto) log "stopping the local Secrets Manager"; stop_pidfile moto ;;
+      pg) stop_postgres ;;
+    esac
+  done
+  STARTED=()
+}
+
+up() {
+  mkdir -p "$RUN"
+  ensure_tools
+  build_functions
+  start_postgres
+  start_secrets_manager
+  write_env
+  start_watch "$@"
+  invoke_migrate_all
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+  tools)
+    ensure_tools
+    log "tools ready: $(cargo lambda --version 2>/dev/null | head -1); PostgreSQL in $PG_BIN"
+    ;;
+  dev)
+    trap 'stop_started; exit 130' INT
+    trap 'stop_started; exit 143' TERM
+    trap 'stop_started' EXIT
+    up
+    log "ready:"
+    log "  API             $(api_url)/api/tenants   (POST, GET; GET and DELETE /api/tenants/{slug})"
+    log "  migrate-all     cargo lambda invoke migrate-all --invoke-address 127.0.0.1 --invoke-port $LAMBDA_PORT --data-ascii '{}'"
+    log "  PostgreSQL      postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/postgres (registry: $SYSTEM_DB_NAME)"
+    log "  Secrets Manager $(sm_url) (secret $SECRET_ID)"
+    log "  logs            .local/watch.log, .local/pg/server.log, .local/moto.log"
+    log "Ctrl-C stops everything."
+    tail -n +1 -f "$LOCAL/watch.log" &
+    TAIL_PID=$!
+    wait "$(cat "$RUN/watch.pid")" || true
+    ;;
+  run)
+    [ "${1:-}" = "--" ] && shift
+    [ $# -gt 0 ] || die "usage: stack.sh run -- COMMAND..."
+    mkdir -p "$RUN"
+    ensure_tools
+    trap 'stop_started' EXIT
+    trap 'stop_started; exit 130' INT
+    trap 'stop_started; exit 143' TERM
+    if api_up && pg_isready_local && sm_up && [ -f "$LOCAL/functions.env" ]; then
+      log "reusing the running stack on $(api_url)"
+      build_functions
+    else
+      up --ignore-changes
+    fi
+    set -a
+    # shellcheck disable=SC1091
+    . <(stack_env)
+    set +a
+    status=0
+    "$@" || status=$?
+    exit "$status"
+    ;;
+  env)
+    ensure_postgres >/dev/null
+    stack_env
+    ;;
+  *)
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac
