@@ -1,1 +1,321 @@
+//! Harness for the end-to-end tests: the local stack's addresses (exported by
+//! `scripts/stack.sh run`), an HTTP client for the real routes, and a direct PostgreSQL
+//! connection to check what exists afterwards.
 
+use std::{sync::OnceLock, time::Duration};
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio_postgres::{Client, NoTls};
+
+pub use serde_json::json;
+
+/// Advisory lock key shared by the tests (not the product's key space).
+const TEST_LOCK_NS: i32 = 0x7465_7374; // "test"
+/// Held shared by every test that provisions, exclusively by a test that changes what all
+/// provisioning sees (the template database).
+pub const TEMPLATE_LOCK: i32 = 1;
+/// Held exclusively by tests that run migrate-all over the whole fleet, shared by tests that
+/// put a tenant into a state a fleet-wide run would report.
+pub const FLEET_LOCK: i32 = 2;
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the end-to-end tests through `make test` (scripts/stack.sh run)")
+    })
+}
+
+pub fn api_url() -> String {
+    var("DBTOOLS_API_URL")
+}
+
+pub fn pg_url() -> String {
+    var("DBTOOLS_PG_URL")
+}
+
+fn http() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .expect("http client")
+    })
+}
+
+/// A response as a test looks at it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub text: String,
+    pub request_id: Option<String>,
+    pub content_type: Option<String>,
+}
+
+impl Reply {
+    pub fn error_code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    pub fn detail_fields(&self) -> Vec<String> {
+        self.body["error"]["details"]
+            .as_array()
+            .map(|d| {
+                d.iter()
+                    .filter_map(|x| x["field"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Error bodies never carry SQL, host names, stack traces or secrets.
+    pub fn assert_no_internals(&self) {
+        let lower = self.text.to_lowercase();
+        for needle in [
+            "select ",
+            "insert ",
+            "update ",
+            "create database",
+            "drop database",
+            "sqlstate",
+            "127.0.0.1",
+            "localhost",
+            "5433",
+            "password",
+            "postgres://",
+            "panicked",
+            "backtrace",
+            "dbtools/admin",
+            "refinery",
+        ] {
+            assert!(
+                !lower.contains(needle),
+                "response leaks {needle:?}: {}",
+                self.text
+            );
+        }
+    }
+
+    pub fn assert_json_with_request_id(&self) {
+        assert_eq!(
+            self.content_type.as_deref(),
+            Some("application/json"),
+            "{self:?}"
+        );
+        assert!(
+            self.request_id.as_deref().is_some_and(|r| !r.is_empty()),
+            "no request id: {self:?}"
+        );
+        if self.status.is_client_error() || self.status.is_server_error() {
+            assert_eq!(
+                self.body["error"]["request_id"].as_str(),
+                self.request_id.as_deref(),
+                "{self:?}"
+            );
+        }
+    }
+}
+
+pub async fn request(method: Method, path: &str, body: Option<Vec<u8>>) -> Reply {
+    request_as(method, path, body, "application/json").await
+}
+
+pub async fn request_as(
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+    content_type: &str,
+) -> Reply {
+    let mut req = http().request(method, format!("{}{path}", api_url()));
+    if let Some(body) = body {
+        req = req.header("content-type", content_type).body(body);
+    }
+    let resp = req.send().await.expect("the local API answers");
+    let status = resp.status();
+    let request_id = resp
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = resp.text().await.expect("a body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Reply {
+        status,
+        body,
+        text,
+        request_id,
+        content_type,
+    }
+}
+
+pub async fn post_tenant(body: &Value) -> Reply {
+    request(
+        Method::POST,
+        "/api/tenants",
+        Some(body.to_string().into_bytes()),
+    )
+    .await
+}
+
+pub async fn post_raw(body: &[u8]) -> Reply {
+    request(Method::POST, "/api/tenants", Some(body.to_vec())).await
+}
+
+pub async fn get(path: &str) -> Reply {
+    request(Method::GET, path, None).await
+}
+
+pub async fn delete(path: &str) -> Reply {
+    request(Method::DELETE, path, None).await
+}
+
+/// A slug no other test (or earlier run) uses.
+pub fn unique_slug(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}_{}", &id[..12])
+}
+
+pub fn database_name(slug: &str) -> String {
+    format!("dbtools_tenant_{slug}")
+}
+
+/// A connection as the PostgreSQL superuser, to `dbname`.
+pub async fn connect(dbname: &str) -> Client {
+    let mut cfg: tokio_postgres::Config = pg_url().parse().expect("DBTOOLS_PG_URL");
+    cfg.dbname(dbname);
+    let (client, conn) = cfg
+        .connect(NoTls)
+        .await
+        .expect("connect to the local PostgreSQL");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+pub async fn admin() -> Client {
+    connect("postgres").await
+}
+
+pub async fn registry() -> Client {
+    connect(&std::env::var("SYSTEM_DB_NAME").unwrap_or_else(|_| "dbtools".into())).await
+}
+
+pub async fn database_exists(name: &str) -> bool {
+    admin()
+        .await
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .expect("query pg_database")
+        .is_some()
+}
+
+/// The registry row of a slug: (status, schema_version), if any.
+pub async fn registry_row(slug: &str) -> Option<(String, i32)> {
+    registry()
+        .await
+        .query_opt(
+            "SELECT status, schema_version FROM tenants WHERE slug = $1",
+            &[&slug],
+        )
+        .await
+        .expect("query the registry")
+        .map(|r| (r.get(0), r.get(1)))
+}
+
+/// Tenant databases whose name contains `fragment`.
+pub async fn databases_like(fragment: &str) -> Vec<String> {
+    admin()
+        .await
+        .query(
+            "SELECT datname FROM pg_database WHERE strpos(datname, $1) > 0 ORDER BY 1",
+            &[&fragment],
+        )
+        .await
+        .expect("query pg_database")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Drops a tenant's database and registry row; used to clean up after a test.
+pub async fn purge_tenant(slug: &str) {
+    let admin = admin().await;
+    let _ = admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            database_name(slug)
+        ))
+        .await;
+    let _ = registry()
+        .await
+        .execute("DELETE FROM tenants WHERE slug = $1", &[&slug])
+        .await;
+}
+
+/// Removes the listed tenants when dropped, even when the test panicked.
+pub struct Cleanup(pub Vec<String>);
+
+impl Cleanup {
+    pub fn new() -> Self {
+        Cleanup(Vec::new())
+    }
+
+    pub fn add(&mut self, slug: &str) -> String {
+        self.0.push(slug.to_owned());
+        slug.to_owned()
+    }
+}
+
+impl Default for Cleanup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let slugs = std::mem::take(&mut self.0);
+        if slugs.is_empty() {
+            return;
+        }
+        // Drop runs outside async: use a runtime of its own on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                for slug in &slugs {
+                    purge_tenant(slug).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A test-level advisory lock, held for as long as the value lives.
+pub struct TestLock {
+    _client: Client,
+}
+
+pub async fn test_lock(key: i32, exclusive: bool) -> TestLock {
+    let client = admin().await;
+    let sql = if exclusive {
+        "SELECT pg_advisory_lock($1, $2)"
+    } else {
+        "SELECT pg_advisory_lock_shared($1, $2)"
+    };
+    client
+        .execute(sql, &[&TEST_LOCK_NS, &key])
+        .await
+        .expect("take a test lock");
+    TestLock { _client: client }
+}

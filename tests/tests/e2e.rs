@@ -1,0 +1,11 @@
+//! End-to-end tests: the real binaries under `cargo lambda watch`, real HTTP on the real
+//! paths, a real PostgreSQL, the real Secrets Manager client against the local endpoint.
+//! Run through `make test`, which starts the stack (or reuses `make dev`'s).
+
+mod e2e {
+    mod api_create;
+    mod api_read_delete;
+    mod api_validation;
+    mod concurrency;
+    mod provisioning_faults;
+}

@@ -1,0 +1,134 @@
+use e2e::*;
+use reqwest::StatusCode;
+
+#[tokio::test]
+async fn delete_is_soft_and_repeatable() {
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let mut cleanup = Cleanup::new();
+    let slug = cleanup.add(&unique_slug("del"));
+    let created = post_tenant(&json!({"name": "To Delete", "slug": slug})).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+
+    let first = delete(&format!("/api/tenants/{slug}")).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    first.assert_json_with_request_id();
+    assert_eq!(first.body["status"], "deleted");
+    assert_eq!(first.body["id"], created.body["id"]);
+    assert!(
+        first.body["deleted_at"]
+            .as_str()
+            .is_some_and(|d| d.ends_with('Z')),
+        "{}",
+        first.text
+    );
+
+    // Soft: the database and its data are kept.
+    assert!(database_exists(&database_name(&slug)).await);
+    assert_eq!(registry_row(&slug).await, Some(("deleted".into(), 2)));
+
+    // Again: the same answer, deleted_at unchanged.
+    let second = delete(&format!("/api/tenants/{slug}")).await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.text);
+    assert_eq!(second.body, first.body);
+
+    // GET shows it deleted, and the status filter finds it.
+    let one = get(&format!("/api/tenants/{slug}")).await;
+    assert_eq!(one.body, first.body);
+}
+
+#[tokio::test]
+async fn unknown_slugs_are_404() {
+    for path in [
+        "/api/tenants/no_such_tenant_here",
+        "/api/tenants/NOT-A-SLUG",
+        "/api/tenants/x",
+    ] {
+        let g = get(path).await;
+        assert_eq!(g.status, StatusCode::NOT_FOUND, "GET {path}: {}", g.text);
+        g.assert_json_with_request_id();
+        assert_eq!(g.error_code(), "NOT_FOUND");
+        let d = delete(path).await;
+        assert_eq!(d.status, StatusCode::NOT_FOUND, "DELETE {path}: {}", d.text);
+        assert_eq!(d.error_code(), "NOT_FOUND");
+        d.assert_no_internals();
+    }
+}
+
+#[tokio::test]
+async fn list_pages_oldest_first_and_filters_by_status() {
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let mut cleanup = Cleanup::new();
+    let prefix = unique_slug("pg");
+    let mut slugs = Vec::new();
+    for i in 0..3 {
+        let slug = cleanup.add(&format!("{prefix}_{i}"));
+        let r = post_tenant(&json!({"name": format!("Page {i}"), "slug": slug})).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        slugs.push(slug);
+    }
+    assert_eq!(
+        delete(&format!("/api/tenants/{}", slugs[1])).await.status,
+        StatusCode::OK
+    );
+
+    // Walk every page of size 2 and keep ours: oldest first, each exactly once.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            None => "/api/tenants?limit=2".to_owned(),
+            Some(c) => format!("/api/tenants?limit=2&cursor={c}"),
+        };
+        let page = get(&path).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+        let tenants = page.body["tenants"].as_array().unwrap();
+        assert!(tenants.len() <= 2);
+        for t in tenants {
+            let s = t["slug"].as_str().unwrap().to_owned();
+            if s.starts_with(&prefix) {
+                seen.push((s, t["status"].as_str().unwrap().to_owned()));
+            }
+        }
+        pages += 1;
+        cursor = page.body["next_cursor"].as_str().map(str::to_owned);
+        if cursor.is_none() {
+            assert!(page.body["next_cursor"].is_null());
+            break;
+        }
+        assert!(pages < 10_000, "pagination terminates");
+    }
+    assert_eq!(
+        seen,
+        [
+            (slugs[0].clone(), "active".to_owned()),
+            (slugs[1].clone(), "deleted".to_owned()),
+            (slugs[2].clone(), "active".to_owned()),
+        ]
+    );
+
+    // The status filter.
+    let deleted = get("/api/tenants?status=deleted&limit=500").await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    let all_deleted = deleted.body["tenants"].as_array().unwrap();
+    assert!(all_deleted.iter().all(|t| t["status"] == "deleted"));
+}
+
+#[tokio::test]
+async fn bad_list_queries_are_400() {
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=501", "limit"),
+        ("limit=abc", "limit"),
+        ("status=archived", "status"),
+        ("cursor=bm90LWEtY3Vyc29y", "cursor"),
+        ("order=desc", "order"),
+    ] {
+        let r = get(&format!("/api/tenants?{query}")).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{query}: {}", r.text);
+        r.assert_json_with_request_id();
+        assert_eq!(r.error_code(), "VALIDATION_ERROR");
+        assert_eq!(r.detail_fields(), [field], "{query}");
+        r.assert_no_internals();
+    }
+}

@@ -1,0 +1,66 @@
+use e2e::*;
+use reqwest::StatusCode;
+
+/// Puts an object into `template1` (the database every `CREATE DATABASE` copies) that makes
+/// migration V2 fail, and removes it when dropped.
+struct TemplateFault;
+
+impl TemplateFault {
+    async fn install() -> TemplateFault {
+        connect("template1")
+            .await
+            .batch_execute("CREATE VIEW activity_log AS SELECT 1 AS squatter")
+            .await
+            .expect("install the template fault");
+        TemplateFault
+    }
+}
+
+impl Drop for TemplateFault {
+    fn drop(&mut self) {
+        let _ = std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                connect("template1")
+                    .await
+                    .batch_execute("DROP VIEW IF EXISTS activity_log")
+                    .await
+                    .expect("remove the template fault");
+            });
+        })
+        .join();
+    }
+}
+
+#[tokio::test]
+async fn a_failing_migration_leaves_nothing_behind_and_the_slug_can_be_retried() {
+    // Exclusive: every other provisioning test would copy the fault too.
+    let _template = test_lock(TEMPLATE_LOCK, true).await;
+    let mut cleanup = Cleanup::new();
+    let slug = cleanup.add(&unique_slug("fault"));
+
+    let fault = TemplateFault::install().await;
+    let reply = post_tenant(&json!({"name": "Faulty", "slug": slug})).await;
+    assert!(
+        reply.status.is_server_error(),
+        "{}: {}",
+        reply.status,
+        reply.text
+    );
+    reply.assert_json_with_request_id();
+    assert_eq!(reply.error_code(), "INTERNAL_ERROR");
+    reply.assert_no_internals();
+    assert!(!reply.text.contains("activity_log"), "{}", reply.text);
+    // Nothing left: no database, no row.
+    assert!(databases_like(&slug).await.is_empty(), "database dropped");
+    assert_eq!(registry_row(&slug).await, None, "row removed");
+    drop(fault);
+
+    // Once the fault is gone, the same slug provisions.
+    let retry = post_tenant(&json!({"name": "Faulty", "slug": slug})).await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.text);
+    assert_eq!(registry_row(&slug).await, Some(("active".into(), 2)));
+}
