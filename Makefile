@@ -5,15 +5,19 @@ export SM_PORT ?= 5000
 export LAMBDA_PORT ?= 9000
 export RELEASE ?=
 
-.PHONY: dev test test-unit check fmt clippy tools clean
+.PHONY: dev test test-unit check fmt nextest tools clean
 
 ## dev: bring up PostgreSQL, the local Secrets Manager and the functions; Ctrl-C stops all
 dev:
 	scripts/stack.sh dev
 
 ## test: formatting, lints, unit tests, and the PostgreSQL + end-to-end tests on the local stack
-test: check
+test: check nextest
 	scripts/stack.sh run -- cargo nextest run --workspace --no-fail-fast
+
+# Each test runs in a process of its own (some tests set process-wide AWS SDK variables).
+nextest:
+	@cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
 
 ## check: formatting and clippy, no stack needed
 check:

@@ -112,26 +112,31 @@ pub struct MigrateAllReport {
 }
 
 impl MigrateAllReport {
-    pub fn failed_slugs(&self) -> Vec<&str> {
-        self.tenants
-            .iter()
-            .filter(|t| t.status == TenantOutcome::Failed)
-            .map(|t| t.slug.as_str())
-            .collect()
-    }
-
-    /// One sentence for the invocation error when tenants failed.
+    /// The invocation error's message when tenants failed: counts, then each failed tenant
+    /// with its (sanitised) reason.
     pub fn failure_summary(&self) -> String {
         let c = &self.counts;
+        let failed: Vec<String> = self
+            .tenants
+            .iter()
+            .filter(|t| t.status == TenantOutcome::Failed)
+            .map(|t| {
+                format!(
+                    "{} ({})",
+                    t.slug,
+                    t.error.as_deref().unwrap_or("unknown error")
+                )
+            })
+            .collect();
         format!(
-            "{} of {} tenants failed to migrate ({}); migrated {}, up to date {}, skipped {}; run {}",
+            "{} of {} tenants failed to migrate; migrated {}, up to date {}, skipped {}; run {}. Failed: {}",
             c.failed,
             self.tenants.len(),
-            self.failed_slugs().join(", "),
             c.migrated,
             c.up_to_date,
             c.skipped,
-            self.run_id
+            self.run_id,
+            failed.join("; ")
         )
     }
 }

@@ -292,6 +292,9 @@ impl Drop for Cleanup {
                 .build()
                 .expect("runtime");
             rt.block_on(async {
+                // Not while a test runs migrate-all over the whole fleet: a tenant vanishing
+                // mid-run would be reported as failed.
+                let _fleet = test_lock(FLEET_LOCK, false).await;
                 for slug in &slugs {
                     purge_tenant(slug).await;
                 }
@@ -301,21 +304,134 @@ impl Drop for Cleanup {
     }
 }
 
-/// A test-level advisory lock, held for as long as the value lives.
+/// A test-level advisory lock, held for as long as the value lives. Its connection lives on
+/// a runtime of its own, so that dropping it releases the lock even while the test's own
+/// runtime is blocked (e.g. in `Cleanup::drop`).
 pub struct TestLock {
     _client: Client,
 }
 
+fn harness_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("harness runtime")
+    })
+}
+
+/// Takes a test lock; waits at most 10 minutes (a stuck test, not a deadlock, is the only
+/// way to wait that long).
 pub async fn test_lock(key: i32, exclusive: bool) -> TestLock {
-    let client = admin().await;
-    let sql = if exclusive {
-        "SELECT pg_advisory_lock($1, $2)"
-    } else {
-        "SELECT pg_advisory_lock_shared($1, $2)"
-    };
-    client
-        .execute(sql, &[&TEST_LOCK_NS, &key])
+    let client = harness_runtime()
+        .spawn(async move {
+            let client = admin().await;
+            client
+                .batch_execute("SET lock_timeout = '600s'")
+                .await
+                .expect("set lock_timeout");
+            let sql = if exclusive {
+                "SELECT pg_advisory_lock($1, $2)"
+            } else {
+                "SELECT pg_advisory_lock_shared($1, $2)"
+            };
+            client
+                .execute(sql, &[&TEST_LOCK_NS, &key])
+                .await
+                .expect("take a test lock");
+            client
+        })
         .await
-        .expect("take a test lock");
+        .expect("lock task");
     TestLock { _client: client }
+}
+
+/// Invokes migrate-all through the local Lambda Invoke API (what `cargo lambda invoke`
+/// does). Returns the status and the JSON payload (the report, or `errorType`/`errorMessage`).
+pub async fn invoke_migrate_all(event: &Value) -> (StatusCode, Value) {
+    let resp = http()
+        .post(format!(
+            "{}/2015-03-31/functions/migrate-all/invocations",
+            api_url()
+        ))
+        .body(event.to_string())
+        .send()
+        .await
+        .expect("the local Lambda API answers");
+    let status = resp.status();
+    let text = resp.text().await.expect("a payload");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text)),
+    )
+}
+
+/// The report row of `slug`, if the report has one.
+pub fn report_row<'a>(report: &'a Value, slug: &str) -> Option<&'a Value> {
+    report["tenants"]
+        .as_array()?
+        .iter()
+        .find(|t| t["slug"] == slug)
+}
+
+/// Undoes migration V2 by hand in a tenant database: drops what it made and deletes its
+/// history row; the registry says version 1, as it would have before V2 shipped.
+pub async fn undo_v2(slug: &str) {
+    connect(&database_name(slug))
+        .await
+        .batch_execute(
+            "DROP TABLE activity_log; DELETE FROM refinery_schema_history WHERE version = 2",
+        )
+        .await
+        .expect("undo V2");
+    registry()
+        .await
+        .execute(
+            "UPDATE tenants SET schema_version = 1 WHERE slug = $1",
+            &[&slug],
+        )
+        .await
+        .expect("registry at V1");
+}
+
+/// Versions recorded in a tenant's history, in order, duplicates included.
+pub async fn history_versions(slug: &str) -> Vec<i32> {
+    connect(&database_name(slug))
+        .await
+        .query(
+            "SELECT version FROM refinery_schema_history ORDER BY version",
+            &[],
+        )
+        .await
+        .expect("read the history")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+pub async fn has_table(slug: &str, table: &str) -> bool {
+    connect(&database_name(slug))
+        .await
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = 'public' AND tablename = $1)",
+            &[&table],
+        )
+        .await
+        .expect("query pg_tables")
+        .get(0)
+}
+
+/// Creates tenants through the API and registers them for cleanup.
+pub async fn create_tenants(cleanup: &mut Cleanup, prefix: &str, n: usize) -> Vec<String> {
+    let base = unique_slug(prefix);
+    let mut slugs = Vec::new();
+    for i in 0..n {
+        let slug = cleanup.add(&format!("{base}_{i}"));
+        let r = post_tenant(&json!({"name": format!("Tenant {i}"), "slug": slug})).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        slugs.push(slug);
+    }
+    slugs
 }

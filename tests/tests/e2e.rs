@@ -7,5 +7,6 @@ mod e2e {
     mod api_read_delete;
     mod api_validation;
     mod concurrency;
+    mod migrate_all;
     mod provisioning_faults;
 }

@@ -1,0 +1,352 @@
+//! migrate-all through the real binary (the local Lambda Invoke API). Every test here holds
+//! the fleet test lock exclusively: two runs at once are a test of their own.
+//! Declare `cleanup` before the lock, so that the lock is released first on drop.
+
+use e2e::*;
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+fn counts(report: &Value) -> (u64, u64, u64, u64) {
+    let c = &report["counts"];
+    (
+        c["migrated"].as_u64().unwrap(),
+        c["up_to_date"].as_u64().unwrap(),
+        c["failed"].as_u64().unwrap(),
+        c["skipped"].as_u64().unwrap(),
+    )
+}
+
+/// The report rows whose status is `status`.
+fn slugs_with(report: &Value, status: &str) -> Vec<String> {
+    report["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["status"] == status)
+        .map(|t| t["slug"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_current_fleet_migrates_nothing_and_a_second_run_neither() {
+    let mut cleanup = Cleanup::new();
+    let _fleet = test_lock(FLEET_LOCK, true).await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slugs = create_tenants(&mut cleanup, "cur", 2).await;
+
+    for run in 0..2 {
+        let (status, report) = invoke_migrate_all(&json!({})).await;
+        assert_eq!(status, StatusCode::OK, "run {run}: {report}");
+        assert_eq!(report["status"], "completed");
+        assert_eq!(report["dry_run"], false);
+        assert_eq!(report["latest_version"], 2);
+        assert!(report["run_id"]
+            .as_str()
+            .is_some_and(|id| uuid::Uuid::parse_str(id).is_ok()));
+        assert_eq!(
+            report["system"]["applied"],
+            json!([]),
+            "system database already current"
+        );
+        let (migrated, _, failed, _) = counts(&report);
+        assert_eq!((migrated, failed), (0, 0), "run {run}: {report}");
+        for slug in &slugs {
+            let row = report_row(&report, slug).unwrap_or_else(|| panic!("{slug} reported"));
+            assert_eq!(row["status"], "up_to_date");
+            assert_eq!(
+                (row["from_version"].as_i64(), row["to_version"].as_i64()),
+                (Some(2), Some(2))
+            );
+            assert_eq!(row["applied"], json!([]));
+            assert!(row["error"].is_null());
+            assert!(row["duration_ms"].is_u64());
+            assert_eq!(history_versions(slug).await, [1, 2]);
+        }
+    }
+}
+
+#[tokio::test]
+async fn lagging_tenants_are_named_by_a_dry_run_then_brought_to_head() {
+    let mut cleanup = Cleanup::new();
+    let _fleet = test_lock(FLEET_LOCK, true).await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slugs = create_tenants(&mut cleanup, "lag", 3).await;
+    let lagging = &slugs[..2];
+    for slug in lagging {
+        undo_v2(slug).await;
+    }
+
+    // Dry run: exactly the lagging tenants, with their pending versions; nothing changes.
+    let (status, report) = invoke_migrate_all(&json!({"dry_run": true})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["dry_run"], true);
+    let mut pending = slugs_with(&report, "pending");
+    pending.sort();
+    assert_eq!(pending, lagging, "{report}");
+    for slug in lagging {
+        assert_eq!(report_row(&report, slug).unwrap()["pending"], json!([2]));
+        assert_eq!(report_row(&report, slug).unwrap()["from_version"], 1);
+    }
+    assert_eq!(
+        report_row(&report, &slugs[2]).unwrap()["status"],
+        "up_to_date"
+    );
+    for slug in lagging {
+        assert!(
+            !has_table(slug, "activity_log").await,
+            "dry run changed nothing"
+        );
+        assert_eq!(history_versions(slug).await, [1]);
+        assert_eq!(registry_row(slug).await, Some(("active".into(), 1)));
+    }
+
+    // The real run.
+    let (status, report) = invoke_migrate_all(&json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let mut migrated = slugs_with(&report, "migrated");
+    migrated.sort();
+    assert_eq!(migrated, lagging, "{report}");
+    for slug in lagging {
+        let row = report_row(&report, slug).unwrap();
+        assert_eq!(
+            (row["from_version"].as_i64(), row["to_version"].as_i64()),
+            (Some(1), Some(2))
+        );
+        assert_eq!(row["applied"], json!([2]));
+        assert!(has_table(slug, "activity_log").await);
+        assert_eq!(history_versions(slug).await, [1, 2]);
+        assert_eq!(
+            registry_row(slug).await,
+            Some(("active".into(), 2)),
+            "schema_version follows"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failing_tenant_does_not_stop_the_others_and_is_migrated_once_fixed() {
+    let mut cleanup = Cleanup::new();
+    let _fleet = test_lock(FLEET_LOCK, true).await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slugs = create_tenants(&mut cleanup, "flt", 3).await;
+    for slug in &slugs {
+        undo_v2(slug).await;
+    }
+    let faulty = &slugs[1];
+    // A view squatting on the table name V2 creates.
+    connect(&database_name(faulty))
+        .await
+        .batch_execute("CREATE VIEW activity_log AS SELECT 1 AS squatter")
+        .await
+        .unwrap();
+
+    let (status, error) = invoke_migrate_all(&json!({})).await;
+    assert!(!status.is_success(), "the run signals failure: {error}");
+    assert_eq!(error["errorType"], "TenantMigrationsFailed", "{error}");
+    let message = error["errorMessage"].as_str().unwrap();
+    assert!(message.starts_with("1 of "), "{message}");
+    assert!(
+        message.contains(&format!(
+            "{faulty} (migration V2__create_activity_log failed:"
+        )),
+        "{message}"
+    );
+    assert!(
+        message.contains("activity_log"),
+        "the reason names the object: {message}"
+    );
+    for leak in ["127.0.0.1", "password", "postgres://"] {
+        assert!(!message.contains(leak), "{message}");
+    }
+    for slug in [&slugs[0], &slugs[2]] {
+        assert!(!message.contains(slug.as_str()), "{message}");
+        assert!(
+            has_table(slug, "activity_log").await,
+            "{slug} migrated despite the failure"
+        );
+        assert_eq!(registry_row(slug).await, Some(("active".into(), 2)));
+    }
+    // Left at its last good version.
+    assert_eq!(history_versions(faulty).await, [1]);
+    assert_eq!(registry_row(faulty).await, Some(("active".into(), 1)));
+
+    // Fault removed: the next run migrates it, and only it.
+    connect(&database_name(faulty))
+        .await
+        .batch_execute("DROP VIEW activity_log")
+        .await
+        .unwrap();
+    let (status, report) = invoke_migrate_all(&json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        slugs_with(&report, "migrated"),
+        std::slice::from_ref(faulty),
+        "{report}"
+    );
+    assert!(has_table(faulty, "activity_log").await);
+    assert_eq!(history_versions(faulty).await, [1, 2]);
+    assert_eq!(registry_row(faulty).await, Some(("active".into(), 2)));
+}
+
+#[tokio::test]
+async fn an_edited_released_migration_is_reported_not_skipped() {
+    let mut cleanup = Cleanup::new();
+    let _fleet = test_lock(FLEET_LOCK, true).await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slugs = create_tenants(&mut cleanup, "div", 2).await;
+    connect(&database_name(&slugs[0]))
+        .await
+        .batch_execute("UPDATE refinery_schema_history SET checksum = '12345' WHERE version = 1")
+        .await
+        .unwrap();
+    connect(&database_name(&slugs[1]))
+        .await
+        .batch_execute(
+            "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
+             VALUES (99, 'from_elsewhere', '2026-01-01T00:00:00Z', '1')",
+        )
+        .await
+        .unwrap();
+    let (status, error) = invoke_migrate_all(&json!({"slugs": slugs})).await;
+    assert!(!status.is_success(), "{error}");
+    let message = error["errorMessage"].as_str().unwrap();
+    assert!(message.starts_with("2 of 2 "), "{message}");
+    assert!(
+        message.contains(&format!(
+            "{} (applied migration V1__create_settings differs",
+            slugs[0]
+        )),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("{} (applied migration V99", slugs[1])),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn deleted_tenants_are_not_touched() {
+    let mut cleanup = Cleanup::new();
+    let _fleet = test_lock(FLEET_LOCK, true).await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slugs = create_tenants(&mut cleanup, "ded", 1).await;
+    let slug = &slugs[0];
+    undo_v2(slug).await;
+    assert_eq!(
+        delete(&format!("/api/tenants/{slug}")).await.status,
+        StatusCode::OK
+    );
+
+    let (status, report) = invoke_migrate_all(&json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert!(
+        report_row(&report, slug).is_none(),
+        "a deleted tenant is not in the run"
+    );
+    assert!(!has_table(slug, "activity_log").await);
+    assert_eq!(history_versions(slug).await, [1]);
+
+    // Named explicitly, it is reported as skipped, still untouched.
+    let (status, report) = invoke_migrate_all(&json!({"slugs": [slug]})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report_row(&report, slug).unwrap()["status"], "skipped");
+    assert_eq!(counts(&report), (0, 0, 0, 1));
+    assert_eq!(history_versions(slug).await, [1]);
+}
+
+#[tokio::test]
+async fn two_runs_at_once_never_apply_a_migration_twice() {
+    let mut cleanup = Cleanup::new();
+    let _fleet = test_lock(FLEET_LOCK, true).await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slugs = create_tenants(&mut cleanup, "two", 4).await;
+    for slug in &slugs {
+        undo_v2(slug).await;
+    }
+    let event = json!({});
+    let runs = join_all((0..2).map(|_| invoke_migrate_all(&event))).await;
+    let mut applied_by_runs = 0;
+    for (status, report) in &runs {
+        assert_eq!(*status, StatusCode::OK, "{report}");
+        match report["status"].as_str() {
+            Some("already_running") => assert!(report["tenants"].as_array().unwrap().is_empty()),
+            Some("completed") => {
+                assert_eq!(report["counts"]["failed"], 0, "{report}");
+                applied_by_runs += slugs
+                    .iter()
+                    .filter(|s| report_row(report, s).is_some_and(|r| r["status"] == "migrated"))
+                    .count();
+            }
+            other => panic!("unexpected status {other:?}: {report}"),
+        }
+    }
+    assert_eq!(
+        applied_by_runs,
+        slugs.len(),
+        "each lagging tenant migrated by exactly one run"
+    );
+    for slug in &slugs {
+        assert_eq!(
+            history_versions(slug).await,
+            [1, 2],
+            "{slug}: no migration recorded twice"
+        );
+        assert_eq!(registry_row(slug).await, Some(("active".into(), 2)));
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_created_during_a_run_ends_at_head() {
+    let mut cleanup = Cleanup::new();
+    let _fleet = test_lock(FLEET_LOCK, true).await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slugs = create_tenants(&mut cleanup, "dur", 6).await;
+    for slug in &slugs {
+        undo_v2(slug).await;
+    }
+    let newcomer = cleanup.add(&unique_slug("newcomer"));
+    let body = json!({"name": "Newcomer", "slug": newcomer});
+    let event = json!({"concurrency": 1});
+    let (run, created) = tokio::join!(invoke_migrate_all(&event), post_tenant(&body));
+    assert_eq!(run.0, StatusCode::OK, "{}", run.1);
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    assert_eq!(registry_row(&newcomer).await, Some(("active".into(), 2)));
+    assert_eq!(history_versions(&newcomer).await, [1, 2]);
+    for slug in &slugs {
+        assert_eq!(history_versions(slug).await, [1, 2]);
+    }
+}
+
+#[tokio::test]
+async fn bad_events_are_refused_with_a_clear_error() {
+    let _fleet = test_lock(FLEET_LOCK, true).await;
+    for (event, needle) in [
+        (json!({"slugs": ["Not A Slug"]}), "invalid slugs"),
+        (
+            json!({"concurrency": 0}),
+            "concurrency must be from 1 to 64",
+        ),
+        (
+            json!({"concurrency": 1000}),
+            "concurrency must be from 1 to 64",
+        ),
+        (json!({"dry_run": "yes"}), "invalid event"),
+    ] {
+        let (status, error) = invoke_migrate_all(&event).await;
+        assert!(!status.is_success(), "{event}: {error}");
+        assert_eq!(error["errorType"], "InvalidRequest", "{event}: {error}");
+        assert!(
+            error["errorMessage"].as_str().unwrap().contains(needle),
+            "{event}: {error}"
+        );
+    }
+    // An EventBridge Scheduler event is accepted as is.
+    let (status, report) = invoke_migrate_all(&json!({
+        "version": "0", "id": "e1", "detail-type": "Scheduled Event", "source": "aws.scheduler",
+        "time": "2026-11-22T03:00:00Z", "region": "us-east-1", "resources": [], "detail": {}
+    }))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["status"], "completed");
+}
