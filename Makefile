@@ -5,14 +5,22 @@ export SM_PORT ?= 5000
 export LAMBDA_PORT ?= 9000
 export RELEASE ?=
 
-.PHONY: dev test test-unit check fmt nextest tools clean
+.PHONY: dev test test-unit check fmt nextest tools lint build deploy clean
+
+# Offline template checks. cfn-lint is pinned to 1.51.0 (newer releases stopped flagging
+# invalid runtimes and architectures); aws-sam-cli pins a newer cfn-lint of its own, so each
+# lives in a virtualenv of its own under .venv/.
+CFN_LINT_VERSION := 1.51.0
+SAM_CLI_VERSION := 1.170.0
+LINT_VENV := .venv/lint
+SAM_VENV := .venv/sam
 
 ## dev: bring up PostgreSQL, the local Secrets Manager and the functions; Ctrl-C stops all
 dev:
 	scripts/stack.sh dev
 
-## test: formatting, lints, unit tests, and the PostgreSQL + end-to-end tests on the local stack
-test: check nextest
+## test: formatting, lints, template lint, unit tests, and the PostgreSQL + end-to-end tests on the local stack
+test: check lint nextest
 	scripts/stack.sh run -- cargo nextest run --workspace --no-fail-fast
 
 # Each test runs in a process of its own (some tests set process-wide AWS SDK variables).
@@ -37,3 +45,31 @@ fmt:
 clean:
 	cargo clean
 	rm -rf .local
+
+$(LINT_VENV)/.installed-$(CFN_LINT_VERSION):
+	python3 -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/pip install --disable-pip-version-check -q 'cfn-lint==$(CFN_LINT_VERSION)'
+	touch $@
+
+$(SAM_VENV)/.installed-$(SAM_CLI_VERSION):
+	python3 -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install --disable-pip-version-check -q 'aws-sam-cli==$(SAM_CLI_VERSION)'
+	touch $@
+
+## lint: cfn-lint and sam validate --lint on infra/template.yaml, offline
+lint: $(LINT_VENV)/.installed-$(CFN_LINT_VERSION) $(SAM_VENV)/.installed-$(SAM_CLI_VERSION)
+	$(LINT_VENV)/bin/cfn-lint infra/template.yaml
+	cd infra && SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} \
+		../$(SAM_VENV)/bin/sam validate --lint --template template.yaml
+
+## build: the deployable arm64 artifacts (sam build through cargo-lambda and zig)
+build: $(SAM_VENV)/.installed-$(SAM_CLI_VERSION)
+	scripts/stack.sh tools
+	cd infra && PATH="$(CURDIR)/$(SAM_VENV)/bin:$(CURDIR)/.venv/bin:$$PATH" SAM_CLI_TELEMETRY=0 \
+		sam build --template template.yaml --beta-features
+	@ls -l infra/.aws-sam/build/*/bootstrap
+
+## deploy: sam deploy (guided the first time, when infra/samconfig.toml has no parameters yet)
+deploy: build
+	cd infra && PATH="$(CURDIR)/$(SAM_VENV)/bin:$$PATH" SAM_CLI_TELEMETRY=0 \
+		sam deploy $$(grep -q '^parameter_overrides' samconfig.toml || echo --guided)

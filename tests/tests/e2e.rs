@@ -9,4 +9,5 @@ mod e2e {
     mod concurrency;
     mod migrate_all;
     mod provisioning_faults;
+    mod routes;
 }

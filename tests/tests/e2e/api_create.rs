@@ -3,8 +3,8 @@ use reqwest::StatusCode;
 
 #[tokio::test]
 async fn create_answers_201_with_a_ready_database() {
-    let _template = test_lock(TEMPLATE_LOCK, false).await;
     let mut cleanup = Cleanup::new();
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slug = cleanup.add(&unique_slug("acme"));
 
     let reply = post_tenant(&json!({"name": "  Acme Corp ", "slug": slug})).await;
@@ -172,8 +172,8 @@ async fn create_answers_201_with_a_ready_database() {
 
 #[tokio::test]
 async fn a_48_character_slug_gets_a_63_byte_database_name() {
-    let _template = test_lock(TEMPLATE_LOCK, false).await;
     let mut cleanup = Cleanup::new();
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
     let base = unique_slug("l");
     let slug = cleanup.add(&format!("{base}{}", "x".repeat(48 - base.len())));
     assert_eq!(slug.len(), 48);
@@ -190,8 +190,8 @@ async fn a_48_character_slug_gets_a_63_byte_database_name() {
 
 #[tokio::test]
 async fn a_taken_slug_is_a_conflict() {
-    let _template = test_lock(TEMPLATE_LOCK, false).await;
     let mut cleanup = Cleanup::new();
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slug = cleanup.add(&unique_slug("dup"));
     let first = post_tenant(&json!({"name": "First", "slug": slug})).await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
@@ -213,8 +213,8 @@ async fn a_taken_slug_is_a_conflict() {
 
 #[tokio::test]
 async fn the_slug_of_a_deleted_tenant_stays_taken() {
-    let _template = test_lock(TEMPLATE_LOCK, false).await;
     let mut cleanup = Cleanup::new();
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slug = cleanup.add(&unique_slug("gone"));
     assert_eq!(
         post_tenant(&json!({"name": "Gone", "slug": slug}))
@@ -233,8 +233,8 @@ async fn the_slug_of_a_deleted_tenant_stays_taken() {
 
 #[tokio::test]
 async fn a_database_outside_the_registry_is_never_adopted_or_dropped() {
-    let _template = test_lock(TEMPLATE_LOCK, false).await;
     let mut cleanup = Cleanup::new();
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slug = cleanup.add(&unique_slug("squat"));
     let db = database_name(&slug);
     admin()

@@ -3,8 +3,8 @@ use reqwest::StatusCode;
 
 #[tokio::test]
 async fn delete_is_soft_and_repeatable() {
-    let _template = test_lock(TEMPLATE_LOCK, false).await;
     let mut cleanup = Cleanup::new();
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slug = cleanup.add(&unique_slug("del"));
     let created = post_tenant(&json!({"name": "To Delete", "slug": slug})).await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
@@ -56,8 +56,8 @@ async fn unknown_slugs_are_404() {
 
 #[tokio::test]
 async fn list_pages_oldest_first_and_filters_by_status() {
-    let _template = test_lock(TEMPLATE_LOCK, false).await;
     let mut cleanup = Cleanup::new();
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
     let prefix = unique_slug("pg");
     let mut slugs = Vec::new();
     for i in 0..3 {

@@ -4,8 +4,8 @@ use reqwest::StatusCode;
 
 #[tokio::test]
 async fn concurrent_posts_of_one_slug_give_one_201_and_409s() {
-    let _template = test_lock(TEMPLATE_LOCK, false).await;
     let mut cleanup = Cleanup::new();
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slug = cleanup.add(&unique_slug("race"));
     let replies = join_all((0..8).map(|i| {
         let body = json!({"name": format!("Racer {i}"), "slug": slug});
@@ -42,8 +42,8 @@ async fn concurrent_posts_of_one_slug_give_one_201_and_409s() {
 
 #[tokio::test]
 async fn concurrent_posts_of_distinct_slugs_all_succeed() {
-    let _template = test_lock(TEMPLATE_LOCK, false).await;
     let mut cleanup = Cleanup::new();
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
     let prefix = unique_slug("many");
     let slugs: Vec<String> = (0..8)
         .map(|i| cleanup.add(&format!("{prefix}_{i}")))

@@ -38,8 +38,8 @@ impl Drop for TemplateFault {
 #[tokio::test]
 async fn a_failing_migration_leaves_nothing_behind_and_the_slug_can_be_retried() {
     // Exclusive: every other provisioning test would copy the fault too.
-    let _template = test_lock(TEMPLATE_LOCK, true).await;
     let mut cleanup = Cleanup::new();
+    let _template = test_lock(TEMPLATE_LOCK, true).await;
     let slug = cleanup.add(&unique_slug("fault"));
 
     let fault = TemplateFault::install().await;
