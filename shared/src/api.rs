@@ -11,9 +11,10 @@ use tracing::error;
 use crate::{
     db::Database,
     domain::{NewTenant, Slug, TenantName, TenantStatus},
+    provision::{self, CreateTenantError, IdempotencyKey},
     tenants::{
-        self, CreateTenantError, Cursor, DeleteTenantError, FieldError, GetTenantError, ListQuery,
-        ListTenantsError, LIST_MAX_LIMIT,
+        self, Cursor, DeleteTenantError, FieldError, GetTenantError, ListQuery, ListTenantsError,
+        LIST_MAX_LIMIT,
     },
 };
 
@@ -27,6 +28,8 @@ pub enum ErrorCode {
     NotFound,
     Conflict,
     PayloadTooLarge,
+    /// 422: an `Idempotency-Key` reused with a different body.
+    IdempotencyKeyReused,
     ServiceUnavailable,
     InternalError,
 }
@@ -38,6 +41,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::IdempotencyKeyReused => 422,
             ErrorCode::ServiceUnavailable => 503,
             ErrorCode::InternalError => 500,
         }
@@ -139,6 +143,10 @@ impl From<CreateTenantError> for ApiError {
                     format!("Tenant with slug '{slug}' already exists"),
                 )
             }
+            CreateTenantError::IdempotencyMismatch => ApiError::new(
+                ErrorCode::IdempotencyKeyReused,
+                "Idempotency-Key was already used with a different request body",
+            ),
             CreateTenantError::Busy(slug) => ApiError::new(
                 ErrorCode::Conflict,
                 format!("Tenant '{slug}' is being changed by another operation; retry later"),
@@ -368,15 +376,25 @@ fn path_slug(raw: Option<&str>) -> Result<Slug, Option<Slug>> {
 
 // ---- the operations, as the handlers call them --------------------------------------------
 
-/// `POST /api/tenants`.
-pub async fn create(db: &Database, body: &[u8]) -> ApiResponse {
+/// `POST /api/tenants`, with the optional `Idempotency-Key` header. Answers 201 for a new
+/// tenant and for the replay of an earlier request with the same key and body.
+pub async fn create(db: &Database, body: &[u8], idempotency_key: Option<&[u8]>) -> ApiResponse {
     let result: Result<ApiResponse, ApiError> = async {
         if body.len() > MAX_BODY_BYTES {
             return Err(ApiError::payload_too_large());
         }
+        let key = idempotency_key
+            .map(IdempotencyKey::parse)
+            .transpose()
+            .map_err(|m| {
+                ApiError::validation(
+                    "Invalid Idempotency-Key header",
+                    vec![FieldError::new("Idempotency-Key", m)],
+                )
+            })?;
         let new = parse_create_body(body)?;
-        let tenant = tenants::create_tenant(db, &new).await?;
-        Ok(ApiResponse::ok(201, tenant))
+        let created = provision::create_tenant(db, &new, key.as_ref()).await?;
+        Ok(ApiResponse::ok(201, created.tenant))
     }
     .await;
     result.into()

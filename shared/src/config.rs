@@ -11,6 +11,7 @@
 //! | `DB_CONNECT_TIMEOUT_SECS` | TCP + TLS + authentication | `3` |
 //! | `DB_STATEMENT_TIMEOUT_SECS` | server-side statement timeout on our sessions (0 = none) | `20` |
 //! | `DB_LOCK_TIMEOUT_SECS` | longest wait for a tenant or fleet lock | `10` |
+//! | `PROVISIONING_LEASE_SECONDS` | how long a `provisioning` row is presumed alive | `35` |
 //!
 //! The secret's `dbname` (or `DB_NAME`) is the *maintenance* database: it is used only to
 //! create the system database when it does not exist yet. Default `postgres`.
@@ -61,6 +62,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub statement_timeout: Duration,
     pub lock_timeout: Duration,
+    /// A little above the create function's timeout (28 s): past it, a `provisioning` row
+    /// belongs to a dead process.
+    pub provisioning_lease: Duration,
 }
 
 impl Config {
@@ -119,6 +123,7 @@ impl Config {
             connect_timeout: secs(&get, "DB_CONNECT_TIMEOUT_SECS", 3)?,
             statement_timeout: secs(&get, "DB_STATEMENT_TIMEOUT_SECS", 20)?,
             lock_timeout: secs(&get, "DB_LOCK_TIMEOUT_SECS", 10)?,
+            provisioning_lease: secs(&get, "PROVISIONING_LEASE_SECONDS", 35)?,
         })
     }
 }

@@ -75,6 +75,11 @@ impl fmt::Display for Slug {
 pub struct DatabaseName(String);
 
 impl DatabaseName {
+    /// A name as the registry stored it (stored once, never recomputed).
+    pub fn from_registry(stored: String) -> DatabaseName {
+        DatabaseName(stored)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -25,6 +25,7 @@ use crate::{
     domain::Slug,
     locks::{self, Lock},
     migrations::{self, HISTORY_TABLE},
+    provision::{self, ReconcileAction},
 };
 
 /// Default number of tenants migrated at once (one connection each, plus one to the
@@ -99,6 +100,12 @@ pub struct SystemReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct Reconciled {
+    pub slug: String,
+    pub action: ReconcileAction,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct MigrateAllReport {
     pub run_id: Uuid,
     pub status: RunStatus,
@@ -106,6 +113,13 @@ pub struct MigrateAllReport {
     pub latest_version: i64,
     pub concurrency: usize,
     pub system: Option<SystemReport>,
+    /// Provisionings past their lease, finished or undone before migrating (see
+    /// `provision`); in a dry run, listed as `pending`.
+    pub reconciled: Vec<Reconciled>,
+    /// Databases with the tenant prefix that no registry row owns. Reported, never dropped.
+    pub orphan_databases: Vec<String>,
+    /// Tenant databases left invalid by an interrupted `DROP DATABASE`.
+    pub invalid_databases: Vec<String>,
     pub counts: Counts,
     pub tenants: Vec<TenantReport>,
     pub duration_ms: u64,
@@ -223,6 +237,9 @@ pub async fn migrate_all(
         latest_version,
         concurrency,
         system: None,
+        reconciled: Vec::new(),
+        orphan_databases: Vec::new(),
+        invalid_databases: Vec::new(),
         counts: Counts::default(),
         tenants: Vec::new(),
         duration_ms: 0,
@@ -260,14 +277,19 @@ pub async fn migrate_all(
         }
     };
 
-    let result = run_tenants(
-        db,
-        &sys,
-        req.dry_run,
-        slugs.as_deref(),
-        concurrency,
-        &mut report,
-    )
+    let result = async {
+        report.reconciled = reconcile_expired(db, &sys, req.dry_run).await?;
+        (report.orphan_databases, report.invalid_databases) = find_orphans(&sys).await?;
+        run_tenants(
+            db,
+            &sys,
+            req.dry_run,
+            slugs.as_deref(),
+            concurrency,
+            &mut report,
+        )
+        .await
+    }
     .await;
     if let Some(lock) = fleet_lock {
         locks::release(&sys, lock).await;
@@ -285,6 +307,69 @@ pub async fn migrate_all(
         "migrate-all finished"
     );
     Ok(report)
+}
+
+/// Finishes or undoes every provisioning past its lease whose lock is free.
+async fn reconcile_expired(
+    db: &Database,
+    sys: &Client,
+    dry_run: bool,
+) -> Result<Vec<Reconciled>, MigrateAllError> {
+    let rows = sys
+        .query(
+            "SELECT slug FROM tenants WHERE status = 'provisioning' AND lease_expires_at < now() \
+             ORDER BY created_at",
+            &[],
+        )
+        .await
+        .map_err(DbError::from)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let raw: String = row.try_get(0).map_err(DbError::from)?;
+        let Ok(slug) = Slug::parse(&raw) else {
+            continue;
+        };
+        let action = if dry_run {
+            ReconcileAction::Pending
+        } else {
+            provision::reconcile_slug(db, sys, &slug).await?
+        };
+        out.push(Reconciled { slug: raw, action });
+    }
+    Ok(out)
+}
+
+/// Tenant-prefixed databases no row owns, and invalid ones (`datconnlimit = -2`).
+async fn find_orphans(sys: &Client) -> Result<(Vec<String>, Vec<String>), MigrateAllError> {
+    let rows = sys
+        .query(
+            "SELECT d.datname::text, d.datconnlimit = -2, \
+                    NOT EXISTS (SELECT 1 FROM tenants t WHERE t.database_name = d.datname) \
+             FROM pg_database d WHERE d.datname LIKE 'dbtools\\_tenant\\_%' ESCAPE '\\' \
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(DbError::from)?;
+    let mut orphans = Vec::new();
+    let mut invalid = Vec::new();
+    for row in rows {
+        let name: String = row.try_get(0).map_err(DbError::from)?;
+        if row.try_get::<_, bool>(1).map_err(DbError::from)? {
+            invalid.push(name.clone());
+        }
+        if row.try_get::<_, bool>(2).map_err(DbError::from)? {
+            orphans.push(name);
+        }
+    }
+    if !orphans.is_empty() || !invalid.is_empty() {
+        warn!(
+            ?orphans,
+            ?invalid,
+            "tenant databases without a registry row, or invalid"
+        );
+    }
+    Ok((orphans, invalid))
 }
 
 async fn system_pending(db: &Database) -> Result<SystemReport, MigrateAllError> {

@@ -10,6 +10,7 @@ pub mod domain;
 pub mod fleet;
 pub mod locks;
 pub mod migrations;
+pub mod provision;
 pub mod tenants;
 
 pub use config::Config;

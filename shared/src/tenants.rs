@@ -1,26 +1,23 @@
 //! The tenant lifecycle: create (provision), list, get and soft-delete, on the registry in
 //! the system database. One error enum per operation; `api` maps them to HTTP in one place.
 
-use std::time::Instant;
-
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use chrono::{DateTime, Utc};
-use tokio_postgres::{error::SqlState, types::ToSql, Client, Row};
-use tracing::{error, info, instrument, warn};
+use tokio_postgres::{types::ToSql, Client, Row};
+use tracing::instrument;
 use uuid::Uuid;
 
 use crate::{
-    db::{error_chain, Database, DbError},
-    domain::{NewTenant, Slug, Tenant, TenantStatus},
+    db::{Database, DbError},
+    domain::{Slug, Tenant, TenantStatus},
     locks::{self, Lock},
-    migrations,
 };
 
 /// Columns of a [`Tenant`], in the order [`tenant_from_row`] reads them.
-const TENANT_COLUMNS: &str =
+pub(crate) const TENANT_COLUMNS: &str =
     "id, name, slug, status, database_name, schema_version, created_at, deleted_at";
 
-fn tenant_from_row(row: &Row) -> Result<Tenant, DbError> {
+pub(crate) fn tenant_from_row(row: &Row) -> Result<Tenant, DbError> {
     let status: String = row.try_get(3)?;
     let status = TenantStatus::parse(&status)
         .ok_or_else(|| anyhow::anyhow!("registry holds an unknown status {status:?}"))?;
@@ -49,191 +46,6 @@ impl FieldError {
             field: field.into(),
             message: message.into(),
         }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Create
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, thiserror::Error)]
-pub enum CreateTenantError {
-    #[error("invalid request")]
-    Validation {
-        message: String,
-        details: Vec<FieldError>,
-    },
-    #[error("tenant with slug '{0}' already exists")]
-    Conflict(Slug),
-    /// A database of that name exists but the registry does not own it: never adopted,
-    /// never dropped.
-    #[error("database for slug '{0}' already exists outside the registry")]
-    DatabaseExists(Slug),
-    /// Another operation on the same tenant held its lock past the lock timeout.
-    #[error("tenant '{0}' is busy")]
-    Busy(Slug),
-    #[error("database unavailable")]
-    Unavailable(String),
-    /// Provisioning failed and was undone (or could not be, see the log).
-    #[error("provisioning failed")]
-    Unexpected(#[source] anyhow::Error),
-}
-
-impl From<DbError> for CreateTenantError {
-    fn from(e: DbError) -> Self {
-        match e {
-            DbError::Unavailable(m) => CreateTenantError::Unavailable(m),
-            other => CreateTenantError::Unexpected(anyhow::Error::new(other)),
-        }
-    }
-}
-
-/// Creates the registry row, the database and its schema; answers the active tenant.
-///
-/// Steps, each undone on a later failure ("compensation", since `CREATE DATABASE` cannot run
-/// in a transaction):
-/// 1. insert the row as `provisioning` (committed: a concurrent duplicate gets a conflict
-///    from the unique slug, and so never reaches step 3);
-/// 2. take the tenant's lock (create, delete and migrate-all of one tenant never interleave);
-/// 3. `CREATE DATABASE` (if the name exists, the database is not ours: remove our row,
-///    answer a conflict, touch nothing);
-/// 4. revoke `CONNECT` from `PUBLIC`, apply every tenant migration, record `schema_version`,
-///    mark `active`.
-///
-/// On failure after step 3: close our connection to the new database, drop it
-/// `WITH (FORCE)`, remove the row.
-#[instrument(skip_all, fields(tenant.slug = %new.slug))]
-pub async fn create_tenant(db: &Database, new: &NewTenant) -> Result<Tenant, CreateTenantError> {
-    let started = Instant::now();
-    let sys = db.system().await?;
-    let db_name = new.slug.database_name();
-
-    // 1. The row, committed.
-    let id: Uuid = match sys
-        .query_one(
-            "INSERT INTO tenants (name, slug, database_name, status) \
-             VALUES ($1, $2, $3, 'provisioning') RETURNING id",
-            &[&new.name.as_str(), &new.slug.as_str(), &db_name.as_str()],
-        )
-        .await
-    {
-        Ok(row) => row.try_get(0).map_err(DbError::from)?,
-        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            return Err(CreateTenantError::Conflict(new.slug.clone()))
-        }
-        Err(e) => return Err(DbError::from(e).into()),
-    };
-
-    // 2. The tenant lock.
-    let lock = match locks::acquire(&sys, Lock::Tenant(new.slug.to_string())).await {
-        Ok(lock) => lock,
-        Err(e) => {
-            remove_row(&sys, id).await;
-            return Err(if locks::is_lock_timeout(&e) {
-                CreateTenantError::Busy(new.slug.clone())
-            } else {
-                e.into()
-            });
-        }
-    };
-
-    // 3. The database.
-    if let Err(e) = sys
-        .batch_execute(&format!("CREATE DATABASE {}", db_name.quoted()))
-        .await
-    {
-        let duplicate = e.code() == Some(&SqlState::DUPLICATE_DATABASE);
-        remove_row(&sys, id).await;
-        locks::release(&sys, lock).await;
-        if duplicate {
-            warn!(database = %db_name, "database exists but no registry row owns it; left untouched");
-            return Err(CreateTenantError::DatabaseExists(new.slug.clone()));
-        }
-        return Err(DbError::from(e).into());
-    }
-
-    // 4. Privileges, schema, registry.
-    let finished = finish_provisioning(db, &sys, id, &db_name).await;
-    match finished {
-        Ok(tenant) => {
-            locks::release(&sys, lock).await;
-            info!(
-                tenant.id = %tenant.id,
-                schema_version = tenant.schema_version,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "tenant provisioned"
-            );
-            Ok(tenant)
-        }
-        Err(e) => {
-            error!(error = %error_chain(&e), "provisioning failed; dropping the new database");
-            let dropped = sys
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    db_name.quoted()
-                ))
-                .await;
-            match dropped {
-                Ok(()) => remove_row(&sys, id).await,
-                // Keep the row: it owns the leftover database, which must not become an
-                // orphan nobody knows about.
-                Err(drop_err) => error!(
-                    database = %db_name,
-                    error = %error_chain(&drop_err),
-                    "could not drop the database of a failed provisioning; row kept as provisioning"
-                ),
-            }
-            locks::release(&sys, lock).await;
-            Err(e.into())
-        }
-    }
-}
-
-async fn finish_provisioning(
-    db: &Database,
-    sys: &Client,
-    id: Uuid,
-    db_name: &crate::domain::DatabaseName,
-) -> Result<Tenant, DbError> {
-    sys.batch_execute(&format!(
-        "REVOKE CONNECT ON DATABASE {} FROM PUBLIC",
-        db_name.quoted()
-    ))
-    .await?;
-    let version = {
-        let mut tenant = db.connect(db_name.as_str()).await?;
-        migrations::apply_tenant_migrations(&mut tenant)
-            .await
-            .map_err(|e| anyhow::anyhow!("tenant migrations failed: {e}"))?;
-        let version = migrations::applied_version(&tenant).await?;
-        drop(tenant); // closes our connection to the new database
-        version
-    };
-    let version = i32::try_from(version)
-        .map_err(|_| anyhow::anyhow!("schema version {version} out of range"))?;
-    let row = sys
-        .query_one(
-            &format!(
-                "UPDATE tenants SET status = 'active', schema_version = $2, updated_at = now() \
-                 WHERE id = $1 AND status = 'provisioning' RETURNING {TENANT_COLUMNS}"
-            ),
-            &[&id, &version],
-        )
-        .await?;
-    tenant_from_row(&row)
-}
-
-/// Removes the row of a provisioning that did not happen. Logged, never raised: the caller
-/// is already answering an error.
-async fn remove_row(sys: &Client, id: Uuid) {
-    if let Err(e) = sys
-        .execute(
-            "DELETE FROM tenants WHERE id = $1 AND status = 'provisioning'",
-            &[&id],
-        )
-        .await
-    {
-        error!(tenant.id = %id, error = %error_chain(&e), "could not remove the provisioning row");
     }
 }
 

@@ -9,7 +9,8 @@ use shared::{
     db::DbError,
     domain::{NewTenant, Slug, TenantName, TenantStatus},
     migrations,
-    tenants::{self, CreateTenantError, DeleteTenantError, ListQuery},
+    provision::{self, CreateTenantError},
+    tenants::{self, DeleteTenantError, ListQuery},
     Database,
 };
 use tokio_postgres::NoTls;
@@ -100,7 +101,7 @@ async fn database_exists(name: &str) -> bool {
 async fn system_migrations_create_the_registry_once() {
     let fresh = Fresh::new();
     let db = Database::new(fresh.config(&[]), "test").unwrap();
-    assert_eq!(migrations::migrate_system(&db).await.unwrap(), [1]);
+    assert_eq!(migrations::migrate_system(&db).await.unwrap(), [1, 2]);
     assert!(database_exists(&fresh.system_db).await);
     // Idempotent.
     assert!(migrations::migrate_system(&db).await.unwrap().is_empty());
@@ -132,14 +133,15 @@ async fn lifecycle_through_the_library() {
     migrations::migrate_system(&db).await.unwrap();
     let slug = fresh.slug("lib");
 
-    let t = tenants::create_tenant(&db, &new_tenant(&slug, "Library"))
+    let t = provision::create_tenant(&db, &new_tenant(&slug, "Library"), None)
         .await
-        .unwrap();
+        .unwrap()
+        .tenant;
     assert_eq!(t.status, TenantStatus::Active);
     assert_eq!(t.schema_version, migrations::latest_tenant_version());
     assert!(database_exists(slug.database_name().as_str()).await);
 
-    let again = tenants::create_tenant(&db, &new_tenant(&slug, "Again")).await;
+    let again = provision::create_tenant(&db, &new_tenant(&slug, "Again"), None).await;
     assert!(
         matches!(again, Err(CreateTenantError::Conflict(_))),
         "{again:?}"
@@ -256,5 +258,5 @@ async fn database_url_replaces_the_secret() {
         "test-url",
     )
     .unwrap();
-    assert_eq!(migrations::migrate_system(&db).await.unwrap(), [1]);
+    assert_eq!(migrations::migrate_system(&db).await.unwrap(), [1, 2]);
 }

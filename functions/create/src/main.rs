@@ -6,7 +6,10 @@ use shared::{api, Database};
 async fn handler(db: &Database, req: Request) -> Result<Response<Body>, Error> {
     let request_id = http_support::request_id(&req);
     let outcome = match *req.method() {
-        Method::POST => api::create(db, http_support::body_bytes(&req)).await,
+        Method::POST => {
+            let key = req.headers().get("idempotency-key").map(|v| v.as_bytes());
+            api::create(db, http_support::body_bytes(&req), key).await
+        }
         _ => api::route_not_found(),
     };
     http_support::log_request(&req, &request_id, outcome.status);
