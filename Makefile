@@ -5,7 +5,7 @@ export SM_PORT ?= 5000
 export LAMBDA_PORT ?= 9000
 export RELEASE ?=
 
-.PHONY: dev test test-unit check fmt nextest tools lint build deploy clean
+.PHONY: dev test test-faults test-unit check fmt nextest tools lint build deploy clean
 
 # Offline template checks. cfn-lint is pinned to 1.51.0 (newer releases stopped flagging
 # invalid runtimes and architectures); aws-sam-cli pins a newer cfn-lint of its own, so each
@@ -14,14 +14,25 @@ CFN_LINT_VERSION := 1.51.0
 SAM_CLI_VERSION := 1.170.0
 LINT_VENV := .venv/lint
 SAM_VENV := .venv/sam
+# zig for cargo-lambda's arm64 cross-compilation, in the SAM venv (first on PATH in `make build`).
+ZIG_VERSION := 0.13.0.post1
 
 ## dev: bring up PostgreSQL, the local Secrets Manager and the functions; Ctrl-C stops all
 dev:
 	scripts/stack.sh dev
 
-## test: formatting, lints, template lint, unit tests, and the PostgreSQL + end-to-end tests on the local stack
+# The fault tests stop PostgreSQL, rotate its password and kill functions: they run alone.
+FAULTS := test(/^e2e::faults::/)
+
+## test: formatting, lints, template lint, unit tests, the PostgreSQL and end-to-end tests on
+## the local stack, then the fault tests one at a time
 test: check lint nextest
-	scripts/stack.sh run -- cargo nextest run --workspace --no-fail-fast
+	scripts/stack.sh run -- bash -c "cargo nextest run --workspace --no-fail-fast -E 'not $(FAULTS)' \
+		&& cargo nextest run -p e2e --no-fail-fast -j 1 -E '$(FAULTS)'"
+
+## test-faults: only the fault tests (on the local stack)
+test-faults: nextest
+	scripts/stack.sh run -- cargo nextest run -p e2e --no-fail-fast -j 1 -E '$(FAULTS)'
 
 # Each test runs in a process of its own (some tests set process-wide AWS SDK variables).
 nextest:
@@ -51,19 +62,19 @@ $(LINT_VENV)/.installed-$(CFN_LINT_VERSION):
 	$(LINT_VENV)/bin/pip install --disable-pip-version-check -q 'cfn-lint==$(CFN_LINT_VERSION)'
 	touch $@
 
-$(SAM_VENV)/.installed-$(SAM_CLI_VERSION):
+$(SAM_VENV)/.installed-$(SAM_CLI_VERSION)-$(ZIG_VERSION):
 	python3 -m venv $(SAM_VENV)
-	$(SAM_VENV)/bin/pip install --disable-pip-version-check -q 'aws-sam-cli==$(SAM_CLI_VERSION)'
+	$(SAM_VENV)/bin/pip install --disable-pip-version-check -q 'aws-sam-cli==$(SAM_CLI_VERSION)' 'ziglang==$(ZIG_VERSION)'
 	touch $@
 
 ## lint: cfn-lint and sam validate --lint on infra/template.yaml, offline
-lint: $(LINT_VENV)/.installed-$(CFN_LINT_VERSION) $(SAM_VENV)/.installed-$(SAM_CLI_VERSION)
+lint: $(LINT_VENV)/.installed-$(CFN_LINT_VERSION) $(SAM_VENV)/.installed-$(SAM_CLI_VERSION)-$(ZIG_VERSION)
 	$(LINT_VENV)/bin/cfn-lint infra/template.yaml
 	cd infra && SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} \
 		../$(SAM_VENV)/bin/sam validate --lint --template template.yaml
 
 ## build: the deployable arm64 artifacts (sam build through cargo-lambda and zig)
-build: $(SAM_VENV)/.installed-$(SAM_CLI_VERSION)
+build: $(SAM_VENV)/.installed-$(SAM_CLI_VERSION)-$(ZIG_VERSION)
 	scripts/stack.sh tools
 	cd infra && PATH="$(CURDIR)/$(SAM_VENV)/bin:$(CURDIR)/.venv/bin:$$PATH" SAM_CLI_TELEMETRY=0 \
 		sam build --template template.yaml --beta-features

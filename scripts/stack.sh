@@ -105,6 +105,10 @@ prepare_pg_dir() {
   fi
 }
 
+pg_server_opts() {
+  echo "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $(pg_dir)/run -c max_connections=300 -c shared_buffers=256MB -c client_connection_check_interval=1000"
+}
+
 pg_isready_local() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" 2>/dev/null; }
 
 start_postgres() {
@@ -131,8 +135,7 @@ start_postgres() {
   mkdir -p "$dir/run"
   [ "$(id -u)" -ne 0 ] || chown postgres: "$dir/run"
   log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
-  as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$dir/server.log" -w -t 60 \
-    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $dir/run -c max_connections=300 -c shared_buffers=256MB" \
+  as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$dir/server.log" -w -t 60 -o "$(pg_server_opts)" \
     start >/dev/null || { tail -20 "$dir/server.log" >&2; die "PostgreSQL did not start"; }
   STARTED+=(pg)
 }
@@ -196,6 +199,7 @@ DB_SECRET_ID=$SECRET_ID
 DB_SSLMODE=disable
 SYSTEM_DB_NAME=$SYSTEM_DB_NAME
 MIGRATE_CONCURRENCY=${MIGRATE_CONCURRENCY:-10}
+PROVISIONING_LEASE_SECONDS=${PROVISIONING_LEASE_SECONDS:-10}
 RUST_LOG=${RUST_LOG:-info}
 EOF
 }
@@ -330,6 +334,21 @@ case "$cmd" in
   env)
     ensure_postgres >/dev/null
     stack_env
+    ;;
+  pg-stop)
+    # For the fault tests: stop and start the project's cluster (not whoever started it).
+    ensure_postgres >/dev/null
+    as_pg "$PG_BIN/pg_ctl" -D "$(pg_dir)/data" -m fast -w stop >/dev/null
+    ;;
+  pg-start)
+    ensure_postgres >/dev/null
+    as_pg "$PG_BIN/pg_ctl" -D "$(pg_dir)/data" -l "$(pg_dir)/server.log" -w -t 60 \
+      -o "$(pg_server_opts)" start >/dev/null
+    ;;
+  put-secret)
+    # For the fault tests: put-secret PASSWORD rewrites the admin secret with a new password.
+    PG_PASSWORD=${1:?password}
+    put_secret
     ;;
   *)
     sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'

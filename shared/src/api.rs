@@ -407,7 +407,12 @@ pub async fn list<'a>(
 ) -> ApiResponse {
     let result: Result<ApiResponse, ApiError> = async {
         let q = parse_list_query(params)?;
-        let page = tenants::list_tenants(db, &q).await?;
+        // Reads are retried once when the server went away under a cached connection (a
+        // frozen sandbox, a failover): the second attempt opens a new connection.
+        let page = match tenants::list_tenants(db, &q).await {
+            Err(ListTenantsError::Unavailable(_)) => tenants::list_tenants(db, &q).await?,
+            other => other?,
+        };
         Ok(ApiResponse::ok(200, page))
     }
     .await;
@@ -418,7 +423,10 @@ pub async fn list<'a>(
 pub async fn get(db: &Database, slug: Option<&str>) -> ApiResponse {
     let result: Result<ApiResponse, ApiError> = async {
         let slug = path_slug(slug).map_err(GetTenantError::NotFound)?;
-        let tenant = tenants::get_tenant(db, &slug).await?;
+        let tenant = match tenants::get_tenant(db, &slug).await {
+            Err(GetTenantError::Unavailable(_)) => tenants::get_tenant(db, &slug).await?,
+            other => other?,
+        };
         Ok(ApiResponse::ok(200, tenant))
     }
     .await;
@@ -429,7 +437,11 @@ pub async fn get(db: &Database, slug: Option<&str>) -> ApiResponse {
 pub async fn delete(db: &Database, slug: Option<&str>) -> ApiResponse {
     let result: Result<ApiResponse, ApiError> = async {
         let slug = path_slug(slug).map_err(DeleteTenantError::NotFound)?;
-        let tenant = tenants::delete_tenant(db, &slug).await?;
+        // Soft delete is idempotent, so it is retried like a read.
+        let tenant = match tenants::delete_tenant(db, &slug).await {
+            Err(DeleteTenantError::Unavailable(_)) => tenants::delete_tenant(db, &slug).await?,
+            other => other?,
+        };
         Ok(ApiResponse::ok(200, tenant))
     }
     .await;

@@ -165,8 +165,10 @@ pub async fn create_tenant(
             }
             Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                 let constraint = e.as_db_error().and_then(|d| d.constraint()).unwrap_or("");
-                if constraint == "tenants_idempotency_key_key" {
-                    continue; // the same key won the insert: wait for it and replay
+                if constraint == "tenants_idempotency_key_key"
+                    || same_key_holds_slug(&sys, &new.slug, key).await?
+                {
+                    continue; // a request with the same key won the insert: wait for it and replay
                 }
                 // The slug is taken. By a provisioning that died? Then converge and retry.
                 if !reconcile_if_expired(db, &sys, &new.slug).await? {
@@ -177,6 +179,22 @@ pub async fn create_tenant(
         }
     }
     Err(CreateTenantError::Busy(new.slug.clone()))
+}
+
+/// True when the slug's row was inserted with this idempotency key.
+async fn same_key_holds_slug(
+    sys: &Client,
+    slug: &Slug,
+    key: Option<&IdempotencyKey>,
+) -> Result<bool, DbError> {
+    let Some(key) = key else { return Ok(false) };
+    let row = sys
+        .query_opt(
+            "SELECT 1 FROM tenants WHERE slug = $1 AND idempotency_key = $2",
+            &[&slug.as_str(), &key.as_str()],
+        )
+        .await?;
+    Ok(row.is_some())
 }
 
 /// With a key seen before: the tenant it created (waiting while it is still being

@@ -8,8 +8,9 @@ use shared::{
     config::Config,
     db::DbError,
     domain::{NewTenant, Slug, TenantName, TenantStatus},
+    locks::{self, Lock},
     migrations,
-    provision::{self, CreateTenantError},
+    provision::{self, CreateTenantError, IdempotencyKey, ReconcileAction},
     tenants::{self, DeleteTenantError, ListQuery},
     Database,
 };
@@ -259,4 +260,200 @@ async fn database_url_replaces_the_secret() {
     )
     .unwrap();
     assert_eq!(migrations::migrate_system(&db).await.unwrap(), [1, 2]);
+}
+
+/// A provisioning row whose lease has expired, as a killed create leaves it.
+async fn dead_provisioning(db: &Database, slug: &Slug) {
+    db.system()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO tenants (name, slug, database_name, status, lease_expires_at) \
+             VALUES ('Dead', $1, $2, 'provisioning', now() - interval '1 second')",
+            &[&slug.as_str(), &slug.database_name().as_str()],
+        )
+        .await
+        .unwrap();
+}
+
+async fn row_status(db: &Database, slug: &Slug) -> Option<(String, i32)> {
+    db.system()
+        .await
+        .unwrap()
+        .query_opt(
+            "SELECT status, schema_version FROM tenants WHERE slug = $1",
+            &[&slug.as_str()],
+        )
+        .await
+        .unwrap()
+        .map(|r| (r.get(0), r.get(1)))
+}
+
+async fn reconcile(db: &Database, slug: &Slug) -> ReconcileAction {
+    let sys = db.system().await.unwrap();
+    provision::reconcile_slug(db, &sys, slug).await.unwrap()
+}
+
+#[tokio::test]
+async fn reconcile_decision_table() {
+    let mut fresh = Fresh::new();
+    let db = Database::new(fresh.config(&[]), "test-reconcile").unwrap();
+    migrations::migrate_system(&db).await.unwrap();
+    let admin = admin().await;
+
+    // No database: roll back.
+    let none = fresh.slug("rc_none");
+    dead_provisioning(&db, &none).await;
+    assert_eq!(reconcile(&db, &none).await, ReconcileAction::RolledBack);
+    assert_eq!(row_status(&db, &none).await, None);
+
+    // An empty database (killed right after CREATE DATABASE): roll forward to head.
+    let half = fresh.slug("rc_half");
+    dead_provisioning(&db, &half).await;
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE {}",
+            half.database_name().quoted()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(reconcile(&db, &half).await, ReconcileAction::RolledForward);
+    assert_eq!(row_status(&db, &half).await, Some(("active".into(), 2)));
+
+    // A database whose migration fails: roll back, database dropped.
+    let bad = fresh.slug("rc_bad");
+    dead_provisioning(&db, &bad).await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {}", bad.database_name().quoted()))
+        .await
+        .unwrap();
+    {
+        let mut cfg: tokio_postgres::Config = env_or_panic("DBTOOLS_PG_URL").parse().unwrap();
+        cfg.dbname(bad.database_name().as_str());
+        let (c, conn) = cfg.connect(NoTls).await.unwrap();
+        let task = tokio::spawn(conn);
+        c.batch_execute("CREATE VIEW activity_log AS SELECT 1 AS squatter")
+            .await
+            .unwrap();
+        drop(c);
+        let _ = task.await;
+    }
+    assert_eq!(reconcile(&db, &bad).await, ReconcileAction::RolledBack);
+    assert_eq!(row_status(&db, &bad).await, None);
+    assert!(!database_exists(bad.database_name().as_str()).await);
+
+    // A database left invalid by an interrupted DROP DATABASE: drop it, roll back.
+    let invalid = fresh.slug("rc_inval");
+    dead_provisioning(&db, &invalid).await;
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE {}",
+            invalid.database_name().quoted()
+        ))
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "UPDATE pg_database SET datconnlimit = -2 WHERE datname = $1",
+            &[&invalid.database_name().as_str()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(reconcile(&db, &invalid).await, ReconcileAction::RolledBack);
+    assert!(!database_exists(invalid.database_name().as_str()).await);
+    assert_eq!(row_status(&db, &invalid).await, None);
+
+    // A lease that has not expired yet: a live create owns it.
+    let live = fresh.slug("rc_live");
+    db.system()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO tenants (name, slug, database_name, status, lease_expires_at) \
+             VALUES ('Live', $1, $2, 'provisioning', now() + interval '1 hour')",
+            &[&live.as_str(), &live.database_name().as_str()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(reconcile(&db, &live).await, ReconcileAction::Skipped);
+    assert_eq!(
+        row_status(&db, &live).await,
+        Some(("provisioning".into(), 0))
+    );
+
+    // Expired, but the tenant lock is held by another session (its holder is alive).
+    let held = fresh.slug("rc_held");
+    dead_provisioning(&db, &held).await;
+    let other = Database::new(fresh.config(&[]), "test-holder").unwrap();
+    let other_sys = other.system().await.unwrap();
+    let lock = locks::try_acquire(&other_sys, Lock::Tenant(held.to_string()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reconcile(&db, &held).await, ReconcileAction::Skipped);
+    assert_eq!(
+        row_status(&db, &held).await,
+        Some(("provisioning".into(), 0))
+    );
+    locks::release(&other_sys, lock).await;
+    assert_eq!(reconcile(&db, &held).await, ReconcileAction::RolledBack);
+}
+
+#[tokio::test]
+async fn a_post_after_a_dead_provisioning_converges() {
+    let mut fresh = Fresh::new();
+    let db = Database::new(fresh.config(&[]), "test-repost").unwrap();
+    migrations::migrate_system(&db).await.unwrap();
+
+    // Nothing was created: the slug is free again, and the new request provisions it.
+    let slug = fresh.slug("rp_free");
+    dead_provisioning(&db, &slug).await;
+    let t = provision::create_tenant(&db, &new_tenant(&slug, "Second try"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (t.tenant.name.as_str(), t.tenant.status),
+        ("Second try", TenantStatus::Active)
+    );
+
+    // The database was created: the dead provisioning is finished; the slug is taken.
+    let slug = fresh.slug("rp_done");
+    dead_provisioning(&db, &slug).await;
+    admin()
+        .await
+        .batch_execute(&format!(
+            "CREATE DATABASE {}",
+            slug.database_name().quoted()
+        ))
+        .await
+        .unwrap();
+    let again = provision::create_tenant(&db, &new_tenant(&slug, "Second try"), None).await;
+    assert!(
+        matches!(again, Err(CreateTenantError::Conflict(_))),
+        "{again:?}"
+    );
+    assert_eq!(row_status(&db, &slug).await, Some(("active".into(), 2)));
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_and_refuses_another_body() {
+    let mut fresh = Fresh::new();
+    let db = Database::new(fresh.config(&[]), "test-idem").unwrap();
+    migrations::migrate_system(&db).await.unwrap();
+    let slug = fresh.slug("idem");
+    let key = IdempotencyKey::parse(b"order-7781").unwrap();
+    let first = provision::create_tenant(&db, &new_tenant(&slug, "Idem"), Some(&key))
+        .await
+        .unwrap();
+    assert!(!first.replayed);
+    let second = provision::create_tenant(&db, &new_tenant(&slug, " Idem "), Some(&key))
+        .await
+        .unwrap();
+    assert!(second.replayed);
+    assert_eq!(second.tenant, first.tenant);
+    let other = provision::create_tenant(&db, &new_tenant(&slug, "Other"), Some(&key)).await;
+    assert!(
+        matches!(other, Err(CreateTenantError::IdempotencyMismatch)),
+        "{other:?}"
+    );
 }

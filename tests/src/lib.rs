@@ -127,9 +127,27 @@ pub async fn request_as(
     body: Option<Vec<u8>>,
     content_type: &str,
 ) -> Reply {
+    request_with_headers(method, path, body, &[("content-type", content_type)]).await
+}
+
+pub async fn request_with_headers(
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+    headers: &[(&str, &str)],
+) -> Reply {
     let mut req = http().request(method, format!("{}{path}", api_url()));
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        req = req.header("content-type", "application/json");
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
     if let Some(body) = body {
-        req = req.header("content-type", content_type).body(body);
+        req = req.body(body);
     }
     let resp = req.send().await.expect("the local API answers");
     let status = resp.status();
@@ -260,15 +278,34 @@ pub async fn purge_tenant(slug: &str) {
 }
 
 /// Removes the listed tenants when dropped, even when the test panicked.
-pub struct Cleanup(pub Vec<String>);
+///
+/// A test that runs migrate-all over the whole fleet holds the fleet test lock through its
+/// `Cleanup` ([`Cleanup::holding_fleet`]): its tenants are removed before the lock is
+/// released, so the next whole-fleet run never meets a tenant this test broke. Other tests
+/// take the lock shared while they remove theirs, so that no tenant vanishes under a run.
+pub struct Cleanup {
+    slugs: Vec<String>,
+    fleet: Option<TestLock>,
+}
 
 impl Cleanup {
     pub fn new() -> Self {
-        Cleanup(Vec::new())
+        Cleanup {
+            slugs: Vec::new(),
+            fleet: None,
+        }
+    }
+
+    /// Takes the fleet test lock exclusively, for the life of this value.
+    pub async fn holding_fleet() -> Self {
+        Cleanup {
+            slugs: Vec::new(),
+            fleet: Some(test_lock(FLEET_LOCK, true).await),
+        }
     }
 
     pub fn add(&mut self, slug: &str) -> String {
-        self.0.push(slug.to_owned());
+        self.slugs.push(slug.to_owned());
         slug.to_owned()
     }
 }
@@ -281,7 +318,8 @@ impl Default for Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let slugs = std::mem::take(&mut self.0);
+        let slugs = std::mem::take(&mut self.slugs);
+        let fleet = self.fleet.take();
         if slugs.is_empty() {
             return;
         }
@@ -292,9 +330,10 @@ impl Drop for Cleanup {
                 .build()
                 .expect("runtime");
             rt.block_on(async {
-                // Not while a test runs migrate-all over the whole fleet: a tenant vanishing
-                // mid-run would be reported as failed.
-                let _fleet = test_lock(FLEET_LOCK, false).await;
+                let _fleet = match fleet {
+                    Some(lock) => lock,
+                    None => test_lock(FLEET_LOCK, false).await,
+                };
                 for slug in &slugs {
                     purge_tenant(slug).await;
                 }

@@ -7,6 +7,8 @@ mod e2e {
     mod api_read_delete;
     mod api_validation;
     mod concurrency;
+    mod faults;
+    mod idempotency;
     mod migrate_all;
     mod provisioning_faults;
     mod routes;

@@ -1,6 +1,6 @@
 //! migrate-all through the real binary (the local Lambda Invoke API). Every test here holds
 //! the fleet test lock exclusively: two runs at once are a test of their own.
-//! Declare `cleanup` before the lock, so that the lock is released first on drop.
+//! The lock lives in their `Cleanup`, which removes their tenants before releasing it.
 
 use e2e::*;
 use futures_util::future::join_all;
@@ -30,8 +30,7 @@ fn slugs_with(report: &Value, status: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_current_fleet_migrates_nothing_and_a_second_run_neither() {
-    let mut cleanup = Cleanup::new();
-    let _fleet = test_lock(FLEET_LOCK, true).await;
+    let mut cleanup = Cleanup::holding_fleet().await;
     let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slugs = create_tenants(&mut cleanup, "cur", 2).await;
 
@@ -68,8 +67,7 @@ async fn a_current_fleet_migrates_nothing_and_a_second_run_neither() {
 
 #[tokio::test]
 async fn lagging_tenants_are_named_by_a_dry_run_then_brought_to_head() {
-    let mut cleanup = Cleanup::new();
-    let _fleet = test_lock(FLEET_LOCK, true).await;
+    let mut cleanup = Cleanup::holding_fleet().await;
     let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slugs = create_tenants(&mut cleanup, "lag", 3).await;
     let lagging = &slugs[..2];
@@ -126,8 +124,7 @@ async fn lagging_tenants_are_named_by_a_dry_run_then_brought_to_head() {
 
 #[tokio::test]
 async fn a_failing_tenant_does_not_stop_the_others_and_is_migrated_once_fixed() {
-    let mut cleanup = Cleanup::new();
-    let _fleet = test_lock(FLEET_LOCK, true).await;
+    let mut cleanup = Cleanup::holding_fleet().await;
     let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slugs = create_tenants(&mut cleanup, "flt", 3).await;
     for slug in &slugs {
@@ -191,8 +188,7 @@ async fn a_failing_tenant_does_not_stop_the_others_and_is_migrated_once_fixed() 
 
 #[tokio::test]
 async fn an_edited_released_migration_is_reported_not_skipped() {
-    let mut cleanup = Cleanup::new();
-    let _fleet = test_lock(FLEET_LOCK, true).await;
+    let mut cleanup = Cleanup::holding_fleet().await;
     let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slugs = create_tenants(&mut cleanup, "div", 2).await;
     connect(&database_name(&slugs[0]))
@@ -227,8 +223,7 @@ async fn an_edited_released_migration_is_reported_not_skipped() {
 
 #[tokio::test]
 async fn deleted_tenants_are_not_touched() {
-    let mut cleanup = Cleanup::new();
-    let _fleet = test_lock(FLEET_LOCK, true).await;
+    let mut cleanup = Cleanup::holding_fleet().await;
     let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slugs = create_tenants(&mut cleanup, "ded", 1).await;
     let slug = &slugs[0];
@@ -257,8 +252,7 @@ async fn deleted_tenants_are_not_touched() {
 
 #[tokio::test]
 async fn two_runs_at_once_never_apply_a_migration_twice() {
-    let mut cleanup = Cleanup::new();
-    let _fleet = test_lock(FLEET_LOCK, true).await;
+    let mut cleanup = Cleanup::holding_fleet().await;
     let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slugs = create_tenants(&mut cleanup, "two", 4).await;
     for slug in &slugs {
@@ -298,8 +292,7 @@ async fn two_runs_at_once_never_apply_a_migration_twice() {
 
 #[tokio::test]
 async fn a_tenant_created_during_a_run_ends_at_head() {
-    let mut cleanup = Cleanup::new();
-    let _fleet = test_lock(FLEET_LOCK, true).await;
+    let mut cleanup = Cleanup::holding_fleet().await;
     let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slugs = create_tenants(&mut cleanup, "dur", 6).await;
     for slug in &slugs {
@@ -349,4 +342,79 @@ async fn bad_events_are_refused_with_a_clear_error() {
     .await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["status"], "completed");
+}
+
+#[tokio::test]
+async fn a_run_reconciles_dead_provisionings_and_reports_orphans() {
+    let mut cleanup = Cleanup::holding_fleet().await;
+    // A create killed before CREATE DATABASE, one killed after it, and a database that no
+    // registry row owns.
+    let gone = cleanup.add(&unique_slug("dead_gone"));
+    let half = cleanup.add(&unique_slug("dead_half"));
+    let orphan = cleanup.add(&unique_slug("orphan"));
+    let registry = registry().await;
+    for slug in [&gone, &half] {
+        registry
+            .execute(
+                "INSERT INTO tenants (name, slug, database_name, status, lease_expires_at) \
+                 VALUES ('Dead', $1, $2, 'provisioning', now() - interval '1 minute')",
+                &[slug, &database_name(slug)],
+            )
+            .await
+            .unwrap();
+    }
+    let admin = admin().await;
+    for db in [database_name(&half), database_name(&orphan)] {
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{db}\""))
+            .await
+            .unwrap();
+    }
+
+    // A dry run lists them and changes nothing.
+    let (status, report) = invoke_migrate_all(&json!({"dry_run": true})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let pending: Vec<&Value> = report["reconciled"].as_array().unwrap().iter().collect();
+    for slug in [&gone, &half] {
+        assert!(
+            pending
+                .iter()
+                .any(|r| r["slug"] == slug.as_str() && r["action"] == "pending"),
+            "{report}"
+        );
+    }
+    assert_eq!(registry_row(&gone).await, Some(("provisioning".into(), 0)));
+
+    let (status, report) = invoke_migrate_all(&json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let actions: Vec<(String, String)> = report["reconciled"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["slug"].as_str().unwrap().to_owned(),
+                r["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        actions.contains(&(gone.clone(), "rolled_back".into())),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&(half.clone(), "rolled_forward".into())),
+        "{actions:?}"
+    );
+    assert_eq!(registry_row(&gone).await, None);
+    assert_eq!(registry_row(&half).await, Some(("active".into(), 2)));
+    assert_eq!(history_versions(&half).await, [1, 2]);
+    // The orphan is reported, and left alone.
+    let orphans = report["orphan_databases"].as_array().unwrap();
+    assert!(
+        orphans.iter().any(|d| d == database_name(&orphan).as_str()),
+        "{report}"
+    );
+    assert!(!orphans.iter().any(|d| d == database_name(&half).as_str()));
+    assert!(database_exists(&database_name(&orphan)).await);
 }
