@@ -5,7 +5,7 @@ export SM_PORT ?= 5000
 export LAMBDA_PORT ?= 9000
 export RELEASE ?=
 
-.PHONY: dev test test-faults test-unit check fmt nextest tools lint build deploy clean
+.PHONY: fuzz dev test test-faults test-unit check fmt nextest tools lint build deploy clean
 
 # Offline template checks. cfn-lint is pinned to 1.51.0 (newer releases stopped flagging
 # invalid runtimes and architectures); aws-sam-cli pins a newer cfn-lint of its own, so each
@@ -84,3 +84,9 @@ build: $(SAM_VENV)/.installed-$(SAM_CLI_VERSION)-$(ZIG_VERSION)
 deploy: build
 	cd infra && PATH="$(CURDIR)/$(SAM_VENV)/bin:$$PATH" SAM_CLI_TELEMETRY=0 \
 		sam deploy $$(grep -q '^parameter_overrides' samconfig.toml || echo --guided)
+
+## fuzz: schemathesis from infra/openapi.yaml against a running `make dev` (FUZZ_EXAMPLES per operation)
+FUZZ_EXAMPLES ?= 1000
+fuzz:
+	@test -x .venv/fuzz/bin/st || (python3 -m venv .venv/fuzz && .venv/fuzz/bin/pip install -q --disable-pip-version-check 'schemathesis==4.32.5')
+	scripts/fuzz.sh $(FUZZ_EXAMPLES)
