@@ -28,11 +28,11 @@ FAULTS := test(/^e2e::faults::/)
 ## the local stack, then the fault tests one at a time
 test: check lint nextest
 	scripts/stack.sh run -- bash -c "cargo nextest run --workspace --no-fail-fast -E 'not $(FAULTS)' \
-		&& cargo nextest run -p e2e --no-fail-fast -j 1 -E '$(FAULTS)'"
+		&& cargo nextest run --workspace --no-fail-fast -j 1 -E '$(FAULTS)'"
 
 ## test-faults: only the fault tests (on the local stack)
 test-faults: nextest
-	scripts/stack.sh run -- cargo nextest run -p e2e --no-fail-fast -j 1 -E '$(FAULTS)'
+	scripts/stack.sh run -- cargo nextest run --workspace --no-fail-fast -j 1 -E '$(FAULTS)'
 
 # Each test runs in a process of its own (some tests set process-wide AWS SDK variables).
 nextest:

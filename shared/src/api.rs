@@ -410,7 +410,10 @@ pub async fn list<'a>(
         // Reads are retried once when the server went away under a cached connection (a
         // frozen sandbox, a failover): the second attempt opens a new connection.
         let page = match tenants::list_tenants(db, &q).await {
-            Err(ListTenantsError::Unavailable(_)) => tenants::list_tenants(db, &q).await?,
+            Err(ListTenantsError::Unavailable(_)) => {
+                db.reset_system().await;
+                tenants::list_tenants(db, &q).await?
+            }
             other => other?,
         };
         Ok(ApiResponse::ok(200, page))
@@ -424,7 +427,10 @@ pub async fn get(db: &Database, slug: Option<&str>) -> ApiResponse {
     let result: Result<ApiResponse, ApiError> = async {
         let slug = path_slug(slug).map_err(GetTenantError::NotFound)?;
         let tenant = match tenants::get_tenant(db, &slug).await {
-            Err(GetTenantError::Unavailable(_)) => tenants::get_tenant(db, &slug).await?,
+            Err(GetTenantError::Unavailable(_)) => {
+                db.reset_system().await;
+                tenants::get_tenant(db, &slug).await?
+            }
             other => other?,
         };
         Ok(ApiResponse::ok(200, tenant))
@@ -439,7 +445,10 @@ pub async fn delete(db: &Database, slug: Option<&str>) -> ApiResponse {
         let slug = path_slug(slug).map_err(DeleteTenantError::NotFound)?;
         // Soft delete is idempotent, so it is retried like a read.
         let tenant = match tenants::delete_tenant(db, &slug).await {
-            Err(DeleteTenantError::Unavailable(_)) => tenants::delete_tenant(db, &slug).await?,
+            Err(DeleteTenantError::Unavailable(_)) => {
+                db.reset_system().await;
+                tenants::delete_tenant(db, &slug).await?
+            }
             other => other?,
         };
         Ok(ApiResponse::ok(200, tenant))

@@ -169,6 +169,12 @@ impl Database {
         Ok(SystemConn { guard })
     }
 
+    /// Forgets the cached system connection: the next `system()` opens a new one. Called
+    /// before retrying an operation whose connection failed under it.
+    pub async fn reset_system(&self) {
+        *self.system.lock().await = None;
+    }
+
     /// A new connection to `dbname` (a tenant database, or the maintenance database).
     pub async fn connect(&self, dbname: &str) -> Result<Client, DbError> {
         let params = self.credentials.get().await?;

@@ -8,6 +8,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
 
+pub mod runtime;
+
 pub use serde_json::json;
 
 /// Advisory lock key shared by the tests (not the product's key space).

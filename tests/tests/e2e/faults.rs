@@ -135,6 +135,15 @@ async fn terminated_backends_are_reopened_without_an_error_reaching_the_client()
 async fn postgres_down_is_a_quick_503_and_the_functions_recover() {
     let mut cleanup = Cleanup::new();
     let slugs = create_tenants(&mut cleanup, "fdown", 1).await;
+    // Warm every function first: under cargo lambda watch, a function's first request starts
+    // its instances (`cargo run` each, one after the other), which can take seconds that are
+    // the emulator's, not ours.
+    for _ in 0..3 {
+        get("/api/tenants?limit=1").await;
+        get("/api/tenants/not_a_tenant").await;
+        delete("/api/tenants/not_a_tenant").await;
+        post_raw(b"{}").await;
+    }
     stack(&["pg-stop"]);
     let result = std::panic::AssertUnwindSafe(async {
         for (method, path, body) in [
@@ -248,4 +257,186 @@ async fn a_rotated_password_is_read_again_from_secrets_manager() {
         "and back again"
     );
     assert_invariants(&[slugs, vec![created_slug]].concat()).await;
+}
+
+/// Holds the product's own advisory lock of a tenant (the lock create takes after inserting
+/// its row), on a connection of its own.
+async fn hold_tenant_lock(slug: &str) -> tokio_postgres::Client {
+    let c = registry().await;
+    c.execute(
+        "SELECT pg_advisory_lock(1684173825, hashtext($1))",
+        &[&slug],
+    )
+    .await
+    .unwrap();
+    c
+}
+
+async fn wait_for_row(slug: &str, status: &str) {
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            registry_row(slug).await.map(|r| r.0).as_deref() == Some(status)
+        })
+        .await,
+        "{slug} reached {status}"
+    );
+}
+
+/// Starts a real create-tenant process on a request for `slug` with `key`, its lease short.
+async fn start_create(slug: &str, key: &str) -> (runtime::RuntimeApi, tokio::process::Child) {
+    let body = json!({"name": "Killed", "slug": slug}).to_string();
+    let event = runtime::http_event("POST", "/api/tenants", &body, &[("idempotency-key", key)]);
+    let api = runtime::RuntimeApi::start(event).await;
+    let child = api.spawn("create-tenant", &[("PROVISIONING_LEASE_SECONDS", "3")]);
+    (api, child)
+}
+
+async fn retry_with_key(slug: &str, key: &str) -> Reply {
+    let body = json!({"name": "Killed", "slug": slug})
+        .to_string()
+        .into_bytes();
+    request_with_headers(
+        Method::POST,
+        "/api/tenants",
+        Some(body),
+        &[("idempotency-key", key)],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_create_killed_before_its_database_is_rolled_back_after_the_lease() {
+    let mut cleanup = Cleanup::new();
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slug = cleanup.add(&unique_slug("fkill_a"));
+    let key = format!("k-{slug}");
+    // The create inserts its row, then waits for the tenant lock that we hold: kill it there.
+    let lock = hold_tenant_lock(&slug).await;
+    let (api, mut child) = start_create(&slug, &key).await;
+    wait_for_row(&slug, "provisioning").await;
+    child.kill().await.expect("SIGKILL create-tenant");
+    drop(lock);
+    assert!(
+        api.response.lock().await.is_none(),
+        "the killed create never answered"
+    );
+    assert!(!database_exists(&database_name(&slug)).await);
+    assert_eq!(
+        registry_row(&slug).await.map(|r| r.0),
+        Some("provisioning".into())
+    );
+
+    // After the 3 s lease, the client's retry (same key) undoes the dead provisioning and
+    // provisions afresh.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let r = retry_with_key(&slug, &key).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.body["status"], "active");
+    assert_invariants(&[slug]).await;
+}
+
+#[tokio::test]
+async fn a_create_killed_at_its_last_step_is_rolled_forward_after_the_lease() {
+    let mut cleanup = Cleanup::new();
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slug = cleanup.add(&unique_slug("fkill_b"));
+    let key = format!("k-{slug}");
+    // Stop the create at its row, take the row FOR UPDATE, let it go: it creates and migrates
+    // the database, then waits on our row lock to mark it active. Kill it there.
+    let lock = hold_tenant_lock(&slug).await;
+    let (api, mut child) = start_create(&slug, &key).await;
+    wait_for_row(&slug, "provisioning").await;
+    let holder = registry().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .query_one("SELECT 1 FROM tenants WHERE slug = $1 FOR UPDATE", &[&slug])
+        .await
+        .unwrap();
+    drop(lock);
+    let waiting = eventually(Duration::from_secs(20), || async {
+        admin()
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'create-tenant' \
+                 AND wait_event_type = 'Lock' AND query LIKE 'UPDATE tenants SET status = ''active''%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    })
+    .await;
+    assert!(waiting, "the create reached its last step");
+    child.kill().await.expect("SIGKILL create-tenant");
+    // The server notices the dead client (client_connection_check_interval) and cancels its
+    // statement; only then do we let go of the row.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            admin()
+                .await
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'create-tenant' AND wait_event_type = 'Lock'", &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 0
+        })
+        .await,
+        "the dead client's statement was cancelled"
+    );
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    assert!(
+        api.response.lock().await.is_none(),
+        "the killed create never answered"
+    );
+    assert!(
+        database_exists(&database_name(&slug)).await,
+        "its database was created"
+    );
+    assert_eq!(
+        registry_row(&slug).await.map(|r| r.0),
+        Some("provisioning".into())
+    );
+
+    // After the lease, the retry with the same key finishes the work and answers 201.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let r = retry_with_key(&slug, &key).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.body["status"], "active");
+    assert_eq!(history_versions(&slug).await, [1, 2]);
+    assert_invariants(&[slug]).await;
+}
+
+#[tokio::test]
+async fn a_killed_migrate_all_is_rerun_cleanly() {
+    let mut cleanup = Cleanup::holding_fleet().await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slugs = create_tenants(&mut cleanup, "fmig", 10).await;
+    for slug in &slugs {
+        undo_v2(slug).await;
+    }
+    // Hold the last tenant's lock so that the run is caught mid-fleet, then kill it.
+    let lock = hold_tenant_lock(&slugs[9]).await;
+    let api = runtime::RuntimeApi::start(json!({"concurrency": 1, "slugs": slugs})).await;
+    let mut child = api.spawn("migrate-all", &[]);
+    let caught = eventually(Duration::from_secs(30), || async {
+        let mut done = 0;
+        for s in &slugs[..9] {
+            if history_versions(s).await.len() == 2 {
+                done += 1;
+            }
+        }
+        done == 9
+    })
+    .await;
+    assert!(caught, "the run migrated the first tenants");
+    child.kill().await.expect("SIGKILL migrate-all");
+    drop(lock);
+    assert!(api.response.lock().await.is_none());
+    // Its fleet lock died with it: a new run proceeds and finishes the job.
+    let (status, report) = invoke_migrate_all(&json!({"slugs": slugs})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["status"], "completed");
+    assert_eq!(report["counts"]["migrated"], 1, "{report}");
+    assert_invariants(&slugs).await;
 }
