@@ -407,15 +407,12 @@ pub async fn list<'a>(
 ) -> ApiResponse {
     let result: Result<ApiResponse, ApiError> = async {
         let q = parse_list_query(params)?;
-        // Reads are retried once when the server went away under a cached connection (a
-        // frozen sandbox, a failover): the second attempt opens a new connection.
-        let page = match tenants::list_tenants(db, &q).await {
-            Err(ListTenantsError::Unavailable(_)) => {
-                db.reset_system().await;
-                tenants::list_tenants(db, &q).await?
-            }
-            other => other?,
-        };
+        let page = retry_once(
+            db,
+            || tenants::list_tenants(db, &q),
+            |e| matches!(e, ListTenantsError::Unavailable(_)),
+        )
+        .await?;
         Ok(ApiResponse::ok(200, page))
     }
     .await;
@@ -426,13 +423,12 @@ pub async fn list<'a>(
 pub async fn get(db: &Database, slug: Option<&str>) -> ApiResponse {
     let result: Result<ApiResponse, ApiError> = async {
         let slug = path_slug(slug).map_err(GetTenantError::NotFound)?;
-        let tenant = match tenants::get_tenant(db, &slug).await {
-            Err(GetTenantError::Unavailable(_)) => {
-                db.reset_system().await;
-                tenants::get_tenant(db, &slug).await?
-            }
-            other => other?,
-        };
+        let tenant = retry_once(
+            db,
+            || tenants::get_tenant(db, &slug),
+            |e| matches!(e, GetTenantError::Unavailable(_)),
+        )
+        .await?;
         Ok(ApiResponse::ok(200, tenant))
     }
     .await;
@@ -444,17 +440,36 @@ pub async fn delete(db: &Database, slug: Option<&str>) -> ApiResponse {
     let result: Result<ApiResponse, ApiError> = async {
         let slug = path_slug(slug).map_err(DeleteTenantError::NotFound)?;
         // Soft delete is idempotent, so it is retried like a read.
-        let tenant = match tenants::delete_tenant(db, &slug).await {
-            Err(DeleteTenantError::Unavailable(_)) => {
-                db.reset_system().await;
-                tenants::delete_tenant(db, &slug).await?
-            }
-            other => other?,
-        };
+        let tenant = retry_once(
+            db,
+            || tenants::delete_tenant(db, &slug),
+            |e| matches!(e, DeleteTenantError::Unavailable(_)),
+        )
+        .await?;
         Ok(ApiResponse::ok(200, tenant))
     }
     .await;
     result.into()
+}
+
+/// Runs an idempotent operation; if the server went away under the cached connection (a
+/// frozen sandbox, a terminated backend, a failover), runs it once more on a new connection.
+async fn retry_once<T, E, F, Fut>(
+    db: &Database,
+    op: F,
+    unavailable: impl Fn(&E) -> bool,
+) -> Result<T, E>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    match op().await {
+        Err(e) if unavailable(&e) => {
+            db.reset_system().await;
+            op().await
+        }
+        other => other,
+    }
 }
 
 /// Bodies for requests that reach a function on a method or path it does not serve.
