@@ -6,7 +6,7 @@ use std::{fs, time::Duration};
 use native_tls::{Certificate, TlsConnector};
 use postgres_native_tls::MakeTlsConnector;
 use secrecy::ExposeSecret;
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tokio_postgres::{error::SqlState, Client};
 use tracing::{debug, warn};
 
@@ -115,24 +115,7 @@ pub struct Database {
 }
 
 /// Exclusive use of the sandbox's system connection for one operation.
-pub struct SystemConn<'a> {
-    guard: MutexGuard<'a, Option<Client>>,
-}
-
-impl std::ops::Deref for SystemConn<'_> {
-    type Target = Client;
-    fn deref(&self) -> &Client {
-        // `Database::system` only hands out a guard that holds a client.
-        self.guard.as_ref().expect("system connection present")
-    }
-}
-
-impl SystemConn<'_> {
-    /// Forgets the connection (after an error that may have left it unusable).
-    pub fn discard(mut self) {
-        *self.guard = None;
-    }
-}
+pub type SystemConn<'a> = MappedMutexGuard<'a, Client>;
 
 impl Database {
     /// No network I/O: connections and the secret are fetched on first use.
@@ -156,17 +139,18 @@ impl Database {
     /// The cached connection to the system database, reconnecting if it was closed (a frozen
     /// sandbox often finds its connection gone).
     pub async fn system(&self) -> Result<SystemConn<'_>, DbError> {
-        let mut guard = self.system.lock().await;
-        if guard.as_ref().is_some_and(|c| !c.is_closed()) {
-            return Ok(SystemConn { guard });
-        }
+        let guard = self.system.lock().await;
+        let mut guard =
+            match MutexGuard::try_map(guard, |slot| slot.as_mut().filter(|c| !c.is_closed())) {
+                Ok(live) => return Ok(live),
+                Err(guard) => guard,
+            };
         if guard.is_some() {
             debug!("system connection was closed; reconnecting");
         }
         *guard = None;
-        let client = self.connect(&self.config.system_db.clone()).await?;
-        *guard = Some(client);
-        Ok(SystemConn { guard })
+        let client = self.connect(&self.config.system_db).await?;
+        Ok(MutexGuard::map(guard, |slot| slot.insert(client)))
     }
 
     /// Forgets the cached system connection: the next `system()` opens a new one. Called

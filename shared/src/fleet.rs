@@ -191,6 +191,8 @@ impl MigrateAllError {
 struct TenantRow {
     slug: String,
     database_name: String,
+    /// As the registry recorded it when the run listed the tenants.
+    schema_version: i64,
 }
 
 /// Runs migrate-all. `default_concurrency` comes from `MIGRATE_CONCURRENCY`.
@@ -397,19 +399,22 @@ async fn run_tenants(
     report: &mut MigrateAllReport,
 ) -> Result<(), MigrateAllError> {
     let rows = match slugs {
-        None => sys
-            .query(
-                "SELECT slug, database_name FROM tenants WHERE status = 'active' ORDER BY created_at, id",
+        None => {
+            sys.query(
+                "SELECT slug, database_name, schema_version FROM tenants \
+                 WHERE status = 'active' ORDER BY created_at, id",
                 &[],
             )
-            .await,
-        Some(slugs) => sys
-            .query(
-                "SELECT slug, database_name FROM tenants \
+            .await
+        }
+        Some(slugs) => {
+            sys.query(
+                "SELECT slug, database_name, schema_version FROM tenants \
                  WHERE status = 'active' AND slug = ANY($1) ORDER BY created_at, id",
                 &[&slugs],
             )
-            .await,
+            .await
+        }
     }
     .map_err(DbError::from)?;
     let tenants: Vec<TenantRow> = rows
@@ -418,6 +423,7 @@ async fn run_tenants(
             Ok(TenantRow {
                 slug: r.try_get(0)?,
                 database_name: r.try_get(1)?,
+                schema_version: i64::from(r.try_get::<_, i32>(2)?),
             })
         })
         .collect::<Result<_, tokio_postgres::Error>>()
@@ -479,21 +485,19 @@ struct HistoryRow {
 }
 
 async fn read_history(client: &Client) -> Result<Vec<HistoryRow>, tokio_postgres::Error> {
-    let exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&HISTORY_TABLE])
-        .await?
-        .try_get(0)?;
-    if !exists {
-        return Ok(Vec::new());
-    }
-    let rows = client
+    // One round trip: a database without the history table has applied nothing.
+    let rows = match client
         .query(
             &format!(
                 "SELECT version::bigint, name::text, checksum::text FROM {HISTORY_TABLE} ORDER BY version"
             ),
             &[],
         )
-        .await?;
+        .await
+    {
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(Vec::new()),
+        other => other?,
+    };
     rows.iter()
         .map(|r| {
             Ok(HistoryRow {
@@ -672,7 +676,7 @@ async fn migrate_one(
         HistoryCheck::Diverged(reason) => return Err(reason),
         HistoryCheck::Current => {
             report.status = TenantOutcome::UpToDate;
-            sync_registry_version(sys, &tenant.slug, from, dry_run).await?;
+            sync_registry_version(sys, tenant, from, dry_run).await?;
             return Ok(());
         }
         HistoryCheck::Pending(pending) if dry_run => {
@@ -698,7 +702,7 @@ async fn migrate_one(
             } else {
                 TenantOutcome::Migrated
             };
-            sync_registry_version(sys, &tenant.slug, now_at, false).await?;
+            sync_registry_version(sys, tenant, now_at, false).await?;
             Ok(())
         }
         Err(e) => {
@@ -709,22 +713,24 @@ async fn migrate_one(
                     .map(|m| i64::from(m.version()))
                     .collect();
             }
-            let _ = sync_registry_version(sys, &tenant.slug, now_at, false).await;
+            let _ = sync_registry_version(sys, tenant, now_at, false).await;
             Err(sanitize_refinery(&e))
         }
     }
 }
 
-/// Records the tenant's version in the registry when it differs (never in a dry run).
+/// Records the tenant's version in the registry when it differs (never in a dry run). An
+/// up-to-date tenant whose row already says so costs no write.
 async fn sync_registry_version(
     sys: &Client,
-    slug: &str,
+    tenant: &TenantRow,
     version: i64,
     dry_run: bool,
 ) -> Result<(), String> {
-    if dry_run {
+    if dry_run || tenant.schema_version == version {
         return Ok(());
     }
+    let slug = tenant.slug.as_str();
     let version =
         i32::try_from(version).map_err(|_| format!("schema version {version} out of range"))?;
     sys.execute(

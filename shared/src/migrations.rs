@@ -75,13 +75,13 @@ pub async fn apply_tenant_migrations(client: &mut Client) -> Result<Vec<i64>, re
 pub async fn applied_version(client: &Client) -> Result<i64, tokio_postgres::Error> {
     let row = client
         .query_one(
-            "SELECT CASE WHEN to_regclass('refinery_schema_history') IS NULL THEN 0::bigint \
-             ELSE (SELECT COALESCE(max(version), 0)::bigint FROM refinery_schema_history) END",
+            &format!("SELECT COALESCE(max(version), 0)::bigint FROM {HISTORY_TABLE}"),
             &[],
         )
         .await;
     match row {
         Ok(row) => row.try_get(0),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(0),
         Err(e) => Err(e),
     }
 }
