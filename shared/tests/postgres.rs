@@ -21,11 +21,32 @@ fn env_or_panic(name: &str) -> String {
 }
 
 async fn admin() -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&env_or_panic("DBTOOLS_PG_URL"), NoTls)
+    admin_to("postgres").await
+}
+
+/// A superuser connection to `dbname`.
+async fn admin_to(dbname: &str) -> tokio_postgres::Client {
+    let mut cfg: tokio_postgres::Config = env_or_panic("DBTOOLS_PG_URL").parse().unwrap();
+    cfg.dbname(dbname);
+    let (client, conn) = cfg
+        .connect(NoTls)
         .await
         .expect("connect to the local PostgreSQL");
     tokio::spawn(conn);
     client
+}
+
+/// Creates the slug's database by hand, as a create killed right after `CREATE DATABASE`
+/// leaves it.
+async fn create_database(slug: &Slug) {
+    admin()
+        .await
+        .batch_execute(&format!(
+            "CREATE DATABASE {}",
+            slug.database_name().quoted()
+        ))
+        .await
+        .unwrap();
 }
 
 /// A fresh system database (and the tenants created in it), dropped on drop.
@@ -310,34 +331,19 @@ async fn reconcile_decision_table() {
     // An empty database (killed right after CREATE DATABASE): roll forward to head.
     let half = fresh.slug("rc_half");
     dead_provisioning(&db, &half).await;
-    admin
-        .batch_execute(&format!(
-            "CREATE DATABASE {}",
-            half.database_name().quoted()
-        ))
-        .await
-        .unwrap();
+    create_database(&half).await;
     assert_eq!(reconcile(&db, &half).await, ReconcileAction::RolledForward);
     assert_eq!(row_status(&db, &half).await, Some(("active".into(), 2)));
 
     // A database whose migration fails: roll back, database dropped.
     let bad = fresh.slug("rc_bad");
     dead_provisioning(&db, &bad).await;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {}", bad.database_name().quoted()))
+    create_database(&bad).await;
+    admin_to(bad.database_name().as_str())
+        .await
+        .batch_execute("CREATE VIEW activity_log AS SELECT 1 AS squatter")
         .await
         .unwrap();
-    {
-        let mut cfg: tokio_postgres::Config = env_or_panic("DBTOOLS_PG_URL").parse().unwrap();
-        cfg.dbname(bad.database_name().as_str());
-        let (c, conn) = cfg.connect(NoTls).await.unwrap();
-        let task = tokio::spawn(conn);
-        c.batch_execute("CREATE VIEW activity_log AS SELECT 1 AS squatter")
-            .await
-            .unwrap();
-        drop(c);
-        let _ = task.await;
-    }
     assert_eq!(reconcile(&db, &bad).await, ReconcileAction::RolledBack);
     assert_eq!(row_status(&db, &bad).await, None);
     assert!(!database_exists(bad.database_name().as_str()).await);
@@ -345,13 +351,7 @@ async fn reconcile_decision_table() {
     // A database left invalid by an interrupted DROP DATABASE: drop it, roll back.
     let invalid = fresh.slug("rc_inval");
     dead_provisioning(&db, &invalid).await;
-    admin
-        .batch_execute(&format!(
-            "CREATE DATABASE {}",
-            invalid.database_name().quoted()
-        ))
-        .await
-        .unwrap();
+    create_database(&invalid).await;
     admin
         .execute(
             "UPDATE pg_database SET datconnlimit = -2 WHERE datname = $1",
@@ -419,14 +419,7 @@ async fn a_post_after_a_dead_provisioning_converges() {
     // The database was created: the dead provisioning is finished; the slug is taken.
     let slug = fresh.slug("rp_done");
     dead_provisioning(&db, &slug).await;
-    admin()
-        .await
-        .batch_execute(&format!(
-            "CREATE DATABASE {}",
-            slug.database_name().quoted()
-        ))
-        .await
-        .unwrap();
+    create_database(&slug).await;
     let again = provision::create_tenant(&db, &new_tenant(&slug, "Second try"), None).await;
     assert!(
         matches!(again, Err(CreateTenantError::Conflict(_))),

@@ -183,6 +183,17 @@ pub async fn post_tenant(body: &Value) -> Reply {
     .await
 }
 
+/// `POST /api/tenants` with an `Idempotency-Key`.
+pub async fn post_with_key(body: &Value, key: &str) -> Reply {
+    request_with_headers(
+        Method::POST,
+        "/api/tenants",
+        Some(body.to_string().into_bytes()),
+        &[("idempotency-key", key)],
+    )
+    .await
+}
+
 pub async fn post_raw(body: &[u8]) -> Reply {
     request(Method::POST, "/api/tenants", Some(body.to_vec())).await
 }

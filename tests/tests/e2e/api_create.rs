@@ -152,7 +152,7 @@ async fn create_answers_201_with_a_ready_database() {
     one.assert_json_with_request_id();
     assert_eq!(one.body, reply.body);
     let all = get("/api/tenants?limit=500&status=active").await;
-    assert_eq!(all.status, StatusCode::OK);
+    assert_eq!(all.status, StatusCode::OK, "{}", all.text);
     let listed = all.body["tenants"].as_array().unwrap();
     // Other tests create tenants too: find ours (paging if needed).
     let mut found = listed.iter().any(|x| x["slug"] == slug.as_str());

@@ -20,6 +20,33 @@ fn stack(args: &[&str]) {
     assert!(status.success(), "stack.sh {args:?} failed");
 }
 
+/// Terminates every backend of the functions; returns how many there were.
+async fn terminate_function_backends(admin: &tokio_postgres::Client) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name IN ('create-tenant', 'list-tenants', 'delete-tenant', 'migrate-all')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// How many create-tenant backends wait on a lock in a statement starting with `prefix`.
+async fn create_tenant_lock_waiters(prefix: &str) -> i64 {
+    admin()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'create-tenant' \
+             AND wait_event_type = 'Lock' AND starts_with(query, $1)",
+            &[&prefix],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Repeats `f` until it returns true or `within` has passed.
 async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
 where
@@ -101,16 +128,7 @@ async fn terminated_backends_are_reopened_without_an_error_reaching_the_client()
     for _ in 0..8 {
         assert_eq!(get("/api/tenants?limit=1").await.status, StatusCode::OK);
     }
-    let killed: i64 = admin()
-        .await
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE application_name IN ('create-tenant', 'list-tenants', 'delete-tenant', 'migrate-all')",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let killed = terminate_function_backends(&admin().await).await;
     assert!(killed > 0, "functions held connections");
     for i in 0..16 {
         let r = get("/api/tenants?limit=1").await;
@@ -218,14 +236,7 @@ async fn a_rotated_password_is_read_again_from_secrets_manager() {
         tokio::spawn(conn);
         c
     };
-    admin_rotated
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE application_name IN ('create-tenant', 'list-tenants', 'delete-tenant', 'migrate-all')",
-            &[],
-        )
-        .await
-        .unwrap();
+    terminate_function_backends(&admin_rotated).await;
     let mut statuses = Vec::new();
     for _ in 0..8 {
         statuses.push(get("/api/tenants?limit=1").await.status.as_u16());
@@ -243,14 +254,7 @@ async fn a_rotated_password_is_read_again_from_secrets_manager() {
         "after the rotation: {statuses:?}"
     );
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
-    admin_rotated
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE application_name IN ('create-tenant', 'list-tenants', 'delete-tenant', 'migrate-all')",
-            &[],
-        )
-        .await
-        .unwrap();
+    terminate_function_backends(&admin_rotated).await;
     assert_eq!(
         get("/api/tenants?limit=1").await.status,
         StatusCode::OK,
@@ -291,19 +295,6 @@ async fn start_create(slug: &str, key: &str) -> (runtime::RuntimeApi, tokio::pro
     (api, child)
 }
 
-async fn retry_with_key(slug: &str, key: &str) -> Reply {
-    let body = json!({"name": "Killed", "slug": slug})
-        .to_string()
-        .into_bytes();
-    request_with_headers(
-        Method::POST,
-        "/api/tenants",
-        Some(body),
-        &[("idempotency-key", key)],
-    )
-    .await
-}
-
 #[tokio::test]
 async fn a_create_killed_before_its_database_is_rolled_back_after_the_lease() {
     let mut cleanup = Cleanup::new();
@@ -329,7 +320,7 @@ async fn a_create_killed_before_its_database_is_rolled_back_after_the_lease() {
     // After the 3 s lease, the client's retry (same key) undoes the dead provisioning and
     // provisions afresh.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let r = retry_with_key(&slug, &key).await;
+    let r = post_with_key(&json!({"name": "Killed", "slug": slug}), &key).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.body["status"], "active");
     assert_invariants(&[slug]).await;
@@ -354,17 +345,7 @@ async fn a_create_killed_at_its_last_step_is_rolled_forward_after_the_lease() {
         .unwrap();
     drop(lock);
     let waiting = eventually(Duration::from_secs(20), || async {
-        admin()
-            .await
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'create-tenant' \
-                 AND wait_event_type = 'Lock' AND query LIKE 'UPDATE tenants SET status = ''active''%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-            == 1
+        create_tenant_lock_waiters("UPDATE tenants SET status = 'active'").await == 1
     })
     .await;
     assert!(waiting, "the create reached its last step");
@@ -373,13 +354,7 @@ async fn a_create_killed_at_its_last_step_is_rolled_forward_after_the_lease() {
     // statement; only then do we let go of the row.
     assert!(
         eventually(Duration::from_secs(10), || async {
-            admin()
-                .await
-                .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'create-tenant' AND wait_event_type = 'Lock'", &[])
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-                == 0
+            create_tenant_lock_waiters("").await == 0
         })
         .await,
         "the dead client's statement was cancelled"
@@ -400,7 +375,7 @@ async fn a_create_killed_at_its_last_step_is_rolled_forward_after_the_lease() {
 
     // After the lease, the retry with the same key finishes the work and answers 201.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let r = retry_with_key(&slug, &key).await;
+    let r = post_with_key(&json!({"name": "Killed", "slug": slug}), &key).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.body["status"], "active");
     assert_eq!(history_versions(&slug).await, [1, 2]);

@@ -1,16 +1,6 @@
 use e2e::*;
 use futures_util::future::join_all;
-use reqwest::{Method, StatusCode};
-
-async fn post_with_key(body: &serde_json::Value, key: &str) -> Reply {
-    request_with_headers(
-        Method::POST,
-        "/api/tenants",
-        Some(body.to_string().into_bytes()),
-        &[("idempotency-key", key)],
-    )
-    .await
-}
+use reqwest::StatusCode;
 
 #[tokio::test]
 async fn the_same_key_and_body_replay_the_first_answer() {
