@@ -5,7 +5,7 @@ export SM_PORT ?= 5000
 export LAMBDA_PORT ?= 9000
 export RELEASE ?=
 
-.PHONY: fuzz dev test test-faults test-unit check fmt nextest tools lint build deploy clean
+.PHONY: bench fuzz dev test test-faults test-unit check fmt nextest tools lint build deploy clean
 
 # Offline template checks. cfn-lint is pinned to 1.51.0 (newer releases stopped flagging
 # invalid runtimes and architectures); aws-sam-cli pins a newer cfn-lint of its own, so each
@@ -42,6 +42,16 @@ nextest:
 check:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+# The bench runs a stack of its own (release builds, a throwaway cluster in .local/bench, other
+# ports), so that a running `make dev` is neither measured nor disturbed.
+BENCH_STACK := STACK_DIR=.local/bench PG_PORT=5434 SM_PORT=5100 LAMBDA_PORT=9100 RELEASE=1
+
+## bench: every performance goal measured in one run, printed as a table (docs/performance.md)
+bench:
+	$(BENCH_STACK) scripts/stack.sh wipe
+	$(BENCH_STACK) scripts/stack.sh run -- target/release/bench; status=$$?; \
+		$(BENCH_STACK) scripts/stack.sh wipe; exit $$status
 
 ## test-unit: the tests that need no stack
 test-unit:

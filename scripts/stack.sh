@@ -9,14 +9,17 @@
 #                                   stack's variables exported, stop what was started
 #   scripts/stack.sh tools          install what is missing (cargo-lambda, moto, PostgreSQL)
 #   scripts/stack.sh env            print the variables the functions and tests get
+#   scripts/stack.sh wipe           stop this stack and delete its cluster (logs stay)
 #
 # Variables (all optional): PG_PORT (5433), SM_PORT (5000), LAMBDA_PORT (9000),
 # LAMBDA_CONCURRENCY (8), RELEASE (empty: debug builds; 1: release builds), PG_BIN (directory
-# of initdb/pg_ctl; found under /usr/lib/postgresql otherwise).
+# of initdb/pg_ctl; found under /usr/lib/postgresql otherwise), STACK_DIR (.local: where the
+# cluster, logs and pid files live; `make bench` runs a second stack in .local/bench).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-LOCAL="$ROOT/.local"
+LOCAL=${STACK_DIR:-$ROOT/.local}
+case "$LOCAL" in /*) ;; *) LOCAL="$ROOT/$LOCAL" ;; esac
 VENV="$ROOT/.venv"
 RUN="$LOCAL/run"
 PG_PORT=${PG_PORT:-5433}
@@ -97,7 +100,9 @@ prepare_pg_dir() {
     if ! runuser -u postgres -- test -w "$dir"; then
       # The checkout is not reachable by the postgres user (e.g. under /root): keep the
       # cluster in a directory it can reach, linked from .local/pg.
-      local alt="/tmp/dbtools-pg-$(echo "$ROOT" | md5sum | cut -c1-12)"
+      local key=$ROOT
+      [ "$LOCAL" = "$ROOT/.local" ] || key=$LOCAL
+      local alt="/tmp/dbtools-pg-$(echo "$key" | md5sum | cut -c1-12)"
       log "the postgres user cannot reach $dir; keeping the cluster in $alt"
       rmdir "$dir" 2>/dev/null || true
       mkdir -p "$alt" && chown postgres: "$alt" && ln -sfn "$alt" "$dir"
@@ -212,6 +217,8 @@ api_up() {
   [ -n "$code" ] && [ "$code" != "000" ]
 }
 
+build_mode() { if [ -n "$RELEASE" ]; then echo release; else echo debug; fi; }
+
 build_functions() {
   log "building the functions${RELEASE:+ (release)}"
   (cd "$ROOT" && cargo build --workspace --bins ${RELEASE:+--release})
@@ -226,6 +233,7 @@ start_watch() {
       --concurrency "$LAMBDA_CONCURRENCY" --env-file "$LOCAL/functions.env" \
       ${RELEASE:+--release} "${reload[@]}" >"$LOCAL/watch.log" 2>&1) &
   echo $! >"$RUN/watch.pid"
+  build_mode >"$RUN/watch.mode"
   STARTED+=(watch)
   for _ in $(seq 1 600); do
     api_up && return 0
@@ -254,6 +262,7 @@ DBTOOLS_PG_URL=postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/postgres
 DBTOOLS_PG_BIN=$PG_BIN
 DBTOOLS_LOCAL_DIR=$LOCAL
 DBTOOLS_LAMBDA_PORT=$LAMBDA_PORT
+DBTOOLS_BUILD_PROFILE=$(build_mode)
 EOF
 }
 
@@ -318,6 +327,9 @@ case "$cmd" in
     trap 'stop_started; exit 130' INT
     trap 'stop_started; exit 143' TERM
     if api_up && pg_isready_local && sm_up && [ -f "$LOCAL/functions.env" ]; then
+      running=$(cat "$RUN/watch.mode" 2>/dev/null || echo unknown)
+      [ "$running" = "$(build_mode)" ] \
+        || die "the stack on $(api_url) serves $running builds, $(build_mode) wanted: stop it first (or set RELEASE to match)"
       log "reusing the running stack on $(api_url)"
       build_functions
     else
@@ -344,6 +356,17 @@ case "$cmd" in
     ensure_postgres >/dev/null
     as_pg "$PG_BIN/pg_ctl" -D "$(pg_dir)/data" -l "$(pg_dir)/server.log" -w -t 60 \
       -o "$(pg_server_opts)" start >/dev/null
+    ;;
+  wipe)
+    # Stop whatever this stack runs and delete its cluster (the bench's throwaway one).
+    ensure_postgres >/dev/null
+    stop_pidfile watch
+    stop_pidfile moto
+    if [ -f "$(pg_dir)/data/PG_VERSION" ]; then stop_postgres; fi
+    real=$(readlink -f "$(pg_dir)" 2>/dev/null || true)
+    case "$real" in /tmp/dbtools-pg-*) rm -rf "$real" ;; esac
+    # The logs stay, for reading after the run.
+    rm -rf "$(pg_dir)" "$RUN" "$LOCAL/functions.env"
     ;;
   put-secret)
     # For the fault tests: put-secret PASSWORD rewrites the admin secret with a new password.

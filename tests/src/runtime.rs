@@ -4,18 +4,19 @@
 //! It hands out one event on the first `GET .../invocation/next`, records the response, and
 //! never answers later polls (the function then idles, as a frozen sandbox would).
 
-use std::{process::Stdio, sync::Arc};
+use std::{process::Stdio, sync::Arc, time::Duration};
 
 use serde_json::Value;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
-    sync::Mutex,
+    sync::{Mutex, Notify},
 };
 
 pub struct RuntimeApi {
     pub port: u16,
     pub response: Arc<Mutex<Option<Value>>>,
+    answered: Arc<Notify>,
 }
 
 /// An API Gateway HTTP API (payload v2) event for a request.
@@ -41,22 +42,43 @@ impl RuntimeApi {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().unwrap().port();
         let response = Arc::new(Mutex::new(None));
+        let answered = Arc::new(Notify::new());
         let served = Arc::new(Mutex::new(false));
-        let (resp, ev) = (response.clone(), event);
+        let (resp, ev, done) = (response.clone(), event, answered.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, ev.clone(), served.clone(), resp.clone()));
+                tokio::spawn(serve(
+                    stream,
+                    ev.clone(),
+                    served.clone(),
+                    resp.clone(),
+                    done.clone(),
+                ));
             }
         });
-        RuntimeApi { port, response }
+        RuntimeApi {
+            port,
+            response,
+            answered,
+        }
     }
 
     /// Starts `binary` (a function of this workspace, debug build) against this API, with the
     /// test's environment (the stack's variables) plus `extra`.
     pub fn spawn(&self, binary: &str, extra: &[(&str, &str)]) -> tokio::process::Child {
+        self.spawn_profile("debug", binary, extra)
+    }
+
+    /// As [`RuntimeApi::spawn`], from the build profile `profile` (`debug` or `release`).
+    pub fn spawn_profile(
+        &self,
+        profile: &str,
+        binary: &str,
+        extra: &[(&str, &str)],
+    ) -> tokio::process::Child {
         let target = std::env::var("CARGO_TARGET_DIR")
             .unwrap_or_else(|_| format!("{}/../target", env!("CARGO_MANIFEST_DIR")));
-        let path = format!("{target}/debug/{binary}");
+        let path = format!("{target}/{profile}/{binary}");
         let mut cmd = tokio::process::Command::new(&path);
         cmd.env("AWS_LAMBDA_RUNTIME_API", format!("127.0.0.1:{}", self.port))
             .env("AWS_LAMBDA_FUNCTION_NAME", binary)
@@ -72,6 +94,21 @@ impl RuntimeApi {
         }
         cmd.spawn().unwrap_or_else(|e| panic!("start {path}: {e}"))
     }
+
+    /// The function's response (or error) to the one event, once it arrives; `None` after
+    /// `timeout`.
+    pub async fn wait_response(&self, timeout: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.answered.notified();
+            if let Some(v) = self.response.lock().await.clone() {
+                return Some(v);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.response.lock().await.clone();
+            }
+        }
+    }
 }
 
 async fn serve(
@@ -79,6 +116,7 @@ async fn serve(
     event: Value,
     served: Arc<Mutex<bool>>,
     response: Arc<Mutex<Option<Value>>>,
+    answered: Arc<Notify>,
 ) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -139,6 +177,7 @@ async fn serve(
         } else {
             if path.contains("/response") || path.contains("/error") {
                 *response.lock().await = serde_json::from_slice(&body).ok();
+                answered.notify_waiters();
             }
             if write
                 .write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")

@@ -1,0 +1,152 @@
+//! Cold starts and memory: each function's binary started as its own process against a
+//! minimal Lambda Runtime API (e2e::runtime), timed from `exec` to its answer to one request
+//! that needs everything a first request needs (configuration, the secret, a connection, a
+//! query); its peak RSS read from /proc. Then the peak RSS of the instances
+//! `cargo lambda watch` ran for the whole benchmark.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use e2e::{json, runtime};
+use serde_json::Value;
+
+use crate::table::{ms, Row, Stats, Table};
+
+const FUNCTIONS: [&str; 4] = [
+    "create-tenant",
+    "list-tenants",
+    "delete-tenant",
+    "migrate-all",
+];
+const RSS_GOAL_MIB: f64 = 40.0;
+
+/// The first request each function gets, and the status it must answer with.
+fn first_request(function: &str, slug: &str) -> (Value, &'static str, Option<u64>) {
+    match function {
+        // An existing slug: the INSERT conflicts, nothing is created.
+        "create-tenant" => (
+            runtime::http_event(
+                "POST",
+                "/api/tenants",
+                &json!({"name": "Cold start", "slug": slug}).to_string(),
+                &[],
+            ),
+            "POST of a taken slug",
+            Some(409),
+        ),
+        "list-tenants" => (
+            runtime::http_event("GET", &format!("/api/tenants/{slug}"), "", &[]),
+            "GET one tenant",
+            Some(200),
+        ),
+        "delete-tenant" => (
+            runtime::http_event("DELETE", "/api/tenants/bench_never_created", "", &[]),
+            "DELETE of an unknown slug",
+            Some(404),
+        ),
+        _ => (
+            json!({"dry_run": true, "slugs": [slug]}),
+            "dry run over one tenant",
+            None,
+        ),
+    }
+}
+
+/// Peak resident set size of a live process, in MiB.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+pub async fn measure(profile: &str, samples: usize, slug: &str, table: &mut Table) -> Result<()> {
+    for function in FUNCTIONS {
+        let (event, what, expect) = first_request(function, slug);
+        let mut times = Vec::new();
+        let mut rss: f64 = 0.0;
+        for _ in 0..samples {
+            let api = runtime::RuntimeApi::start(event.clone()).await;
+            let started = Instant::now();
+            let mut child = api.spawn_profile(profile, function, &[]);
+            let answer = api
+                .wait_response(Duration::from_secs(30))
+                .await
+                .with_context(|| format!("{function} did not answer within 30 s"))?;
+            let took = started.elapsed().as_secs_f64() * 1000.0;
+            let pid = child.id().context("the function exited")?;
+            let peak = peak_rss_mib(pid).context("read VmHWM")?;
+            child.kill().await?;
+            match expect {
+                Some(status) => ensure!(
+                    answer["statusCode"] == status,
+                    "{function}: expected {status}, got {answer}"
+                ),
+                None => ensure!(answer.get("counts").is_some(), "{function}: {answer}"),
+            }
+            times.push(took);
+            rss = rss.max(peak);
+        }
+        let t = Stats::of(times);
+        table.push(Row::goal(
+            &format!("cold start: {function}, {what} (p50; max)"),
+            format!("{} ms ({})", ms(t.p50), ms(t.max)),
+            format!("peak RSS {rss:.1} MiB"),
+            &format!("< 100 ms, < {RSS_GOAL_MIB:.0} MiB"),
+            t.p50 < 100.0 && rss < RSS_GOAL_MIB,
+        ));
+    }
+    Ok(())
+}
+
+/// Peak RSS of every instance `cargo lambda watch` started during the run, per function.
+pub fn watch_instances(profile: &str, table: &mut Table) -> Result<()> {
+    let mut found = false;
+    for function in FUNCTIONS {
+        let suffix = format!("/{profile}/{function}");
+        let mut peaks = Vec::new();
+        for entry in std::fs::read_dir("/proc")? {
+            let Ok(entry) = entry else { continue };
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+            if String::from_utf8_lossy(argv0).ends_with(&suffix) {
+                if let Some(peak) = peak_rss_mib(pid) {
+                    peaks.push(peak);
+                }
+            }
+        }
+        if peaks.is_empty() {
+            continue;
+        }
+        found = true;
+        let max = peaks.iter().copied().fold(0.0, f64::max);
+        table.push(Row::goal(
+            &format!(
+                "peak RSS: {function} under watch, whole run ({} instances)",
+                peaks.len()
+            ),
+            format!("{max:.1} MiB"),
+            String::new(),
+            &format!("< {RSS_GOAL_MIB:.0} MiB"),
+            max < RSS_GOAL_MIB,
+        ));
+    }
+    if !found {
+        bail!("no function instance of cargo lambda watch found under /proc");
+    }
+    Ok(())
+}
