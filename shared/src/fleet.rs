@@ -8,6 +8,15 @@
 //!   in its own transaction), reported, and the run goes on;
 //! - released migrations are immutable: a history that disagrees with the embedded files
 //!   (changed checksum, or a version that no longer exists) fails that tenant, with the reason.
+//!
+//! What a run opens: the registry says, for every tenant, the version and the migration
+//! fingerprint its database was last seen at (created from the template, or checked by a
+//! run). A tenant recorded at this release's fingerprint is up to date without a connection;
+//! every other tenant's database is opened, its history read in one query, and refinery runs
+//! only when something is pending. `{"verify": true}` opens every tenant database, to catch
+//! changes made behind the registry's back (a restored backup, a hand-edited history); the
+//! SAM template schedules one such run a week. The registry is written once per run, in one
+//! statement, for the tenants whose record changed.
 
 use std::{
     collections::BTreeMap,
@@ -24,8 +33,9 @@ use crate::{
     db::{error_chain, is_unavailable, Database, DbError},
     domain::Slug,
     locks::{self, Lock},
-    migrations::{self, HISTORY_TABLE},
+    migrations::{self, read_history, ExpectedHistory, HistoryCheck},
     provision::{self, ReconcileAction},
+    template,
 };
 
 /// Default number of tenants migrated at once (one connection each, plus one to the
@@ -45,6 +55,9 @@ pub struct MigrateAllRequest {
     /// Override `MIGRATE_CONCURRENCY` for this run.
     #[serde(default)]
     pub concurrency: Option<usize>,
+    /// Open every tenant database, even those the registry records as current.
+    #[serde(default)]
+    pub verify: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -72,6 +85,9 @@ pub struct TenantReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<i64>,
     pub error: Option<String>,
+    /// True when this run read the tenant database's own history; false when the registry
+    /// vouched for it (recorded at this release's migrations).
+    pub verified: bool,
     pub duration_ms: u64,
 }
 
@@ -99,6 +115,21 @@ pub struct SystemReport {
     pub pending: Vec<i64>,
 }
 
+/// The tenant template of this release (see `template`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TemplateReport {
+    pub name: String,
+    pub version: i64,
+    pub ready: bool,
+    /// Built by this run.
+    pub built: bool,
+    /// Templates of other releases, dropped by this run.
+    pub dropped: Vec<String>,
+    /// Why it could not be built. The tenants are migrated all the same, and the invocation
+    /// fails at the end: provisioning needs the template.
+    pub error: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Reconciled {
     pub slug: String,
@@ -113,6 +144,7 @@ pub struct MigrateAllReport {
     pub latest_version: i64,
     pub concurrency: usize,
     pub system: Option<SystemReport>,
+    pub template: Option<TemplateReport>,
     /// Provisionings past their lease, finished or undone before migrating (see
     /// `provision`); in a dry run, listed as `pending`.
     pub reconciled: Vec<Reconciled>,
@@ -126,14 +158,26 @@ pub struct MigrateAllReport {
 }
 
 impl MigrateAllReport {
-    /// The invocation error's message when tenants failed: counts, then each failed tenant
-    /// with its (sanitised) reason.
+    /// True when the invocation should fail: a tenant failed, or the template could not be
+    /// built.
+    pub fn failed(&self) -> bool {
+        self.counts.failed > 0 || self.template_error().is_some()
+    }
+
+    fn template_error(&self) -> Option<&str> {
+        self.template.as_ref().and_then(|t| t.error.as_deref())
+    }
+
+    /// The invocation error's message when it failed: the template's error if any, counts,
+    /// then each failed tenant with its (sanitised) reason.
     pub fn failure_summary(&self) -> String {
+        const NAMED: usize = 20;
         let c = &self.counts;
-        let failed: Vec<String> = self
+        let mut failed: Vec<String> = self
             .tenants
             .iter()
             .filter(|t| t.status == TenantOutcome::Failed)
+            .take(NAMED)
             .map(|t| {
                 format!(
                     "{} ({})",
@@ -142,8 +186,21 @@ impl MigrateAllReport {
                 )
             })
             .collect();
+        // The message stays short; the report in the log names every tenant.
+        if c.failed > NAMED {
+            failed.push(format!(
+                "and {} more (see the report in the log)",
+                c.failed - NAMED
+            ));
+        }
+        let template = match self.template_error() {
+            Some(e) => format!(
+                "The tenant template could not be built ({e}); new tenants cannot be provisioned. "
+            ),
+            None => String::new(),
+        };
         format!(
-            "{} of {} tenants failed to migrate; migrated {}, up to date {}, skipped {}; run {}. Failed: {}",
+            "{template}{} of {} tenants failed to migrate; migrated {}, up to date {}, skipped {}; run {}. Failed: {}",
             c.failed,
             self.tenants.len(),
             c.migrated,
@@ -163,6 +220,7 @@ pub enum MigrateAllError {
     Unavailable(String),
     #[error("system database migration failed: {0}")]
     SystemMigration(String),
+
     #[error("migrate-all failed: {0}")]
     Unexpected(String),
 }
@@ -183,6 +241,7 @@ impl MigrateAllError {
             MigrateAllError::InvalidRequest(_) => "InvalidRequest",
             MigrateAllError::Unavailable(_) => "DatabaseUnavailable",
             MigrateAllError::SystemMigration(_) => "SystemMigrationFailed",
+
             MigrateAllError::Unexpected(_) => "Unexpected",
         }
     }
@@ -191,8 +250,17 @@ impl MigrateAllError {
 struct TenantRow {
     slug: String,
     database_name: String,
-    /// As the registry recorded it when the run listed the tenants.
+    /// As the registry recorded them when the run listed the tenants.
     schema_version: i64,
+    schema_fingerprint: Option<String>,
+}
+
+/// What the registry should say of a tenant after this run.
+struct Record {
+    slug: String,
+    version: i64,
+    /// `None`: not known to be at the released migrations (failed, diverged, unreachable).
+    fingerprint: Option<String>,
 }
 
 /// Runs migrate-all. `default_concurrency` comes from `MIGRATE_CONCURRENCY`.
@@ -239,6 +307,7 @@ pub async fn migrate_all(
         latest_version,
         concurrency,
         system: None,
+        template: None,
         reconciled: Vec::new(),
         orphan_databases: Vec::new(),
         invalid_databases: Vec::new(),
@@ -280,17 +349,10 @@ pub async fn migrate_all(
     };
 
     let result = async {
+        report.template = Some(check_template(db, &sys, req.dry_run).await?);
         report.reconciled = reconcile_expired(db, &sys, req.dry_run).await?;
         (report.orphan_databases, report.invalid_databases) = find_orphans(&sys).await?;
-        run_tenants(
-            db,
-            &sys,
-            req.dry_run,
-            slugs.as_deref(),
-            concurrency,
-            &mut report,
-        )
-        .await
+        run_tenants(db, &sys, req, slugs.as_deref(), concurrency, &mut report).await
     }
     .await;
     if let Some(lock) = fleet_lock {
@@ -309,6 +371,51 @@ pub async fn migrate_all(
         "migrate-all finished"
     );
     Ok(report)
+}
+
+/// Builds this release's tenant template if it is missing and drops those of other releases
+/// (a dry run only looks).
+async fn check_template(
+    db: &Database,
+    sys: &Client,
+    dry_run: bool,
+) -> Result<TemplateReport, MigrateAllError> {
+    let expected = template::expected();
+    if dry_run {
+        let ready = template::is_ready(sys, &expected.name).await?;
+        return Ok(TemplateReport {
+            name: expected.name,
+            version: expected.version,
+            ready,
+            built: false,
+            dropped: Vec::new(),
+            error: None,
+        });
+    }
+    let t = match template::ensure(db, sys).await {
+        Ok(t) => t,
+        Err(DbError::Unavailable(m)) => return Err(MigrateAllError::Unavailable(m)),
+        Err(e) => {
+            error!(error = %error_chain(&e), "the tenant template could not be built");
+            return Ok(TemplateReport {
+                name: expected.name,
+                version: expected.version,
+                ready: false,
+                built: false,
+                dropped: Vec::new(),
+                error: Some(sanitize_db(&e)),
+            });
+        }
+    };
+    let dropped = template::drop_stale(sys, &t.name).await?;
+    Ok(TemplateReport {
+        name: t.name,
+        version: t.version,
+        ready: true,
+        built: t.built,
+        dropped,
+        error: None,
+    })
 }
 
 /// Finishes or undoes every provisioning past its lease whose lock is free.
@@ -393,24 +500,28 @@ async fn system_pending(db: &Database) -> Result<SystemReport, MigrateAllError> 
 async fn run_tenants(
     db: &Database,
     sys: &Client,
-    dry_run: bool,
+    req: &MigrateAllRequest,
     slugs: Option<&[String]>,
     concurrency: usize,
     report: &mut MigrateAllReport,
 ) -> Result<(), MigrateAllError> {
+    const COLUMNS: &str = "slug, database_name, schema_version, schema_fingerprint";
     let rows = match slugs {
         None => {
             sys.query(
-                "SELECT slug, database_name, schema_version FROM tenants \
-                 WHERE status = 'active' ORDER BY created_at, id",
+                &format!(
+                    "SELECT {COLUMNS} FROM tenants WHERE status = 'active' ORDER BY created_at, id"
+                ),
                 &[],
             )
             .await
         }
         Some(slugs) => {
             sys.query(
-                "SELECT slug, database_name, schema_version FROM tenants \
-                 WHERE status = 'active' AND slug = ANY($1) ORDER BY created_at, id",
+                &format!(
+                    "SELECT {COLUMNS} FROM tenants \
+                     WHERE status = 'active' AND slug = ANY($1) ORDER BY created_at, id"
+                ),
                 &[&slugs],
             )
             .await
@@ -424,18 +535,51 @@ async fn run_tenants(
                 slug: r.try_get(0)?,
                 database_name: r.try_get(1)?,
                 schema_version: i64::from(r.try_get::<_, i32>(2)?),
+                schema_fingerprint: r.try_get(3)?,
             })
         })
         .collect::<Result<_, tokio_postgres::Error>>()
         .map_err(DbError::from)?;
 
-    let expected = ExpectedHistory::new();
+    let expected = ExpectedHistory::tenant();
+    let fingerprint = expected.fingerprint();
+    let latest = expected.latest();
+    // The registry vouches for tenants recorded at this release's migrations.
+    let vouched = |t: &TenantRow| {
+        !req.verify
+            && t.schema_version == latest
+            && t.schema_fingerprint.as_deref() == Some(fingerprint.as_str())
+    };
+    let mut results: Vec<TenantReport> = tenants
+        .iter()
+        .filter(|t| vouched(t))
+        .map(|t| TenantReport {
+            slug: t.slug.clone(),
+            status: TenantOutcome::UpToDate,
+            from_version: Some(latest),
+            to_version: Some(latest),
+            applied: Vec::new(),
+            pending: Vec::new(),
+            error: None,
+            verified: false,
+            duration_ms: 0,
+        })
+        .collect();
     let lock_wait = db.config().lock_timeout;
-    let mut results: Vec<TenantReport> = stream::iter(tenants.iter())
-        .map(|t| migrate_tenant(db, sys, t, dry_run, &expected, lock_wait))
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
+    let checked: Vec<(TenantReport, Option<Record>)> =
+        stream::iter(tenants.iter().filter(|t| !vouched(t)))
+            .map(|t| migrate_tenant(db, sys, t, req.dry_run, &expected, lock_wait))
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+    let mut records = Vec::new();
+    for (result, record) in checked {
+        results.push(result);
+        records.extend(record);
+    }
+    if !req.dry_run {
+        record_versions(sys, &tenants, records).await?;
+    }
 
     // Named slugs that are not active tenants are reported, not silently dropped.
     if let Some(slugs) = slugs {
@@ -450,6 +594,7 @@ async fn run_tenants(
                     applied: Vec::new(),
                     pending: Vec::new(),
                     error: Some("not an active tenant".into()),
+                    verified: false,
                     duration_ms: 0,
                 });
             }
@@ -473,98 +618,6 @@ async fn run_tenants(
     }
     report.tenants = results;
     Ok(())
-}
-
-/// One row of refinery's history table, read as text so that a damaged row is reported
-/// rather than trusted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct HistoryRow {
-    version: i64,
-    name: String,
-    checksum: String,
-}
-
-async fn read_history(client: &Client) -> Result<Vec<HistoryRow>, tokio_postgres::Error> {
-    // One round trip: a database without the history table has applied nothing.
-    let rows = match client
-        .query(
-            &format!(
-                "SELECT version::bigint, name::text, checksum::text FROM {HISTORY_TABLE} ORDER BY version"
-            ),
-            &[],
-        )
-        .await
-    {
-        Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(Vec::new()),
-        other => other?,
-    };
-    rows.iter()
-        .map(|r| {
-            Ok(HistoryRow {
-                version: r.try_get(0)?,
-                name: r.try_get::<_, Option<String>>(1)?.unwrap_or_default(),
-                checksum: r.try_get::<_, Option<String>>(2)?.unwrap_or_default(),
-            })
-        })
-        .collect()
-}
-
-/// The embedded tenant migrations as a history would record them.
-struct ExpectedHistory {
-    rows: Vec<HistoryRow>,
-}
-
-/// How a tenant's history compares with the embedded migrations.
-#[derive(Debug, PartialEq, Eq)]
-enum HistoryCheck {
-    Current,
-    Pending(Vec<i64>),
-    Diverged(String),
-}
-
-impl ExpectedHistory {
-    fn new() -> Self {
-        let rows = migrations::tenant_migrations()
-            .iter()
-            .map(|m| HistoryRow {
-                version: i64::from(m.version()),
-                name: m.name().to_owned(),
-                checksum: m.checksum().to_string(),
-            })
-            .collect();
-        ExpectedHistory { rows }
-    }
-
-    fn check(&self, applied: &[HistoryRow]) -> HistoryCheck {
-        for row in applied {
-            match self.rows.iter().find(|e| e.version == row.version) {
-                None => {
-                    return HistoryCheck::Diverged(format!(
-                        "applied migration V{} ({}) is not among the released migrations",
-                        row.version, row.name
-                    ))
-                }
-                Some(e) if e.name != row.name || e.checksum != row.checksum => {
-                    return HistoryCheck::Diverged(format!(
-                        "applied migration V{}__{} differs from the released V{}__{} (a released migration was edited)",
-                        row.version, row.name, e.version, e.name
-                    ))
-                }
-                Some(_) => {}
-            }
-        }
-        let pending: Vec<i64> = self
-            .rows
-            .iter()
-            .map(|e| e.version)
-            .filter(|v| !applied.iter().any(|a| a.version == *v))
-            .collect();
-        if pending.is_empty() {
-            HistoryCheck::Current
-        } else {
-            HistoryCheck::Pending(pending)
-        }
-    }
 }
 
 /// Takes the tenant lock without blocking the shared system connection: a try-lock, retried
@@ -593,7 +646,7 @@ async fn migrate_tenant(
     dry_run: bool,
     expected: &ExpectedHistory,
     lock_wait: Duration,
-) -> TenantReport {
+) -> (TenantReport, Option<Record>) {
     let started = Instant::now();
     let mut report = TenantReport {
         slug: tenant.slug.clone(),
@@ -603,6 +656,7 @@ async fn migrate_tenant(
         applied: Vec::new(),
         pending: Vec::new(),
         error: None,
+        verified: false,
         duration_ms: 0,
     };
     let lock = if dry_run {
@@ -614,22 +668,37 @@ async fn migrate_tenant(
                 report.error = Some(
                     "tenant is locked by another operation (create or delete); retry later".into(),
                 );
-                return finish(report, started);
+                return (finish(report, started), None);
             }
             Err(e) => {
                 report.error = Some(sanitize_db(&e));
-                return finish(report, started);
+                return (finish(report, started), None);
             }
         }
     };
-    if let Err(message) = migrate_one(db, sys, tenant, dry_run, expected, &mut report).await {
-        report.status = TenantOutcome::Failed;
-        report.error = Some(message);
-    }
+    let outcome = migrate_one(db, tenant, dry_run, expected, &mut report).await;
     if let Some(lock) = lock {
         locks::release(sys, lock).await;
     }
-    finish(report, started)
+    // What the registry should say now: the version found, and the fingerprint only when the
+    // history is known to match the released migrations.
+    let (version, fingerprint) = match &outcome {
+        Ok(current) => (
+            report.to_version.unwrap_or(tenant.schema_version),
+            current.then(|| expected.fingerprint()),
+        ),
+        Err(message) => {
+            report.status = TenantOutcome::Failed;
+            report.error = Some(message.clone());
+            (report.to_version.unwrap_or(tenant.schema_version), None)
+        }
+    };
+    let record = Record {
+        slug: tenant.slug.clone(),
+        version,
+        fingerprint,
+    };
+    (finish(report, started), Some(record))
 }
 
 fn finish(mut report: TenantReport, started: Instant) -> TenantReport {
@@ -651,15 +720,16 @@ fn finish(mut report: TenantReport, started: Instant) -> TenantReport {
     report
 }
 
-/// The body of one tenant's migration; `Err` is the sanitised reason it failed.
+/// The body of one tenant's migration. `Ok(true)` when the database ends at the released
+/// migrations, `Ok(false)` when it does not (dry run with pending migrations); `Err` is the
+/// sanitised reason it failed.
 async fn migrate_one(
     db: &Database,
-    sys: &Client,
     tenant: &TenantRow,
     dry_run: bool,
     expected: &ExpectedHistory,
     report: &mut TenantReport,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let mut client = match db.connect(&tenant.database_name).await {
         Ok(c) => c,
         Err(DbError::Postgres(e)) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
@@ -667,6 +737,7 @@ async fn migrate_one(
         }
         Err(e) => return Err(sanitize_db(&e)),
     };
+    report.verified = true;
     // One cheap read decides whether refinery is needed at all.
     let history = read_history(&client).await.map_err(|e| sanitize_pg(&e))?;
     let from = history.iter().map(|h| h.version).max().unwrap_or(0);
@@ -676,13 +747,12 @@ async fn migrate_one(
         HistoryCheck::Diverged(reason) => return Err(reason),
         HistoryCheck::Current => {
             report.status = TenantOutcome::UpToDate;
-            sync_registry_version(sys, tenant, from, dry_run).await?;
-            return Ok(());
+            return Ok(true);
         }
         HistoryCheck::Pending(pending) if dry_run => {
             report.status = TenantOutcome::Pending;
             report.pending = pending;
-            return Ok(());
+            return Ok(false);
         }
         HistoryCheck::Pending(_) => {}
     }
@@ -702,8 +772,9 @@ async fn migrate_one(
             } else {
                 TenantOutcome::Migrated
             };
-            sync_registry_version(sys, tenant, now_at, false).await?;
-            Ok(())
+            // refinery refuses divergent and missing versions: applied in full, the history
+            // is the released one.
+            Ok(now_at == expected.latest())
         }
         Err(e) => {
             if let Some(partial) = e.report() {
@@ -713,34 +784,48 @@ async fn migrate_one(
                     .map(|m| i64::from(m.version()))
                     .collect();
             }
-            let _ = sync_registry_version(sys, tenant, now_at, false).await;
             Err(sanitize_refinery(&e))
         }
     }
 }
 
-/// Records the tenant's version in the registry when it differs (never in a dry run). An
-/// up-to-date tenant whose row already says so costs no write.
-async fn sync_registry_version(
+/// Writes what changed to the registry, in one statement (one commit, whatever the number of
+/// tenants). Only active tenants: one deleted meanwhile keeps its record.
+async fn record_versions(
     sys: &Client,
-    tenant: &TenantRow,
-    version: i64,
-    dry_run: bool,
-) -> Result<(), String> {
-    if dry_run || tenant.schema_version == version {
+    tenants: &[TenantRow],
+    records: Vec<Record>,
+) -> Result<(), MigrateAllError> {
+    let known: BTreeMap<&str, &TenantRow> = tenants.iter().map(|t| (t.slug.as_str(), t)).collect();
+    let changed: Vec<Record> = records
+        .into_iter()
+        .filter(|r| {
+            known.get(r.slug.as_str()).is_some_and(|t| {
+                t.schema_version != r.version || t.schema_fingerprint != r.fingerprint
+            })
+        })
+        .collect();
+    if changed.is_empty() {
         return Ok(());
     }
-    let slug = tenant.slug.as_str();
-    let version =
-        i32::try_from(version).map_err(|_| format!("schema version {version} out of range"))?;
+    let slugs: Vec<&str> = changed.iter().map(|r| r.slug.as_str()).collect();
+    let versions = changed
+        .iter()
+        .map(|r| i32::try_from(r.version))
+        .collect::<Result<Vec<i32>, _>>()
+        .map_err(|_| MigrateAllError::Unexpected("schema version out of range".into()))?;
+    let fingerprints: Vec<Option<&str>> =
+        changed.iter().map(|r| r.fingerprint.as_deref()).collect();
     sys.execute(
-        "UPDATE tenants SET schema_version = $2, updated_at = now() \
-         WHERE slug = $1 AND schema_version IS DISTINCT FROM $2",
-        &[&slug, &version],
+        "UPDATE tenants t SET schema_version = u.version, schema_fingerprint = u.fingerprint, \
+           updated_at = now() \
+         FROM unnest($1::text[], $2::int[], $3::text[]) AS u(slug, version, fingerprint) \
+         WHERE t.slug = u.slug AND t.status = 'active'",
+        &[&slugs, &versions, &fingerprints],
     )
     .await
-    .map(|_| ())
-    .map_err(|e| format!("could not record the schema version: {}", sanitize_pg(&e)))
+    .map_err(|e| MigrateAllError::from(DbError::from(e)))?;
+    Ok(())
 }
 
 /// A PostgreSQL error as a report may show it: SQLSTATE and the server's message (which
@@ -796,40 +881,6 @@ fn sanitize_refinery(e: &refinery::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn row(v: i64, name: &str, checksum: &str) -> HistoryRow {
-        HistoryRow {
-            version: v,
-            name: name.into(),
-            checksum: checksum.into(),
-        }
-    }
-
-    #[test]
-    fn history_check_rules() {
-        let expected = ExpectedHistory {
-            rows: vec![row(1, "a", "11"), row(2, "b", "22"), row(3, "c", "33")],
-        };
-        assert_eq!(expected.check(&[]), HistoryCheck::Pending(vec![1, 2, 3]));
-        assert_eq!(
-            expected.check(&[row(1, "a", "11"), row(2, "b", "22")]),
-            HistoryCheck::Pending(vec![3])
-        );
-        assert_eq!(
-            expected.check(&[row(1, "a", "11"), row(2, "b", "22"), row(3, "c", "33")]),
-            HistoryCheck::Current
-        );
-        assert!(
-            matches!(expected.check(&[row(1, "a", "99")]), HistoryCheck::Diverged(m) if m.contains("edited"))
-        );
-        assert!(matches!(
-            expected.check(&[row(1, "x", "11")]),
-            HistoryCheck::Diverged(_)
-        ));
-        assert!(
-            matches!(expected.check(&[row(7, "z", "77")]), HistoryCheck::Diverged(m) if m.contains("V7"))
-        );
-    }
 
     #[test]
     fn request_accepts_an_eventbridge_event() {

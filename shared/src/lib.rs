@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod locks;
 pub mod migrations;
 pub mod provision;
+pub mod template;
 pub mod tenants;
 
 pub use config::Config;

@@ -17,6 +17,8 @@ pub enum Lock {
     Fleet,
     /// refinery on the system database.
     SystemMigrations,
+    /// Building (or replacing) the tenant template database.
+    Template,
     /// Create, delete and migrate of one tenant never interleave.
     Tenant(String),
 }
@@ -28,6 +30,7 @@ impl Lock {
         match self {
             Lock::Fleet => (NS_GLOBAL, 1, None),
             Lock::SystemMigrations => (NS_GLOBAL, 2, None),
+            Lock::Template => (NS_GLOBAL, 3, None),
             Lock::Tenant(slug) => (NS_TENANT, 0, Some(slug.as_str())),
         }
     }

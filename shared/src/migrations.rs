@@ -5,7 +5,8 @@
 //! released migrations are immutable, add a new file instead.
 
 use refinery::{Migration, Runner};
-use tokio_postgres::Client;
+use sha2::{Digest, Sha256};
+use tokio_postgres::{error::SqlState, Client};
 use tracing::info;
 
 use crate::{
@@ -130,9 +131,177 @@ pub async fn migrate_system(db: &Database) -> Result<Vec<i64>, DbError> {
     Ok(applied)
 }
 
+/// One row of refinery's history table, read as text so that a damaged row is reported
+/// rather than trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRow {
+    pub version: i64,
+    pub name: String,
+    pub checksum: String,
+}
+
+pub async fn read_history(client: &Client) -> Result<Vec<HistoryRow>, tokio_postgres::Error> {
+    // One round trip: a database without the history table has applied nothing.
+    let rows = match client
+        .query(
+            &format!(
+                "SELECT version::bigint, name::text, checksum::text FROM {HISTORY_TABLE} ORDER BY version"
+            ),
+            &[],
+        )
+        .await
+    {
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(Vec::new()),
+        other => other?,
+    };
+    rows.iter()
+        .map(|r| {
+            Ok(HistoryRow {
+                version: r.try_get(0)?,
+                name: r.try_get::<_, Option<String>>(1)?.unwrap_or_default(),
+                checksum: r.try_get::<_, Option<String>>(2)?.unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// The embedded tenant migrations as a history would record them.
+pub struct ExpectedHistory {
+    rows: Vec<HistoryRow>,
+}
+
+/// How a tenant's history compares with the embedded migrations.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HistoryCheck {
+    Current,
+    Pending(Vec<i64>),
+    Diverged(String),
+}
+
+impl ExpectedHistory {
+    /// The embedded tenant migrations.
+    pub fn tenant() -> Self {
+        let rows = tenant_migrations()
+            .iter()
+            .map(|m| HistoryRow {
+                version: i64::from(m.version()),
+                name: m.name().to_owned(),
+                checksum: m.checksum().to_string(),
+            })
+            .collect();
+        ExpectedHistory { rows }
+    }
+
+    /// The newest version.
+    pub fn latest(&self) -> i64 {
+        self.rows.iter().map(|r| r.version).max().unwrap_or(0)
+    }
+
+    /// Names this exact set of migrations (versions, names, checksums): 16 hex digits of a
+    /// SHA-256. A database whose history checks [`HistoryCheck::Current`] has it; the
+    /// registry records it, and the tenant template is named after it.
+    pub fn fingerprint(&self) -> String {
+        let mut hasher = Sha256::new();
+        for r in &self.rows {
+            hasher.update(format!("{}\t{}\t{}\n", r.version, r.name, r.checksum).as_bytes());
+        }
+        hasher.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    pub fn check(&self, applied: &[HistoryRow]) -> HistoryCheck {
+        for row in applied {
+            match self.rows.iter().find(|e| e.version == row.version) {
+                None => {
+                    return HistoryCheck::Diverged(format!(
+                        "applied migration V{} ({}) is not among the released migrations",
+                        row.version, row.name
+                    ))
+                }
+                Some(e) if e.name != row.name || e.checksum != row.checksum => {
+                    return HistoryCheck::Diverged(format!(
+                        "applied migration V{}__{} differs from the released V{}__{} (a released migration was edited)",
+                        row.version, row.name, e.version, e.name
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        let pending: Vec<i64> = self
+            .rows
+            .iter()
+            .map(|e| e.version)
+            .filter(|v| !applied.iter().any(|a| a.version == *v))
+            .collect();
+        if pending.is_empty() {
+            HistoryCheck::Current
+        } else {
+            HistoryCheck::Pending(pending)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(v: i64, name: &str, checksum: &str) -> HistoryRow {
+        HistoryRow {
+            version: v,
+            name: name.into(),
+            checksum: checksum.into(),
+        }
+    }
+
+    #[test]
+    fn history_check_rules() {
+        let expected = ExpectedHistory {
+            rows: vec![row(1, "a", "11"), row(2, "b", "22"), row(3, "c", "33")],
+        };
+        assert_eq!(expected.check(&[]), HistoryCheck::Pending(vec![1, 2, 3]));
+        assert_eq!(
+            expected.check(&[row(1, "a", "11"), row(2, "b", "22")]),
+            HistoryCheck::Pending(vec![3])
+        );
+        assert_eq!(
+            expected.check(&[row(1, "a", "11"), row(2, "b", "22"), row(3, "c", "33")]),
+            HistoryCheck::Current
+        );
+        assert!(
+            matches!(expected.check(&[row(1, "a", "99")]), HistoryCheck::Diverged(m) if m.contains("edited"))
+        );
+        assert!(matches!(
+            expected.check(&[row(1, "x", "11")]),
+            HistoryCheck::Diverged(_)
+        ));
+        assert!(
+            matches!(expected.check(&[row(7, "z", "77")]), HistoryCheck::Diverged(m) if m.contains("V7"))
+        );
+    }
+
+    #[test]
+    fn the_fingerprint_names_the_exact_migrations() {
+        let base = ExpectedHistory {
+            rows: vec![row(1, "a", "11"), row(2, "b", "22")],
+        };
+        let fp = base.fingerprint();
+        assert_eq!(fp.len(), 16);
+        assert!(fp
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_eq!(fp, base.fingerprint(), "stable");
+        let edited = ExpectedHistory {
+            rows: vec![row(1, "a", "11"), row(2, "b", "23")],
+        };
+        let added = ExpectedHistory {
+            rows: vec![row(1, "a", "11"), row(2, "b", "22"), row(3, "c", "33")],
+        };
+        assert_ne!(fp, edited.fingerprint());
+        assert_ne!(fp, added.fingerprint());
+        assert_eq!(ExpectedHistory::tenant().latest(), latest_tenant_version());
+    }
 
     #[test]
     fn tenant_migrations_are_embedded_in_order() {

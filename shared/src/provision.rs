@@ -9,10 +9,11 @@
 //!    the unique slug and never reaches step 3);
 //! 2. take the tenant's advisory lock (create, delete, reconcile and migrate-all of one tenant
 //!    never interleave; the lock dies with its connection);
-//! 3. `CREATE DATABASE` (if the name exists, the database is not ours: remove our row, answer
-//!    a conflict, touch nothing);
-//! 4. revoke `CONNECT` from `PUBLIC`, apply every tenant migration, mark `active` with its
-//!    `schema_version`.
+//! 3. `CREATE DATABASE ... TEMPLATE` the tenant template, which holds every tenant migration
+//!    already (see [`crate::template`]; built first if this release has none yet). If the
+//!    name exists, the database is not ours: remove our row, answer a conflict, touch nothing;
+//! 4. revoke `CONNECT` from `PUBLIC`, mark `active` with its `schema_version` and migration
+//!    fingerprint.
 //!
 //! A failure the process lives to see is compensated at once: close our connection to the new
 //! database, `DROP DATABASE ... WITH (FORCE)`, remove the row. A process that dies leaves the
@@ -23,7 +24,7 @@
 //! |---|---|
 //! | no database of that name | roll back: delete the row |
 //! | the database, marked invalid by an interrupted `DROP DATABASE` | roll back: drop it, delete the row |
-//! | the database, valid | roll forward: revoke `CONNECT`, apply the pending migrations, mark `active` |
+//! | the database, valid | roll forward: revoke `CONNECT`, apply the pending migrations (none, for a copy of the template), mark `active` |
 //! | the database, valid, but a migration fails | roll back: drop it, delete the row |
 //! | PostgreSQL unreachable, or the lock still held | nothing now; the next attempt decides |
 //!
@@ -39,9 +40,10 @@ use uuid::Uuid;
 
 use crate::{
     db::{error_chain, Database, DbError},
-    domain::{DatabaseName, NewTenant, Slug, Tenant, TenantStatus},
+    domain::{quote_ident, DatabaseName, NewTenant, Slug, Tenant, TenantStatus},
     locks::{self, Lock},
-    migrations,
+    migrations::{self, ExpectedHistory, HistoryCheck},
+    template::{self, Template},
     tenants::{tenant_from_row, FieldError, TENANT_COLUMNS},
 };
 
@@ -125,6 +127,8 @@ pub async fn create_tenant(
     key: Option<&IdempotencyKey>,
 ) -> Result<Created, CreateTenantError> {
     let sys = db.system().await?;
+    // Before the row exists: a template that cannot be built leaves nothing behind.
+    let template = template::ensure(db, &sys).await?;
     let fp = fingerprint(new);
     let lease = db.config().provisioning_lease;
     // A few rounds at most: a round ends early when a dead provisioning was undone, or when a
@@ -157,7 +161,7 @@ pub async fn create_tenant(
         match inserted {
             Ok(row) => {
                 let id: Uuid = row.try_get(0).map_err(DbError::from)?;
-                let tenant = provision(db, &sys, id, &new.slug).await?;
+                let tenant = provision(&sys, id, &new.slug, &template).await?;
                 return Ok(Created {
                     tenant,
                     replayed: false,
@@ -241,10 +245,10 @@ async fn replay(
 
 /// Steps 2 to 4 for the row `id` that this request inserted.
 async fn provision(
-    db: &Database,
     sys: &Client,
     id: Uuid,
     slug: &Slug,
+    template: &Template,
 ) -> Result<Tenant, CreateTenantError> {
     let started = Instant::now();
     let db_name = slug.database_name();
@@ -261,7 +265,11 @@ async fn provision(
     };
 
     if let Err(e) = sys
-        .batch_execute(&format!("CREATE DATABASE {}", db_name.quoted()))
+        .batch_execute(&format!(
+            "CREATE DATABASE {} TEMPLATE {}",
+            db_name.quoted(),
+            quote_ident(&template.name)
+        ))
         .await
     {
         let duplicate = e.code() == Some(&SqlState::DUPLICATE_DATABASE);
@@ -274,7 +282,7 @@ async fn provision(
         return Err(DbError::from(e).into());
     }
 
-    let finished = finish_provisioning(db, sys, id, &db_name).await;
+    let finished = activate(sys, id, &db_name, template.version, &template.fingerprint).await;
     let result = match finished {
         Ok(tenant) => {
             info!(
@@ -296,37 +304,58 @@ async fn provision(
 }
 
 /// Revoke `CONNECT` from `PUBLIC`, apply the pending migrations, mark the row `active`.
-/// Every step is safe to repeat.
+/// Every step is safe to repeat. For a database that was not copied from the template (or
+/// whose copy cannot be trusted: its provisioning died).
 async fn finish_provisioning(
     db: &Database,
     sys: &Client,
     id: Uuid,
     db_name: &DatabaseName,
 ) -> Result<Tenant, DbError> {
+    let (version, fingerprint) = {
+        let mut tenant = db.connect(db_name.as_str()).await?;
+        migrations::apply_tenant_migrations(&mut tenant)
+            .await
+            .map_err(|e| anyhow::anyhow!("tenant migrations failed: {e}"))?;
+        let history = migrations::read_history(&tenant).await?;
+        drop(tenant); // closes our connection to the new database
+        let expected = ExpectedHistory::tenant();
+        match expected.check(&history) {
+            HistoryCheck::Current => (expected.latest(), expected.fingerprint()),
+            other => {
+                return Err(DbError::Other(anyhow::anyhow!(
+                    "tenant history after migrating: {other:?}"
+                )))
+            }
+        }
+    };
+    activate(sys, id, db_name, version, &fingerprint).await
+}
+
+/// Revoke `CONNECT` from `PUBLIC` and mark the row `active` at `version`, whose migrations
+/// have the fingerprint `fingerprint`. Safe to repeat.
+async fn activate(
+    sys: &Client,
+    id: Uuid,
+    db_name: &DatabaseName,
+    version: i64,
+    fingerprint: &str,
+) -> Result<Tenant, DbError> {
     sys.batch_execute(&format!(
         "REVOKE CONNECT ON DATABASE {} FROM PUBLIC",
         db_name.quoted()
     ))
     .await?;
-    let version = {
-        let mut tenant = db.connect(db_name.as_str()).await?;
-        migrations::apply_tenant_migrations(&mut tenant)
-            .await
-            .map_err(|e| anyhow::anyhow!("tenant migrations failed: {e}"))?;
-        let version = migrations::applied_version(&tenant).await?;
-        drop(tenant); // closes our connection to the new database
-        version
-    };
     let version = i32::try_from(version)
         .map_err(|_| anyhow::anyhow!("schema version {version} out of range"))?;
     let row = sys
         .query_one(
             &format!(
-                "UPDATE tenants SET status = 'active', schema_version = $2, updated_at = now(), \
-                   lease_expires_at = NULL \
+                "UPDATE tenants SET status = 'active', schema_version = $2, \
+                   schema_fingerprint = $3, updated_at = now(), lease_expires_at = NULL \
                  WHERE id = $1 AND status = 'provisioning' RETURNING {TENANT_COLUMNS}"
             ),
-            &[&id, &version],
+            &[&id, &version, &fingerprint],
         )
         .await?;
     tenant_from_row(&row)

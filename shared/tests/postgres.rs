@@ -123,7 +123,7 @@ async fn database_exists(name: &str) -> bool {
 async fn system_migrations_create_the_registry_once() {
     let fresh = Fresh::new();
     let db = Database::new(fresh.config(&[]), "test").unwrap();
-    assert_eq!(migrations::migrate_system(&db).await.unwrap(), [1, 2]);
+    assert_eq!(migrations::migrate_system(&db).await.unwrap(), [1, 2, 3]);
     assert!(database_exists(&fresh.system_db).await);
     // Idempotent.
     assert!(migrations::migrate_system(&db).await.unwrap().is_empty());
@@ -280,7 +280,7 @@ async fn database_url_replaces_the_secret() {
         "test-url",
     )
     .unwrap();
-    assert_eq!(migrations::migrate_system(&db).await.unwrap(), [1, 2]);
+    assert_eq!(migrations::migrate_system(&db).await.unwrap(), [1, 2, 3]);
 }
 
 /// A provisioning row whose lease has expired, as a killed create leaves it.

@@ -36,10 +36,15 @@ async fn handler(deps: &Deps, event: LambdaEvent<Value>) -> Result<Value, Diagno
         error_type: "Unexpected".into(),
         error_message: format!("could not serialise the report: {e}"),
     })?;
-    if report.counts.failed > 0 {
-        tracing::error!(report = %body, "migrate-all finished with failed tenants");
+    if report.failed() {
+        tracing::error!(report = %body, "migrate-all finished with failures");
         return Err(Diagnostic {
-            error_type: "TenantMigrationsFailed".into(),
+            error_type: if report.counts.failed > 0 {
+                "TenantMigrationsFailed"
+            } else {
+                "TemplateFailed"
+            }
+            .into(),
             error_message: report.failure_summary(),
         });
     }

@@ -48,6 +48,15 @@ async fn a_current_fleet_migrates_nothing_and_a_second_run_neither() {
             json!([]),
             "system database already current"
         );
+        // The tenant template of this release is in place, and nothing else was dropped.
+        let template = &report["template"];
+        assert_eq!(template["ready"], true, "{report}");
+        assert!(template["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("dbtools_template_") && n.len() == 33));
+        assert_eq!(template["version"], 2);
+        assert!(template["error"].is_null());
+        assert!(database_exists(template["name"].as_str().unwrap()).await);
         let (migrated, _, failed, _) = counts(&report);
         assert_eq!((migrated, failed), (0, 0), "run {run}: {report}");
         for slug in &slugs {
@@ -204,7 +213,8 @@ async fn an_edited_released_migration_is_reported_not_skipped() {
         )
         .await
         .unwrap();
-    let (status, error) = invoke_migrate_all(&json!({"slugs": slugs})).await;
+    // The registry still vouches for both (see the next test): `verify` reads each history.
+    let (status, error) = invoke_migrate_all(&json!({"slugs": slugs, "verify": true})).await;
     assert!(!status.is_success(), "{error}");
     let message = error["errorMessage"].as_str().unwrap();
     assert!(message.starts_with("2 of 2 "), "{message}");
@@ -219,6 +229,69 @@ async fn an_edited_released_migration_is_reported_not_skipped() {
         message.contains(&format!("{} (applied migration V99", slugs[1])),
         "{message}"
     );
+}
+
+#[tokio::test]
+async fn the_registry_vouches_for_current_tenants_and_verify_reads_every_database() {
+    let mut cleanup = Cleanup::holding_fleet().await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slugs = create_tenants(&mut cleanup, "vch", 2).await;
+    let event = json!({"slugs": slugs});
+    let verified =
+        |report: &Value, slug: &str| report_row(report, slug).unwrap()["verified"].clone();
+
+    // Created from the template: the registry records them at this release's migrations, so a
+    // run reports them current without opening their databases.
+    let (status, report) = invoke_migrate_all(&event).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    for slug in &slugs {
+        assert_eq!(report_row(&report, slug).unwrap()["status"], "up_to_date");
+        assert_eq!(verified(&report, slug), false, "{report}");
+    }
+
+    // Behind the registry's back, one history is damaged. A verify run opens every database,
+    // finds it, and says which.
+    let damaged = &slugs[0];
+    connect(&database_name(damaged))
+        .await
+        .batch_execute("UPDATE refinery_schema_history SET name = 'renamed' WHERE version = 2")
+        .await
+        .unwrap();
+    let (status, error) = invoke_migrate_all(&json!({"slugs": slugs, "verify": true})).await;
+    assert!(!status.is_success(), "{error}");
+    let message = error["errorMessage"].as_str().unwrap();
+    assert!(message.starts_with("1 of 2 "), "{message}");
+    assert!(message.contains(damaged.as_str()), "{message}");
+    assert!(!message.contains(slugs[1].as_str()), "{message}");
+
+    // From then on the registry no longer vouches for it: every run opens it and reports it,
+    // and still vouches for the other.
+    let (status, error) = invoke_migrate_all(&event).await;
+    assert!(!status.is_success(), "{error}");
+    assert!(
+        error["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains(damaged.as_str()),
+        "{error}"
+    );
+
+    // Repaired, it is verified once and vouched for again.
+    connect(&database_name(damaged))
+        .await
+        .batch_execute(
+            "UPDATE refinery_schema_history SET name = 'create_activity_log' WHERE version = 2",
+        )
+        .await
+        .unwrap();
+    let (status, report) = invoke_migrate_all(&event).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(verified(&report, damaged), true, "{report}");
+    assert_eq!(verified(&report, &slugs[1]), false, "{report}");
+    let (status, report) = invoke_migrate_all(&event).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(verified(&report, damaged), false, "{report}");
+    assert_eq!(counts(&report), (0, 2, 0, 0), "{report}");
 }
 
 #[tokio::test]

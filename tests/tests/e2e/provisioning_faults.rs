@@ -1,8 +1,9 @@
 use e2e::*;
 use reqwest::StatusCode;
 
-/// Puts an object into `template1` (the database every `CREATE DATABASE` copies) that makes
-/// migration V2 fail, and removes it when dropped.
+/// Puts an object into `template1` (what the tenant template is built from) that makes
+/// migration V2 fail, and drops the tenant templates so that the next create must build one;
+/// removes the object when dropped.
 struct TemplateFault;
 
 impl TemplateFault {
@@ -12,8 +13,19 @@ impl TemplateFault {
             .batch_execute("CREATE VIEW activity_log AS SELECT 1 AS squatter")
             .await
             .expect("install the template fault");
+        for name in tenant_templates().await {
+            admin()
+                .await
+                .batch_execute(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+                .await
+                .expect("drop the tenant template");
+        }
         TemplateFault
     }
+}
+
+async fn tenant_templates() -> Vec<String> {
+    databases_like("dbtools_template_").await
 }
 
 impl Drop for TemplateFault {
@@ -54,13 +66,29 @@ async fn a_failing_migration_leaves_nothing_behind_and_the_slug_can_be_retried()
     assert_eq!(reply.error_code(), "INTERNAL_ERROR");
     reply.assert_no_internals();
     assert!(!reply.text.contains("activity_log"), "{}", reply.text);
-    // Nothing left: no database, no row.
+    // Nothing left: no database, no row, no half-built template.
     assert!(databases_like(&slug).await.is_empty(), "database dropped");
     assert_eq!(registry_row(&slug).await, None, "row removed");
+    assert_eq!(tenant_templates().await, Vec::<String>::new());
     drop(fault);
 
     // Once the fault is gone, the same slug provisions.
     let retry = post_tenant(&json!({"name": "Faulty", "slug": slug})).await;
     assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.text);
     assert_eq!(registry_row(&slug).await, Some(("active".into(), 2)));
+    assert_eq!(history_versions(&slug).await, vec![1, 2]);
+    assert!(has_table(&slug, "activity_log").await);
+    // The template was rebuilt, ready (closed to connections), and is not a tenant.
+    let templates = tenant_templates().await;
+    assert_eq!(templates.len(), 1, "{templates:?}");
+    let allows: bool = admin()
+        .await
+        .query_one(
+            "SELECT datallowconn FROM pg_database WHERE datname = $1",
+            &[&templates[0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!allows, "a ready template takes no connections");
 }
