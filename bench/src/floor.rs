@@ -1,8 +1,10 @@
 //! The floor provisioning is held against: what PostgreSQL itself needs to make a tenant
 //! database, measured with a bare client (tokio-postgres, none of the product's code) over
 //! connections that are already open: `CREATE DATABASE`, then the tenant migrations' DDL
-//! as one batch. Also `STRATEGY FILE_COPY` against the default `WAL_LOG`, and a copy of the
-//! product's pre-migrated tenant template when one exists.
+//! as one batch. Its samples are taken between the provisioning requests, so that both meet
+//! the server in the same state (WAL segments recycled or new, checkpoints). Also
+//! `STRATEGY FILE_COPY` against the default `WAL_LOG`, and a copy of the product's
+//! pre-migrated tenant template.
 
 use std::time::Instant;
 
@@ -11,14 +13,22 @@ use e2e::connect;
 
 use crate::table::{ms, Row, Stats, Table};
 
+/// Samples of the floor (default strategy, from `template1`): `CREATE DATABASE`, connecting
+/// to the new database (not part of the floor), and the DDL.
 pub struct Floor {
-    /// `CREATE DATABASE` (default strategy) + DDL, per sample.
-    pub floor: Stats,
-    create_wal: Stats,
-    create_file_copy: Stats,
-    create_from_template: Option<(String, Stats)>,
-    connect: Stats,
-    ddl: Stats,
+    admin: tokio_postgres::Client,
+    ddl: String,
+    made: Vec<String>,
+    create: Vec<f64>,
+    connect: Vec<f64>,
+    run: Vec<f64>,
+}
+
+/// `CREATE DATABASE` strategies compared, and a copy of the product's tenant template.
+pub struct Strategies {
+    wal_log: Stats,
+    file_copy: Stats,
+    from_template: Option<(String, Stats)>,
 }
 
 /// The tenant migrations as one script, in version order.
@@ -46,8 +56,84 @@ fn elapsed_ms(started: Instant) -> f64 {
     started.elapsed().as_secs_f64() * 1000.0
 }
 
-pub async fn measure(samples: usize) -> Result<Floor> {
-    let ddl = tenant_ddl()?;
+impl Floor {
+    pub async fn new() -> Result<Floor> {
+        Ok(Floor {
+            admin: connect("postgres").await,
+            ddl: tenant_ddl()?,
+            made: Vec::new(),
+            create: Vec::new(),
+            connect: Vec::new(),
+            run: Vec::new(),
+        })
+    }
+
+    /// One sample: a database made as the floor makes it.
+    pub async fn sample(&mut self) -> Result<()> {
+        let name = format!("bench_floor_{}", self.made.len());
+        let started = Instant::now();
+        self.admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await?;
+        self.create.push(elapsed_ms(started));
+        self.made.push(name.clone());
+        let started = Instant::now();
+        let tenant = connect(&name).await;
+        self.connect.push(elapsed_ms(started));
+        let started = Instant::now();
+        tenant
+            .batch_execute(&self.ddl)
+            .await
+            .context("tenant DDL")?;
+        self.run.push(elapsed_ms(started));
+        Ok(())
+    }
+
+    /// p50 of `CREATE DATABASE` + DDL.
+    pub fn p50(&self) -> f64 {
+        let sums = self
+            .create
+            .iter()
+            .zip(&self.run)
+            .map(|(c, d)| c + d)
+            .collect();
+        Stats::of(sums).p50
+    }
+
+    /// Drops the databases the samples made.
+    pub async fn drop_all(&mut self) -> Result<()> {
+        for name in self.made.drain(..) {
+            self.admin
+                .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub fn rows(&self, table: &mut Table) {
+        table.push(Row::info(
+            &format!(
+                "floor: CREATE DATABASE + tenant DDL, open connections (p50 of {})",
+                self.create.len()
+            ),
+            format!("{} ms", ms(self.p50())),
+            format!(
+                "CREATE DATABASE {} ms + DDL {} ms",
+                ms(Stats::of(self.create.clone()).p50),
+                ms(Stats::of(self.run.clone()).p50)
+            ),
+        ));
+        table.push(Row::info(
+            "connect to a new database (SCRAM, p50)",
+            format!("{} ms", ms(Stats::of(self.connect.clone()).p50)),
+            "not in the floor".into(),
+        ));
+    }
+}
+
+/// `CREATE DATABASE` with each strategy, interleaved so that whatever else the machine does
+/// weighs on both alike; and from the tenant template, when one is ready.
+pub async fn strategies(samples: usize) -> Result<Strategies> {
     let admin = connect("postgres").await;
     let template: Option<String> = admin
         .query_opt(
@@ -57,40 +143,19 @@ pub async fn measure(samples: usize) -> Result<Floor> {
         )
         .await?
         .map(|r| r.get(0));
-    let (mut floor, mut wal, mut file_copy, mut from_template, mut conn, mut run) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let mut made = Vec::new();
-    // Interleaved, so that whatever else the machine does weighs on every variant alike.
+    let (mut wal, mut file_copy, mut from_template, mut made) = (vec![], vec![], vec![], vec![]);
     for i in 0..samples {
-        let name = format!("bench_floor_w{i}");
-        let started = Instant::now();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await?;
-        let create = elapsed_ms(started);
-        made.push(name.clone());
-
-        let started = Instant::now();
-        let tenant = connect(&name).await;
-        conn.push(elapsed_ms(started));
-        let started = Instant::now();
-        tenant.batch_execute(&ddl).await.context("tenant DDL")?;
-        let d = elapsed_ms(started);
-        drop(tenant);
-        wal.push(create);
-        run.push(d);
-        floor.push(create + d);
-
-        let name = format!("bench_floor_f{i}");
-        let started = Instant::now();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name} STRATEGY FILE_COPY"))
-            .await?;
-        file_copy.push(elapsed_ms(started));
-        made.push(name);
-
+        for (strategy, out) in [("WAL_LOG", &mut wal), ("FILE_COPY", &mut file_copy)] {
+            let name = format!("bench_floor_{}_{i}", strategy.to_lowercase());
+            let started = Instant::now();
+            admin
+                .batch_execute(&format!("CREATE DATABASE {name} STRATEGY {strategy}"))
+                .await?;
+            out.push(elapsed_ms(started));
+            made.push(name);
+        }
         if let Some(t) = &template {
-            let name = format!("bench_floor_t{i}");
+            let name = format!("bench_floor_template_{i}");
             let started = Instant::now();
             admin
                 .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE \"{t}\""))
@@ -104,47 +169,35 @@ pub async fn measure(samples: usize) -> Result<Floor> {
             .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
             .await?;
     }
-    Ok(Floor {
-        floor: Stats::of(floor),
-        create_wal: Stats::of(wal),
-        create_file_copy: Stats::of(file_copy),
-        create_from_template: template.map(|t| (t, Stats::of(from_template))),
-        connect: Stats::of(conn),
-        ddl: Stats::of(run),
+    Ok(Strategies {
+        wal_log: Stats::of(wal),
+        file_copy: Stats::of(file_copy),
+        from_template: template.map(|t| (t, Stats::of(from_template))),
     })
 }
 
-impl Floor {
+impl Strategies {
     pub fn rows(&self, table: &mut Table) {
         table.push(Row::info(
-            "floor: CREATE DATABASE + tenant DDL, open connections (p50)",
-            format!("{} ms", ms(self.floor.p50)),
-            format!(
-                "CREATE DATABASE {} ms + DDL {} ms",
-                ms(self.create_wal.p50),
-                ms(self.ddl.p50)
-            ),
+            "CREATE DATABASE … STRATEGY WAL_LOG (the default, p50)",
+            format!("{} ms", ms(self.wal_log.p50)),
+            String::new(),
         ));
-        let ratio = self.create_file_copy.p50 / self.create_wal.p50;
+        let ratio = self.file_copy.p50 / self.wal_log.p50;
         table.push(Row::info(
             "CREATE DATABASE … STRATEGY FILE_COPY (p50)",
-            format!("{} ms", ms(self.create_file_copy.p50)),
+            format!("{} ms", ms(self.file_copy.p50)),
             format!(
-                "{ratio:.2}x WAL_LOG (the default): {}",
+                "{ratio:.2}x WAL_LOG: {}",
                 if ratio < 1.0 { "faster" } else { "slower" }
             ),
         ));
-        if let Some((name, stats)) = &self.create_from_template {
+        if let Some((name, stats)) = &self.from_template {
             table.push(Row::info(
                 &format!("CREATE DATABASE … TEMPLATE {name} (p50)"),
                 format!("{} ms", ms(stats.p50)),
-                format!("{:.2}x from template1", stats.p50 / self.create_wal.p50),
+                format!("{:.2}x from template1", stats.p50 / self.wal_log.p50),
             ));
         }
-        table.push(Row::info(
-            "connect to a new database (SCRAM, p50)",
-            format!("{} ms", ms(self.connect.p50)),
-            "not in the floor".into(),
-        ));
     }
 }

@@ -6,7 +6,7 @@
 //! see the Makefile), whose variables tell it where the API and PostgreSQL are. Sizes:
 //! `BENCH_TENANTS` (1000: the fleet, created through the API, which migrate-all runs over),
 //! `BENCH_LIST_TENANTS` (10000: registry rows for the list benchmark), `BENCH_FLOOR_SAMPLES`
-//! (20), `BENCH_LIST_SAMPLES` (200), `BENCH_COLD_SAMPLES` (5).
+//! (50), `BENCH_LIST_SAMPLES` (200), `BENCH_COLD_SAMPLES` (5).
 
 mod cold;
 mod floor;
@@ -55,7 +55,7 @@ async fn main() -> Result<()> {
     let s = Settings {
         tenants: env_usize("BENCH_TENANTS", 1000)?.max(1),
         list_tenants: env_usize("BENCH_LIST_TENANTS", 10_000)?.max(100),
-        floor_samples: env_usize("BENCH_FLOOR_SAMPLES", 20)?.max(1),
+        floor_samples: env_usize("BENCH_FLOOR_SAMPLES", 50)?.max(1),
         list_samples: env_usize("BENCH_LIST_SAMPLES", 200)?.max(1),
         cold_samples: env_usize("BENCH_COLD_SAMPLES", 5)?.max(1),
         profile: std::env::var("DBTOOLS_BUILD_PROFILE").unwrap_or_else(|_| "unknown".into()),
@@ -90,18 +90,21 @@ async fn main() -> Result<()> {
     warm_up().await?;
 
     step(&format!(
-        "floor: raw CREATE DATABASE + tenant DDL, {} samples per strategy",
+        "CREATE DATABASE strategies, {} samples each",
         s.floor_samples
     ));
-    let floor = floor::measure(s.floor_samples).await?;
-    floor.rows(&mut table);
+    floor::strategies(s.floor_samples).await?.rows(&mut table);
 
     step(&format!(
-        "provisioning {} tenants through POST /api/tenants, one at a time",
-        s.tenants
+        "provisioning {} tenants through POST /api/tenants, one at a time, with {} floor samples \
+         (raw CREATE DATABASE + tenant DDL) between them",
+        s.tenants, s.floor_samples
     ));
-    let provision = provision_fleet(s.tenants).await?;
-    let ratio = provision.p50 / floor.floor.p50;
+    let mut floor = floor::Floor::new().await?;
+    let provision = provision_fleet(s.tenants, s.floor_samples, &mut floor).await?;
+    floor.drop_all().await?;
+    floor.rows(&mut table);
+    let ratio = provision.p50 / floor.p50();
     table.push(Row::goal(
         "POST /api/tenants (p50; p90, max)",
         format!(
@@ -311,9 +314,17 @@ async fn warm_up() -> Result<()> {
     Ok(())
 }
 
-async fn provision_fleet(n: usize) -> Result<Stats> {
+async fn provision_fleet(
+    n: usize,
+    floor_samples: usize,
+    floor: &mut floor::Floor,
+) -> Result<Stats> {
     let mut samples = Vec::with_capacity(n);
+    let every = (n / floor_samples).max(1);
     for i in 0..n {
+        if i % every == 0 && i / every < floor_samples {
+            floor.sample().await?;
+        }
         let body = json!({"name": format!("Bench tenant {i}"), "slug": slug(i)});
         let started = Instant::now();
         let r = e2e::post_tenant(&body).await;

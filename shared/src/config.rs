@@ -7,7 +7,7 @@
 //! | `DB_HOST`, `DB_PORT`, `DB_NAME` | supply or override the secret's `host`, `port`, `dbname` | unset |
 //! | `SYSTEM_DB_NAME` | the registry database | `dbtools` |
 //! | `DB_SSLMODE` | `disable` or `require` (TLS with certificate and host name verification) | `require` |
-//! | `DB_CA_BUNDLE` | PEM file of extra trusted roots (all certificates in it) | unset |
+//! | `DB_CA_BUNDLE` | PEM file of the CAs trusted for PostgreSQL's certificate (all certificates in it, instead of the system roots) | unset |
 //! | `DB_CONNECT_TIMEOUT_SECS` | TCP + TLS + authentication | `3` |
 //! | `DB_STATEMENT_TIMEOUT_SECS` | server-side statement timeout on our sessions (0 = none) | `20` |
 //! | `DB_LOCK_TIMEOUT_SECS` | longest wait for a tenant or fleet lock | `10` |

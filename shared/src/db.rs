@@ -86,10 +86,15 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// Builds the TLS connector once: system roots plus every certificate of `DB_CA_BUNDLE`.
+/// Builds the TLS connector once: the certificates of `DB_CA_BUNDLE` when it is set (and only
+/// those: a database needs its own CA, not the web's), the system roots otherwise.
+///
+/// Loading the system roots costs OpenSSL tens of milliseconds (it parses the whole bundle),
+/// which is why `DB_SSLMODE=disable` builds no connector at all.
 pub fn tls_connector(config: &Config) -> anyhow::Result<MakeTlsConnector> {
     let mut builder = TlsConnector::builder();
     if let Some(path) = &config.ca_bundle {
+        builder.disable_built_in_roots(true);
         let pem =
             fs::read(path).map_err(|e| anyhow::anyhow!("DB_CA_BUNDLE {}: {e}", path.display()))?;
         let certs = Certificate::stack_from_pem(&pem)
@@ -109,7 +114,8 @@ pub fn tls_connector(config: &Config) -> anyhow::Result<MakeTlsConnector> {
 pub struct Database {
     config: Config,
     credentials: CredentialProvider,
-    tls: MakeTlsConnector,
+    /// `None` with `DB_SSLMODE=disable`.
+    tls: Option<MakeTlsConnector>,
     system: Mutex<Option<Client>>,
     application_name: String,
 }
@@ -120,7 +126,11 @@ pub type SystemConn<'a> = MappedMutexGuard<'a, Client>;
 impl Database {
     /// No network I/O: connections and the secret are fetched on first use.
     pub fn new(config: Config, application_name: &str) -> anyhow::Result<Database> {
-        let tls = tls_connector(&config)?;
+        // Built at start-up with `require`, so that a bad bundle fails there, by name.
+        let tls = match config.ssl_mode {
+            SslMode::Require => Some(tls_connector(&config)?),
+            SslMode::Disable => None,
+        };
         let credentials =
             CredentialProvider::new(config.credentials.clone(), config.overrides.clone());
         Ok(Database {
@@ -204,13 +214,24 @@ impl Database {
         cfg.options(format!(
             "-c statement_timeout={stmt} -c lock_timeout={lock}"
         ));
-        let (client, connection) = cfg.connect(self.tls.clone()).await?;
         let db = dbname.to_owned();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
+        let log_end = move |result: Result<(), tokio_postgres::Error>| {
+            if let Err(e) = result {
                 debug!(database = %db, error = %e, "connection ended");
             }
-        });
+        };
+        let client = match &self.tls {
+            Some(tls) => {
+                let (client, connection) = cfg.connect(tls.clone()).await?;
+                tokio::spawn(async move { log_end(connection.await) });
+                client
+            }
+            None => {
+                let (client, connection) = cfg.connect(tokio_postgres::NoTls).await?;
+                tokio::spawn(async move { log_end(connection.await) });
+                client
+            }
+        };
         Ok(client)
     }
 }

@@ -757,16 +757,21 @@ async fn migrate_one(
         HistoryCheck::Pending(_) => {}
     }
     let outcome = migrations::tenant_runner().run_async(&mut client).await;
-    // Whatever happened, the version the database is at now is the truth to record.
-    let now_at = migrations::applied_version(&client).await.unwrap_or(from);
+    // Each migration commits on its own: the database is at the last one refinery applied.
+    let applied = |r: &refinery::Report| -> Vec<i64> {
+        r.applied_migrations()
+            .iter()
+            .map(|m| i64::from(m.version()))
+            .collect()
+    };
+    report.applied = match &outcome {
+        Ok(done) => applied(done),
+        Err(e) => e.report().map(applied).unwrap_or_default(),
+    };
+    let now_at = report.applied.iter().copied().fold(from, i64::max);
     report.to_version = Some(now_at);
     match outcome {
-        Ok(done) => {
-            report.applied = done
-                .applied_migrations()
-                .iter()
-                .map(|m| i64::from(m.version()))
-                .collect();
+        Ok(_) => {
             report.status = if report.applied.is_empty() {
                 TenantOutcome::UpToDate
             } else {
@@ -776,16 +781,7 @@ async fn migrate_one(
             // is the released one.
             Ok(now_at == expected.latest())
         }
-        Err(e) => {
-            if let Some(partial) = e.report() {
-                report.applied = partial
-                    .applied_migrations()
-                    .iter()
-                    .map(|m| i64::from(m.version()))
-                    .collect();
-            }
-            Err(sanitize_refinery(&e))
-        }
+        Err(e) => Err(sanitize_refinery(&e)),
     }
 }
 

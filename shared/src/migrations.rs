@@ -6,7 +6,7 @@
 
 use refinery::{Migration, Runner};
 use sha2::{Digest, Sha256};
-use tokio_postgres::{error::SqlState, Client};
+use tokio_postgres::{error::SqlState, Client, SimpleQueryMessage};
 use tracing::info;
 
 use crate::{
@@ -72,21 +72,6 @@ pub async fn apply_tenant_migrations(client: &mut Client) -> Result<Vec<i64>, re
         .collect())
 }
 
-/// The highest version recorded in a database's history (0 when none, or no history table).
-pub async fn applied_version(client: &Client) -> Result<i64, tokio_postgres::Error> {
-    let row = client
-        .query_one(
-            &format!("SELECT COALESCE(max(version), 0)::bigint FROM {HISTORY_TABLE}"),
-            &[],
-        )
-        .await;
-    match row {
-        Ok(row) => row.try_get(0),
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(0),
-        Err(e) => Err(e),
-    }
-}
-
 /// Creates the system database when it does not exist, then brings it to the latest system
 /// migration under a lock, so that concurrent callers never run refinery side by side.
 pub async fn migrate_system(db: &Database) -> Result<Vec<i64>, DbError> {
@@ -140,29 +125,30 @@ pub struct HistoryRow {
     pub checksum: String,
 }
 
+/// The history, in version order, in one round trip (the simple query protocol: no statement
+/// to prepare first). A database without the history table has applied nothing.
 pub async fn read_history(client: &Client) -> Result<Vec<HistoryRow>, tokio_postgres::Error> {
-    // One round trip: a database without the history table has applied nothing.
-    let rows = match client
-        .query(
-            &format!(
-                "SELECT version::bigint, name::text, checksum::text FROM {HISTORY_TABLE} ORDER BY version"
-            ),
-            &[],
-        )
+    let messages = match client
+        .simple_query(&format!(
+            "SELECT version::bigint, name::text, checksum::text FROM {HISTORY_TABLE} ORDER BY version"
+        ))
         .await
     {
         Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(Vec::new()),
         other => other?,
     };
-    rows.iter()
-        .map(|r| {
-            Ok(HistoryRow {
-                version: r.try_get(0)?,
-                name: r.try_get::<_, Option<String>>(1)?.unwrap_or_default(),
-                checksum: r.try_get::<_, Option<String>>(2)?.unwrap_or_default(),
-            })
+    Ok(messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(HistoryRow {
+                // A version that is not a number cannot match a released one: -1 reports it.
+                version: r.get(0).and_then(|v| v.parse().ok()).unwrap_or(-1),
+                name: r.get(1).unwrap_or_default().to_owned(),
+                checksum: r.get(2).unwrap_or_default().to_owned(),
+            }),
+            _ => None,
         })
-        .collect()
+        .collect())
 }
 
 /// The embedded tenant migrations as a history would record them.
