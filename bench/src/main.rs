@@ -232,7 +232,7 @@ async fn machine() -> Result<String> {
         .get(0);
     let settings: Vec<(String, String)> = admin
         .query(
-            "SELECT name, setting FROM pg_settings WHERE name IN \
+            "SELECT name, current_setting(name) FROM pg_settings WHERE name IN \
              ('fsync', 'synchronous_commit', 'shared_buffers', 'password_encryption') ORDER BY name",
             &[],
         )
@@ -418,17 +418,31 @@ async fn undo_latest(n: usize) -> Result<()> {
     Ok(())
 }
 
+/// Requests `cargo lambda watch` itself failed (a bare problem-details 500 that no function
+/// logged; seen now and then in long runs), retried once and counted in the table rather than
+/// aborting the run.
+static EMULATOR_500S: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 async fn timed_get(path: &str) -> Result<(f64, Value)> {
-    let started = Instant::now();
-    let r = e2e::get(path).await;
-    let took = started.elapsed().as_secs_f64() * 1000.0;
-    ensure!(
-        r.status == StatusCode::OK,
-        "GET {path}: {} {}",
-        r.status,
-        r.text
-    );
-    Ok((took, r.body))
+    for attempt in 0..2 {
+        let started = Instant::now();
+        let r = e2e::get(path).await;
+        let took = started.elapsed().as_secs_f64() * 1000.0;
+        let emulator = r.status == StatusCode::INTERNAL_SERVER_ERROR
+            && r.body["type"] == "https://httpstatuses.com/500";
+        if emulator && attempt == 0 {
+            EMULATOR_500S.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            continue;
+        }
+        ensure!(
+            r.status == StatusCode::OK,
+            "GET {path}: {} {}",
+            r.status,
+            r.text
+        );
+        return Ok((took, r.body));
+    }
+    unreachable!("the second attempt returns")
 }
 
 async fn list(s: &Settings, table: &mut Table) -> Result<()> {
@@ -508,6 +522,14 @@ async fn list(s: &Settings, table: &mut Table) -> Result<()> {
         format!("{} ms ({})", ms(middle.p50), ms(middle.p90)),
         format!("{:.2}x the first page", middle.p50 / first.p50),
     ));
+    let retried = EMULATOR_500S.load(std::sync::atomic::Ordering::Relaxed);
+    if retried > 0 {
+        table.push(Row::info(
+            "list requests cargo lambda watch failed by itself (retried once)",
+            retried.to_string(),
+            "the emulator's bare 500, no function invoked".into(),
+        ));
+    }
     // They have no databases: a migrate-all after the bench would report them failed.
     registry
         .execute("DELETE FROM tenants WHERE slug LIKE 'benchlist\\_%'", &[])
