@@ -220,7 +220,6 @@ pub enum MigrateAllError {
     Unavailable(String),
     #[error("system database migration failed: {0}")]
     SystemMigration(String),
-
     #[error("migrate-all failed: {0}")]
     Unexpected(String),
 }
@@ -241,7 +240,6 @@ impl MigrateAllError {
             MigrateAllError::InvalidRequest(_) => "InvalidRequest",
             MigrateAllError::Unavailable(_) => "DatabaseUnavailable",
             MigrateAllError::SystemMigration(_) => "SystemMigrationFailed",
-
             MigrateAllError::Unexpected(_) => "Unexpected",
         }
     }
@@ -548,7 +546,7 @@ async fn run_tenants(
     let vouched = |t: &TenantRow| {
         !req.verify
             && t.schema_version == latest
-            && t.schema_fingerprint.as_deref() == Some(fingerprint.as_str())
+            && t.schema_fingerprint.as_deref() == Some(fingerprint)
     };
     let mut results: Vec<TenantReport> = tenants
         .iter()
@@ -568,7 +566,7 @@ async fn run_tenants(
     let lock_wait = db.config().lock_timeout;
     let checked: Vec<(TenantReport, Option<Record>)> =
         stream::iter(tenants.iter().filter(|t| !vouched(t)))
-            .map(|t| migrate_tenant(db, sys, t, req.dry_run, &expected, lock_wait))
+            .map(|t| migrate_tenant(db, sys, t, req.dry_run, expected, lock_wait))
             .buffer_unordered(concurrency)
             .collect()
             .await;
@@ -685,7 +683,7 @@ async fn migrate_tenant(
     let (version, fingerprint) = match &outcome {
         Ok(current) => (
             report.to_version.unwrap_or(tenant.schema_version),
-            current.then(|| expected.fingerprint()),
+            current.then(|| expected.fingerprint().to_owned()),
         ),
         Err(message) => {
             report.status = TenantOutcome::Failed;

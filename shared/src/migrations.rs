@@ -4,6 +4,8 @@
 //! by default, refuses to run when that history diverges from (or misses) the embedded files:
 //! released migrations are immutable, add a new file instead.
 
+use std::sync::OnceLock;
+
 use refinery::{Migration, Runner};
 use sha2::{Digest, Sha256};
 use tokio_postgres::{error::SqlState, Client, SimpleQueryMessage};
@@ -55,21 +57,23 @@ pub fn tenant_migrations() -> Vec<Migration> {
 
 /// The highest embedded tenant migration version.
 pub fn latest_tenant_version() -> i64 {
-    tenant_migrations()
-        .iter()
-        .map(|m| i64::from(m.version()))
-        .max()
-        .unwrap_or(0)
+    ExpectedHistory::tenant().latest()
 }
 
-/// Applies every pending tenant migration; returns the versions applied, in order.
-pub async fn apply_tenant_migrations(client: &mut Client) -> Result<Vec<i64>, refinery::Error> {
-    let report = tenant_runner().run_async(client).await?;
-    Ok(report
-        .applied_migrations()
-        .iter()
-        .map(|m| i64::from(m.version()))
-        .collect())
+/// Applies every pending tenant migration, then checks that the history is exactly the
+/// released one (what the registry's fingerprint then vouches for).
+pub async fn migrate_tenant_to_latest(client: &mut Client) -> Result<(), DbError> {
+    tenant_runner()
+        .run_async(client)
+        .await
+        .map_err(|e| anyhow::anyhow!("tenant migrations failed: {e}"))?;
+    let history = read_history(client).await?;
+    match ExpectedHistory::tenant().check(&history) {
+        HistoryCheck::Current => Ok(()),
+        other => Err(DbError::Other(anyhow::anyhow!(
+            "the history after migrating does not match the released migrations: {other:?}"
+        ))),
+    }
 }
 
 /// Creates the system database when it does not exist, then brings it to the latest system
@@ -151,9 +155,10 @@ pub async fn read_history(client: &Client) -> Result<Vec<HistoryRow>, tokio_post
         .collect())
 }
 
-/// The embedded tenant migrations as a history would record them.
+/// The embedded tenant migrations as a history would record them, and their fingerprint.
 pub struct ExpectedHistory {
     rows: Vec<HistoryRow>,
+    fingerprint: String,
 }
 
 /// How a tenant's history compares with the embedded migrations.
@@ -165,17 +170,33 @@ pub enum HistoryCheck {
 }
 
 impl ExpectedHistory {
-    /// The embedded tenant migrations.
-    pub fn tenant() -> Self {
-        let rows = tenant_migrations()
+    /// The embedded tenant migrations, built once per process.
+    pub fn tenant() -> &'static ExpectedHistory {
+        static TENANT: OnceLock<ExpectedHistory> = OnceLock::new();
+        TENANT.get_or_init(|| {
+            ExpectedHistory::from_rows(
+                tenant_migrations()
+                    .iter()
+                    .map(|m| HistoryRow {
+                        version: i64::from(m.version()),
+                        name: m.name().to_owned(),
+                        checksum: m.checksum().to_string(),
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    fn from_rows(rows: Vec<HistoryRow>) -> Self {
+        let mut hasher = Sha256::new();
+        for r in &rows {
+            hasher.update(format!("{}\t{}\t{}\n", r.version, r.name, r.checksum).as_bytes());
+        }
+        let fingerprint = hasher.finalize()[..8]
             .iter()
-            .map(|m| HistoryRow {
-                version: i64::from(m.version()),
-                name: m.name().to_owned(),
-                checksum: m.checksum().to_string(),
-            })
+            .map(|b| format!("{b:02x}"))
             .collect();
-        ExpectedHistory { rows }
+        ExpectedHistory { rows, fingerprint }
     }
 
     /// The newest version.
@@ -186,15 +207,8 @@ impl ExpectedHistory {
     /// Names this exact set of migrations (versions, names, checksums): 16 hex digits of a
     /// SHA-256. A database whose history checks [`HistoryCheck::Current`] has it; the
     /// registry records it, and the tenant template is named after it.
-    pub fn fingerprint(&self) -> String {
-        let mut hasher = Sha256::new();
-        for r in &self.rows {
-            hasher.update(format!("{}\t{}\t{}\n", r.version, r.name, r.checksum).as_bytes());
-        }
-        hasher.finalize()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     pub fn check(&self, applied: &[HistoryRow]) -> HistoryCheck {
@@ -243,9 +257,11 @@ mod tests {
 
     #[test]
     fn history_check_rules() {
-        let expected = ExpectedHistory {
-            rows: vec![row(1, "a", "11"), row(2, "b", "22"), row(3, "c", "33")],
-        };
+        let expected = ExpectedHistory::from_rows(vec![
+            row(1, "a", "11"),
+            row(2, "b", "22"),
+            row(3, "c", "33"),
+        ]);
         assert_eq!(expected.check(&[]), HistoryCheck::Pending(vec![1, 2, 3]));
         assert_eq!(
             expected.check(&[row(1, "a", "11"), row(2, "b", "22")]),
@@ -269,24 +285,21 @@ mod tests {
 
     #[test]
     fn the_fingerprint_names_the_exact_migrations() {
-        let base = ExpectedHistory {
-            rows: vec![row(1, "a", "11"), row(2, "b", "22")],
-        };
+        let base = ExpectedHistory::from_rows(vec![row(1, "a", "11"), row(2, "b", "22")]);
         let fp = base.fingerprint();
         assert_eq!(fp.len(), 16);
         assert!(fp
             .bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert_eq!(fp, base.fingerprint(), "stable");
-        let edited = ExpectedHistory {
-            rows: vec![row(1, "a", "11"), row(2, "b", "23")],
-        };
-        let added = ExpectedHistory {
-            rows: vec![row(1, "a", "11"), row(2, "b", "22"), row(3, "c", "33")],
-        };
+        let edited = ExpectedHistory::from_rows(vec![row(1, "a", "11"), row(2, "b", "23")]);
+        let added = ExpectedHistory::from_rows(vec![
+            row(1, "a", "11"),
+            row(2, "b", "22"),
+            row(3, "c", "33"),
+        ]);
         assert_ne!(fp, edited.fingerprint());
         assert_ne!(fp, added.fingerprint());
-        assert_eq!(ExpectedHistory::tenant().latest(), latest_tenant_version());
     }
 
     #[test]

@@ -42,7 +42,7 @@ use crate::{
     db::{error_chain, Database, DbError},
     domain::{quote_ident, DatabaseName, NewTenant, Slug, Tenant, TenantStatus},
     locks::{self, Lock},
-    migrations::{self, ExpectedHistory, HistoryCheck},
+    migrations::{self, ExpectedHistory},
     template::{self, Template},
     tenants::{tenant_from_row, FieldError, TENANT_COLUMNS},
 };
@@ -312,24 +312,11 @@ async fn finish_provisioning(
     id: Uuid,
     db_name: &DatabaseName,
 ) -> Result<Tenant, DbError> {
-    let (version, fingerprint) = {
-        let mut tenant = db.connect(db_name.as_str()).await?;
-        migrations::apply_tenant_migrations(&mut tenant)
-            .await
-            .map_err(|e| anyhow::anyhow!("tenant migrations failed: {e}"))?;
-        let history = migrations::read_history(&tenant).await?;
-        drop(tenant); // closes our connection to the new database
-        let expected = ExpectedHistory::tenant();
-        match expected.check(&history) {
-            HistoryCheck::Current => (expected.latest(), expected.fingerprint()),
-            other => {
-                return Err(DbError::Other(anyhow::anyhow!(
-                    "tenant history after migrating: {other:?}"
-                )))
-            }
-        }
-    };
-    activate(sys, id, db_name, version, &fingerprint).await
+    let mut tenant = db.connect(db_name.as_str()).await?;
+    migrations::migrate_tenant_to_latest(&mut tenant).await?;
+    drop(tenant); // closes our connection to the new database
+    let expected = ExpectedHistory::tenant();
+    activate(sys, id, db_name, expected.latest(), expected.fingerprint()).await
 }
 
 /// Revoke `CONNECT` from `PUBLIC` and mark the row `active` at `version`, whose migrations

@@ -26,7 +26,7 @@ use crate::{
     db::{error_chain, Database, DbError},
     domain::quote_ident,
     locks::{self, Lock},
-    migrations::{self, ExpectedHistory, HistoryCheck},
+    migrations::{self, ExpectedHistory},
 };
 
 /// Every template's name starts with this (never a tenant's: those start `dbtools_tenant_`).
@@ -52,11 +52,10 @@ pub fn name_for(fingerprint: &str) -> String {
 /// The template this release would use, without looking at the server.
 pub fn expected() -> Template {
     let expected = ExpectedHistory::tenant();
-    let fingerprint = expected.fingerprint();
     Template {
-        name: name_for(&fingerprint),
+        name: name_for(expected.fingerprint()),
         version: expected.latest(),
-        fingerprint,
+        fingerprint: expected.fingerprint().to_owned(),
         built: false,
     }
 }
@@ -108,16 +107,7 @@ async fn build(db: &Database, sys: &Client, template: &Template) -> Result<(), D
         sys.batch_execute(&format!("REVOKE CONNECT ON DATABASE {quoted} FROM PUBLIC"))
             .await?;
         let mut client = db.connect(&template.name).await?;
-        migrations::apply_tenant_migrations(&mut client)
-            .await
-            .map_err(|e| anyhow::anyhow!("tenant migrations failed on the template: {e}"))?;
-        let history = migrations::read_history(&client).await?;
-        let check = ExpectedHistory::tenant().check(&history);
-        if check != HistoryCheck::Current {
-            return Err(DbError::Other(anyhow::anyhow!(
-                "the template's history does not match the released migrations: {check:?}"
-            )));
-        }
+        migrations::migrate_tenant_to_latest(&mut client).await?;
         drop(client);
         // The ready mark: nobody connects from now on.
         sys.batch_execute(&format!("ALTER DATABASE {quoted} ALLOW_CONNECTIONS false"))
