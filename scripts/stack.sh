@@ -205,6 +205,7 @@ DB_SSLMODE=disable
 SYSTEM_DB_NAME=$SYSTEM_DB_NAME
 MIGRATE_CONCURRENCY=${MIGRATE_CONCURRENCY:-10}
 PROVISIONING_LEASE_SECONDS=${PROVISIONING_LEASE_SECONDS:-10}
+DB_LOCK_TIMEOUT_SECS=${DB_LOCK_TIMEOUT_SECS:-5}
 RUST_LOG=${RUST_LOG:-info}
 EOF
 }
@@ -356,6 +357,16 @@ case "$cmd" in
     ensure_postgres >/dev/null
     as_pg "$PG_BIN/pg_ctl" -D "$(pg_dir)/data" -l "$(pg_dir)/server.log" -w -t 60 \
       -o "$(pg_server_opts)" start >/dev/null
+    ;;
+  pg-freeze|pg-thaw)
+    # For the fault tests: SIGSTOP (or SIGCONT) the postmaster and every backend. Frozen, the
+    # server still accepts TCP connections and acknowledges packets but answers nothing: what
+    # a failover or a network black hole looks like from a client.
+    ensure_postgres >/dev/null
+    pid=$(head -1 "$(pg_dir)/data/postmaster.pid")
+    sig=STOP; [ "$cmd" = pg-thaw ] && sig=CONT
+    # shellcheck disable=SC2046
+    kill -"$sig" "$pid" $(pgrep -P "$pid" || true)
     ;;
   wipe)
     # Stop whatever this stack runs and delete its cluster (the bench's throwaway one).

@@ -4,6 +4,11 @@
 //! Error bodies never carry SQL, host names, stack traces or secrets: the cause chain of a
 //! 5xx goes to the log, the client gets a fixed sentence.
 
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
+
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tracing::error;
@@ -11,6 +16,7 @@ use tracing::error;
 use crate::{
     db::Database,
     domain::{NewTenant, Slug, TenantName, TenantStatus},
+    invocation::Invocation,
     provision::{self, CreateTenantError, IdempotencyKey},
     tenants::{
         self, Cursor, DeleteTenantError, FieldError, GetTenantError, ListQuery, ListTenantsError,
@@ -23,7 +29,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ErrorCode {
+pub(crate) enum ErrorCode {
     ValidationError,
     NotFound,
     Conflict,
@@ -50,7 +56,7 @@ impl ErrorCode {
 
 /// An error as the client sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub details: Vec<FieldError>,
@@ -154,7 +160,8 @@ impl From<CreateTenantError> for ApiError {
             CreateTenantError::Unavailable(m) => ApiError::unavailable(&m),
             CreateTenantError::Unexpected(cause) => ApiError::internal(
                 &cause,
-                "Provisioning failed; nothing was kept and the request can be retried",
+                "Provisioning failed; it is safe to retry (what was made is undone now or by the \
+                 next attempt)",
             ),
         }
     }
@@ -315,7 +322,7 @@ fn json_type(v: &Value) -> &'static str {
 
 /// Parses `status`, `limit` and `cursor`; any other parameter is refused (a typo such as
 /// `?staus=active` would otherwise silently list everything).
-pub fn parse_list_query<'a>(
+pub(crate) fn parse_list_query<'a>(
     params: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<ListQuery, ApiError> {
     let mut q = ListQuery::default();
@@ -371,8 +378,14 @@ fn path_slug(raw: Option<&str>) -> Result<Slug, Option<Slug>> {
 // ---- the operations, as the handlers call them --------------------------------------------
 
 /// `POST /api/tenants`, with the optional `Idempotency-Key` header. Answers 201 for a new
-/// tenant and for the replay of an earlier request with the same key and body.
-pub async fn create(db: &Database, body: &[u8], idempotency_key: Option<&[u8]>) -> ApiResponse {
+/// tenant and for the replay of an earlier request with the same key and body from the same
+/// caller.
+pub async fn create(
+    db: &Database,
+    body: &[u8],
+    idempotency_key: Option<&[u8]>,
+    inv: &Invocation,
+) -> ApiResponse {
     let result: Result<ApiResponse, ApiError> = async {
         if body.len() > MAX_BODY_BYTES {
             return Err(ApiError::payload_too_large());
@@ -387,7 +400,12 @@ pub async fn create(db: &Database, body: &[u8], idempotency_key: Option<&[u8]>) 
                 )
             })?;
         let new = parse_create_body(body)?;
-        let created = provision::create_tenant(db, &new, key.as_ref()).await?;
+        let created = within_deadline(
+            db,
+            inv,
+            provision::create_tenant(db, &new, key.as_ref(), inv),
+        )
+        .await?;
         Ok(ApiResponse::ok(201, created.tenant))
     }
     .await;
@@ -398,11 +416,13 @@ pub async fn create(db: &Database, body: &[u8], idempotency_key: Option<&[u8]>) 
 pub async fn list<'a>(
     db: &Database,
     params: impl IntoIterator<Item = (&'a str, &'a str)>,
+    inv: &Invocation,
 ) -> ApiResponse {
     let result: Result<ApiResponse, ApiError> = async {
         let q = parse_list_query(params)?;
         let page = retry_once(
             db,
+            inv,
             || tenants::list_tenants(db, &q),
             |e| matches!(e, ListTenantsError::Unavailable(_)),
         )
@@ -414,11 +434,12 @@ pub async fn list<'a>(
 }
 
 /// `GET /api/tenants/{slug}`.
-pub async fn get(db: &Database, slug: Option<&str>) -> ApiResponse {
+pub async fn get(db: &Database, slug: Option<&str>, inv: &Invocation) -> ApiResponse {
     let result: Result<ApiResponse, ApiError> = async {
         let slug = path_slug(slug).map_err(GetTenantError::NotFound)?;
         let tenant = retry_once(
             db,
+            inv,
             || tenants::get_tenant(db, &slug),
             |e| matches!(e, GetTenantError::Unavailable(_)),
         )
@@ -430,12 +451,13 @@ pub async fn get(db: &Database, slug: Option<&str>) -> ApiResponse {
 }
 
 /// `DELETE /api/tenants/{slug}`.
-pub async fn delete(db: &Database, slug: Option<&str>) -> ApiResponse {
+pub async fn delete(db: &Database, slug: Option<&str>, inv: &Invocation) -> ApiResponse {
     let result: Result<ApiResponse, ApiError> = async {
         let slug = path_slug(slug).map_err(DeleteTenantError::NotFound)?;
         // Soft delete is idempotent, so it is retried like a read.
         let tenant = retry_once(
             db,
+            inv,
             || tenants::delete_tenant(db, &slug),
             |e| matches!(e, DeleteTenantError::Unavailable(_)),
         )
@@ -446,24 +468,56 @@ pub async fn delete(db: &Database, slug: Option<&str>) -> ApiResponse {
     result.into()
 }
 
-/// Runs an idempotent operation; if the server went away under the cached connection (a
-/// frozen sandbox, a terminated backend, a failover), runs it once more on a new connection.
+/// A failure faster than this found the cached connection already dead (a frozen sandbox, a
+/// terminated backend, a failover): worth one more try on a new connection. A slower one is
+/// a server that did not answer in time, and is answered at once.
+const FAST_FAILURE: Duration = Duration::from_secs(1);
+
+/// Runs an operation within the invocation's deadline. Past it, the operation is abandoned
+/// (its locks go with its connection, see `locks`) and the client gets a 503.
+async fn within_deadline<T, E>(
+    db: &Database,
+    inv: &Invocation,
+    op: impl Future<Output = Result<T, E>>,
+) -> Result<T, ApiError>
+where
+    ApiError: From<E>,
+{
+    match tokio::time::timeout_at(inv.deadline.into(), op).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(_) => {
+            db.reset_system().await;
+            Err(ApiError::unavailable(
+                "the operation did not finish before the invocation's deadline",
+            ))
+        }
+    }
+}
+
+/// Runs an idempotent operation within the deadline; if it failed fast because the cached
+/// connection was dead, runs it once more on a new connection.
 async fn retry_once<T, E, F, Fut>(
     db: &Database,
+    inv: &Invocation,
     op: F,
     unavailable: impl Fn(&E) -> bool,
-) -> Result<T, E>
+) -> Result<T, ApiError>
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
+    Fut: Future<Output = Result<T, E>>,
+    ApiError: From<E>,
 {
-    match op().await {
-        Err(e) if unavailable(&e) => {
-            db.reset_system().await;
-            op().await
+    let attempt = async {
+        let started = Instant::now();
+        match op().await {
+            Err(e) if unavailable(&e) && started.elapsed() < FAST_FAILURE => {
+                db.reset_system().await;
+                op().await
+            }
+            other => other,
         }
-        other => other,
-    }
+    };
+    within_deadline(db, inv, attempt).await
 }
 
 /// Bodies for requests that reach a function on a method or path it does not serve.

@@ -1,4 +1,5 @@
-//! Configuration, read once at start-up from an explicit list of environment variables.
+//! Configuration, read once at start-up from an explicit list of environment variables, and
+//! checked for values that contradict each other.
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
@@ -8,13 +9,27 @@
 //! | `SYSTEM_DB_NAME` | the registry database | `dbtools` |
 //! | `DB_SSLMODE` | `disable` or `require` (TLS with certificate and host name verification) | `require` |
 //! | `DB_CA_BUNDLE` | PEM file of the CAs trusted for PostgreSQL's certificate (all certificates in it, instead of the system roots) | unset |
-//! | `DB_CONNECT_TIMEOUT_SECS` | TCP + TLS + authentication | `3` |
-//! | `DB_STATEMENT_TIMEOUT_SECS` | server-side statement timeout on our sessions (0 = none) | `20` |
-//! | `DB_LOCK_TIMEOUT_SECS` | longest wait for a tenant or fleet lock | `10` |
-//! | `PROVISIONING_LEASE_SECONDS` | how long a `provisioning` row is presumed alive | `35` |
+//! | `DB_CONNECT_TIMEOUT_SECS` | a whole connection: TCP, TLS, authentication | `3` |
+//! | `DB_QUERY_TIMEOUT_SECS` | client-side deadline of one registry statement or lock poll; a server that does not answer in time is unavailable and the connection is discarded | `3` |
+//! | `DB_STATEMENT_TIMEOUT_SECS` | server-side statement timeout on our sessions (0 = none); long statements (DDL, migrations) get it plus `DB_QUERY_TIMEOUT_SECS` client-side | `20` |
+//! | `DB_LOCK_TIMEOUT_SECS` | longest wait for a tenant, template or fleet lock, and for a table lock | `10` |
+//! | `PROVISIONING_LEASE_SECONDS` | how long a `provisioning` row is presumed alive; a create never works past it | `35` |
+//! | `IDEMPOTENCY_KEY_TTL_HOURS` | how long an `Idempotency-Key` is remembered | `24` |
+//! | `MIGRATE_CONCURRENCY` | migrate-all: tenants migrated at once (1-64) | `10` |
+//! | `MIGRATE_TENANT_TIMEOUT_SECS` | migrate-all: longest time one tenant's migration may take | `300` |
 //!
 //! The secret's `dbname` (or `DB_NAME`) is the *maintenance* database: it is used only to
 //! create the system database when it does not exist yet. Default `postgres`.
+//!
+//! Rules between values, checked by [`Config::from_lookup`]:
+//! - every timeout is at least 1 s (`DB_LOCK_TIMEOUT_SECS=0` would mean "wait forever" to
+//!   PostgreSQL);
+//! - `DB_STATEMENT_TIMEOUT_SECS` (when not 0) exceeds `DB_LOCK_TIMEOUT_SECS`, so that a lock
+//!   wait ends as a lock timeout (a 409 "busy") and not as a cancelled statement (a 500);
+//! - `PROVISIONING_LEASE_SECONDS` exceeds `DB_LOCK_TIMEOUT_SECS` plus `DB_QUERY_TIMEOUT_SECS`:
+//!   a create waits for its tenant lock and then works, all within its lease (it stops at the
+//!   lease, so a lease shorter than the function's timeout shortens creates; it never lets a
+//!   live create be taken for dead).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -60,12 +75,20 @@ pub struct Config {
     pub ssl_mode: SslMode,
     pub ca_bundle: Option<PathBuf>,
     pub connect_timeout: Duration,
+    pub query_timeout: Duration,
+    /// Zero: none.
     pub statement_timeout: Duration,
     pub lock_timeout: Duration,
     /// A little above the create function's timeout (28 s): past it, a `provisioning` row
-    /// belongs to a dead process.
+    /// belongs to a dead process. A create never works past its own lease.
     pub provisioning_lease: Duration,
+    pub idempotency_key_ttl: Duration,
+    pub migrate_concurrency: usize,
+    pub migrate_tenant_timeout: Duration,
 }
+
+/// `MIGRATE_CONCURRENCY` and a run's `concurrency` are within 1..=`MAX_MIGRATE_CONCURRENCY`.
+pub(crate) const MAX_MIGRATE_CONCURRENCY: usize = 64;
 
 impl Config {
     pub fn from_env() -> Result<Config, ConfigError> {
@@ -110,7 +133,7 @@ impl Config {
                 reason: "must be at most 63 bytes".into(),
             });
         }
-        Ok(Config {
+        let config = Config {
             credentials,
             overrides: ConnOverrides {
                 host: get("DB_HOST"),
@@ -121,27 +144,104 @@ impl Config {
             ssl_mode,
             ca_bundle: get("DB_CA_BUNDLE").map(PathBuf::from),
             connect_timeout: secs(&get, "DB_CONNECT_TIMEOUT_SECS", 3)?,
+            query_timeout: secs(&get, "DB_QUERY_TIMEOUT_SECS", 3)?,
             statement_timeout: secs(&get, "DB_STATEMENT_TIMEOUT_SECS", 20)?,
             lock_timeout: secs(&get, "DB_LOCK_TIMEOUT_SECS", 10)?,
             provisioning_lease: secs(&get, "PROVISIONING_LEASE_SECONDS", 35)?,
-        })
+            idempotency_key_ttl: Duration::from_secs(
+                3600 * whole(&get, "IDEMPOTENCY_KEY_TTL_HOURS", 24, 1..=24 * 365)?,
+            ),
+            migrate_concurrency: whole(
+                &get,
+                "MIGRATE_CONCURRENCY",
+                10,
+                1..=MAX_MIGRATE_CONCURRENCY as u64,
+            )? as usize,
+            migrate_tenant_timeout: secs(&get, "MIGRATE_TENANT_TIMEOUT_SECS", 300)?,
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The rules between values (see the module documentation).
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |var, reason: String| Err(ConfigError::Invalid { var, reason });
+        for (var, value) in [
+            ("DB_CONNECT_TIMEOUT_SECS", self.connect_timeout),
+            ("DB_QUERY_TIMEOUT_SECS", self.query_timeout),
+            ("DB_LOCK_TIMEOUT_SECS", self.lock_timeout),
+            ("PROVISIONING_LEASE_SECONDS", self.provisioning_lease),
+            ("MIGRATE_TENANT_TIMEOUT_SECS", self.migrate_tenant_timeout),
+        ] {
+            if value.is_zero() {
+                return invalid(
+                    var,
+                    "must be at least 1 (0 would mean waiting forever)".into(),
+                );
+            }
+        }
+        let (stmt, lock) = (self.statement_timeout, self.lock_timeout);
+        if !stmt.is_zero() && stmt <= lock {
+            return invalid(
+                "DB_STATEMENT_TIMEOUT_SECS",
+                format!(
+                    "({}) must exceed DB_LOCK_TIMEOUT_SECS ({}): a lock wait must end as a lock \
+                     timeout, not as a cancelled statement",
+                    stmt.as_secs(),
+                    lock.as_secs()
+                ),
+            );
+        }
+        if self.provisioning_lease <= lock + self.query_timeout {
+            return invalid(
+                "PROVISIONING_LEASE_SECONDS",
+                format!(
+                    "({}) must exceed DB_LOCK_TIMEOUT_SECS + DB_QUERY_TIMEOUT_SECS ({}): a create \
+                     waits for its tenant lock and works within its lease",
+                    self.provisioning_lease.as_secs(),
+                    (lock + self.query_timeout).as_secs()
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The client-side deadline of a long statement (DDL, a migration): the server's
+    /// statement timeout plus a query timeout for the answer to arrive, or `None` when the
+    /// server has no statement timeout.
+    pub fn long_statement_timeout(&self) -> Option<Duration> {
+        (!self.statement_timeout.is_zero()).then(|| self.statement_timeout + self.query_timeout)
     }
 }
 
+/// Whole seconds, at most a day (every wait is bounded; nothing here needs longer).
 fn secs(
     get: &impl Fn(&str) -> Option<String>,
     var: &'static str,
     default: u64,
 ) -> Result<Duration, ConfigError> {
-    match get(var) {
-        None => Ok(Duration::from_secs(default)),
-        Some(v) => v
-            .parse::<u64>()
-            .map(Duration::from_secs)
-            .map_err(|_| ConfigError::Invalid {
-                var,
-                reason: format!("must be a whole number of seconds, got {v:?}"),
-            }),
+    whole(get, var, default, 0..=86_400).map(Duration::from_secs)
+}
+
+fn whole(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let Some(v) = get(var) else {
+        return Ok(default);
+    };
+    match v.parse::<u64>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(ConfigError::Invalid {
+            var,
+            reason: format!(
+                "must be a whole number from {} to {}, got {v:?}",
+                range.start(),
+                range.end()
+            ),
+        }),
     }
 }
 
@@ -211,5 +311,45 @@ mod tests {
     fn database_url_replaces_the_secret() {
         let c = config(&[("DATABASE_URL", "postgres://u:p@h/d")]).unwrap();
         assert!(matches!(c.credentials, CredentialSource::Url(_)));
+    }
+
+    #[test]
+    fn contradictions_are_refused_with_the_variable_and_the_reason() {
+        let e = config(&[("DB_SECRET_ID", "x"), ("DB_LOCK_TIMEOUT_SECS", "0")]).unwrap_err();
+        assert!(
+            e.to_string().contains("DB_LOCK_TIMEOUT_SECS") && e.to_string().contains("forever"),
+            "{e}"
+        );
+        let e = config(&[
+            ("DB_SECRET_ID", "x"),
+            ("DB_LOCK_TIMEOUT_SECS", "20"),
+            ("DB_STATEMENT_TIMEOUT_SECS", "20"),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("DB_STATEMENT_TIMEOUT_SECS"), "{e}");
+        // No statement timeout at all is fine.
+        assert!(config(&[
+            ("DB_SECRET_ID", "x"),
+            ("DB_STATEMENT_TIMEOUT_SECS", "0"),
+            ("DB_LOCK_TIMEOUT_SECS", "20"),
+            ("PROVISIONING_LEASE_SECONDS", "60"),
+        ])
+        .is_ok());
+        let e = config(&[("DB_SECRET_ID", "x"), ("PROVISIONING_LEASE_SECONDS", "12")]).unwrap_err();
+        assert!(e.to_string().contains("PROVISIONING_LEASE_SECONDS"), "{e}");
+        let e = config(&[("DB_SECRET_ID", "x"), ("MIGRATE_CONCURRENCY", "65")]).unwrap_err();
+        assert!(e.to_string().contains("MIGRATE_CONCURRENCY"), "{e}");
+        let e = config(&[("DB_SECRET_ID", "x"), ("IDEMPOTENCY_KEY_TTL_HOURS", "0")]).unwrap_err();
+        assert!(e.to_string().contains("IDEMPOTENCY_KEY_TTL_HOURS"), "{e}");
+    }
+
+    #[test]
+    fn long_statements_get_the_statement_timeout_plus_a_query_timeout() {
+        let c = config(&[("DB_SECRET_ID", "x")]).unwrap();
+        assert_eq!(c.long_statement_timeout(), Some(Duration::from_secs(23)));
+        assert_eq!(c.idempotency_key_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(c.migrate_concurrency, 10);
+        let c = config(&[("DB_SECRET_ID", "x"), ("DB_STATEMENT_TIMEOUT_SECS", "0")]).unwrap();
+        assert_eq!(c.long_statement_timeout(), None);
     }
 }

@@ -1,13 +1,35 @@
-//! Connections: TLS, timeouts, the sandbox's cached system connection, and the
-//! classification of PostgreSQL errors into "unavailable" and everything else.
+//! Connections: TLS, deadlines, the sandbox's cached system connection, and the
+//! classification of errors into "unavailable" (the connection or the server failed us) and
+//! everything else (a statement's own error, or ours).
+//!
+//! Every wait has a deadline, enforced by the client whatever the server does (a server that
+//! stops answering still accepts TCP and acknowledges packets, so only the client can tell):
+//! - a whole connection (TCP, TLS, authentication) within `DB_CONNECT_TIMEOUT_SECS`;
+//! - each registry statement and lock poll within `DB_QUERY_TIMEOUT_SECS`;
+//! - each long statement (DDL, a migration) within the server's statement timeout plus
+//!   `DB_QUERY_TIMEOUT_SECS`;
+//! - TCP: keepalives after 10 s idle, every 5 s, 3 probes, and `tcp_user_timeout` 15 s, so
+//!   that a network black hole ends even a long statement's wait.
+//!
+//! A connection that missed a deadline, or failed at the connection level, is *discarded*:
+//! its socket is closed at once (so the server ends the session and releases its advisory
+//! locks as soon as it notices) and the sandbox opens a new one on next use.
 
-use std::{fs, time::Duration};
+use std::{
+    fs,
+    future::Future,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use native_tls::{Certificate, TlsConnector};
 use postgres_native_tls::MakeTlsConnector;
 use secrecy::ExposeSecret;
-use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
-use tokio_postgres::{error::SqlState, Client};
+use tokio::{
+    sync::{MappedMutexGuard, Mutex, MutexGuard},
+    task::AbortHandle,
+};
+use tokio_postgres::{error::SqlState, types::ToSql, Client, Row, SimpleQueryMessage, ToStatement};
 use tracing::{debug, warn};
 
 use crate::{
@@ -18,11 +40,12 @@ use crate::{
 /// Why an operation could not talk to PostgreSQL the way it needed to.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    /// PostgreSQL or Secrets Manager cannot be reached (or refuses us) right now. The message
-    /// is for the log only: it may name hosts.
+    /// PostgreSQL or Secrets Manager cannot be reached, did not answer in time, or refuses us
+    /// right now. The message is for the log only: it may name hosts.
     #[error("database unavailable: {0}")]
     Unavailable(String),
-    /// Any other error from PostgreSQL (a bug, a constraint, a failed migration, ...).
+    /// Any other error from PostgreSQL or the client: a statement's own error (a constraint,
+    /// a failed migration), a query that found no row, a value that did not convert.
     #[error(transparent)]
     Postgres(tokio_postgres::Error),
     #[error(transparent)]
@@ -52,13 +75,19 @@ impl DbError {
             _ => None,
         }
     }
+
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, DbError::Unavailable(_))
+    }
 }
 
 /// True for errors that mean "the server is not there for us right now": no connection,
-/// connection lost, shutting down, too many connections, authentication refused.
-pub fn is_unavailable(e: &tokio_postgres::Error) -> bool {
+/// connection lost or timed out, shutting down, too many connections, authentication refused.
+/// A statement's own error, a query that found no row or a value that did not convert is not:
+/// retrying it elsewhere would fail the same way.
+pub(crate) fn is_unavailable(e: &tokio_postgres::Error) -> bool {
     match e.code() {
-        None => true, // I/O, TLS, timeout, closed connection: never a statement's fault
+        None => is_connection_failure(e),
         Some(code) => {
             let c = code.code();
             c.starts_with("08") // connection exception
@@ -71,8 +100,25 @@ pub fn is_unavailable(e: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// The client-side errors of tokio-postgres that are about the connection, not a statement.
+/// Its error kinds are private; their messages are fixed strings (checked by the tests against
+/// the real failures: a refused connection, a closed one, a timeout).
+fn is_connection_failure(e: &tokio_postgres::Error) -> bool {
+    e.is_closed()
+        || matches!(
+            e.to_string().as_str(),
+            "error communicating with the server"
+                | "error connecting to server"
+                | "error performing TLS handshake"
+                | "timeout waiting for server"
+                | "authentication error"
+                | "unexpected message from server"
+                | "error parsing response from server"
+        )
+}
+
 /// The error and its sources on one line, for logs.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {
@@ -91,7 +137,7 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 ///
 /// Loading the system roots costs OpenSSL tens of milliseconds (it parses the whole bundle),
 /// which is why `DB_SSLMODE=disable` builds no connector at all.
-pub fn tls_connector(config: &Config) -> anyhow::Result<MakeTlsConnector> {
+fn tls_connector(config: &Config) -> anyhow::Result<MakeTlsConnector> {
     let mut builder = TlsConnector::builder();
     if let Some(path) = &config.ca_bundle {
         builder.disable_built_in_roots(true);
@@ -109,19 +155,248 @@ pub fn tls_connector(config: &Config) -> anyhow::Result<MakeTlsConnector> {
     Ok(MakeTlsConnector::new(builder.build()?))
 }
 
+/// A connection whose every call has a client-side deadline. A call that misses it, or fails
+/// at the connection level, discards the connection (see the module documentation); every
+/// later call on it fails at once as unavailable.
+pub struct Conn {
+    client: Client,
+    /// The task that drives the socket: aborting it closes the socket.
+    task: AbortHandle,
+    broken: AtomicBool,
+    query_timeout: Duration,
+    lock_timeout: Duration,
+    long_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("usable", &self.is_usable())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Calls on a [`Conn`] with one deadline: [`Conn::long`] and [`Conn::within`] give other
+/// deadlines than the query timeout of the plain methods.
+pub struct Timed<'c> {
+    conn: &'c Conn,
+    limit: Option<Duration>,
+}
+
+impl Conn {
+    /// False once discarded, or when the server closed it.
+    pub fn is_usable(&self) -> bool {
+        !self.broken.load(Ordering::Acquire) && !self.client.is_closed()
+    }
+
+    /// Closes the socket now and marks the connection unusable. Safe to call from `Drop`.
+    pub fn discard(&self) {
+        if !self.broken.swap(true, Ordering::AcqRel) {
+            debug!("discarding a database connection");
+        }
+        self.task.abort();
+    }
+
+    /// Calls with the query timeout (the default of the plain methods).
+    fn timed(&self) -> Timed<'_> {
+        self.within(self.query_timeout)
+    }
+
+    /// Calls that may run as long as the server lets a statement run (DDL, migrations).
+    pub fn long(&self) -> Timed<'_> {
+        Timed {
+            conn: self,
+            limit: self.long_timeout,
+        }
+    }
+
+    /// Calls that may wait for a row or table lock: the server's lock timeout ends the wait
+    /// first (SQLSTATE 55P03), then the answer has a query timeout to arrive.
+    pub fn locking(&self) -> Timed<'_> {
+        self.within(self.lock_timeout + self.query_timeout)
+    }
+
+    /// Calls with a deadline of their own.
+    pub fn within(&self, limit: Duration) -> Timed<'_> {
+        Timed {
+            conn: self,
+            limit: Some(limit),
+        }
+    }
+
+    pub async fn query<T>(
+        &self,
+        sql: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, DbError>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.timed().query(sql, params).await
+    }
+
+    pub async fn query_one<T>(
+        &self,
+        sql: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, DbError>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.timed().query_one(sql, params).await
+    }
+
+    pub async fn query_opt<T>(
+        &self,
+        sql: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, DbError>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.timed().query_opt(sql, params).await
+    }
+
+    pub async fn execute<T>(&self, sql: &T, params: &[&(dyn ToSql + Sync)]) -> Result<u64, DbError>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.timed().execute(sql, params).await
+    }
+
+    pub async fn batch_execute(&self, sql: &str) -> Result<(), DbError> {
+        self.timed().batch_execute(sql).await
+    }
+
+    pub async fn simple_query(&self, sql: &str) -> Result<Vec<SimpleQueryMessage>, DbError> {
+        self.timed().simple_query(sql).await
+    }
+
+    /// Runs refinery on this connection within `limit` (refinery needs the client itself, one
+    /// transaction per migration). A run that misses its deadline discards the connection:
+    /// the open transaction dies with the session.
+    pub async fn migrate(
+        &mut self,
+        runner: refinery::Runner,
+        limit: Option<Duration>,
+    ) -> Result<Result<refinery::Report, refinery::Error>, DbError> {
+        if !self.is_usable() {
+            return Err(DbError::Unavailable("connection discarded".into()));
+        }
+        let run = runner.run_async(&mut self.client);
+        let outcome = match limit {
+            Some(limit) => tokio::time::timeout(limit, run).await.ok(),
+            None => Some(run.await),
+        };
+        match outcome {
+            Some(result) => Ok(result),
+            None => {
+                self.discard();
+                Err(DbError::Unavailable(format!(
+                    "migrations did not finish within {}s",
+                    limit.unwrap_or_default().as_secs()
+                )))
+            }
+        }
+    }
+}
+
+impl Timed<'_> {
+    async fn call<T>(
+        &self,
+        fut: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, DbError> {
+        let conn = self.conn;
+        if !conn.is_usable() {
+            return Err(DbError::Unavailable(
+                "connection discarded or closed".into(),
+            ));
+        }
+        let outcome = match self.limit {
+            Some(limit) => match tokio::time::timeout(limit, fut).await {
+                Ok(result) => result,
+                Err(_) => {
+                    conn.discard();
+                    return Err(DbError::Unavailable(format!(
+                        "no answer within {} ms; connection discarded",
+                        limit.as_millis()
+                    )));
+                }
+            },
+            None => fut.await,
+        };
+        outcome.map_err(|e| {
+            let e = DbError::from(e);
+            if e.is_unavailable() {
+                conn.discard();
+            }
+            e
+        })
+    }
+
+    pub async fn query<T>(
+        &self,
+        sql: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, DbError>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.call(self.conn.client.query(sql, params)).await
+    }
+
+    pub async fn query_one<T>(
+        &self,
+        sql: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, DbError>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.call(self.conn.client.query_one(sql, params)).await
+    }
+
+    pub async fn query_opt<T>(
+        &self,
+        sql: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, DbError>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.call(self.conn.client.query_opt(sql, params)).await
+    }
+
+    pub async fn execute<T>(&self, sql: &T, params: &[&(dyn ToSql + Sync)]) -> Result<u64, DbError>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.call(self.conn.client.execute(sql, params)).await
+    }
+
+    pub async fn batch_execute(&self, sql: &str) -> Result<(), DbError> {
+        self.call(self.conn.client.batch_execute(sql)).await
+    }
+
+    pub async fn simple_query(&self, sql: &str) -> Result<Vec<SimpleQueryMessage>, DbError> {
+        self.call(self.conn.client.simple_query(sql)).await
+    }
+}
+
 /// The sandbox's connection state: credentials (cached), the TLS connector, and one
-/// connection to the system database, opened lazily and reopened when found closed.
+/// connection to the system database, opened lazily and reopened when found closed or
+/// discarded.
 pub struct Database {
     config: Config,
     credentials: CredentialProvider,
     /// `None` with `DB_SSLMODE=disable`.
     tls: Option<MakeTlsConnector>,
-    system: Mutex<Option<Client>>,
+    system: Mutex<Option<Conn>>,
     application_name: String,
 }
 
 /// Exclusive use of the sandbox's system connection for one operation.
-pub type SystemConn<'a> = MappedMutexGuard<'a, Client>;
+pub type SystemConn<'a> = MappedMutexGuard<'a, Conn>;
 
 impl Database {
     /// No network I/O: connections and the secret are fetched on first use.
@@ -146,41 +421,46 @@ impl Database {
         &self.config
     }
 
-    /// The cached connection to the system database, reconnecting if it was closed (a frozen
-    /// sandbox often finds its connection gone).
+    /// The cached connection to the system database, reconnecting if it was closed or
+    /// discarded (a frozen sandbox often finds its connection gone).
     pub async fn system(&self) -> Result<SystemConn<'_>, DbError> {
         let guard = self.system.lock().await;
         let mut guard =
-            match MutexGuard::try_map(guard, |slot| slot.as_mut().filter(|c| !c.is_closed())) {
+            match MutexGuard::try_map(guard, |slot| slot.as_mut().filter(|c| c.is_usable())) {
                 Ok(live) => return Ok(live),
                 Err(guard) => guard,
             };
         if guard.is_some() {
-            debug!("system connection was closed; reconnecting");
+            debug!("system connection was closed or discarded; reconnecting");
         }
         *guard = None;
-        let client = self.connect(&self.config.system_db).await?;
-        Ok(MutexGuard::map(guard, |slot| slot.insert(client)))
+        let conn = self.connect(&self.config.system_db).await?;
+        Ok(MutexGuard::map(guard, |slot| slot.insert(conn)))
     }
 
-    /// Forgets the cached system connection: the next `system()` opens a new one. Called
-    /// before retrying an operation whose connection failed under it.
+    /// Forgets the cached system connection (closing it): the next `system()` opens a new
+    /// one. Called before retrying an operation whose connection failed under it, and after
+    /// an operation abandoned at its deadline.
     pub async fn reset_system(&self) {
-        *self.system.lock().await = None;
+        if let Some(conn) = self.system.lock().await.take() {
+            conn.discard();
+        }
     }
 
-    /// A new connection to `dbname` (a tenant database, or the maintenance database).
-    pub async fn connect(&self, dbname: &str) -> Result<Client, DbError> {
+    /// A new connection to `dbname` (a tenant database, or the maintenance database), within
+    /// `DB_CONNECT_TIMEOUT_SECS` from the first byte to the last of authentication.
+    pub async fn connect(&self, dbname: &str) -> Result<Conn, DbError> {
         let params = self.credentials.get().await?;
-        match self.connect_with(&params, dbname).await {
+        match self.connect_with(&params, dbname).await? {
+            Ok(conn) => Ok(conn),
             Err(e) if e.code() == Some(&SqlState::INVALID_PASSWORD) => {
                 // The password may have been rotated: read the secret again, once.
                 warn!("authentication failed; refreshing the database secret and retrying once");
                 self.credentials.invalidate().await;
                 let params = self.credentials.get().await?;
-                Ok(self.connect_with(&params, dbname).await?)
+                Ok(self.connect_with(&params, dbname).await??)
             }
-            other => Ok(other?),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -189,11 +469,26 @@ impl Database {
         Ok(self.credentials.get().await?.maintenance_db.clone())
     }
 
+    /// The outer error: no connection within the connect timeout; the inner one: what the
+    /// socket or the server said (the caller looks at its SQLSTATE before classifying it).
     async fn connect_with(
         &self,
         params: &ConnectParams,
         dbname: &str,
-    ) -> Result<Client, tokio_postgres::Error> {
+    ) -> Result<Result<Conn, tokio_postgres::Error>, DbError> {
+        let limit = self.config.connect_timeout;
+        tokio::time::timeout(limit, self.open(params, dbname))
+            .await
+            .map_err(|_| {
+                DbError::Unavailable(format!("no connection within {} ms", limit.as_millis()))
+            })
+    }
+
+    async fn open(
+        &self,
+        params: &ConnectParams,
+        dbname: &str,
+    ) -> Result<Conn, tokio_postgres::Error> {
         let mut cfg = tokio_postgres::Config::new();
         cfg.host(&params.host)
             .port(params.port)
@@ -202,8 +497,11 @@ impl Database {
             .dbname(dbname)
             .application_name(&self.application_name)
             .connect_timeout(self.config.connect_timeout)
+            .tcp_user_timeout(Duration::from_secs(15))
             .keepalives(true)
-            .keepalives_idle(Duration::from_secs(30))
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
             .ssl_mode(match self.config.ssl_mode {
                 SslMode::Disable => tokio_postgres::config::SslMode::Disable,
                 // Never `prefer`: that would silently fall back to plaintext.
@@ -220,18 +518,36 @@ impl Database {
                 debug!(database = %db, error = %e, "connection ended");
             }
         };
-        let client = match &self.tls {
+        let (client, task) = match &self.tls {
             Some(tls) => {
                 let (client, connection) = cfg.connect(tls.clone()).await?;
-                tokio::spawn(async move { log_end(connection.await) });
-                client
+                let task = tokio::spawn(async move { log_end(connection.await) });
+                (client, task.abort_handle())
             }
             None => {
                 let (client, connection) = cfg.connect(tokio_postgres::NoTls).await?;
-                tokio::spawn(async move { log_end(connection.await) });
-                client
+                let task = tokio::spawn(async move { log_end(connection.await) });
+                (client, task.abort_handle())
             }
         };
-        Ok(client)
+        Ok(Conn {
+            client,
+            task,
+            broken: AtomicBool::new(false),
+            query_timeout: self.config.query_timeout,
+            lock_timeout: self.config.lock_timeout,
+            long_timeout: self.config.long_statement_timeout(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_timeout_is_unavailable() {
+        let timeout = tokio_postgres::Error::__private_api_timeout();
+        assert!(is_unavailable(&timeout), "{timeout}");
     }
 }

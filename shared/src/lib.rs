@@ -4,15 +4,18 @@
 
 pub mod api;
 pub mod config;
-pub mod credentials;
+pub(crate) mod credentials;
 pub mod db;
 pub mod domain;
 pub mod fleet;
+pub mod invocation;
 pub mod locks;
 pub mod migrations;
+pub(crate) mod ownership;
 pub mod provision;
-pub mod template;
+pub(crate) mod template;
 pub mod tenants;
 
 pub use config::Config;
 pub use db::Database;
+pub use invocation::Invocation;

@@ -1,15 +1,27 @@
-//! PostgreSQL advisory locks, held on a session: they are released when the holder releases
-//! them or when its connection ends (a killed Lambda never leaves one behind). Waits are
-//! bounded by the session's `lock_timeout` (`DB_LOCK_TIMEOUT_SECS`), never endless.
+//! PostgreSQL advisory locks, held on a session (of the system database) by a guard.
+//!
+//! - A wait is a poll of `pg_try_advisory_lock`, each poll a short call with the connection's
+//!   query timeout, until the wait's deadline: a lock wait never blocks a connection, never
+//!   outlives its deadline, and a server that stops answering ends it like any other call.
+//!   A wait of zero tries once.
+//! - [`LockGuard::release`] gives the lock back. A guard dropped without it (an early return
+//!   that forgot, a panic, a future dropped at its deadline) discards its connection: the
+//!   socket closes, and the server releases every lock of that session as soon as it notices.
+//!   A lock can therefore never outlive the operation that took it.
 
-use tokio_postgres::{error::SqlState, Client};
+use std::time::{Duration, Instant};
+
 use tracing::warn;
 
-use crate::db::DbError;
+use crate::db::{Conn, DbError};
 
 /// Key space of our locks: the first half of the two-integer advisory key.
 const NS_GLOBAL: i32 = 0x6462_7400; // "dbt\0"
 const NS_TENANT: i32 = 0x6462_7401;
+
+/// The first pause between two polls; it doubles up to [`MAX_POLL`].
+const FIRST_POLL: Duration = Duration::from_millis(20);
+const MAX_POLL: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lock {
@@ -36,50 +48,92 @@ impl Lock {
     }
 }
 
-/// A lock this session holds; give it back with [`release`].
-#[derive(Debug)]
+/// A lock this session holds. Give it back with [`LockGuard::release`]; dropped without that,
+/// it discards the connection that holds it.
 #[must_use = "release the lock"]
-pub struct Held(Lock);
-
-/// True when an error is a lock wait that ran out of time.
-pub fn is_lock_timeout(e: &DbError) -> bool {
-    e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
+pub struct LockGuard<'c> {
+    conn: &'c Conn,
+    lock: Lock,
+    released: bool,
 }
 
-/// Waits for the lock, at most the session's `lock_timeout` (then SQLSTATE 55P03).
-pub async fn acquire(client: &Client, lock: Lock) -> Result<Held, DbError> {
-    let (ns, key, text) = lock.sql_args();
-    client
-        .execute(
-            "SELECT pg_advisory_lock($1, COALESCE(hashtext($3::text), $2))",
-            &[&ns, &key, &text],
-        )
-        .await?;
-    Ok(Held(lock))
+impl std::fmt::Debug for LockGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LockGuard").field(&self.lock).finish()
+    }
+}
+
+impl LockGuard<'_> {
+    /// Gives the lock back. If that fails, the connection is discarded (and the lock with it).
+    pub async fn release(mut self) {
+        self.released = true;
+        let (ns, key, text) = self.lock.sql_args();
+        match self
+            .conn
+            .query_one(
+                "SELECT pg_advisory_unlock($1, COALESCE(hashtext($3::text), $2))",
+                &[&ns, &key, &text],
+            )
+            .await
+        {
+            Ok(row) if row.try_get::<_, bool>(0).unwrap_or(false) => {}
+            Ok(_) => warn!(lock = ?self.lock, "released a lock this session did not hold"),
+            Err(e) => {
+                warn!(lock = ?self.lock, error = %e, "could not release a lock; discarding its connection");
+                self.conn.discard();
+            }
+        }
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        if !self.released {
+            warn!(lock = ?self.lock, "a lock guard was dropped unreleased; discarding its connection");
+            self.conn.discard();
+        }
+    }
 }
 
 /// Takes the lock only if it is free right now.
-pub async fn try_acquire(client: &Client, lock: Lock) -> Result<Option<Held>, DbError> {
+pub async fn try_acquire(conn: &Conn, lock: Lock) -> Result<Option<LockGuard<'_>>, DbError> {
     let (ns, key, text) = lock.sql_args();
-    let row = client
+    let row = conn
         .query_one(
             "SELECT pg_try_advisory_lock($1, COALESCE(hashtext($3::text), $2))",
             &[&ns, &key, &text],
         )
         .await?;
-    Ok(row.try_get::<_, bool>(0)?.then_some(Held(lock)))
+    let taken: bool = row.try_get(0)?;
+    // Built only when taken: a guard that exists is a lock that is held.
+    Ok(if taken {
+        Some(LockGuard {
+            conn,
+            lock,
+            released: false,
+        })
+    } else {
+        None
+    })
 }
 
-/// Gives the lock back. Best effort: if the connection is gone, so is the lock.
-pub async fn release(client: &Client, held: Held) {
-    let (ns, key, text) = held.0.sql_args();
-    if let Err(e) = client
-        .execute(
-            "SELECT pg_advisory_unlock($1, COALESCE(hashtext($3::text), $2))",
-            &[&ns, &key, &text],
-        )
-        .await
-    {
-        warn!(lock = ?held.0, error = %e, "could not release an advisory lock");
+/// Waits for the lock, at most `wait` (zero: one try). `None` when it stayed taken.
+pub async fn acquire(
+    conn: &Conn,
+    lock: Lock,
+    wait: Duration,
+) -> Result<Option<LockGuard<'_>>, DbError> {
+    let deadline = Instant::now() + wait;
+    let mut pause = FIRST_POLL;
+    loop {
+        if let Some(guard) = try_acquire(conn, lock.clone()).await? {
+            return Ok(Some(guard));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(MAX_POLL);
     }
 }

@@ -4,15 +4,15 @@
 //! by default, refuses to run when that history diverges from (or misses) the embedded files:
 //! released migrations are immutable, add a new file instead.
 
-use std::sync::OnceLock;
+use std::{sync::OnceLock, time::Duration};
 
 use refinery::{Migration, Runner};
 use sha2::{Digest, Sha256};
-use tokio_postgres::{error::SqlState, Client, SimpleQueryMessage};
+use tokio_postgres::{error::SqlState, SimpleQueryMessage};
 use tracing::info;
 
 use crate::{
-    db::{Database, DbError},
+    db::{Conn, Database, DbError},
     domain::quote_ident,
     locks,
 };
@@ -32,24 +32,24 @@ mod system {
 }
 
 /// refinery's history table, in every migrated database.
-pub const HISTORY_TABLE: &str = "refinery_schema_history";
+pub(crate) const HISTORY_TABLE: &str = "refinery_schema_history";
 
 /// A runner for tenant databases: one transaction per migration, divergence and
 /// missing-version checks on.
-pub fn tenant_runner() -> Runner {
+pub(crate) fn tenant_runner() -> Runner {
     tenant::runner()
         .set_abort_divergent(true)
         .set_abort_missing(true)
 }
 
-pub fn system_runner() -> Runner {
+pub(crate) fn system_runner() -> Runner {
     system::runner()
         .set_abort_divergent(true)
         .set_abort_missing(true)
 }
 
 /// The embedded tenant migrations, in version order.
-pub fn tenant_migrations() -> Vec<Migration> {
+pub(crate) fn tenant_migrations() -> Vec<Migration> {
     let mut all = tenant::runner().get_migrations().to_vec();
     all.sort_by_key(|m| m.version());
     all
@@ -60,14 +60,16 @@ pub fn latest_tenant_version() -> i64 {
     ExpectedHistory::tenant().latest()
 }
 
-/// Applies every pending tenant migration, then checks that the history is exactly the
-/// released one (what the registry's fingerprint then vouches for).
-pub async fn migrate_tenant_to_latest(client: &mut Client) -> Result<(), DbError> {
-    tenant_runner()
-        .run_async(client)
-        .await
+/// Applies every pending tenant migration (within `limit`), then checks that the history is
+/// exactly the released one (what the registry's fingerprint then vouches for).
+pub(crate) async fn migrate_tenant_to_latest(
+    conn: &mut Conn,
+    limit: Duration,
+) -> Result<(), DbError> {
+    conn.migrate(tenant_runner(), Some(limit))
+        .await?
         .map_err(|e| anyhow::anyhow!("tenant migrations failed: {e}"))?;
-    let history = read_history(client).await?;
+    let history = read_history(conn).await?;
     match ExpectedHistory::tenant().check(&history) {
         HistoryCheck::Current => Ok(()),
         other => Err(DbError::Other(anyhow::anyhow!(
@@ -77,38 +79,50 @@ pub async fn migrate_tenant_to_latest(client: &mut Client) -> Result<(), DbError
 }
 
 /// Creates the system database when it does not exist, then brings it to the latest system
-/// migration under a lock, so that concurrent callers never run refinery side by side.
+/// migration under a lock, so that concurrent callers never run refinery side by side. The
+/// lock is held on the maintenance database's connection (every caller takes it there), so
+/// that refinery has the system database's connection to itself.
 pub async fn migrate_system(db: &Database) -> Result<Vec<i64>, DbError> {
-    let system_db = db.config().system_db.clone();
-    let maintenance = db.maintenance_db().await?;
-    {
-        let admin = db.connect(&maintenance).await?;
-        let exists = admin
-            .query_opt(
-                "SELECT 1 FROM pg_database WHERE datname = $1",
-                &[&system_db],
-            )
-            .await?
-            .is_some();
-        if !exists {
-            match admin
-                .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&system_db)))
-                .await
-            {
-                Ok(()) => info!(database = %system_db, "created the system database"),
-                // Somebody else created it in the meantime.
-                Err(e)
-                    if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
-                Err(e) => return Err(e.into()),
-            }
+    let config = db.config();
+    let system_db = config.system_db.as_str();
+    let admin = db.connect(&db.maintenance_db().await?).await?;
+    let exists = admin
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[&system_db],
+        )
+        .await?
+        .is_some();
+    if !exists {
+        match admin
+            .long()
+            .batch_execute(&format!("CREATE DATABASE {}", quote_ident(system_db)))
+            .await
+        {
+            Ok(()) => info!(database = %system_db, "created the system database"),
+            // Somebody else created it in the meantime.
+            Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => {}
+            Err(e) => return Err(e),
         }
     }
-    let mut client = db.connect(&system_db).await?;
-    let lock = locks::acquire(&client, locks::Lock::SystemMigrations).await?;
-    let result = system_runner().run_async(&mut client).await;
-    locks::release(&client, lock).await;
+    let Some(lock) =
+        locks::acquire(&admin, locks::Lock::SystemMigrations, config.lock_timeout).await?
+    else {
+        return Err(DbError::Other(anyhow::anyhow!(
+            "another process has been migrating the system database for {}s",
+            config.lock_timeout.as_secs()
+        )));
+    };
+    let result = async {
+        let mut client = db.connect(system_db).await?;
+        client
+            .migrate(system_runner(), Some(config.migrate_tenant_timeout))
+            .await
+    }
+    .await;
+    lock.release().await;
     let report =
-        result.map_err(|e| DbError::Other(anyhow::anyhow!("system migrations failed: {e}")))?;
+        result?.map_err(|e| DbError::Other(anyhow::anyhow!("system migrations failed: {e}")))?;
     let applied: Vec<i64> = report
         .applied_migrations()
         .iter()
@@ -123,7 +137,7 @@ pub async fn migrate_system(db: &Database) -> Result<Vec<i64>, DbError> {
 /// One row of refinery's history table, read as text so that a damaged row is reported
 /// rather than trusted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryRow {
+pub(crate) struct HistoryRow {
     pub version: i64,
     pub name: String,
     pub checksum: String,
@@ -131,8 +145,8 @@ pub struct HistoryRow {
 
 /// The history, in version order, in one round trip (the simple query protocol: no statement
 /// to prepare first). A database without the history table has applied nothing.
-pub async fn read_history(client: &Client) -> Result<Vec<HistoryRow>, tokio_postgres::Error> {
-    let messages = match client
+pub(crate) async fn read_history(conn: &Conn) -> Result<Vec<HistoryRow>, DbError> {
+    let messages = match conn
         .simple_query(&format!(
             "SELECT version::bigint, name::text, checksum::text FROM {HISTORY_TABLE} ORDER BY version"
         ))
@@ -141,7 +155,12 @@ pub async fn read_history(client: &Client) -> Result<Vec<HistoryRow>, tokio_post
         Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(Vec::new()),
         other => other?,
     };
-    Ok(messages
+    Ok(history_rows(&messages))
+}
+
+/// The rows of a history query's answer.
+pub(crate) fn history_rows(messages: &[SimpleQueryMessage]) -> Vec<HistoryRow> {
+    messages
         .iter()
         .filter_map(|m| match m {
             SimpleQueryMessage::Row(r) => Some(HistoryRow {
@@ -152,18 +171,18 @@ pub async fn read_history(client: &Client) -> Result<Vec<HistoryRow>, tokio_post
             }),
             _ => None,
         })
-        .collect())
+        .collect()
 }
 
 /// The embedded tenant migrations as a history would record them, and their fingerprint.
-pub struct ExpectedHistory {
+pub(crate) struct ExpectedHistory {
     rows: Vec<HistoryRow>,
     fingerprint: String,
 }
 
 /// How a tenant's history compares with the embedded migrations.
 #[derive(Debug, PartialEq, Eq)]
-pub enum HistoryCheck {
+pub(crate) enum HistoryCheck {
     Current,
     Pending(Vec<i64>),
     Diverged(String),

@@ -4,54 +4,66 @@
 //! instruction, so provisioning is a sequence of steps, each of which checks what exists
 //! before acting and can be repeated:
 //!
-//! 1. insert the registry row as `provisioning`, with a lease (`PROVISIONING_LEASE_SECONDS`)
-//!    and the optional idempotency key, committed (a concurrent duplicate gets a conflict from
-//!    the unique slug and never reaches step 3);
+//! 1. insert the registry row as `provisioning`, with a lease (`PROVISIONING_LEASE_SECONDS`),
+//!    the OID its database will have (the proof of ownership, see [`crate::ownership`]) and
+//!    the optional idempotency key, committed (a concurrent duplicate gets a conflict from the
+//!    unique slug and never reaches step 3);
 //! 2. take the tenant's advisory lock (create, delete, reconcile and migrate-all of one tenant
 //!    never interleave; the lock dies with its connection);
-//! 3. `CREATE DATABASE ... TEMPLATE` the tenant template, which holds every tenant migration
-//!    already (see [`crate::template`]; built first if this release has none yet). If the
-//!    name exists, the database is not ours: remove our row, answer a conflict, touch nothing;
+//! 3. `CREATE DATABASE ... OID = n TEMPLATE` the tenant template, which holds every tenant
+//!    migration already (see [`crate::template`]; built first if this release has none yet).
+//!    If the name exists, the database is not ours: remove our row, answer a conflict, touch
+//!    nothing;
 //! 4. revoke `CONNECT` from `PUBLIC`, mark `active` with its `schema_version` and migration
 //!    fingerprint.
 //!
+//! The whole create works within its lease (and the invocation's deadline): past it, the work
+//! is abandoned as if the process had died, so a live create is never taken for a dead one.
+//!
 //! A failure the process lives to see is compensated at once: close our connection to the new
-//! database, `DROP DATABASE ... WITH (FORCE)`, remove the row. A process that dies leaves the
-//! row `provisioning`; once its lease has expired and its lock is free (the holder is gone),
-//! the next `POST` of the slug and every migrate-all run reconcile it ([`reconcile_row`]):
+//! database, drop it (ours: its OID is the row's), remove the row. A process that dies leaves
+//! the row `provisioning`; once its lease has expired and its lock is free (the holder is
+//! gone), the next `POST` of the slug, a retry with the same key and every migrate-all run
+//! reconcile it ([`reconcile_row`]):
 //!
 //! | what exists when the lease has expired | decision |
 //! |---|---|
 //! | no database of that name | roll back: delete the row |
-//! | the database, marked invalid by an interrupted `DROP DATABASE` | roll back: drop it, delete the row |
-//! | the database, valid | roll forward: revoke `CONNECT`, apply the pending migrations (none, for a copy of the template), mark `active` |
-//! | the database, valid, but a migration fails | roll back: drop it, delete the row |
+//! | a database of that name whose OID is not the row's (a squatter: the create met it, got `DUPLICATE_DATABASE` and died before removing its row) | *disown*: the database is left untouched (migrate-all reports it as an orphan), the row is deleted so the slug is not stuck |
+//! | ours, marked invalid by an interrupted `DROP DATABASE` | roll back: drop it, delete the row |
+//! | ours, valid | roll forward: revoke `CONNECT`, apply the pending migrations (none, for a copy of the template), mark `active` |
+//! | ours, valid, but a migration fails | roll back: drop it, delete the row |
 //! | PostgreSQL unreachable, or the lock still held | nothing now; the next attempt decides |
 //!
-//! Rolling forward is chosen whenever the database exists because the work is done or
+//! Rolling forward is chosen whenever our database exists because the work is done or
 //! resumable and the client may already rely on it (its request may have timed out at the
 //! gateway while the function ran on); rolling back is chosen when there is nothing to keep.
 
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{error::SqlState, Client};
+use tokio_postgres::error::SqlState;
 use tracing::{error, info, instrument, warn};
 use uuid::Uuid;
 
 use crate::{
-    db::{error_chain, Database, DbError},
-    domain::{quote_ident, DatabaseName, NewTenant, Slug, Tenant, TenantStatus},
+    db::{error_chain, Conn, Database, DbError},
+    domain::{DatabaseName, NewTenant, Slug, Tenant, TenantStatus},
+    invocation::Invocation,
     locks::{self, Lock},
     migrations::{self, ExpectedHistory},
+    ownership::{self, DropOutcome},
     template::{self, Template},
     tenants::{tenant_from_row, FieldError, TENANT_COLUMNS},
 };
 
 /// How long a request with an `Idempotency-Key` waits for the first request with that key
-/// to finish before answering "busy".
+/// to finish before answering "busy" (never past its own deadline).
 const IDEMPOTENT_WAIT: Duration = Duration::from_secs(25);
+/// Between two looks at the first request's row.
+const IDEMPOTENT_POLL: Duration = Duration::from_millis(100);
 
-/// A client's `Idempotency-Key`: 1 to 255 visible ASCII characters.
+/// A client's `Idempotency-Key`: 1 to 255 visible ASCII characters. It is scoped to the caller
+/// (two callers may use the same key) and remembered for `IDEMPOTENCY_KEY_TTL_HOURS`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey(String);
 
@@ -125,104 +137,163 @@ pub async fn create_tenant(
     db: &Database,
     new: &NewTenant,
     key: Option<&IdempotencyKey>,
+    inv: &Invocation,
 ) -> Result<Created, CreateTenantError> {
     let sys = db.system().await?;
     // Before the row exists: a template that cannot be built leaves nothing behind.
     let template = template::ensure(db, &sys).await?;
     let fp = fingerprint(new);
-    let lease = db.config().provisioning_lease;
-    // A few rounds at most: a round ends early when a dead provisioning was undone, or when a
-    // concurrent request with the same key inserted first.
+    let config = db.config();
+    let scope = inv.caller.as_deref().unwrap_or("");
+    let ttl = key.map(|_| config.idempotency_key_ttl.as_secs_f64());
+    // A few rounds at most: a round ends early when a dead provisioning was undone, when an
+    // expired key was forgotten, or when a concurrent request with the same key inserted first.
     for _ in 0..3 {
         if let Some(key) = key {
-            if let Some(tenant) = replay(db, &sys, key, &fp).await? {
+            if let Some(tenant) = replay(db, &sys, scope, key, &fp, inv).await? {
                 return Ok(Created {
                     tenant,
                     replayed: true,
                 });
             }
         }
+        let started = Instant::now();
+        let oid = ownership::new_oid();
         let inserted = sys
             .query_one(
-                "INSERT INTO tenants (name, slug, database_name, status, lease_expires_at, \
-                   idempotency_key, request_fingerprint) \
-                 VALUES ($1, $2, $3, 'provisioning', now() + make_interval(secs => $4), $5, $6) \
+                "INSERT INTO tenants (name, slug, database_name, database_oid, status, \
+                   lease_expires_at, idempotency_scope, idempotency_key, request_fingerprint, \
+                   idempotency_expires_at) \
+                 VALUES ($1, $2, $3, $4, 'provisioning', now() + make_interval(secs => $5), \
+                   $6, $7, $8, now() + make_interval(secs => $9)) \
                  RETURNING id",
                 &[
                     &new.name.as_str(),
                     &new.slug.as_str(),
                     &new.slug.database_name().as_str(),
-                    &lease.as_secs_f64(),
+                    &oid,
+                    &config.provisioning_lease.as_secs_f64(),
+                    &key.map(|_| scope),
                     &key.map(IdempotencyKey::as_str),
                     &key.map(|_| fp.as_str()),
+                    &ttl,
                 ],
             )
             .await;
         match inserted {
             Ok(row) => {
-                let id: Uuid = row.try_get(0).map_err(DbError::from)?;
-                let tenant = provision(&sys, id, &new.slug, &template).await?;
-                return Ok(Created {
-                    tenant,
-                    replayed: false,
-                });
+                let id: Uuid = row.try_get("id").map_err(DbError::from)?;
+                // Never past the lease (nor the invocation's deadline): abandoned there, the
+                // work is what a dead process leaves, and reconcile takes it from there.
+                let deadline = inv.deadline.min(started + config.provisioning_lease);
+                let work = provision(db, &sys, id, oid, &new.slug, &template);
+                return match tokio::time::timeout_at(deadline.into(), work).await {
+                    Ok(result) => result.map(|tenant| Created {
+                        tenant,
+                        replayed: false,
+                    }),
+                    Err(_) => {
+                        sys.discard();
+                        Err(CreateTenantError::Unavailable(
+                            "provisioning did not finish within its lease".into(),
+                        ))
+                    }
+                };
             }
             Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                let constraint = e.as_db_error().and_then(|d| d.constraint()).unwrap_or("");
-                if constraint == "tenants_idempotency_key_key"
-                    || same_key_holds_slug(&sys, &new.slug, key).await?
-                {
-                    continue; // a request with the same key won the insert: wait for it and replay
+                if constraint(&e) == Some("tenants_idempotency_key_key") {
+                    // A request with the same key won the insert (wait for it and replay), or
+                    // an expired key still sits on an old row (forget it, then insert).
+                    forget_expired_key(&sys, scope, key).await?;
+                    continue;
+                }
+                if same_key_holds_slug(&sys, &new.slug, scope, key).await? {
+                    continue;
                 }
                 // The slug is taken. By a provisioning that died? Then converge and retry.
                 if !reconcile_if_expired(db, &sys, &new.slug).await? {
                     return Err(CreateTenantError::Conflict(new.slug.clone()));
                 }
             }
-            Err(e) => return Err(DbError::from(e).into()),
+            Err(e) => return Err(e.into()),
         }
     }
     Err(CreateTenantError::Busy(new.slug.clone()))
 }
 
-/// True when the slug's row was inserted with this idempotency key.
+/// The constraint a PostgreSQL error names, if any.
+fn constraint(e: &DbError) -> Option<&str> {
+    match e {
+        DbError::Postgres(pg) => pg.as_db_error().and_then(|d| d.constraint()),
+        _ => None,
+    }
+}
+
+/// True when the slug's row was inserted by this caller with this idempotency key (not
+/// expired).
 async fn same_key_holds_slug(
-    sys: &Client,
+    sys: &Conn,
     slug: &Slug,
+    scope: &str,
     key: Option<&IdempotencyKey>,
 ) -> Result<bool, DbError> {
     let Some(key) = key else { return Ok(false) };
     let row = sys
         .query_opt(
-            "SELECT 1 FROM tenants WHERE slug = $1 AND idempotency_key = $2",
-            &[&slug.as_str(), &key.as_str()],
+            "SELECT 1 FROM tenants \
+             WHERE slug = $1 AND idempotency_scope = $2 AND idempotency_key = $3 \
+               AND idempotency_expires_at > now()",
+            &[&slug.as_str(), &scope, &key.as_str()],
         )
         .await?;
     Ok(row.is_some())
 }
 
-/// With a key seen before: the tenant it created (waiting while it is still being
-/// provisioned), or `None` when no live row holds the key.
+/// Forgets the caller's key where it has expired, so that it can be used again.
+async fn forget_expired_key(
+    sys: &Conn,
+    scope: &str,
+    key: Option<&IdempotencyKey>,
+) -> Result<(), DbError> {
+    let Some(key) = key else { return Ok(()) };
+    sys.execute(
+        "UPDATE tenants SET idempotency_scope = NULL, idempotency_key = NULL, \
+           request_fingerprint = NULL, idempotency_expires_at = NULL \
+         WHERE idempotency_scope = $1 AND idempotency_key = $2 \
+           AND idempotency_expires_at <= now()",
+        &[&scope, &key.as_str()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// With a key this caller used before (and that has not expired): the tenant it created,
+/// waiting while it is still being provisioned (polling, at most [`IDEMPOTENT_WAIT`] and
+/// never past the deadline), or `None` when no live row holds the key.
 async fn replay(
     db: &Database,
-    sys: &Client,
+    sys: &Conn,
+    scope: &str,
     key: &IdempotencyKey,
     fp: &str,
+    inv: &Invocation,
 ) -> Result<Option<Tenant>, CreateTenantError> {
-    let deadline = Instant::now() + IDEMPOTENT_WAIT;
+    let until = (Instant::now() + IDEMPOTENT_WAIT).min(inv.deadline);
     loop {
         let row = sys
             .query_opt(
                 &format!(
-                    "SELECT {TENANT_COLUMNS}, request_fingerprint, lease_expires_at < now() \
-                     FROM tenants WHERE idempotency_key = $1"
+                    "SELECT {TENANT_COLUMNS}, request_fingerprint, \
+                       lease_expires_at < now() AS lease_expired \
+                     FROM tenants WHERE idempotency_scope = $1 AND idempotency_key = $2 \
+                       AND idempotency_expires_at > now()"
                 ),
-                &[&key.as_str()],
+                &[&scope, &key.as_str()],
             )
-            .await
-            .map_err(DbError::from)?;
+            .await?;
         let Some(row) = row else { return Ok(None) };
-        let stored_fp: Option<String> = row.try_get(8).map_err(DbError::from)?;
+        let stored_fp: Option<String> =
+            row.try_get("request_fingerprint").map_err(DbError::from)?;
         if stored_fp.as_deref() != Some(fp) {
             return Err(CreateTenantError::IdempotencyMismatch);
         }
@@ -230,60 +301,66 @@ async fn replay(
         if tenant.status != TenantStatus::Provisioning {
             return Ok(Some(tenant));
         }
-        let expired: Option<bool> = row.try_get(9).map_err(DbError::from)?;
         let slug = Slug::parse(&tenant.slug)
             .map_err(|e| CreateTenantError::Unexpected(anyhow::anyhow!("registry slug: {e}")))?;
-        if expired == Some(true) {
-            reconcile_if_expired(db, sys, &slug).await?;
-        } else if Instant::now() >= deadline {
-            return Err(CreateTenantError::Busy(slug));
-        } else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let lease_expired: Option<bool> = row.try_get("lease_expired").map_err(DbError::from)?;
+        if lease_expired == Some(true)
+            && reconcile_slug(db, sys, &slug).await? != ReconcileAction::Skipped
+        {
+            continue; // decided: look again at once
         }
+        if Instant::now() + IDEMPOTENT_POLL >= until {
+            return Err(CreateTenantError::Busy(slug));
+        }
+        tokio::time::sleep(IDEMPOTENT_POLL).await;
     }
 }
 
-/// Steps 2 to 4 for the row `id` that this request inserted.
+/// Steps 2 to 4 for the row `id` that this request inserted, whose database gets `oid`.
 async fn provision(
-    sys: &Client,
+    db: &Database,
+    sys: &Conn,
     id: Uuid,
+    oid: i64,
     slug: &Slug,
     template: &Template,
 ) -> Result<Tenant, CreateTenantError> {
     let started = Instant::now();
     let db_name = slug.database_name();
-    let lock = match locks::acquire(sys, Lock::Tenant(slug.to_string())).await {
-        Ok(lock) => lock,
+    let lock = match locks::acquire(
+        sys,
+        Lock::Tenant(slug.to_string()),
+        db.config().lock_timeout,
+    )
+    .await
+    {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            remove_row(sys, id).await;
+            return Err(CreateTenantError::Busy(slug.clone()));
+        }
         Err(e) => {
             remove_row(sys, id).await;
-            return Err(if locks::is_lock_timeout(&e) {
-                CreateTenantError::Busy(slug.clone())
-            } else {
-                e.into()
-            });
+            return Err(e.into());
         }
     };
 
-    if let Err(e) = sys
-        .batch_execute(&format!(
-            "CREATE DATABASE {} TEMPLATE {}",
-            db_name.quoted(),
-            quote_ident(&template.name)
-        ))
-        .await
-    {
-        let duplicate = e.code() == Some(&SqlState::DUPLICATE_DATABASE);
-        remove_row(sys, id).await;
-        locks::release(sys, lock).await;
-        if duplicate {
-            warn!(database = %db_name, "database exists but no registry row owns it; left untouched");
+    let create = ownership::create_sql(db_name.as_str(), oid, &template.name);
+    if let Err(e) = sys.long().batch_execute(&create).await {
+        // Nothing of ours exists, unless the answer was lost on the way: then the connection
+        // is gone, and the row stays for reconcile to decide.
+        if !e.is_unavailable() {
+            remove_row(sys, id).await;
+        }
+        lock.release().await;
+        if e.code() == Some(&SqlState::DUPLICATE_DATABASE) {
+            warn!(database = %db_name, "database exists but this registry did not make it; left untouched");
             return Err(CreateTenantError::DatabaseExists(slug.clone()));
         }
-        return Err(DbError::from(e).into());
+        return Err(e.into());
     }
 
-    let finished = activate(sys, id, &db_name, template.version, &template.fingerprint).await;
-    let result = match finished {
+    let result = match activate(sys, id, &db_name, template.version, &template.fingerprint).await {
         Ok(tenant) => {
             info!(
                 tenant.id = %tenant.id,
@@ -295,25 +372,25 @@ async fn provision(
         }
         Err(e) => {
             error!(error = %error_chain(&e), "provisioning failed; dropping the new database");
-            roll_back(sys, id, &db_name).await;
+            roll_back(sys, id, &db_name, Some(oid)).await;
             Err(e.into())
         }
     };
-    locks::release(sys, lock).await;
+    lock.release().await;
     result
 }
 
 /// Revoke `CONNECT` from `PUBLIC`, apply the pending migrations, mark the row `active`.
 /// Every step is safe to repeat. For a database that was not copied from the template (or
-/// whose copy cannot be trusted: its provisioning died).
+/// whose copy cannot be trusted: its provisioning died). The caller proved it ours.
 async fn finish_provisioning(
     db: &Database,
-    sys: &Client,
+    sys: &Conn,
     id: Uuid,
     db_name: &DatabaseName,
 ) -> Result<Tenant, DbError> {
     let mut tenant = db.connect(db_name.as_str()).await?;
-    migrations::migrate_tenant_to_latest(&mut tenant).await?;
+    migrations::migrate_tenant_to_latest(&mut tenant, db.config().migrate_tenant_timeout).await?;
     drop(tenant); // closes our connection to the new database
     let expected = ExpectedHistory::tenant();
     activate(sys, id, db_name, expected.latest(), expected.fingerprint()).await
@@ -322,7 +399,7 @@ async fn finish_provisioning(
 /// Revoke `CONNECT` from `PUBLIC` and mark the row `active` at `version`, whose migrations
 /// have the fingerprint `fingerprint`. Safe to repeat.
 async fn activate(
-    sys: &Client,
+    sys: &Conn,
     id: Uuid,
     db_name: &DatabaseName,
     version: i64,
@@ -335,7 +412,10 @@ async fn activate(
     .await?;
     let version = i32::try_from(version)
         .map_err(|_| anyhow::anyhow!("schema version {version} out of range"))?;
+    // A row lock may be held for a moment (a migrate-all recording the fleet): wait for it as
+    // for any lock.
     let row = sys
+        .locking()
         .query_one(
             &format!(
                 "UPDATE tenants SET status = 'active', schema_version = $2, \
@@ -348,17 +428,14 @@ async fn activate(
     tenant_from_row(&row)
 }
 
-/// Drops the database (if any) and then removes the row. If the drop fails, the row stays:
+/// Drops our database (if any) and then removes the row. If the drop fails, the row stays:
 /// it owns the leftover database, which must never become an orphan nobody knows about.
-async fn roll_back(sys: &Client, id: Uuid, db_name: &DatabaseName) -> bool {
-    match sys
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            db_name.quoted()
-        ))
-        .await
-    {
-        Ok(()) => {
+async fn roll_back(sys: &Conn, id: Uuid, db_name: &DatabaseName, oid: Option<i64>) -> bool {
+    match ownership::drop_if_ours(sys, db_name.as_str(), oid).await {
+        Ok(outcome) => {
+            if outcome == DropOutcome::NotOurs {
+                warn!(database = %db_name, "a database of this name is not the one this registry made; left untouched");
+            }
             remove_row(sys, id).await;
             true
         }
@@ -375,7 +452,7 @@ async fn roll_back(sys: &Client, id: Uuid, db_name: &DatabaseName) -> bool {
 
 /// Removes the row of a provisioning that did not happen. Logged, never raised: the caller
 /// is already answering an error.
-async fn remove_row(sys: &Client, id: Uuid) {
+async fn remove_row(sys: &Conn, id: Uuid) {
     if let Err(e) = sys
         .execute(
             "DELETE FROM tenants WHERE id = $1 AND status = 'provisioning'",
@@ -391,51 +468,55 @@ async fn remove_row(sys: &Client, id: Uuid) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReconcileAction {
-    /// The database existed: migrations finished, tenant `active`.
+    /// Our database existed: migrations finished, tenant `active`.
     RolledForward,
-    /// Nothing worth keeping: database (if any) dropped, row removed.
+    /// Nothing worth keeping: our database (if any) dropped, row removed.
     RolledBack,
+    /// A database of the tenant's name exists that this registry did not make: left
+    /// untouched (an orphan), row removed so the slug is not stuck.
+    Disowned,
     /// Not ours to touch now: the lease has not expired, or a live process holds the lock.
     Skipped,
     /// Dry run: past its lease, would be reconciled.
     Pending,
+    /// Reconciling raised an error (migrate-all reports it and goes on).
+    Failed,
 }
 
 /// If the slug's row is `provisioning` with an expired lease and nobody holds its lock,
-/// reconciles it. True when the slug is free again (rolled back).
-pub async fn reconcile_if_expired(
+/// reconciles it. True when the slug is free again.
+pub(crate) async fn reconcile_if_expired(
     db: &Database,
-    sys: &Client,
+    sys: &Conn,
     slug: &Slug,
 ) -> Result<bool, DbError> {
-    Ok(reconcile_slug(db, sys, slug).await? == ReconcileAction::RolledBack)
+    Ok(matches!(
+        reconcile_slug(db, sys, slug).await?,
+        ReconcileAction::RolledBack | ReconcileAction::Disowned
+    ))
 }
 
 /// Reconciles the slug's dead provisioning, if it has one and nobody holds its lock.
 pub async fn reconcile_slug(
     db: &Database,
-    sys: &Client,
+    sys: &Conn,
     slug: &Slug,
 ) -> Result<ReconcileAction, DbError> {
     let Some(lock) = locks::try_acquire(sys, Lock::Tenant(slug.to_string())).await? else {
         return Ok(ReconcileAction::Skipped);
     };
     let outcome = reconcile_row(db, sys, slug).await;
-    locks::release(sys, lock).await;
+    lock.release().await;
     outcome
 }
 
 /// Applies the decision table of the module documentation to the slug's row. The caller holds
 /// the tenant's lock.
 #[instrument(skip_all, fields(tenant.slug = %slug))]
-pub async fn reconcile_row(
-    db: &Database,
-    sys: &Client,
-    slug: &Slug,
-) -> Result<ReconcileAction, DbError> {
+async fn reconcile_row(db: &Database, sys: &Conn, slug: &Slug) -> Result<ReconcileAction, DbError> {
     let Some(row) = sys
         .query_opt(
-            "SELECT id, database_name FROM tenants \
+            "SELECT id, database_name, database_oid FROM tenants \
              WHERE slug = $1 AND status = 'provisioning' AND lease_expires_at < now()",
             &[&slug.as_str()],
         )
@@ -443,24 +524,23 @@ pub async fn reconcile_row(
     else {
         return Ok(ReconcileAction::Skipped);
     };
-    let id: Uuid = row.try_get(0)?;
+    let id: Uuid = row.try_get("id")?;
     // The stored name, never a recomputed one.
-    let stored: String = row.try_get(1)?;
-    let db_name = DatabaseName::from_registry(stored);
-    let found = sys
-        .query_opt(
-            "SELECT datconnlimit = -2 FROM pg_database WHERE datname = $1",
-            &[&db_name.as_str()],
-        )
-        .await?;
-    let action = match found {
+    let db_name = DatabaseName::from_registry(row.try_get("database_name")?);
+    let recorded: Option<i64> = row.try_get("database_oid")?;
+    let action = match ownership::find(sys, db_name.as_str()).await? {
         None => {
             remove_row(sys, id).await;
             ReconcileAction::RolledBack
         }
-        Some(r) if r.try_get::<_, bool>(0)? => {
+        Some(found) if !found.is(recorded) => {
+            warn!(database = %db_name, "a database of this tenant's name was not made by this registry; left untouched, row removed");
+            remove_row(sys, id).await;
+            ReconcileAction::Disowned
+        }
+        Some(found) if found.invalid => {
             // Left invalid by an interrupted DROP DATABASE.
-            if roll_back(sys, id, &db_name).await {
+            if roll_back(sys, id, &db_name, recorded).await {
                 ReconcileAction::RolledBack
             } else {
                 ReconcileAction::Skipped
@@ -471,7 +551,7 @@ pub async fn reconcile_row(
             Err(DbError::Unavailable(m)) => return Err(DbError::Unavailable(m)),
             Err(e) => {
                 error!(error = %error_chain(&e), "could not finish a dead provisioning; rolling back");
-                if roll_back(sys, id, &db_name).await {
+                if roll_back(sys, id, &db_name, recorded).await {
                     ReconcileAction::RolledBack
                 } else {
                     ReconcileAction::Skipped

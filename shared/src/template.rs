@@ -8,25 +8,29 @@
 //!   own template, and two versions deployed side by side never copy each other's.
 //! - It is built from `template1`, as tenant databases were before, under an advisory lock,
 //!   by whichever comes first: migrate-all (every run checks it) or a create that finds none.
+//! - Its OID is chosen and recorded in the registry (`tenant_templates`) before it is made
+//!   (see [`crate::ownership`]): only a template with the recorded name and OID is used,
+//!   rebuilt or dropped. A database that merely carries a template's name is left alone, and
+//!   the build reports it.
 //! - `ALLOW_CONNECTIONS false` is set last and marks it ready. Nobody can connect to it
 //!   afterwards, which is also what `CREATE DATABASE` needs of a template (no other session in
 //!   it). A build that died half-way left a database that still allows connections: the next
 //!   build drops it and starts again.
 //! - It is owned by the role that built it; PostgreSQL lets the owner copy a database that is
 //!   not marked `IS_TEMPLATE`, which keeps the template droppable and needs no superuser (RDS).
-//! - migrate-all drops templates of other fingerprints (older releases). A create of an older
-//!   release still running would rebuild its own, once.
+//! - migrate-all drops the recorded templates of other fingerprints (older releases). A create
+//!   of an older release still running would rebuild its own, once.
 //! - Changes made to `template1` after a template was built reach new tenants only with the
 //!   next template (the next release's migrations, or dropping the template by hand).
 
-use tokio_postgres::Client;
 use tracing::{info, warn};
 
 use crate::{
-    db::{error_chain, Database, DbError},
+    db::{error_chain, Conn, Database, DbError},
     domain::quote_ident,
     locks::{self, Lock},
     migrations::{self, ExpectedHistory},
+    ownership::{self, DropOutcome},
 };
 
 /// Every template's name starts with this (never a tenant's: those start `dbtools_tenant_`).
@@ -60,28 +64,37 @@ pub fn expected() -> Template {
     }
 }
 
-/// True when the template exists and its build finished.
-pub async fn is_ready(sys: &Client, name: &str) -> Result<bool, DbError> {
+/// True when the template is the one this registry recorded and its build finished (it
+/// takes no connections). One query.
+pub async fn is_ready(sys: &Conn, name: &str) -> Result<bool, DbError> {
     let row = sys
         .query_opt(
-            "SELECT NOT datallowconn FROM pg_database WHERE datname = $1",
+            "SELECT NOT d.datallowconn AS ready FROM tenant_templates t \
+             JOIN pg_database d ON d.datname = t.name AND d.oid::bigint = t.database_oid \
+             WHERE t.name = $1",
             &[&name],
         )
         .await?;
     Ok(match row {
-        Some(r) => r.try_get(0)?,
+        Some(r) => r.try_get("ready")?,
         None => false,
     })
 }
 
 /// The ready template of this release, built first when there is none. One query when it
 /// exists.
-pub async fn ensure(db: &Database, sys: &Client) -> Result<Template, DbError> {
+pub async fn ensure(db: &Database, sys: &Conn) -> Result<Template, DbError> {
     let mut template = expected();
     if is_ready(sys, &template.name).await? {
         return Ok(template);
     }
-    let lock = locks::acquire(sys, Lock::Template).await?;
+    let wait = db.config().lock_timeout;
+    let Some(lock) = locks::acquire(sys, Lock::Template, wait).await? else {
+        return Err(DbError::Other(anyhow::anyhow!(
+            "another process has been building the tenant template for {}s",
+            wait.as_secs()
+        )));
+    };
     let built = async {
         // Somebody else may have built it while we waited for the lock.
         if is_ready(sys, &template.name).await? {
@@ -90,24 +103,59 @@ pub async fn ensure(db: &Database, sys: &Client) -> Result<Template, DbError> {
         build(db, sys, &template).await.map(|()| true)
     }
     .await;
-    locks::release(sys, lock).await;
+    lock.release().await;
     template.built = built?;
     Ok(template)
 }
 
-async fn build(db: &Database, sys: &Client, template: &Template) -> Result<(), DbError> {
+/// The OID the registry recorded for a template, if any.
+async fn recorded_oid(sys: &Conn, name: &str) -> Result<Option<i64>, DbError> {
+    let row = sys
+        .query_opt(
+            "SELECT database_oid FROM tenant_templates WHERE name = $1",
+            &[&name],
+        )
+        .await?;
+    Ok(match row {
+        Some(r) => Some(r.try_get("database_oid")?),
+        None => None,
+    })
+}
+
+async fn build(db: &Database, sys: &Conn, template: &Template) -> Result<(), DbError> {
     let started = std::time::Instant::now();
-    let quoted = quote_ident(&template.name);
-    // A build that died half-way (the lock is ours, so nobody is building it now).
-    sys.batch_execute(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+    let name = template.name.as_str();
+    // A build of ours that died half-way (the lock is ours, so nobody is building it now).
+    match ownership::drop_if_ours(sys, name, recorded_oid(sys, name).await?).await? {
+        DropOutcome::NotOurs => {
+            return Err(DbError::Other(anyhow::anyhow!(
+                "a database named {name} exists that this registry did not build; it is left \
+                 untouched: drop or rename it"
+            )))
+        }
+        DropOutcome::Dropped | DropOutcome::Absent => {}
+    }
+    let oid = ownership::new_oid();
+    sys.execute(
+        "INSERT INTO tenant_templates (name, database_oid, version) VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO UPDATE SET database_oid = $2, version = $3, created_at = now()",
+        &[
+            &name,
+            &oid,
+            &i32::try_from(template.version).unwrap_or(i32::MAX),
+        ],
+    )
+    .await?;
+    sys.long()
+        .batch_execute(&ownership::create_sql(name, oid, "template1"))
         .await?;
-    sys.batch_execute(&format!("CREATE DATABASE {quoted} TEMPLATE template1"))
-        .await?;
+    let quoted = quote_ident(name);
     let outcome = async {
         sys.batch_execute(&format!("REVOKE CONNECT ON DATABASE {quoted} FROM PUBLIC"))
             .await?;
-        let mut client = db.connect(&template.name).await?;
-        migrations::migrate_tenant_to_latest(&mut client).await?;
+        let mut client = db.connect(name).await?;
+        migrations::migrate_tenant_to_latest(&mut client, db.config().migrate_tenant_timeout)
+            .await?;
         drop(client);
         // The ready mark: nobody connects from now on.
         sys.batch_execute(&format!("ALTER DATABASE {quoted} ALLOW_CONNECTIONS false"))
@@ -117,49 +165,45 @@ async fn build(db: &Database, sys: &Client, template: &Template) -> Result<(), D
     .await;
     match &outcome {
         Ok(()) => info!(
-            template = %template.name,
+            template = %name,
             version = template.version,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "built the tenant template"
         ),
         Err(e) => {
-            warn!(template = %template.name, error = %error_chain(e), "building the tenant template failed; dropping it");
-            if let Err(drop_err) = sys
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
-                .await
-            {
-                warn!(template = %template.name, error = %error_chain(&drop_err), "could not drop the failed template; the next build will");
+            warn!(template = %name, error = %error_chain(e), "building the tenant template failed; dropping it");
+            if let Err(drop_err) = ownership::drop_if_ours(sys, name, Some(oid)).await {
+                warn!(template = %name, error = %error_chain(&drop_err), "could not drop the failed template; the next build will");
             }
         }
     }
     outcome
 }
 
-/// Drops the templates of other migration fingerprints (older releases). Best effort: a
-/// template being copied right now is skipped and dropped by a later run.
-pub async fn drop_stale(sys: &Client, keep: &str) -> Result<Vec<String>, DbError> {
-    let names: Vec<String> = sys
+/// Drops the recorded templates of other migration fingerprints (older releases). Best
+/// effort: a template being copied right now is skipped and dropped by a later run.
+pub async fn drop_stale(sys: &Conn, keep: &str) -> Result<Vec<String>, DbError> {
+    let rows = sys
         .query(
-            "SELECT datname::text FROM pg_database \
-             WHERE starts_with(datname, $1) AND datname <> $2 ORDER BY 1",
-            &[&PREFIX, &keep],
+            "SELECT name, database_oid FROM tenant_templates WHERE name <> $1 ORDER BY name",
+            &[&keep],
         )
-        .await?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
+        .await?;
     let mut dropped = Vec::new();
-    for name in names {
-        match sys
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                quote_ident(&name)
-            ))
-            .await
-        {
-            Ok(()) => {
-                info!(template = %name, "dropped the template of another release");
-                dropped.push(name);
+    for row in rows {
+        let name: String = row.try_get("name")?;
+        let oid: i64 = row.try_get("database_oid")?;
+        match ownership::drop_if_ours(sys, &name, Some(oid)).await {
+            Ok(outcome) => {
+                if outcome == DropOutcome::NotOurs {
+                    warn!(template = %name, "a database carries the name of an old template but is not it; left untouched");
+                }
+                sys.execute("DELETE FROM tenant_templates WHERE name = $1", &[&name])
+                    .await?;
+                if outcome == DropOutcome::Dropped {
+                    info!(template = %name, "dropped the template of another release");
+                    dropped.push(name);
+                }
             }
             Err(e) => {
                 warn!(template = %name, error = %error_chain(&e), "could not drop an old template")

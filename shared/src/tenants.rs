@@ -3,33 +3,33 @@
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use chrono::{DateTime, Utc};
-use tokio_postgres::{types::ToSql, Client, Row};
+use tokio_postgres::{types::ToSql, Row};
 use tracing::instrument;
 use uuid::Uuid;
 
 use crate::{
-    db::{Database, DbError},
+    db::{Conn, Database, DbError},
     domain::{Slug, Tenant, TenantStatus},
     locks::{self, Lock},
 };
 
-/// Columns of a [`Tenant`], in the order [`tenant_from_row`] reads them.
+/// The columns [`tenant_from_row`] reads (by name).
 pub(crate) const TENANT_COLUMNS: &str =
     "id, name, slug, status, database_name, schema_version, created_at, deleted_at";
 
 pub(crate) fn tenant_from_row(row: &Row) -> Result<Tenant, DbError> {
-    let status: String = row.try_get(3)?;
+    let status: String = row.try_get("status")?;
     let status = TenantStatus::parse(&status)
         .ok_or_else(|| anyhow::anyhow!("registry holds an unknown status {status:?}"))?;
     Ok(Tenant {
-        id: row.try_get(0)?,
-        name: row.try_get(1)?,
-        slug: row.try_get(2)?,
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        slug: row.try_get("slug")?,
         status,
-        database_name: row.try_get(4)?,
-        schema_version: i64::from(row.try_get::<_, i32>(5)?),
-        created_at: row.try_get(6)?,
-        deleted_at: row.try_get(7)?,
+        database_name: row.try_get("database_name")?,
+        schema_version: i64::from(row.try_get::<_, i32>("schema_version")?),
+        created_at: row.try_get("created_at")?,
+        deleted_at: row.try_get("deleted_at")?,
     })
 }
 
@@ -54,7 +54,7 @@ impl FieldError {
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Debug, thiserror::Error)]
-pub enum GetTenantError {
+pub(crate) enum GetTenantError {
     #[error("tenant not found")]
     NotFound(Option<Slug>),
     #[error("database unavailable")]
@@ -73,15 +73,14 @@ impl From<DbError> for GetTenantError {
 }
 
 #[instrument(skip_all, fields(tenant.slug = %slug))]
-pub async fn get_tenant(db: &Database, slug: &Slug) -> Result<Tenant, GetTenantError> {
+pub(crate) async fn get_tenant(db: &Database, slug: &Slug) -> Result<Tenant, GetTenantError> {
     let sys = db.system().await?;
     let row = sys
         .query_opt(
             &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE slug = $1"),
             &[&slug.as_str()],
         )
-        .await
-        .map_err(DbError::from)?;
+        .await?;
     match row {
         Some(row) => Ok(tenant_from_row(&row)?),
         None => Err(GetTenantError::NotFound(Some(slug.clone()))),
@@ -92,8 +91,8 @@ pub async fn get_tenant(db: &Database, slug: &Slug) -> Result<Tenant, GetTenantE
 // List
 // ---------------------------------------------------------------------------------------------
 
-pub const LIST_DEFAULT_LIMIT: i64 = 100;
-pub const LIST_MAX_LIMIT: i64 = 500;
+pub(crate) const LIST_DEFAULT_LIMIT: i64 = 100;
+pub(crate) const LIST_MAX_LIMIT: i64 = 500;
 
 /// Position after the last tenant of a page: (created_at, id), oldest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +100,11 @@ pub struct Cursor {
     pub created_at: DateTime<Utc>,
     pub id: Uuid,
 }
+
+/// The range of `created_at` a cursor can hold: every tenant was created in it, and all of it
+/// is within PostgreSQL's `timestamptz` (a forged cursor out of it is a 400, not an error of
+/// the server's range check).
+const CURSOR_MICROS: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999_999; // 1970 to 9999
 
 impl Cursor {
     /// Opaque to clients: base64url of `v1:{created_at in µs}:{id}`.
@@ -119,7 +123,11 @@ impl Cursor {
         if parts.next()? != "v1" {
             return None;
         }
-        let micros: i64 = parts.next()?.parse().ok()?;
+        let micros: i64 = parts
+            .next()?
+            .parse()
+            .ok()
+            .filter(|m| CURSOR_MICROS.contains(m))?;
         let id = Uuid::parse_str(parts.next()?).ok()?;
         Some(Cursor {
             created_at: DateTime::from_timestamp_micros(micros)?,
@@ -191,7 +199,7 @@ pub async fn list_tenants(db: &Database, q: &ListQuery) -> Result<TenantPage, Li
     }
     args.push(&fetch);
     sql.push_str(&format!(" ORDER BY created_at, id LIMIT ${}", args.len()));
-    let rows = sys.query(&sql, &args).await.map_err(DbError::from)?;
+    let rows = sys.query(&sql, &args).await?;
     let mut tenants = rows
         .iter()
         .map(tenant_from_row)
@@ -245,13 +253,12 @@ impl From<DbError> for DeleteTenantError {
 #[instrument(skip_all, fields(tenant.slug = %slug))]
 pub async fn delete_tenant(db: &Database, slug: &Slug) -> Result<Tenant, DeleteTenantError> {
     let sys = db.system().await?;
-    let lock = match locks::acquire(&sys, Lock::Tenant(slug.to_string())).await {
-        Ok(lock) => lock,
-        Err(e) if locks::is_lock_timeout(&e) => return Err(DeleteTenantError::Busy(slug.clone())),
-        Err(e) => return Err(e.into()),
+    let wait = db.config().lock_timeout;
+    let Some(lock) = locks::acquire(&sys, Lock::Tenant(slug.to_string()), wait).await? else {
+        return Err(DeleteTenantError::Busy(slug.clone()));
     };
     let result = soft_delete(&sys, slug).await;
-    locks::release(&sys, lock).await;
+    lock.release().await;
     let tenant = result?;
     if tenant.status != TenantStatus::Deleted {
         return Err(DeleteTenantError::Provisioning(slug.clone()));
@@ -259,10 +266,11 @@ pub async fn delete_tenant(db: &Database, slug: &Slug) -> Result<Tenant, DeleteT
     Ok(tenant)
 }
 
-async fn soft_delete(sys: &Client, slug: &Slug) -> Result<Tenant, DeleteTenantError> {
+async fn soft_delete(sys: &Conn, slug: &Slug) -> Result<Tenant, DeleteTenantError> {
     // One statement: flips an active tenant, or returns the row as it is (deleted already,
     // or provisioning) so that the caller can answer.
     let row = sys
+        .locking()
         .query_opt(
             &format!(
                 "WITH flipped AS ( \
@@ -275,8 +283,7 @@ async fn soft_delete(sys: &Client, slug: &Slug) -> Result<Tenant, DeleteTenantEr
             ),
             &[&slug.as_str()],
         )
-        .await
-        .map_err(DbError::from)?;
+        .await?;
     match row {
         Some(row) => Ok(tenant_from_row(&row)?),
         None => Err(DeleteTenantError::NotFound(Some(slug.clone()))),
@@ -304,6 +311,12 @@ mod tests {
             "!!!",
             &URL_SAFE_NO_PAD.encode("v2:1:abc"),
             &URL_SAFE_NO_PAD.encode("v1:1:not-a-uuid"),
+            // Valid shape, but out of any range a tenant was created in (PostgreSQL would
+            // refuse the timestamp).
+            &URL_SAFE_NO_PAD.encode(format!("v1:-9223372036854775808:{}", Uuid::nil())),
+            &URL_SAFE_NO_PAD.encode(format!("v1:-210866803200000001:{}", Uuid::nil())),
+            &URL_SAFE_NO_PAD.encode(format!("v1:253402300800000000:{}", Uuid::nil())),
+            &URL_SAFE_NO_PAD.encode(format!("v1:-1:{}", Uuid::nil())),
         ] {
             assert_eq!(Cursor::decode(bad), None, "{bad}");
         }

@@ -2,7 +2,7 @@
 //! uniquely named system database that is dropped afterwards, even when the test fails.
 //! Credentials come through the real Secrets Manager client and the local endpoint.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use shared::{
     config::Config,
@@ -12,7 +12,7 @@ use shared::{
     migrations,
     provision::{self, CreateTenantError, IdempotencyKey, ReconcileAction},
     tenants::{self, DeleteTenantError, ListQuery},
-    Database,
+    Database, Invocation,
 };
 use tokio_postgres::NoTls;
 
@@ -36,17 +36,36 @@ async fn admin_to(dbname: &str) -> tokio_postgres::Client {
     client
 }
 
-/// Creates the slug's database by hand, as a create killed right after `CREATE DATABASE`
-/// leaves it.
-async fn create_database(slug: &Slug) {
-    admin()
-        .await
+/// Creates the slug's database by hand: with `oid`, as a create killed right after
+/// `CREATE DATABASE` leaves it; without, as anybody else would (a squatter). Returns its OID.
+async fn create_database(slug: &Slug, oid: Option<i64>) -> i64 {
+    let admin = admin().await;
+    let with_oid = oid.map(|o| format!(" OID = {o}")).unwrap_or_default();
+    admin
         .batch_execute(&format!(
-            "CREATE DATABASE {}",
+            "CREATE DATABASE {}{with_oid}",
             slug.database_name().quoted()
         ))
         .await
         .unwrap();
+    admin
+        .query_one(
+            "SELECT oid::bigint FROM pg_database WHERE datname = $1",
+            &[&slug.database_name().as_str()],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// An OID as provisioning would choose it (the upper half of the space).
+fn fresh_oid() -> i64 {
+    (1 << 31) + (uuid::Uuid::new_v4().as_u128() % (1 << 30)) as i64
+}
+
+/// An invocation with time to spare.
+fn inv() -> Invocation {
+    Invocation::within(Duration::from_secs(60))
 }
 
 /// A fresh system database (and the tenants created in it), dropped on drop.
@@ -123,7 +142,7 @@ async fn database_exists(name: &str) -> bool {
 async fn system_migrations_create_the_registry_once() {
     let fresh = Fresh::new();
     let db = Database::new(fresh.config(&[]), "test").unwrap();
-    assert_eq!(migrations::migrate_system(&db).await.unwrap(), [1, 2, 3]);
+    assert_eq!(migrations::migrate_system(&db).await.unwrap(), [1, 2, 3, 4]);
     assert!(database_exists(&fresh.system_db).await);
     // Idempotent.
     assert!(migrations::migrate_system(&db).await.unwrap().is_empty());
@@ -155,7 +174,7 @@ async fn lifecycle_through_the_library() {
     migrations::migrate_system(&db).await.unwrap();
     let slug = fresh.slug("lib");
 
-    let t = provision::create_tenant(&db, &new_tenant(&slug, "Library"), None)
+    let t = provision::create_tenant(&db, &new_tenant(&slug, "Library"), None, &inv())
         .await
         .unwrap()
         .tenant;
@@ -163,7 +182,7 @@ async fn lifecycle_through_the_library() {
     assert_eq!(t.schema_version, migrations::latest_tenant_version());
     assert!(database_exists(slug.database_name().as_str()).await);
 
-    let again = provision::create_tenant(&db, &new_tenant(&slug, "Again"), None).await;
+    let again = provision::create_tenant(&db, &new_tenant(&slug, "Again"), None, &inv()).await;
     assert!(
         matches!(again, Err(CreateTenantError::Conflict(_))),
         "{again:?}"
@@ -280,21 +299,24 @@ async fn database_url_replaces_the_secret() {
         "test-url",
     )
     .unwrap();
-    assert_eq!(migrations::migrate_system(&db).await.unwrap(), [1, 2, 3]);
+    assert_eq!(migrations::migrate_system(&db).await.unwrap(), [1, 2, 3, 4]);
 }
 
-/// A provisioning row whose lease has expired, as a killed create leaves it.
-async fn dead_provisioning(db: &Database, slug: &Slug) {
+/// A provisioning row whose lease has expired, as a killed create leaves it: it recorded the
+/// OID its database was to get. Returns that OID.
+async fn dead_provisioning(db: &Database, slug: &Slug) -> i64 {
+    let oid = fresh_oid();
     db.system()
         .await
         .unwrap()
         .execute(
-            "INSERT INTO tenants (name, slug, database_name, status, lease_expires_at) \
-             VALUES ('Dead', $1, $2, 'provisioning', now() - interval '1 second')",
-            &[&slug.as_str(), &slug.database_name().as_str()],
+            "INSERT INTO tenants (name, slug, database_name, database_oid, status, lease_expires_at) \
+             VALUES ('Dead', $1, $2, $3, 'provisioning', now() - interval '1 second')",
+            &[&slug.as_str(), &slug.database_name().as_str(), &oid],
         )
         .await
         .unwrap();
+    oid
 }
 
 async fn row_status(db: &Database, slug: &Slug) -> Option<(String, i32)> {
@@ -308,6 +330,52 @@ async fn row_status(db: &Database, slug: &Slug) -> Option<(String, i32)> {
         .await
         .unwrap()
         .map(|r| (r.get(0), r.get(1)))
+}
+
+/// The OID of the slug's database, if it exists.
+async fn create_database_oid(slug: &Slug) -> Option<i64> {
+    admin()
+        .await
+        .query_opt(
+            "SELECT oid::bigint FROM pg_database WHERE datname = $1",
+            &[&slug.database_name().as_str()],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+/// What a byte-for-byte comparison of a small database needs: every relation with its kind,
+/// every grant on the database, and the data of `precious`.
+async fn database_fingerprint(slug: &Slug) -> (Vec<(String, String)>, Option<String>, Vec<i32>) {
+    let name = slug.database_name();
+    let tenant = admin_to(name.as_str()).await;
+    let relations = tenant
+        .query(
+            "SELECT relname::text, relkind::text FROM pg_class \
+             WHERE relnamespace = 'public'::regnamespace ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let acl: Option<String> = admin()
+        .await
+        .query_one(
+            "SELECT datacl::text FROM pg_database WHERE datname = $1",
+            &[&name.as_str()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let data = tenant
+        .query("SELECT v FROM precious ORDER BY v", &[])
+        .await
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default();
+    (relations, acl, data)
 }
 
 async fn reconcile(db: &Database, slug: &Slug) -> ReconcileAction {
@@ -328,17 +396,37 @@ async fn reconcile_decision_table() {
     assert_eq!(reconcile(&db, &none).await, ReconcileAction::RolledBack);
     assert_eq!(row_status(&db, &none).await, None);
 
-    // An empty database (killed right after CREATE DATABASE): roll forward to head.
+    // Our empty database (killed right after CREATE DATABASE): roll forward to head.
     let half = fresh.slug("rc_half");
-    dead_provisioning(&db, &half).await;
-    create_database(&half).await;
+    let oid = dead_provisioning(&db, &half).await;
+    create_database(&half, Some(oid)).await;
     assert_eq!(reconcile(&db, &half).await, ReconcileAction::RolledForward);
     assert_eq!(row_status(&db, &half).await, Some(("active".into(), 2)));
 
-    // A database whose migration fails: roll back, database dropped.
+    // A database of the name that this registry did not make (the create met a squatter, got
+    // DUPLICATE_DATABASE, and died before removing its row): left exactly as it was, row gone.
+    let squat = fresh.slug("rc_squat");
+    dead_provisioning(&db, &squat).await;
+    let squatter_oid = create_database(&squat, None).await;
+    admin_to(squat.database_name().as_str())
+        .await
+        .batch_execute("CREATE TABLE precious (v int); INSERT INTO precious VALUES (42)")
+        .await
+        .unwrap();
+    let before = database_fingerprint(&squat).await;
+    assert_eq!(reconcile(&db, &squat).await, ReconcileAction::Disowned);
+    assert_eq!(row_status(&db, &squat).await, None, "the slug is not stuck");
+    assert_eq!(database_fingerprint(&squat).await, before, "untouched");
+    assert_eq!(
+        create_database_oid(&squat).await,
+        Some(squatter_oid),
+        "the same database, not dropped and made again"
+    );
+
+    // Our database whose migration fails: roll back, database dropped.
     let bad = fresh.slug("rc_bad");
-    dead_provisioning(&db, &bad).await;
-    create_database(&bad).await;
+    let oid = dead_provisioning(&db, &bad).await;
+    create_database(&bad, Some(oid)).await;
     admin_to(bad.database_name().as_str())
         .await
         .batch_execute("CREATE VIEW activity_log AS SELECT 1 AS squatter")
@@ -350,8 +438,8 @@ async fn reconcile_decision_table() {
 
     // A database left invalid by an interrupted DROP DATABASE: drop it, roll back.
     let invalid = fresh.slug("rc_inval");
-    dead_provisioning(&db, &invalid).await;
-    create_database(&invalid).await;
+    let oid = dead_provisioning(&db, &invalid).await;
+    create_database(&invalid, Some(oid)).await;
     admin
         .execute(
             "UPDATE pg_database SET datconnlimit = -2 WHERE datname = $1",
@@ -395,7 +483,7 @@ async fn reconcile_decision_table() {
         row_status(&db, &held).await,
         Some(("provisioning".into(), 0))
     );
-    locks::release(&other_sys, lock).await;
+    lock.release().await;
     assert_eq!(reconcile(&db, &held).await, ReconcileAction::RolledBack);
 }
 
@@ -408,7 +496,7 @@ async fn a_post_after_a_dead_provisioning_converges() {
     // Nothing was created: the slug is free again, and the new request provisions it.
     let slug = fresh.slug("rp_free");
     dead_provisioning(&db, &slug).await;
-    let t = provision::create_tenant(&db, &new_tenant(&slug, "Second try"), None)
+    let t = provision::create_tenant(&db, &new_tenant(&slug, "Second try"), None, &inv())
         .await
         .unwrap();
     assert_eq!(
@@ -418,9 +506,9 @@ async fn a_post_after_a_dead_provisioning_converges() {
 
     // The database was created: the dead provisioning is finished; the slug is taken.
     let slug = fresh.slug("rp_done");
-    dead_provisioning(&db, &slug).await;
-    create_database(&slug).await;
-    let again = provision::create_tenant(&db, &new_tenant(&slug, "Second try"), None).await;
+    let oid = dead_provisioning(&db, &slug).await;
+    create_database(&slug, Some(oid)).await;
+    let again = provision::create_tenant(&db, &new_tenant(&slug, "Second try"), None, &inv()).await;
     assert!(
         matches!(again, Err(CreateTenantError::Conflict(_))),
         "{again:?}"
@@ -435,18 +523,236 @@ async fn an_idempotency_key_replays_and_refuses_another_body() {
     migrations::migrate_system(&db).await.unwrap();
     let slug = fresh.slug("idem");
     let key = IdempotencyKey::parse(b"order-7781").unwrap();
-    let first = provision::create_tenant(&db, &new_tenant(&slug, "Idem"), Some(&key))
+    let first = provision::create_tenant(&db, &new_tenant(&slug, "Idem"), Some(&key), &inv())
         .await
         .unwrap();
     assert!(!first.replayed);
-    let second = provision::create_tenant(&db, &new_tenant(&slug, " Idem "), Some(&key))
+    let second = provision::create_tenant(&db, &new_tenant(&slug, " Idem "), Some(&key), &inv())
         .await
         .unwrap();
     assert!(second.replayed);
     assert_eq!(second.tenant, first.tenant);
-    let other = provision::create_tenant(&db, &new_tenant(&slug, "Other"), Some(&key)).await;
+    let other =
+        provision::create_tenant(&db, &new_tenant(&slug, "Other"), Some(&key), &inv()).await;
     assert!(
         matches!(other, Err(CreateTenantError::IdempotencyMismatch)),
         "{other:?}"
     );
+}
+
+fn sqlstate_free(e: &DbError) -> bool {
+    e.code().is_none()
+}
+
+#[tokio::test]
+async fn errors_are_classified_by_what_they_are() {
+    let fresh = Fresh::new();
+    let db = Database::new(fresh.config(&[]), "test-classify").unwrap();
+    migrations::migrate_system(&db).await.unwrap();
+    let sys = db.system().await.unwrap();
+    // A query that finds no row, and a value that does not convert: the statement's fault,
+    // not the server's (never a 503 and a retry).
+    let none = sys
+        .query_one("SELECT 1 WHERE false", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(none, DbError::Postgres(_)) && sqlstate_free(&none),
+        "{none:?}"
+    );
+    let row = sys
+        .query_one("SELECT 'text'::text AS t", &[])
+        .await
+        .unwrap();
+    let conversion = row
+        .try_get::<_, i32>("t")
+        .map_err(DbError::from)
+        .unwrap_err();
+    assert!(!conversion.is_unavailable(), "{conversion:?}");
+    // A statement's own error.
+    let syntax = sys.execute("SELEC 1", &[]).await.unwrap_err();
+    assert!(!syntax.is_unavailable(), "{syntax:?}");
+    assert!(sys.is_usable(), "statement errors keep the connection");
+    drop(sys);
+
+    // The server ends our session: unavailable, and the connection is discarded.
+    let sys = db.system().await.unwrap();
+    let pid: i32 = sys
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    admin()
+        .await
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let mut closed = None;
+    for _ in 0..50 {
+        match sys.query_one("SELECT 1", &[]).await {
+            Err(e) => {
+                closed = Some(e);
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let closed = closed.expect("the terminated session fails");
+    assert!(closed.is_unavailable(), "{closed:?}");
+    assert!(!sys.is_usable());
+    drop(sys);
+    // The next operation opens a new connection by itself.
+    assert!(db
+        .system()
+        .await
+        .unwrap()
+        .query_one("SELECT 1", &[])
+        .await
+        .is_ok());
+
+    // A refused connection is unavailable too.
+    let down = Database::new(fresh.config(&[("DB_PORT", "1")]), "test-refused").unwrap();
+    let refused = down.connect("postgres").await.unwrap_err();
+    assert!(refused.is_unavailable(), "{refused:?}");
+}
+
+#[tokio::test]
+async fn a_lock_guard_dropped_unreleased_discards_its_connection_and_the_lock() {
+    let fresh = Fresh::new();
+    let db = Database::new(fresh.config(&[]), "test-guard").unwrap();
+    migrations::migrate_system(&db).await.unwrap();
+    let other = Database::new(fresh.config(&[]), "test-guard-other").unwrap();
+    let lock = Lock::Tenant("guarded".into());
+
+    // Released: the connection stays, and the lock is free.
+    let sys = db.system().await.unwrap();
+    let guard = locks::acquire(&sys, lock.clone(), Duration::from_secs(1))
+        .await
+        .unwrap()
+        .expect("free");
+    let other_sys = other.system().await.unwrap();
+    assert!(
+        locks::try_acquire(&other_sys, lock.clone())
+            .await
+            .unwrap()
+            .is_none(),
+        "held"
+    );
+    assert!(
+        other_sys.is_usable(),
+        "a lock not taken leaves the connection as it was"
+    );
+    guard.release().await;
+    assert!(sys.is_usable());
+    let taken = locks::try_acquire(&other_sys, lock.clone())
+        .await
+        .unwrap()
+        .expect("free again");
+    taken.release().await;
+
+    // Dropped without release (a panic, a future dropped at its deadline): the connection is
+    // discarded at once, and the server gives the lock to the next taker.
+    let guard = locks::try_acquire(&sys, lock.clone())
+        .await
+        .unwrap()
+        .expect("free");
+    drop(guard);
+    assert!(!sys.is_usable(), "discarded");
+    let started = std::time::Instant::now();
+    let taken = locks::acquire(&other_sys, lock.clone(), Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("the lock died with its connection");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    taken.release().await;
+    drop(sys);
+
+    // A wait is bounded, and zero tries once.
+    let held = locks::try_acquire(&other_sys, lock.clone())
+        .await
+        .unwrap()
+        .expect("free");
+    let sys = db.system().await.unwrap();
+    let started = std::time::Instant::now();
+    assert!(
+        locks::acquire(&sys, lock.clone(), Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    assert!(locks::acquire(&sys, lock.clone(), Duration::ZERO)
+        .await
+        .unwrap()
+        .is_none());
+    held.release().await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_belong_to_their_caller_and_expire() {
+    let mut fresh = Fresh::new();
+    let db = Database::new(fresh.config(&[]), "test-idem-scope").unwrap();
+    migrations::migrate_system(&db).await.unwrap();
+    let key = IdempotencyKey::parse(b"signup-1").unwrap();
+    let caller = |arn: &str| Invocation {
+        caller: Some(arn.to_owned()),
+        ..inv()
+    };
+    let alice = caller("arn:aws:iam::123456789012:user/alice");
+    let bob = caller("arn:aws:sts::123456789012:assumed-role/app/bob");
+
+    let a = fresh.slug("scope_a");
+    let b = fresh.slug("scope_b");
+    let first = provision::create_tenant(&db, &new_tenant(&a, "A"), Some(&key), &alice)
+        .await
+        .unwrap();
+    // Another caller with the same key and another body: its own tenant, no 422.
+    let other = provision::create_tenant(&db, &new_tenant(&b, "B"), Some(&key), &bob)
+        .await
+        .unwrap();
+    assert!(!other.replayed);
+    assert_ne!(other.tenant.id, first.tenant.id);
+    // Each caller replays its own.
+    let again = provision::create_tenant(&db, &new_tenant(&a, "A"), Some(&key), &alice)
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.tenant.id, first.tenant.id);
+    let mismatch = provision::create_tenant(&db, &new_tenant(&b, "B"), Some(&key), &alice).await;
+    assert!(
+        matches!(mismatch, Err(CreateTenantError::IdempotencyMismatch)),
+        "{mismatch:?}"
+    );
+
+    // Once expired, the key is forgotten: the first request sent again is a new request (the
+    // slug is taken), and the caller may use the key for another tenant.
+    db.system()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE tenants SET idempotency_expires_at = now() - interval '1 second' \
+             WHERE slug = $1",
+            &[&a.as_str()],
+        )
+        .await
+        .unwrap();
+    let late = provision::create_tenant(&db, &new_tenant(&a, "A"), Some(&key), &alice).await;
+    assert!(
+        matches!(late, Err(CreateTenantError::Conflict(_))),
+        "{late:?}"
+    );
+    let c = fresh.slug("scope_c");
+    let reused = provision::create_tenant(&db, &new_tenant(&c, "C"), Some(&key), &alice)
+        .await
+        .unwrap();
+    assert!(!reused.replayed);
+    assert_eq!(reused.tenant.slug, c.as_str());
 }

@@ -8,7 +8,8 @@ async fn handler(db: &Database, req: Request) -> Result<Response<Body>, Error> {
     let outcome = match *req.method() {
         Method::POST => {
             let key = req.headers().get("idempotency-key").map(|v| v.as_bytes());
-            api::create(db, http_support::body_bytes(&req), key).await
+            let inv = http_support::invocation(&req);
+            api::create(db, http_support::body_bytes(&req), key, &inv).await
         }
         _ => api::route_not_found(),
     };

@@ -6,7 +6,10 @@ use shared::{api, Database};
 async fn handler(db: &Database, req: Request) -> Result<Response<Body>, Error> {
     let request_id = http_support::request_id(&req);
     let outcome = match *req.method() {
-        Method::DELETE => api::delete(db, http_support::slug_param(&req).as_deref()).await,
+        Method::DELETE => {
+            let inv = http_support::invocation(&req);
+            api::delete(db, http_support::slug_param(&req).as_deref(), &inv).await
+        }
         _ => api::route_not_found(),
     };
     http_support::log_request(&req, &request_id, outcome.status);

@@ -1,11 +1,18 @@
 //! What the HTTP functions share: start-up (tracing, configuration, the sandbox's database
 //! handle) and the translation between `lambda_http` and `shared::api`.
 
+use std::time::{Duration, SystemTime};
+
 use lambda_http::{
     http::{header, HeaderValue, StatusCode},
+    request::RequestContext,
     Body, Error, Request, RequestExt, Response,
 };
-use shared::{api::ApiResponse, Config, Database};
+use shared::{
+    api::ApiResponse,
+    invocation::{Invocation, HTTP_BUDGET},
+    Config, Database,
+};
 
 pub use shared::api::MAX_BODY_BYTES;
 
@@ -26,6 +33,29 @@ pub fn request_id(req: &Request) -> String {
         .map(|c| c.request_id.clone())
         .filter(|id| !id.is_empty())
         .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Kept from the Lambda deadline to send the answer.
+const ANSWER_MARGIN: Duration = Duration::from_millis(500);
+
+/// The invocation's deadline (the Lambda deadline less a margin to answer) and its caller:
+/// the IAM principal API Gateway authorised (`requestContext.authorizer.iam.userArn` for an
+/// HTTP API, `requestContext.identity.userArn` for a REST API); none locally.
+pub fn invocation(req: &Request) -> Invocation {
+    let deadline = req
+        .lambda_context_ref()
+        .map(|c| c.deadline())
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let caller = match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(ctx)) => ctx
+            .authorizer
+            .as_ref()
+            .and_then(|a| a.iam.as_ref())
+            .and_then(|iam| iam.user_arn.clone()),
+        Some(RequestContext::ApiGatewayV1(ctx)) => ctx.identity.user_arn.clone(),
+        _ => None,
+    };
+    Invocation::new(deadline, ANSWER_MARGIN, HTTP_BUDGET, caller)
 }
 
 /// The raw body bytes, whatever the event encoded (text or base64).

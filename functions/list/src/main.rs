@@ -5,11 +5,17 @@ use shared::{api, Database};
 
 async fn handler(db: &Database, req: Request) -> Result<Response<Body>, Error> {
     let request_id = http_support::request_id(&req);
+    let inv = http_support::invocation(&req);
     let outcome = match (req.method(), http_support::slug_param(&req)) {
-        (&Method::GET, Some(slug)) => api::get(db, Some(&slug)).await,
+        (&Method::GET, Some(slug)) => api::get(db, Some(&slug), &inv).await,
         (&Method::GET, None) => {
             let pairs = http_support::query_pairs(&req);
-            api::list(db, pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))).await
+            api::list(
+                db,
+                pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                &inv,
+            )
+            .await
         }
         _ => api::route_not_found(),
     };

@@ -1,50 +1,46 @@
 //! migrate-all: the scheduled (or hand-invoked) job that brings the system database and every
 //! active tenant database to the latest migration. See `shared::fleet`.
 //!
-//! Event: `{}` or any EventBridge event (its fields are ignored), `{"dry_run": true}`,
-//! `{"slugs": ["acme"]}`, `{"concurrency": 4}`. Returns the report; if any tenant failed, the
-//! invocation fails (so that an alarm on the function's errors fires) after logging the
-//! whole report.
+//! Event: `{}` or an EventBridge / Scheduler event (treated as `{}`), `{"dry_run": true}`,
+//! `{"slugs": ["acme"]}`, `{"concurrency": 4}`, `{"verify": true}`; unknown fields are refused.
+//! Returns the report; if any tenant failed (or was not started before the deadline), the
+//! invocation fails (so that an alarm on the function's errors fires) after logging the whole
+//! report.
+
+use std::time::Duration;
 
 use lambda_runtime::{run, service_fn, Diagnostic, Error, LambdaEvent};
 use serde_json::Value;
 use shared::{
-    fleet::{self, MigrateAllRequest, DEFAULT_CONCURRENCY},
+    fleet::{self, MigrateAllRequest},
+    invocation::{Invocation, JOB_BUDGET},
     Config, Database,
 };
 
-struct Deps {
-    db: Database,
-    concurrency: usize,
-}
+/// Kept from the Lambda deadline to log and send the report.
+const ANSWER_MARGIN: Duration = Duration::from_secs(1);
 
-async fn handler(deps: &Deps, event: LambdaEvent<Value>) -> Result<Value, Diagnostic> {
-    let req: MigrateAllRequest = serde_json::from_value(event.payload).map_err(|e| Diagnostic {
-        error_type: "InvalidRequest".into(),
-        error_message: format!("invalid event: {e}"),
-    })?;
-    let report = fleet::migrate_all(&deps.db, &req, deps.concurrency)
+async fn handler(db: &Database, event: LambdaEvent<Value>) -> Result<Value, Diagnostic> {
+    let inv = Invocation::new(event.context.deadline(), ANSWER_MARGIN, JOB_BUDGET, None);
+    let diagnostic = |e: fleet::MigrateAllError| {
+        tracing::error!(error = %e, "migrate-all failed");
+        Diagnostic {
+            error_type: e.error_type().into(),
+            error_message: e.to_string(),
+        }
+    };
+    let req = MigrateAllRequest::from_event(event.payload).map_err(diagnostic)?;
+    let report = fleet::migrate_all(db, &req, &inv)
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "migrate-all failed");
-            Diagnostic {
-                error_type: e.error_type().into(),
-                error_message: e.to_string(),
-            }
-        })?;
+        .map_err(diagnostic)?;
     let body = serde_json::to_value(&report).map_err(|e| Diagnostic {
         error_type: "Unexpected".into(),
         error_message: format!("could not serialise the report: {e}"),
     })?;
-    if report.failed() {
+    if let Some(error_type) = report.error_type() {
         tracing::error!(report = %body, "migrate-all finished with failures");
         return Err(Diagnostic {
-            error_type: if report.counts.failed > 0 {
-                "TenantMigrationsFailed"
-            } else {
-                "TemplateFailed"
-            }
-            .into(),
+            error_type: error_type.into(),
             error_message: report.failure_summary(),
         });
     }
@@ -52,27 +48,9 @@ async fn handler(deps: &Deps, event: LambdaEvent<Value>) -> Result<Value, Diagno
     Ok(body)
 }
 
-fn concurrency_from_env() -> Result<usize, Error> {
-    match std::env::var("MIGRATE_CONCURRENCY") {
-        Err(_) => Ok(DEFAULT_CONCURRENCY),
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if (1..=fleet::MAX_CONCURRENCY).contains(&n) => Ok(n),
-            _ => Err(format!(
-                "invalid configuration: MIGRATE_CONCURRENCY must be from 1 to {}, got {v:?}",
-                fleet::MAX_CONCURRENCY
-            )
-            .into()),
-        },
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    let config = Config::from_env()?;
-    let deps = Deps {
-        db: Database::new(config, "migrate-all")?,
-        concurrency: concurrency_from_env()?,
-    };
-    run(service_fn(|event| handler(&deps, event))).await
+    let db = Database::new(Config::from_env()?, "migrate-all")?;
+    run(service_fn(|event| handler(&db, event))).await
 }

@@ -1,0 +1,354 @@
+//! What a migrate-all run answers and logs: per tenant, counts, the run's own steps, and the
+//! failure summary that becomes the invocation's error message. Reasons are sanitised: a
+//! report names objects and SQLSTATEs, never hosts or credentials.
+
+use serde::Serialize;
+use tracing::error;
+use uuid::Uuid;
+
+use crate::{
+    db::{is_unavailable, DbError},
+    provision::ReconcileAction,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantOutcome {
+    /// Pending migrations were applied.
+    Migrated,
+    /// Nothing was pending.
+    UpToDate,
+    /// Dry run: migrations are pending (listed in `pending`).
+    Pending,
+    /// Could not be migrated (see `error`); left at its last good version.
+    Failed,
+    /// Not migrated by design: named in `slugs` but not active, or unknown.
+    Skipped,
+    /// Not attempted: the invocation's deadline was near. The next run takes it.
+    NotStarted,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantReport {
+    pub slug: String,
+    pub status: TenantOutcome,
+    pub from_version: Option<i64>,
+    pub to_version: Option<i64>,
+    pub applied: Vec<i64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<i64>,
+    pub error: Option<String>,
+    /// True when this run read the tenant database's own history; false when the registry
+    /// vouched for it (recorded at this release's migrations).
+    pub verified: bool,
+    pub duration_ms: u64,
+}
+
+impl TenantReport {
+    pub(crate) fn new(slug: &str, status: TenantOutcome) -> TenantReport {
+        TenantReport {
+            slug: slug.to_owned(),
+            status,
+            from_version: None,
+            to_version: None,
+            applied: Vec::new(),
+            pending: Vec::new(),
+            error: None,
+            verified: false,
+            duration_ms: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub migrated: usize,
+    pub up_to_date: usize,
+    pub pending: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub not_started: usize,
+}
+
+impl Counts {
+    pub(crate) fn add(&mut self, outcome: TenantOutcome) {
+        match outcome {
+            TenantOutcome::Migrated => self.migrated += 1,
+            TenantOutcome::UpToDate => self.up_to_date += 1,
+            TenantOutcome::Pending => self.pending += 1,
+            TenantOutcome::Failed => self.failed += 1,
+            TenantOutcome::Skipped => self.skipped += 1,
+            TenantOutcome::NotStarted => self.not_started += 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Every tenant of the run was attempted.
+    Completed,
+    /// The invocation's deadline came first: some tenants were not started (`not_started`).
+    Incomplete,
+    /// Another run holds the fleet lock; this one did nothing.
+    AlreadyRunning,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemReport {
+    pub applied: Vec<i64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<i64>,
+}
+
+/// The tenant template of this release (see `template`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TemplateReport {
+    pub name: String,
+    pub version: i64,
+    pub ready: bool,
+    /// Built by this run.
+    pub built: bool,
+    /// Templates of other releases, dropped by this run.
+    pub dropped: Vec<String>,
+    /// Why it could not be built. The tenants are migrated all the same, and the invocation
+    /// fails at the end: provisioning needs the template.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Reconciled {
+    pub slug: String,
+    pub action: ReconcileAction,
+    /// Why reconciling failed (`action: failed`); the run went on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrateAllReport {
+    pub run_id: Uuid,
+    pub status: RunStatus,
+    pub dry_run: bool,
+    pub latest_version: i64,
+    pub concurrency: usize,
+    pub system: Option<SystemReport>,
+    pub template: Option<TemplateReport>,
+    /// Provisionings past their lease, finished or undone before migrating (see
+    /// `provision`); in a dry run, listed as `pending`.
+    pub reconciled: Vec<Reconciled>,
+    /// Databases with the tenant prefix that no registry row owns (by name and OID).
+    /// Reported, never dropped.
+    pub orphan_databases: Vec<String>,
+    /// Tenant databases left invalid by an interrupted `DROP DATABASE`.
+    pub invalid_databases: Vec<String>,
+    pub counts: Counts,
+    pub tenants: Vec<TenantReport>,
+    pub duration_ms: u64,
+}
+
+impl MigrateAllReport {
+    /// True when the invocation should fail: a tenant failed, a tenant was not started, a
+    /// dead provisioning could not be reconciled, or the template could not be built.
+    pub fn failed(&self) -> bool {
+        self.error_type().is_some()
+    }
+
+    /// The `errorType` of a failed invocation, the most serious cause first.
+    pub fn error_type(&self) -> Option<&'static str> {
+        if self.counts.failed > 0 {
+            Some("TenantMigrationsFailed")
+        } else if self.counts.not_started > 0 {
+            Some("RunIncomplete")
+        } else if self.template_error().is_some() {
+            Some("TemplateFailed")
+        } else if self
+            .reconciled
+            .iter()
+            .any(|r| r.action == ReconcileAction::Failed)
+        {
+            Some("ReconcileFailed")
+        } else {
+            None
+        }
+    }
+
+    fn template_error(&self) -> Option<&str> {
+        self.template.as_ref().and_then(|t| t.error.as_deref())
+    }
+
+    /// The invocation error's message when it failed: the template's error if any, counts,
+    /// then each failed tenant with its (sanitised) reason.
+    pub fn failure_summary(&self) -> String {
+        const NAMED: usize = 20;
+        let c = &self.counts;
+        let mut failed: Vec<String> = self
+            .tenants
+            .iter()
+            .filter(|t| t.status == TenantOutcome::Failed)
+            .take(NAMED)
+            .map(|t| {
+                format!(
+                    "{} ({})",
+                    t.slug,
+                    t.error.as_deref().unwrap_or("unknown error")
+                )
+            })
+            .collect();
+        // The message stays short; the report in the log names every tenant.
+        if c.failed > NAMED {
+            failed.push(format!(
+                "and {} more (see the report in the log)",
+                c.failed - NAMED
+            ));
+        }
+        let template = match self.template_error() {
+            Some(e) => format!(
+                "The tenant template could not be built ({e}); new tenants cannot be provisioned. "
+            ),
+            None => String::new(),
+        };
+        let reconcile: Vec<String> = self
+            .reconciled
+            .iter()
+            .filter(|r| r.action == ReconcileAction::Failed)
+            .take(NAMED)
+            .map(|r| format!("{} ({})", r.slug, r.error.as_deref().unwrap_or("unknown")))
+            .collect();
+        let reconcile = if reconcile.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "Dead provisionings could not be reconciled: {}. ",
+                reconcile.join("; ")
+            )
+        };
+        let not_started = if c.not_started > 0 {
+            format!(
+                "{} tenants were not started before the invocation's deadline (the next run \
+                 takes them). ",
+                c.not_started
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "{template}{reconcile}{not_started}{} of {} tenants failed to migrate; migrated {}, \
+             up to date {}, skipped {}; run {}. Failed: {}",
+            c.failed,
+            self.tenants.len(),
+            c.migrated,
+            c.up_to_date,
+            c.skipped,
+            self.run_id,
+            if failed.is_empty() {
+                "none".to_owned()
+            } else {
+                failed.join("; ")
+            }
+        )
+    }
+}
+
+/// A PostgreSQL error as a report may show it: SQLSTATE and the server's message (which
+/// names objects, never hosts or credentials); connection problems as one fixed sentence.
+pub(crate) fn sanitize_pg(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None if is_unavailable(e) => "tenant database unreachable".into(),
+        None => "database error".into(),
+    }
+}
+
+pub(crate) fn sanitize_db(e: &DbError) -> String {
+    match e {
+        DbError::Unavailable(detail) => {
+            error!(cause = %detail, "tenant database unavailable");
+            "tenant database unreachable or not answering".into()
+        }
+        DbError::Postgres(pg) => sanitize_pg(pg),
+        // Our own messages (the outermost context only): they name objects, never hosts.
+        DbError::Other(e) => e.to_string(),
+    }
+}
+
+pub(crate) fn sanitize_refinery(e: &refinery::Error) -> String {
+    use refinery::error::Kind;
+    match e.kind() {
+        Kind::Connection(msg, source) => {
+            let pg = source.downcast_ref::<tokio_postgres::Error>();
+            let detail = pg
+                .map(sanitize_pg)
+                .unwrap_or_else(|| "database error".into());
+            // refinery's message names the migration ("error applying migration V3__x").
+            let which = msg
+                .split_whitespace()
+                .find(|w| w.starts_with('V'))
+                .unwrap_or("");
+            if which.is_empty() {
+                detail
+            } else {
+                format!("migration {which} failed: {detail}")
+            }
+        }
+        Kind::DivergentVersion(applied, embedded) => {
+            format!("applied migration {applied} differs from the released {embedded}")
+        }
+        Kind::MissingVersion(m) => {
+            format!("applied migration {m} is not among the released migrations")
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(counts: Counts) -> MigrateAllReport {
+        MigrateAllReport {
+            run_id: Uuid::nil(),
+            status: RunStatus::Completed,
+            dry_run: false,
+            latest_version: 2,
+            concurrency: 1,
+            system: None,
+            template: None,
+            reconciled: Vec::new(),
+            orphan_databases: Vec::new(),
+            invalid_databases: Vec::new(),
+            counts,
+            tenants: Vec::new(),
+            duration_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_error_type_names_the_most_serious_cause() {
+        assert_eq!(report(Counts::default()).error_type(), None);
+        let incomplete = report(Counts {
+            not_started: 3,
+            ..Counts::default()
+        });
+        assert_eq!(incomplete.error_type(), Some("RunIncomplete"));
+        assert!(incomplete
+            .failure_summary()
+            .contains("3 tenants were not started"));
+        let mut both = report(Counts {
+            failed: 1,
+            not_started: 3,
+            ..Counts::default()
+        });
+        assert_eq!(both.error_type(), Some("TenantMigrationsFailed"));
+        both.counts = Counts::default();
+        both.reconciled.push(Reconciled {
+            slug: "acme".into(),
+            action: ReconcileAction::Failed,
+            error: Some("tenant database unreachable".into()),
+        });
+        assert_eq!(both.error_type(), Some("ReconcileFailed"));
+        assert!(both
+            .failure_summary()
+            .contains("acme (tenant database unreachable)"));
+    }
+}

@@ -1,0 +1,364 @@
+//! One tenant's migration in a run, and the run over the selected tenants: bounded
+//! concurrency, a time limit per tenant, no tenant started once the invocation's deadline is
+//! near, and each tenant's outcome written to the registry as it finishes.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use futures_util::{stream, StreamExt};
+use tokio_postgres::{error::SqlState, SimpleQueryMessage};
+use tracing::{info, warn};
+
+use super::report::{
+    sanitize_db, sanitize_refinery, MigrateAllReport, TenantOutcome, TenantReport,
+};
+use crate::{
+    db::{Conn, Database, DbError},
+    locks::{self, Lock},
+    migrations::{self, history_rows, ExpectedHistory, HistoryCheck, HistoryRow, HISTORY_TABLE},
+};
+
+/// A tenant of the run, as the registry recorded it when the run listed the tenants.
+pub(super) struct TenantRow {
+    slug: String,
+    database_name: String,
+    /// The proof of ownership (see `ownership`): the run touches a database only if its OID
+    /// is this one.
+    database_oid: Option<i64>,
+    schema_version: i64,
+    schema_fingerprint: Option<String>,
+}
+
+/// How the run treats each tenant.
+pub(super) struct Plan {
+    pub dry_run: bool,
+    pub verify: bool,
+    pub concurrency: usize,
+    /// The longest wait for a tenant's lock.
+    pub lock_wait: Duration,
+    /// The longest one tenant may take (`MIGRATE_TENANT_TIMEOUT_SECS`).
+    pub tenant_timeout: Duration,
+    /// No tenant is started after this, and none works past it: the time left after it is
+    /// for answering.
+    pub stop_at: Instant,
+    /// A tenant is started only with at least this much time before `stop_at`.
+    pub min_time: Duration,
+}
+
+/// The active tenants of the run: all of them, or those named in `slugs`.
+pub(super) async fn list(sys: &Conn, slugs: Option<&[String]>) -> Result<Vec<TenantRow>, DbError> {
+    const COLUMNS: &str = "slug, database_name, database_oid, schema_version, schema_fingerprint";
+    let rows = match slugs {
+        None => {
+            sys.query(
+                &format!(
+                    "SELECT {COLUMNS} FROM tenants WHERE status = 'active' ORDER BY created_at, id"
+                ),
+                &[],
+            )
+            .await?
+        }
+        Some(slugs) => {
+            sys.query(
+                &format!(
+                    "SELECT {COLUMNS} FROM tenants \
+                     WHERE status = 'active' AND slug = ANY($1) ORDER BY created_at, id"
+                ),
+                &[&slugs],
+            )
+            .await?
+        }
+    };
+    rows.iter()
+        .map(|r| {
+            Ok(TenantRow {
+                slug: r.try_get("slug")?,
+                database_name: r.try_get("database_name")?,
+                database_oid: r.try_get("database_oid")?,
+                schema_version: i64::from(r.try_get::<_, i32>("schema_version")?),
+                schema_fingerprint: r.try_get("schema_fingerprint")?,
+            })
+        })
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(DbError::from)
+}
+
+/// Migrates (or, in a dry run, inspects) every listed tenant and fills the report's tenants
+/// and counts.
+pub(super) async fn run(
+    db: &Database,
+    sys: &Conn,
+    tenants: &[TenantRow],
+    slugs: Option<&[String]>,
+    plan: &Plan,
+    report: &mut MigrateAllReport,
+) {
+    let expected = ExpectedHistory::tenant();
+    let fingerprint = expected.fingerprint();
+    let latest = expected.latest();
+    // The registry vouches for tenants recorded at this release's migrations.
+    let vouched = |t: &TenantRow| {
+        !plan.verify
+            && t.schema_version == latest
+            && t.schema_fingerprint.as_deref() == Some(fingerprint)
+    };
+    let mut results: Vec<TenantReport> = tenants
+        .iter()
+        .filter(|t| vouched(t))
+        .map(|t| TenantReport {
+            from_version: Some(latest),
+            to_version: Some(latest),
+            ..TenantReport::new(&t.slug, TenantOutcome::UpToDate)
+        })
+        .collect();
+    let checked: Vec<TenantReport> = stream::iter(tenants.iter().filter(|t| !vouched(t)))
+        .map(|t| migrate_tenant(db, sys, t, plan, expected))
+        .buffer_unordered(plan.concurrency)
+        .collect()
+        .await;
+    results.extend(checked);
+
+    // Named slugs that are not active tenants are reported, not silently dropped.
+    if let Some(slugs) = slugs {
+        for slug in slugs {
+            if !tenants.iter().any(|t| &t.slug == slug) && !results.iter().any(|r| &r.slug == slug)
+            {
+                results.push(TenantReport {
+                    error: Some("not an active tenant".into()),
+                    ..TenantReport::new(slug, TenantOutcome::Skipped)
+                });
+            }
+        }
+    }
+    // Report in registry order (oldest first), whatever order they finished in.
+    let order: BTreeMap<&str, usize> = tenants
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.slug.as_str(), i))
+        .collect();
+    results.sort_by_key(|r| order.get(r.slug.as_str()).copied().unwrap_or(usize::MAX));
+    for r in &results {
+        report.counts.add(r.status);
+    }
+    report.tenants = results;
+}
+
+/// One tenant: its lock, its work within its time limit, its record in the registry.
+async fn migrate_tenant(
+    db: &Database,
+    sys: &Conn,
+    tenant: &TenantRow,
+    plan: &Plan,
+    expected: &ExpectedHistory,
+) -> TenantReport {
+    let started = Instant::now();
+    let limit = plan
+        .stop_at
+        .saturating_duration_since(started)
+        .min(plan.tenant_timeout);
+    if limit < plan.min_time {
+        return TenantReport::new(&tenant.slug, TenantOutcome::NotStarted);
+    }
+    let mut report = TenantReport::new(&tenant.slug, TenantOutcome::Failed);
+    let lock = if plan.dry_run {
+        None
+    } else {
+        let lock = Lock::Tenant(tenant.slug.clone());
+        match locks::acquire(sys, lock, plan.lock_wait.min(limit)).await {
+            Ok(Some(lock)) => Some(lock),
+            Ok(None) => {
+                report.error = Some(
+                    "tenant is locked by another operation (create or delete); retry later".into(),
+                );
+                return finish(report, started);
+            }
+            Err(e) => {
+                report.error = Some(sanitize_db(&e));
+                return finish(report, started);
+            }
+        }
+    };
+    // Only the work on the tenant's own connection is cut at the limit: the lock (on the
+    // shared system connection) is always given back properly.
+    let work = migrate_one(db, tenant, plan.dry_run, expected, &mut report);
+    let outcome = match tokio::time::timeout(limit.saturating_sub(started.elapsed()), work).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(format!(
+            "did not finish within {} s (the tenant's time limit, or the run's deadline); the \
+             open migration was rolled back and the next run retries",
+            limit.as_secs()
+        )),
+    };
+    // What the registry should say now: the version found, and the fingerprint only when the
+    // history is known to match the released migrations.
+    let (version, fingerprint) = match &outcome {
+        Ok(current) => (
+            report.to_version.unwrap_or(tenant.schema_version),
+            current.then(|| expected.fingerprint().to_owned()),
+        ),
+        Err(message) => {
+            report.status = TenantOutcome::Failed;
+            report.error = Some(message.clone());
+            (report.to_version.unwrap_or(tenant.schema_version), None)
+        }
+    };
+    if !plan.dry_run
+        && report.verified
+        && (version != tenant.schema_version || fingerprint != tenant.schema_fingerprint)
+    {
+        record(sys, &tenant.slug, version, fingerprint.as_deref()).await;
+    }
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
+    finish(report, started)
+}
+
+/// Writes what the run found of one tenant to the registry, as soon as it is known (a run cut
+/// short keeps what it did). Only active tenants: one deleted meanwhile keeps its record. A
+/// failure is logged: the registry then still names the old state, and the next run opens
+/// the tenant again.
+async fn record(sys: &Conn, slug: &str, version: i64, fingerprint: Option<&str>) {
+    let Ok(version) = i32::try_from(version) else {
+        warn!(tenant.slug = %slug, version, "schema version out of range; not recorded");
+        return;
+    };
+    if let Err(e) = sys
+        .locking()
+        .execute(
+            "UPDATE tenants SET schema_version = $2, schema_fingerprint = $3, updated_at = now() \
+             WHERE slug = $1 AND status = 'active'",
+            &[&slug, &version, &fingerprint],
+        )
+        .await
+    {
+        warn!(tenant.slug = %slug, error = %e, "could not record the tenant's version");
+    }
+}
+
+fn finish(mut report: TenantReport, started: Instant) -> TenantReport {
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    let r = &report;
+    if r.status == TenantOutcome::Failed {
+        warn!(
+            tenant.slug = %r.slug, status = ?r.status, from_version = ?r.from_version,
+            to_version = ?r.to_version, applied = ?r.applied, error = r.error.as_deref().unwrap_or(""),
+            duration_ms = r.duration_ms, "tenant migration"
+        );
+    } else {
+        info!(
+            tenant.slug = %r.slug, status = ?r.status, from_version = ?r.from_version,
+            to_version = ?r.to_version, applied = ?r.applied, pending = ?r.pending,
+            duration_ms = r.duration_ms, "tenant migration"
+        );
+    }
+    report
+}
+
+/// The database's OID and its history, in one round trip.
+async fn read_tenant(conn: &Conn) -> Result<(Option<i64>, Vec<HistoryRow>), DbError> {
+    const OID: &str = "SELECT oid::bigint FROM pg_database WHERE datname = current_database()";
+    let oid_of = |messages: &[SimpleQueryMessage]| {
+        messages.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse::<i64>().ok()),
+            _ => None,
+        })
+    };
+    let both = format!(
+        "{OID}; SELECT version::bigint, name::text, checksum::text FROM {HISTORY_TABLE} \
+         ORDER BY version"
+    );
+    match conn.simple_query(&both).await {
+        Ok(messages) => {
+            // The first statement's answer ends at its CommandComplete.
+            let split = messages
+                .iter()
+                .position(|m| matches!(m, SimpleQueryMessage::CommandComplete(_)))
+                .map_or(messages.len(), |i| i + 1);
+            let (first, rest) = messages.split_at(split);
+            Ok((oid_of(first), history_rows(rest)))
+        }
+        // No history table: nothing applied.
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
+            Ok((oid_of(&conn.simple_query(OID).await?), Vec::new()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The body of one tenant's migration. `Ok(true)` when the database ends at the released
+/// migrations, `Ok(false)` when it does not (dry run with pending migrations); `Err` is the
+/// sanitised reason it failed.
+async fn migrate_one(
+    db: &Database,
+    tenant: &TenantRow,
+    dry_run: bool,
+    expected: &ExpectedHistory,
+    report: &mut TenantReport,
+) -> Result<bool, String> {
+    let mut conn = match db.connect(&tenant.database_name).await {
+        Ok(c) => c,
+        Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
+            return Err("tenant database does not exist".into())
+        }
+        Err(e) => return Err(sanitize_db(&e)),
+    };
+    // One cheap read decides whether this is our database and whether refinery is needed.
+    let (oid, history) = read_tenant(&conn).await.map_err(|e| sanitize_db(&e))?;
+    if oid.is_none() || oid != tenant.database_oid {
+        return Err(
+            "the database of this name is not the one this registry made (its OID differs \
+             from the registry's record); left untouched"
+                .into(),
+        );
+    }
+    report.verified = true;
+    let from = history.iter().map(|h| h.version).max().unwrap_or(0);
+    report.from_version = Some(from);
+    report.to_version = Some(from);
+    match expected.check(&history) {
+        HistoryCheck::Diverged(reason) => return Err(reason),
+        HistoryCheck::Current => {
+            report.status = TenantOutcome::UpToDate;
+            return Ok(true);
+        }
+        HistoryCheck::Pending(pending) if dry_run => {
+            report.status = TenantOutcome::Pending;
+            report.pending = pending;
+            return Ok(false);
+        }
+        HistoryCheck::Pending(_) => {}
+    }
+    let outcome = conn
+        .migrate(migrations::tenant_runner(), None)
+        .await
+        .map_err(|e| sanitize_db(&e))?;
+    // Each migration commits on its own: the database is at the last one refinery applied.
+    let applied = |r: &refinery::Report| -> Vec<i64> {
+        r.applied_migrations()
+            .iter()
+            .map(|m| i64::from(m.version()))
+            .collect()
+    };
+    report.applied = match &outcome {
+        Ok(done) => applied(done),
+        Err(e) => e.report().map(applied).unwrap_or_default(),
+    };
+    let now_at = report.applied.iter().copied().fold(from, i64::max);
+    report.to_version = Some(now_at);
+    match outcome {
+        Ok(_) => {
+            report.status = if report.applied.is_empty() {
+                TenantOutcome::UpToDate
+            } else {
+                TenantOutcome::Migrated
+            };
+            // refinery refuses divergent and missing versions: applied in full, the history
+            // is the released one.
+            Ok(now_at == expected.latest())
+        }
+        Err(e) => Err(sanitize_refinery(&e)),
+    }
+}
