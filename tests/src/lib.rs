@@ -275,6 +275,46 @@ pub async fn databases_like(fragment: &str) -> Vec<String> {
         .collect()
 }
 
+/// Makes a database of `name` by hand, with data in it, as somebody else than the product
+/// would (a squatter): its OID is PostgreSQL's choice, not the registry's.
+pub async fn plant_squatter(name: &str) {
+    admin()
+        .await
+        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .expect("create the squatter");
+    connect(name)
+        .await
+        .batch_execute("CREATE TABLE precious (v int); INSERT INTO precious VALUES (42)")
+        .await
+        .expect("fill the squatter");
+}
+
+/// The squatter [`plant_squatter`] made is as it was: its data, and no migration ran in it.
+pub async fn assert_squatter_untouched(name: &str) {
+    let squatter = connect(name).await;
+    let data: Vec<i32> = squatter
+        .query("SELECT v FROM precious", &[])
+        .await
+        .expect("read the squatter")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(data, [42], "{name}: data untouched");
+    let migrated: bool = squatter
+        .query_one(
+            "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("look for a history")
+        .get(0);
+    assert!(
+        !migrated,
+        "{name}: no migration ran in a database we did not make"
+    );
+}
+
 /// Drops a tenant's database and registry row; used to clean up after a test.
 pub async fn purge_tenant(slug: &str) {
     let admin = admin().await;
@@ -336,24 +376,29 @@ impl Drop for Cleanup {
         if slugs.is_empty() {
             return;
         }
-        // Drop runs outside async: use a runtime of its own on a thread of its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let _fleet = match fleet {
-                    Some(lock) => lock,
-                    None => test_lock(FLEET_LOCK, false).await,
-                };
-                for slug in &slugs {
-                    purge_tenant(slug).await;
-                }
-            });
-        })
-        .join();
+        block_on_own_thread(async move {
+            let _fleet = match fleet {
+                Some(lock) => lock,
+                None => test_lock(FLEET_LOCK, false).await,
+            };
+            for slug in &slugs {
+                purge_tenant(slug).await;
+            }
+        });
     }
+}
+
+/// Runs `fut` to completion from synchronous code (a `Drop`, which runs outside async, possibly
+/// while the test's own runtime is blocked): on a runtime of its own, on a thread of its own.
+pub fn block_on_own_thread(fut: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(fut);
+    })
+    .join();
 }
 
 /// A test-level advisory lock, held for as long as the value lives. Its connection lives on

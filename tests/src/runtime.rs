@@ -19,14 +19,30 @@ pub struct RuntimeApi {
     answered: Arc<Notify>,
 }
 
-/// An API Gateway HTTP API (payload v2) event for a request.
+/// The deadline an event gets unless the test says otherwise (Lambda's longest timeout).
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(900);
+
+/// An API Gateway HTTP API (payload v2) event for a request, without IAM authorisation (as
+/// the local stack sends it).
 pub fn http_event(method: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> Value {
+    http_event_from(None, method, path, body, headers)
+}
+
+/// The same event as API Gateway sends it for a request signed by `caller` (an IAM principal
+/// ARN, in `requestContext.authorizer.iam.userArn`).
+pub fn http_event_from(
+    caller: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Value {
     let mut h = serde_json::Map::new();
     h.insert("content-type".into(), "application/json".into());
     for (k, v) in headers {
         h.insert((*k).into(), (*v).into());
     }
-    serde_json::json!({
+    let mut event = serde_json::json!({
         "version": "2.0", "routeKey": format!("{method} {path}"), "rawPath": path,
         "rawQueryString": "", "headers": h, "isBase64Encoded": false, "body": body,
         "requestContext": {"accountId": "123456789012", "apiId": "local", "domainName": "localhost",
@@ -34,11 +50,23 @@ pub fn http_event(method: &str, path: &str, body: &str, headers: &[(&str, &str)]
             "stage": "$default", "time": "22/Nov/2026:00:00:00 +0000", "timeEpoch": 0,
             "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1",
                 "userAgent": "test"}}
-    })
+    });
+    if let Some(arn) = caller {
+        event["requestContext"]["authorizer"] = serde_json::json!({"iam": {
+            "accessKey": "AKIAEXAMPLE", "accountId": "123456789012", "callerId": "AIDAEXAMPLE",
+            "principalOrgId": null, "userArn": arn, "userId": "AIDAEXAMPLE"}});
+    }
+    event
 }
 
 impl RuntimeApi {
     pub async fn start(event: Value) -> RuntimeApi {
+        Self::start_with_deadline(event, DEFAULT_DEADLINE).await
+    }
+
+    /// As [`RuntimeApi::start`], the invocation's deadline `deadline` after the function asks
+    /// for the event.
+    pub async fn start_with_deadline(event: Value, deadline: Duration) -> RuntimeApi {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().unwrap().port();
         let response = Arc::new(Mutex::new(None));
@@ -50,6 +78,7 @@ impl RuntimeApi {
                 tokio::spawn(serve(
                     stream,
                     ev.clone(),
+                    deadline,
                     served.clone(),
                     resp.clone(),
                     done.clone(),
@@ -114,6 +143,7 @@ impl RuntimeApi {
 async fn serve(
     stream: TcpStream,
     event: Value,
+    deadline: Duration,
     served: Arc<Mutex<bool>>,
     response: Arc<Mutex<Option<Value>>>,
     answered: Arc<Notify>,
@@ -166,8 +196,11 @@ async fn serve(
                  lambda-runtime-invoked-function-arn: arn:aws:lambda:us-east-1:123456789012:function:test\r\n\
                  lambda-runtime-trace-id: Root=1-00000000-000000000000000000000000\r\n\r\n",
                 payload.len(),
-                // 15 minutes from now, in ms since the epoch
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() + 900_000
+                // in ms since the epoch
+                (std::time::SystemTime::now() + deadline)
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis()
             );
             if write.write_all(head.as_bytes()).await.is_err()
                 || write.write_all(payload.as_bytes()).await.is_err()

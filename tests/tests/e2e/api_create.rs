@@ -237,39 +237,13 @@ async fn a_database_outside_the_registry_is_never_adopted_or_dropped() {
     let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slug = cleanup.add(&unique_slug("squat"));
     let db = database_name(&slug);
-    admin()
-        .await
-        .batch_execute(&format!("CREATE DATABASE \"{db}\""))
-        .await
-        .unwrap();
-    connect(&db)
-        .await
-        .batch_execute("CREATE TABLE precious (v int); INSERT INTO precious VALUES (42)")
-        .await
-        .unwrap();
+    plant_squatter(&db).await;
 
     let reply = post_tenant(&json!({"name": "Squat", "slug": slug})).await;
     assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.text);
     assert_eq!(reply.error_code(), "CONFLICT");
     reply.assert_no_internals();
 
-    // Untouched: same data, no registry row, no migrations applied.
-    let data: i32 = connect(&db)
-        .await
-        .query_one("SELECT v FROM precious", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(data, 42);
-    let migrated: bool = connect(&db)
-        .await
-        .query_one(
-            "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(!migrated, "no migration ran in a database we do not own");
+    assert_squatter_untouched(&db).await;
     assert_eq!(registry_row(&slug).await, None);
 }

@@ -122,6 +122,15 @@ async fn bad_list_queries_are_400() {
         ("limit=abc", "limit"),
         ("status=archived", "status"),
         ("cursor=bm90LWEtY3Vyc29y", "cursor"),
+        // Well formed, but forged: a date PostgreSQL cannot hold, and one before any tenant.
+        (
+            "cursor=djE6LTIxMDg2NjgwMzIwMDAwMDAwMTowMDAwMDAwMC0wMDAwLTAwMDAtMDAwMC0wMDAwMDAwMDAwMDA",
+            "cursor",
+        ),
+        (
+            "cursor=djE6LTE6MDAwMDAwMDAtMDAwMC0wMDAwLTAwMDAtMDAwMDAwMDAwMDAw",
+            "cursor",
+        ),
         ("order=desc", "order"),
     ] {
         let r = get(&format!("/api/tenants?{query}")).await;

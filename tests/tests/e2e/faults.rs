@@ -1,5 +1,5 @@
-//! Fault tests with real processes: terminated backends, PostgreSQL stopped and started, the
-//! admin password rotated. They disturb the whole stack, so they run alone
+//! Fault tests with real processes: terminated backends, PostgreSQL stopped and started,
+//! PostgreSQL frozen (SIGSTOP) and thawed, the admin password rotated, functions SIGKILLed. They disturb the whole stack, so they run alone
 //! (`make test-faults`; `make test` runs them after the other tests, one at a time). After
 //! each, the invariants hold. (Killing a function process mid-invocation is not among them:
 //! `cargo lambda watch` stops serving that function until restarted; see docs/reliability.md.)
@@ -66,7 +66,8 @@ where
 }
 
 /// The invariants every fault must leave intact:
-/// - every `active` row has a valid database at the latest version, recorded in the row;
+/// - every `active` row has a valid database at the latest version, recorded in the row, and
+///   that database is the one the registry made (its OID is the row's);
 /// - every tenant-prefixed database the tests made has a row (`slugs`), and no row of those
 ///   slugs is stuck in `provisioning` once reconciled;
 /// - no slug owns two databases (one name per slug, stored).
@@ -74,18 +75,20 @@ async fn assert_invariants(slugs: &[String]) {
     let registry = registry().await;
     let rows = registry
         .query(
-            "SELECT slug, database_name, schema_version FROM tenants WHERE status = 'active'",
+            "SELECT slug, database_name, schema_version, database_oid FROM tenants \
+             WHERE status = 'active'",
             &[],
         )
         .await
         .unwrap();
     let admin = admin().await;
     for row in rows {
-        let (slug, db, version): (String, String, i32) = (row.get(0), row.get(1), row.get(2));
+        let (slug, db, version, oid): (String, String, i32, Option<i64>) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
         let valid = admin
             .query_opt(
-                "SELECT datconnlimit <> -2 FROM pg_database WHERE datname = $1",
-                &[&db],
+                "SELECT datconnlimit <> -2 AND oid::bigint = $2 FROM pg_database WHERE datname = $1",
+                &[&db, &oid],
             )
             .await
             .unwrap()
@@ -93,7 +96,7 @@ async fn assert_invariants(slugs: &[String]) {
         assert_eq!(
             valid,
             Some(true),
-            "active tenant {slug} has a valid database"
+            "active tenant {slug} has a valid database, the one the registry made"
         );
         assert_eq!(
             version, 2,
@@ -118,6 +121,55 @@ async fn assert_invariants(slugs: &[String]) {
             status.is_some(),
             "{slug}: database and row exist together"
         );
+    }
+}
+
+/// Makes sure every function has a warm instance holding a cached connection: under cargo
+/// lambda watch, a function's first request starts its instances (`cargo run` each, one after
+/// the other), which can take seconds that are the emulator's, not ours.
+async fn warm_every_function(slug: &str) {
+    for _ in 0..3 {
+        get("/api/tenants?limit=1").await;
+        get(&format!("/api/tenants/{slug}")).await;
+        delete("/api/tenants/not_a_tenant").await;
+        post_raw(b"{}").await;
+    }
+}
+
+/// One request on every route (`slug` for the one-tenant routes), with how long each took.
+async fn every_route(slug: &str) -> Vec<(String, Reply, Duration)> {
+    let create = json!({"name": "Outage", "slug": unique_slug("fout")});
+    let mut answers = Vec::new();
+    for (method, path, body) in [
+        (Method::GET, "/api/tenants".to_owned(), None),
+        (Method::GET, format!("/api/tenants/{slug}"), None),
+        (
+            Method::POST,
+            "/api/tenants".to_owned(),
+            Some(create.to_string().into_bytes()),
+        ),
+        (Method::DELETE, format!("/api/tenants/{slug}"), None),
+    ] {
+        let started = Instant::now();
+        let r = request(method.clone(), &path, body).await;
+        answers.push((format!("{method} {path}"), r, started.elapsed()));
+    }
+    answers
+}
+
+/// Every answer a 503 `SERVICE_UNAVAILABLE` within 5 s, with nothing internal in it.
+fn assert_quick_503s(answers: &[(String, Reply, Duration)]) {
+    for (what, r, took) in answers {
+        assert_eq!(
+            r.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{what}: {}",
+            r.text
+        );
+        assert!(*took < Duration::from_secs(5), "{what} took {took:?}");
+        r.assert_json_with_request_id();
+        assert_eq!(r.error_code(), "SERVICE_UNAVAILABLE");
+        r.assert_no_internals();
     }
 }
 
@@ -153,48 +205,10 @@ async fn terminated_backends_are_reopened_without_an_error_reaching_the_client()
 async fn postgres_down_is_a_quick_503_and_the_functions_recover() {
     let mut cleanup = Cleanup::new();
     let slugs = create_tenants(&mut cleanup, "fdown", 1).await;
-    // Warm every function first: under cargo lambda watch, a function's first request starts
-    // its instances (`cargo run` each, one after the other), which can take seconds that are
-    // the emulator's, not ours.
-    for _ in 0..3 {
-        get("/api/tenants?limit=1").await;
-        get("/api/tenants/not_a_tenant").await;
-        delete("/api/tenants/not_a_tenant").await;
-        post_raw(b"{}").await;
-    }
+    warm_every_function(&slugs[0]).await;
     stack(&["pg-stop"]);
     let result = std::panic::AssertUnwindSafe(async {
-        for (method, path, body) in [
-            (Method::GET, "/api/tenants".to_owned(), None),
-            (Method::GET, format!("/api/tenants/{}", slugs[0]), None),
-            (
-                Method::POST,
-                "/api/tenants".to_owned(),
-                Some(
-                    json!({"name": "Down", "slug": unique_slug("fdn")})
-                        .to_string()
-                        .into_bytes(),
-                ),
-            ),
-            (Method::DELETE, format!("/api/tenants/{}", slugs[0]), None),
-        ] {
-            let started = Instant::now();
-            let r = request(method.clone(), &path, body).await;
-            let took = started.elapsed();
-            assert_eq!(
-                r.status,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "{method} {path}: {}",
-                r.text
-            );
-            assert!(
-                took < Duration::from_secs(5),
-                "{method} {path} took {took:?}"
-            );
-            r.assert_json_with_request_id();
-            assert_eq!(r.error_code(), "SERVICE_UNAVAILABLE");
-            r.assert_no_internals();
-        }
+        assert_quick_503s(&every_route(&slugs[0]).await);
     });
     let outcome = futures_util::FutureExt::catch_unwind(result).await;
     stack(&["pg-start"]);
@@ -286,12 +300,24 @@ async fn wait_for_row(slug: &str, status: &str) {
     );
 }
 
+/// The lease of the creates these tests kill: short, so that the tests wait little, and
+/// longer than the lock waits they stop the create in (the configuration requires it).
+const SHORT_LEASE: Duration = Duration::from_secs(6);
+
 /// Starts a real create-tenant process on a request for `slug` with `key`, its lease short.
 async fn start_create(slug: &str, key: &str) -> (runtime::RuntimeApi, tokio::process::Child) {
     let body = json!({"name": "Killed", "slug": slug}).to_string();
     let event = runtime::http_event("POST", "/api/tenants", &body, &[("idempotency-key", key)]);
     let api = runtime::RuntimeApi::start(event).await;
-    let child = api.spawn("create-tenant", &[("PROVISIONING_LEASE_SECONDS", "3")]);
+    let lease = SHORT_LEASE.as_secs().to_string();
+    let child = api.spawn(
+        "create-tenant",
+        &[
+            ("PROVISIONING_LEASE_SECONDS", lease.as_str()),
+            ("DB_LOCK_TIMEOUT_SECS", "4"),
+            ("DB_QUERY_TIMEOUT_SECS", "1"),
+        ],
+    );
     (api, child)
 }
 
@@ -317,9 +343,9 @@ async fn a_create_killed_before_its_database_is_rolled_back_after_the_lease() {
         Some("provisioning".into())
     );
 
-    // After the 3 s lease, the client's retry (same key) undoes the dead provisioning and
+    // After the lease, the client's retry (same key) undoes the dead provisioning and
     // provisions afresh.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(SHORT_LEASE + Duration::from_secs(1)).await;
     let r = post_with_key(&json!({"name": "Killed", "slug": slug}), &key).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.body["status"], "active");
@@ -374,7 +400,7 @@ async fn a_create_killed_at_its_last_step_is_rolled_forward_after_the_lease() {
     );
 
     // After the lease, the retry with the same key finishes the work and answers 201.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(SHORT_LEASE + Duration::from_secs(1)).await;
     let r = post_with_key(&json!({"name": "Killed", "slug": slug}), &key).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.body["status"], "active");
@@ -414,4 +440,83 @@ async fn a_killed_migrate_all_is_rerun_cleanly() {
     assert_eq!(report["status"], "completed");
     assert_eq!(report["counts"]["migrated"], 1, "{report}");
     assert_invariants(&slugs).await;
+}
+
+/// Freezes PostgreSQL (SIGSTOP of the postmaster and every backend) until dropped, even when
+/// the test panics.
+struct Frozen;
+
+impl Frozen {
+    fn now() -> Frozen {
+        stack(&["pg-freeze"]);
+        Frozen
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        stack(&["pg-thaw"]);
+    }
+}
+
+#[tokio::test]
+async fn a_frozen_server_is_a_quick_503_and_migrate_all_ends_with_a_report() {
+    let mut cleanup = Cleanup::holding_fleet().await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slugs = create_tenants(&mut cleanup, "ffrz", 5).await;
+    for slug in &slugs {
+        undo_v2(slug).await;
+    }
+    warm_every_function(&slugs[0]).await;
+    // A run caught mid-fleet: it has migrated the first two tenants and waits for the third's
+    // lock (held here) when the server freezes.
+    let lock = hold_tenant_lock(&slugs[2]).await;
+    let event = json!({"slugs": slugs, "concurrency": 1});
+    let run = tokio::spawn(async move { invoke_migrate_all(&event).await });
+    let caught = eventually(Duration::from_secs(30), || async {
+        history_versions(&slugs[1]).await.len() == 2
+    })
+    .await;
+    assert!(caught, "the run migrated the first tenants");
+
+    let frozen = Frozen::now();
+    let frozen_at = Instant::now();
+    let answers = every_route(&slugs[0]).await;
+    let (status, error) = run.await.expect("the run answered");
+    let run_took = frozen_at.elapsed();
+    drop(frozen);
+    drop(lock);
+
+    assert_quick_503s(&answers);
+    // The run did not hang on the frozen server: it ended with its report, the tenants it
+    // could not reach named as failed, the first two as migrated.
+    assert!(
+        run_took < Duration::from_secs(20),
+        "the run took {run_took:?} after the freeze"
+    );
+    assert!(!status.is_success(), "{error}");
+    assert_eq!(error["errorType"], "TenantMigrationsFailed", "{error}");
+    let message = error["errorMessage"].as_str().unwrap();
+    assert!(message.starts_with("3 of 5 tenants failed"), "{message}");
+    for slug in &slugs[2..] {
+        assert!(message.contains(&format!("{slug} (")), "{message}");
+    }
+    for leak in ["127.0.0.1", "password", "postgres://"] {
+        assert!(!message.contains(leak), "{message}");
+    }
+
+    // Thawed: the same functions answer again by themselves, and the next run catches up.
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            get("/api/tenants?limit=1").await.status == StatusCode::OK
+                && get(&format!("/api/tenants/{}", slugs[0])).await.status == StatusCode::OK
+        })
+        .await,
+        "the functions recover once PostgreSQL answers again"
+    );
+    let (status, report) = invoke_migrate_all(&json!({"slugs": slugs})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["counts"]["migrated"], 3, "{report}");
+    let more = create_tenants(&mut cleanup, "ffrz2", 1).await;
+    assert_invariants(&[slugs, more].concat()).await;
 }

@@ -386,7 +386,10 @@ async fn a_tenant_created_during_a_run_ends_at_head() {
 
 #[tokio::test]
 async fn bad_events_are_refused_with_a_clear_error() {
-    let _fleet = test_lock(FLEET_LOCK, true).await;
+    let mut cleanup = Cleanup::holding_fleet().await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slugs = create_tenants(&mut cleanup, "bad", 1).await;
+    undo_v2(&slugs[0]).await;
     for (event, needle) in [
         (json!({"slugs": ["Not A Slug"]}), "invalid slugs"),
         (
@@ -398,6 +401,12 @@ async fn bad_events_are_refused_with_a_clear_error() {
             "concurrency must be from 1 to 64",
         ),
         (json!({"dry_run": "yes"}), "invalid event"),
+        // A typo must never run a real migration of the fleet.
+        (json!({"dryRun": true}), "unknown field `dryRun`"),
+        (
+            json!({"slugs": slugs, "verbose": true}),
+            "unknown field `verbose`",
+        ),
     ] {
         let (status, error) = invoke_migrate_all(&event).await;
         assert!(!status.is_success(), "{event}: {error}");
@@ -407,7 +416,10 @@ async fn bad_events_are_refused_with_a_clear_error() {
             "{event}: {error}"
         );
     }
-    // An EventBridge Scheduler event is accepted as is.
+    // Nothing changed: the lagging tenant is still behind.
+    assert_eq!(history_versions(&slugs[0]).await, [1]);
+    assert_eq!(registry_row(&slugs[0]).await, Some(("active".into(), 1)));
+    // An EventBridge Scheduler event is recognised, and runs as `{}`.
     let (status, report) = invoke_migrate_all(&json!({
         "version": "0", "id": "e1", "detail-type": "Scheduled Event", "source": "aws.scheduler",
         "time": "2026-11-22T03:00:00Z", "region": "us-east-1", "resources": [], "detail": {}
@@ -415,40 +427,191 @@ async fn bad_events_are_refused_with_a_clear_error() {
     .await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["status"], "completed");
+    assert_eq!(
+        report_row(&report, &slugs[0]).unwrap()["status"],
+        "migrated"
+    );
+}
+
+/// Makes PostgreSQL refuse every login to one database (a `reject` line first in pg_hba.conf)
+/// until dropped.
+struct LoginRefused {
+    hba: String,
+    line: String,
+}
+
+impl LoginRefused {
+    async fn to(database: &str) -> LoginRefused {
+        let admin = admin().await;
+        let hba: String = admin.query_one("SHOW hba_file", &[]).await.unwrap().get(0);
+        let line = format!("host {database} all all reject # test");
+        let before = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        std::fs::write(&hba, format!("{line}\n{before}")).expect("write pg_hba.conf");
+        admin.execute("SELECT pg_reload_conf()", &[]).await.unwrap();
+        LoginRefused { hba, line }
+    }
+}
+
+impl Drop for LoginRefused {
+    fn drop(&mut self) {
+        let text = std::fs::read_to_string(&self.hba).unwrap_or_default();
+        let kept: Vec<&str> = text.lines().filter(|l| *l != self.line).collect();
+        let _ = std::fs::write(&self.hba, kept.join("\n") + "\n");
+        block_on_own_thread(async {
+            admin()
+                .await
+                .execute("SELECT pg_reload_conf()", &[])
+                .await
+                .expect("reload pg_hba.conf");
+        });
+    }
+}
+
+/// A provisioning row past its lease, as a killed create leaves it, with the OID it chose.
+async fn dead_provisioning(slug: &str) -> i64 {
+    let oid = (1i64 << 31) + (uuid::Uuid::new_v4().as_u128() % (1 << 30)) as i64;
+    registry()
+        .await
+        .execute(
+            "INSERT INTO tenants (name, slug, database_name, database_oid, status, lease_expires_at) \
+             VALUES ('Dead', $1, $2, $3, 'provisioning', now() - interval '1 minute')",
+            &[&slug, &database_name(slug), &oid],
+        )
+        .await
+        .unwrap();
+    oid
+}
+
+async fn create_database_with(name: &str, oid: Option<i64>) {
+    let with_oid = oid.map(|o| format!(" OID = {o}")).unwrap_or_default();
+    admin()
+        .await
+        .batch_execute(&format!("CREATE DATABASE \"{name}\"{with_oid}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_dead_provisioning_that_cannot_be_reconciled_does_not_stop_the_run() {
+    let mut cleanup = Cleanup::holding_fleet().await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slugs = create_tenants(&mut cleanup, "rcf", 2).await;
+    for slug in &slugs {
+        undo_v2(slug).await;
+    }
+    // A create killed after CREATE DATABASE, whose database now refuses our login.
+    let stuck = cleanup.add(&unique_slug("rcf_dead"));
+    let oid = dead_provisioning(&stuck).await;
+    create_database_with(&database_name(&stuck), Some(oid)).await;
+    let refused = LoginRefused::to(&database_name(&stuck)).await;
+
+    let (status, error) = invoke_migrate_all(&json!({"slugs": slugs})).await;
+    drop(refused);
+    assert!(!status.is_success(), "{error}");
+    assert_eq!(error["errorType"], "ReconcileFailed", "{error}");
+    let message = error["errorMessage"].as_str().unwrap();
+    assert!(message.contains(&format!("{stuck} (")), "{message}");
+    assert!(message.contains("0 of 2 tenants failed"), "{message}");
+    for slug in &slugs {
+        assert_eq!(
+            history_versions(slug).await,
+            [1, 2],
+            "{slug} migrated all the same"
+        );
+        assert_eq!(registry_row(slug).await, Some(("active".into(), 2)));
+    }
+    // Left for the next run, which finishes it once the database takes logins again.
+    assert_eq!(registry_row(&stuck).await, Some(("provisioning".into(), 0)));
+    let (status, report) = invoke_migrate_all(&json!({"slugs": slugs})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let done = report["reconciled"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["slug"] == stuck.as_str() && r["action"] == "rolled_forward");
+    assert!(done, "{report}");
+    assert_eq!(registry_row(&stuck).await, Some(("active".into(), 2)));
+}
+
+#[tokio::test]
+async fn a_run_near_its_deadline_stops_starting_tenants_and_keeps_what_it_did() {
+    let mut cleanup = Cleanup::holding_fleet().await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slugs = create_tenants(&mut cleanup, "dl", 5).await;
+    for slug in &slugs {
+        undo_v2(slug).await;
+    }
+    // The third tenant's lock is held: the run waits for it until its deadline is near.
+    let lock = registry().await;
+    lock.execute(
+        "SELECT pg_advisory_lock(1684173825, hashtext($1))",
+        &[&slugs[2]],
+    )
+    .await
+    .unwrap();
+    let api = runtime::RuntimeApi::start_with_deadline(
+        json!({"slugs": slugs, "concurrency": 1}),
+        std::time::Duration::from_secs(6),
+    )
+    .await;
+    let _child = api.spawn("migrate-all", &[]);
+    let answer = api
+        .wait_response(std::time::Duration::from_secs(30))
+        .await
+        .expect("the run answered before its deadline");
+    drop(lock);
+    // Not a timeout: an answer with the counts and what happened.
+    assert_eq!(answer["errorType"], "TenantMigrationsFailed", "{answer}");
+    let message = answer["errorMessage"].as_str().unwrap();
+    assert!(message.contains("2 tenants were not started"), "{message}");
+    assert!(
+        message.contains(&format!("{} (tenant is locked", slugs[2])),
+        "{message}"
+    );
+    // What it finished is in the registry, what it did not start is untouched.
+    for slug in &slugs[..2] {
+        assert_eq!(
+            registry_row(slug).await,
+            Some(("active".into(), 2)),
+            "{slug}"
+        );
+        assert_eq!(history_versions(slug).await, [1, 2]);
+    }
+    for slug in &slugs[2..] {
+        assert_eq!(
+            registry_row(slug).await,
+            Some(("active".into(), 1)),
+            "{slug}"
+        );
+        assert_eq!(history_versions(slug).await, [1]);
+    }
+    // The next run takes the rest.
+    let (status, report) = invoke_migrate_all(&json!({"slugs": slugs})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["counts"]["migrated"], 3, "{report}");
 }
 
 #[tokio::test]
 async fn a_run_reconciles_dead_provisionings_and_reports_orphans() {
     let mut cleanup = Cleanup::holding_fleet().await;
-    // A create killed before CREATE DATABASE, one killed after it, and a database that no
-    // registry row owns.
+    // A create killed before CREATE DATABASE, one killed after it, one that met a squatter of
+    // its name and died before removing its row, and a database that no registry row owns.
     let gone = cleanup.add(&unique_slug("dead_gone"));
     let half = cleanup.add(&unique_slug("dead_half"));
+    let squat = cleanup.add(&unique_slug("dead_squat"));
     let orphan = cleanup.add(&unique_slug("orphan"));
-    let registry = registry().await;
-    for slug in [&gone, &half] {
-        registry
-            .execute(
-                "INSERT INTO tenants (name, slug, database_name, status, lease_expires_at) \
-                 VALUES ('Dead', $1, $2, 'provisioning', now() - interval '1 minute')",
-                &[slug, &database_name(slug)],
-            )
-            .await
-            .unwrap();
-    }
-    let admin = admin().await;
-    for db in [database_name(&half), database_name(&orphan)] {
-        admin
-            .batch_execute(&format!("CREATE DATABASE \"{db}\""))
-            .await
-            .unwrap();
-    }
+    dead_provisioning(&gone).await;
+    let oid = dead_provisioning(&half).await;
+    create_database_with(&database_name(&half), Some(oid)).await;
+    dead_provisioning(&squat).await;
+    plant_squatter(&database_name(&squat)).await;
+    create_database_with(&database_name(&orphan), None).await;
 
     // A dry run lists them and changes nothing.
     let (status, report) = invoke_migrate_all(&json!({"dry_run": true})).await;
     assert_eq!(status, StatusCode::OK, "{report}");
     let pending: Vec<&Value> = report["reconciled"].as_array().unwrap().iter().collect();
-    for slug in [&gone, &half] {
+    for slug in [&gone, &half, &squat] {
         assert!(
             pending
                 .iter()
@@ -479,15 +642,20 @@ async fn a_run_reconciles_dead_provisionings_and_reports_orphans() {
         actions.contains(&(half.clone(), "rolled_forward".into())),
         "{actions:?}"
     );
+    assert!(
+        actions.contains(&(squat.clone(), "disowned".into())),
+        "{actions:?}"
+    );
     assert_eq!(registry_row(&gone).await, None);
     assert_eq!(registry_row(&half).await, Some(("active".into(), 2)));
     assert_eq!(history_versions(&half).await, [1, 2]);
-    // The orphan is reported, and left alone.
+    assert_eq!(registry_row(&squat).await, None, "the slug is not stuck");
+    // The orphans are reported, and left alone.
     let orphans = report["orphan_databases"].as_array().unwrap();
-    assert!(
-        orphans.iter().any(|d| d == database_name(&orphan).as_str()),
-        "{report}"
-    );
+    for db in [database_name(&orphan), database_name(&squat)] {
+        assert!(orphans.iter().any(|d| d == db.as_str()), "{db}: {report}");
+        assert!(database_exists(&db).await);
+    }
     assert!(!orphans.iter().any(|d| d == database_name(&half).as_str()));
-    assert!(database_exists(&database_name(&orphan)).await);
+    assert_squatter_untouched(&database_name(&squat)).await;
 }

@@ -30,20 +30,13 @@ async fn tenant_templates() -> Vec<String> {
 
 impl Drop for TemplateFault {
     fn drop(&mut self) {
-        let _ = std::thread::spawn(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                connect("template1")
-                    .await
-                    .batch_execute("DROP VIEW IF EXISTS activity_log")
-                    .await
-                    .expect("remove the template fault");
-            });
-        })
-        .join();
+        block_on_own_thread(async {
+            connect("template1")
+                .await
+                .batch_execute("DROP VIEW IF EXISTS activity_log")
+                .await
+                .expect("remove the template fault");
+        });
     }
 }
 
