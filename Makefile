@@ -14,6 +14,9 @@ CFN_LINT_VERSION := 1.51.0
 SAM_CLI_VERSION := 1.170.0
 LINT_VENV := .venv/lint
 SAM_VENV := .venv/sam
+# schemathesis for make fuzz and make test's bounded run.
+SCHEMATHESIS_VERSION := 4.32.5
+FUZZ_VENV := .venv/fuzz
 # zig for cargo-lambda's arm64 cross-compilation, in the SAM venv (first on PATH in `make build`).
 ZIG_VERSION := 0.13.0.post1
 
@@ -25,9 +28,11 @@ dev:
 FAULTS := test(/^e2e::faults::/)
 
 ## test: formatting, lints, template lint, unit tests, the PostgreSQL and end-to-end tests on
-## the local stack, then the fault tests one at a time
-test: check lint nextest
+## the local stack, a bounded schemathesis run (no 5xx allowed), then the fault tests one at a
+## time
+test: check lint nextest $(FUZZ_VENV)/.installed-$(SCHEMATHESIS_VERSION)
 	scripts/stack.sh run -- bash -c "cargo nextest run --workspace --no-fail-fast -E 'not $(FAULTS)' \
+		&& scripts/fuzz.sh $(TEST_FUZZ_EXAMPLES) 2 \
 		&& cargo nextest run --workspace --no-fail-fast -j 1 -E '$(FAULTS)'"
 
 ## test-faults: only the fault tests (on the local stack)
@@ -97,6 +102,12 @@ deploy: build
 
 ## fuzz: schemathesis from infra/openapi.yaml against a running `make dev` (FUZZ_EXAMPLES per operation)
 FUZZ_EXAMPLES ?= 1000
-fuzz:
-	@test -x .venv/fuzz/bin/st || (python3 -m venv .venv/fuzz && .venv/fuzz/bin/pip install -q --disable-pip-version-check 'schemathesis==4.32.5')
+# make test's bounded run: about 400 requests, seconds.
+TEST_FUZZ_EXAMPLES ?= 30
+fuzz: $(FUZZ_VENV)/.installed-$(SCHEMATHESIS_VERSION)
 	scripts/fuzz.sh $(FUZZ_EXAMPLES)
+
+$(FUZZ_VENV)/.installed-$(SCHEMATHESIS_VERSION):
+	python3 -m venv $(FUZZ_VENV)
+	$(FUZZ_VENV)/bin/pip install --disable-pip-version-check -q 'schemathesis==$(SCHEMATHESIS_VERSION)'
+	touch $@
