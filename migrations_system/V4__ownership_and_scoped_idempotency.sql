@@ -12,7 +12,9 @@ WHERE d.datname = t.database_name AND t.status IN ('active', 'deleted');
 
 -- The tenant templates this registry built (see shared/src/template.rs), proven the same way.
 CREATE TABLE tenant_templates (
-    name         TEXT PRIMARY KEY CHECK (name ~ '^dbtools_template_[0-9a-f]{16}$'),
+    -- dbtools_template_<migrations' fingerprint>_<registry's>; the registry's part is new:
+    -- templates of releases before this one lack it.
+    name         TEXT PRIMARY KEY CHECK (name ~ '^dbtools_template_[0-9a-f]{16}(_[0-9a-f]{8})?$'),
     database_oid BIGINT NOT NULL,
     version      INTEGER NOT NULL,
     created_at   TIMESTAMPTZ NOT NULL DEFAULT now()

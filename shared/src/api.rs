@@ -15,12 +15,12 @@ use tracing::error;
 
 use crate::{
     db::Database,
-    domain::{NewTenant, Slug, TenantName, TenantStatus},
+    domain::{NewTenant, Slug, Tenant, TenantName, TenantStatus},
     invocation::Invocation,
+    lifecycle::{self, LifecycleError},
     provision::{self, CreateTenantError, IdempotencyKey},
     tenants::{
-        self, Cursor, DeleteTenantError, FieldError, GetTenantError, ListQuery, ListTenantsError,
-        LIST_MAX_LIMIT,
+        self, Cursor, FieldError, GetTenantError, ListQuery, ListTenantsError, LIST_MAX_LIMIT,
     },
 };
 
@@ -143,7 +143,7 @@ impl From<CreateTenantError> for ApiError {
             CreateTenantError::Validation { message, details } => {
                 ApiError::validation(message, details)
             }
-            CreateTenantError::Conflict(slug) | CreateTenantError::DatabaseExists(slug) => {
+            CreateTenantError::Conflict(slug) | CreateTenantError::ExistsOutside(slug, _) => {
                 ApiError::new(
                     ErrorCode::Conflict,
                     format!("Tenant with slug '{slug}' already exists"),
@@ -186,20 +186,20 @@ impl From<ListTenantsError> for ApiError {
     }
 }
 
-impl From<DeleteTenantError> for ApiError {
-    fn from(e: DeleteTenantError) -> Self {
+impl From<LifecycleError> for ApiError {
+    fn from(e: LifecycleError) -> Self {
         match e {
-            DeleteTenantError::NotFound(slug) => not_found(slug.as_ref()),
-            DeleteTenantError::Provisioning(slug) => ApiError::new(
-                ErrorCode::Conflict,
-                format!("Tenant '{slug}' is still being provisioned; retry later"),
-            ),
-            DeleteTenantError::Busy(slug) => ApiError::new(
+            LifecycleError::NotFound(slug) => not_found(slug.as_ref()),
+            LifecycleError::Conflict(_, message) => ApiError::new(ErrorCode::Conflict, message),
+            LifecycleError::Busy(slug) => ApiError::new(
                 ErrorCode::Conflict,
                 format!("Tenant '{slug}' is being changed by another operation; retry later"),
             ),
-            DeleteTenantError::Unavailable(m) => ApiError::unavailable(&m),
-            DeleteTenantError::Unexpected(cause) => ApiError::internal(&cause, "Unexpected error"),
+            LifecycleError::Unavailable(m) => ApiError::unavailable(&m),
+            LifecycleError::Unexpected(cause) => ApiError::internal(
+                &cause,
+                "The operation failed; it is safe to retry (each step is repeatable)",
+            ),
         }
     }
 }
@@ -339,7 +339,7 @@ pub(crate) fn parse_list_query<'a>(
                 Some(s) => q.status = Some(s),
                 None => details.push(FieldError::new(
                     "status",
-                    "must be one of provisioning, active, deleted",
+                    "must be one of provisioning, active, deleted, purged",
                 )),
             },
             "limit" => match value.parse::<i64>() {
@@ -450,16 +450,40 @@ pub async fn get(db: &Database, slug: Option<&str>, inv: &Invocation) -> ApiResp
     result.into()
 }
 
-/// `DELETE /api/tenants/{slug}`.
+/// `DELETE /api/tenants/{slug}`: soft delete (the login disabled, the database and the
+/// secret kept).
 pub async fn delete(db: &Database, slug: Option<&str>, inv: &Invocation) -> ApiResponse {
+    lifecycle_call(db, slug, inv, lifecycle::delete_tenant).await
+}
+
+/// `POST /api/tenants/{slug}/restore`.
+pub async fn restore(db: &Database, slug: Option<&str>, inv: &Invocation) -> ApiResponse {
+    lifecycle_call(db, slug, inv, lifecycle::restore_tenant).await
+}
+
+/// `POST /api/tenants/{slug}/purge`.
+pub async fn purge(db: &Database, slug: Option<&str>, inv: &Invocation) -> ApiResponse {
+    lifecycle_call(db, slug, inv, lifecycle::purge_tenant).await
+}
+
+/// One of the lifecycle operations on the path's tenant. Each is repeatable (a step that ran
+/// already is a no-op), so each is retried like a read.
+async fn lifecycle_call<F>(
+    db: &Database,
+    slug: Option<&str>,
+    inv: &Invocation,
+    op: F,
+) -> ApiResponse
+where
+    F: AsyncFn(&Database, &Slug) -> Result<Tenant, LifecycleError>,
+{
     let result: Result<ApiResponse, ApiError> = async {
-        let slug = path_slug(slug).map_err(DeleteTenantError::NotFound)?;
-        // Soft delete is idempotent, so it is retried like a read.
+        let slug = path_slug(slug).map_err(LifecycleError::NotFound)?;
         let tenant = retry_once(
             db,
             inv,
-            || tenants::delete_tenant(db, &slug),
-            |e| matches!(e, DeleteTenantError::Unavailable(_)),
+            || op(db, &slug),
+            |e| matches!(e, LifecycleError::Unavailable(_)),
         )
         .await?;
         Ok(ApiResponse::ok(200, tenant))

@@ -11,20 +11,27 @@
 //! | `DB_CA_BUNDLE` | PEM file of the CAs trusted for PostgreSQL's certificate (all certificates in it, instead of the system roots) | unset |
 //! | `DB_CONNECT_TIMEOUT_SECS` | a whole connection: TCP, TLS, authentication | `3` |
 //! | `DB_QUERY_TIMEOUT_SECS` | client-side deadline of one registry statement or lock poll; a server that does not answer in time is unavailable and the connection is discarded | `3` |
-//! | `DB_STATEMENT_TIMEOUT_SECS` | server-side statement timeout on our sessions (0 = none); long statements (DDL, migrations) get it plus `DB_QUERY_TIMEOUT_SECS` client-side | `20` |
+//! | `DB_STATEMENT_TIMEOUT_SECS` | server-side statement timeout on our sessions; long statements (DDL, migrations) get it plus `DB_QUERY_TIMEOUT_SECS` client-side | `20` |
 //! | `DB_LOCK_TIMEOUT_SECS` | longest wait for a tenant, template or fleet lock, and for a table lock | `10` |
 //! | `PROVISIONING_LEASE_SECONDS` | how long a `provisioning` row is presumed alive; a create never works past it | `35` |
 //! | `IDEMPOTENCY_KEY_TTL_HOURS` | how long an `Idempotency-Key` is remembered | `24` |
 //! | `MIGRATE_CONCURRENCY` | migrate-all: tenants migrated at once (1-64) | `10` |
 //! | `MIGRATE_TENANT_TIMEOUT_SECS` | migrate-all: longest time one tenant's migration may take | `300` |
+//! | `TENANT_CONNECTION_LIMIT` | `CONNECTION LIMIT` of each tenant login (1-10000) | `20` |
+//! | `TENANT_SECRET_PREFIX` | tenant secrets are `{prefix}{slug}` | `dbtools/tenants/` |
+//! | `TENANT_SECRET_KMS_KEY_ID` | KMS key of the tenant secrets | unset: `aws/secretsmanager` |
+//! | `TENANT_SECRET_RECOVERY_DAYS` | recovery window of a purged tenant's secret (7-30) | `7` |
+//! | `PURGE_AFTER_DAYS` | migrate-all purges tenants deleted this long ago (0: never) | `30` |
+//! | `TENANT_ROTATION_DAYS` | turn rotation on for new tenant secrets, every so many days (1-1000) | unset: off |
+//! | `TENANT_ROTATION_FUNCTION_ARN` | the rotation function (`rotate-tenant-secret`); required with `TENANT_ROTATION_DAYS` | unset |
 //!
 //! The secret's `dbname` (or `DB_NAME`) is the *maintenance* database: it is used only to
 //! create the system database when it does not exist yet. Default `postgres`.
 //!
 //! Rules between values, checked by [`Config::from_lookup`]:
-//! - every timeout is at least 1 s (`DB_LOCK_TIMEOUT_SECS=0` would mean "wait forever" to
-//!   PostgreSQL);
-//! - `DB_STATEMENT_TIMEOUT_SECS` (when not 0) exceeds `DB_LOCK_TIMEOUT_SECS`, so that a lock
+//! - every timeout is at least 1 s (0 would mean "wait forever" to PostgreSQL, and every wait
+//!   has a deadline);
+//! - `DB_STATEMENT_TIMEOUT_SECS` exceeds `DB_LOCK_TIMEOUT_SECS`, so that a lock
 //!   wait ends as a lock timeout (a 409 "busy") and not as a cancelled statement (a 500);
 //! - `PROVISIONING_LEASE_SECONDS` exceeds `DB_LOCK_TIMEOUT_SECS` plus `DB_QUERY_TIMEOUT_SECS`:
 //!   a create waits for its tenant lock and then works, all within its lease (it stops at the
@@ -76,7 +83,6 @@ pub struct Config {
     pub ca_bundle: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub query_timeout: Duration,
-    /// Zero: none.
     pub statement_timeout: Duration,
     pub lock_timeout: Duration,
     /// A little above the create function's timeout (28 s): past it, a `provisioning` row
@@ -85,6 +91,26 @@ pub struct Config {
     pub idempotency_key_ttl: Duration,
     pub migrate_concurrency: usize,
     pub migrate_tenant_timeout: Duration,
+    pub tenants: TenantSettings,
+}
+
+/// What tenant logins and secrets are made with, and when deleted tenants are purged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantSettings {
+    pub connection_limit: i32,
+    pub secret_prefix: String,
+    pub secret_kms_key_id: Option<String>,
+    pub secret_recovery_days: i64,
+    /// 0: never.
+    pub purge_after_days: i64,
+    pub rotation: Option<Rotation>,
+}
+
+/// Rotation of new tenant secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    pub days: i64,
+    pub function_arn: String,
 }
 
 /// `MIGRATE_CONCURRENCY` and a run's `concurrency` are within 1..=`MAX_MIGRATE_CONCURRENCY`.
@@ -158,6 +184,7 @@ impl Config {
                 1..=MAX_MIGRATE_CONCURRENCY as u64,
             )? as usize,
             migrate_tenant_timeout: secs(&get, "MIGRATE_TENANT_TIMEOUT_SECS", 300)?,
+            tenants: tenant_settings(&get)?,
         };
         config.check()?;
         Ok(config)
@@ -169,6 +196,7 @@ impl Config {
         for (var, value) in [
             ("DB_CONNECT_TIMEOUT_SECS", self.connect_timeout),
             ("DB_QUERY_TIMEOUT_SECS", self.query_timeout),
+            ("DB_STATEMENT_TIMEOUT_SECS", self.statement_timeout),
             ("DB_LOCK_TIMEOUT_SECS", self.lock_timeout),
             ("PROVISIONING_LEASE_SECONDS", self.provisioning_lease),
             ("MIGRATE_TENANT_TIMEOUT_SECS", self.migrate_tenant_timeout),
@@ -181,7 +209,7 @@ impl Config {
             }
         }
         let (stmt, lock) = (self.statement_timeout, self.lock_timeout);
-        if !stmt.is_zero() && stmt <= lock {
+        if stmt <= lock {
             return invalid(
                 "DB_STATEMENT_TIMEOUT_SECS",
                 format!(
@@ -207,10 +235,9 @@ impl Config {
     }
 
     /// The client-side deadline of a long statement (DDL, a migration): the server's
-    /// statement timeout plus a query timeout for the answer to arrive, or `None` when the
-    /// server has no statement timeout.
-    pub fn long_statement_timeout(&self) -> Option<Duration> {
-        (!self.statement_timeout.is_zero()).then(|| self.statement_timeout + self.query_timeout)
+    /// statement timeout plus a query timeout for the answer to arrive.
+    pub fn long_statement_timeout(&self) -> Duration {
+        self.statement_timeout + self.query_timeout
     }
 }
 
@@ -221,6 +248,40 @@ fn secs(
     default: u64,
 ) -> Result<Duration, ConfigError> {
     whole(get, var, default, 0..=86_400).map(Duration::from_secs)
+}
+
+fn tenant_settings(get: &impl Fn(&str) -> Option<String>) -> Result<TenantSettings, ConfigError> {
+    let secret_prefix = get("TENANT_SECRET_PREFIX").unwrap_or_else(|| "dbtools/tenants/".into());
+    // Secrets Manager's name alphabet; room left for a 48-character slug in its 512.
+    if secret_prefix.len() > 400
+        || !secret_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/_+=.@-".contains(c))
+    {
+        return Err(ConfigError::Invalid {
+            var: "TENANT_SECRET_PREFIX",
+            reason: "may hold only letters, digits and /_+=.@- (at most 400)".into(),
+        });
+    }
+    let rotation = match (
+        get("TENANT_ROTATION_DAYS"),
+        get("TENANT_ROTATION_FUNCTION_ARN"),
+    ) {
+        (None, _) => None,
+        (Some(_), None) => return Err(ConfigError::Missing("TENANT_ROTATION_FUNCTION_ARN")),
+        (Some(_), Some(function_arn)) => Some(Rotation {
+            days: whole(get, "TENANT_ROTATION_DAYS", 30, 1..=1000)? as i64,
+            function_arn,
+        }),
+    };
+    Ok(TenantSettings {
+        connection_limit: whole(get, "TENANT_CONNECTION_LIMIT", 20, 1..=10_000)? as i32,
+        secret_prefix,
+        secret_kms_key_id: get("TENANT_SECRET_KMS_KEY_ID"),
+        secret_recovery_days: whole(get, "TENANT_SECRET_RECOVERY_DAYS", 7, 7..=30)? as i64,
+        purge_after_days: whole(get, "PURGE_AFTER_DAYS", 30, 0..=36_500)? as i64,
+        rotation,
+    })
 }
 
 fn whole(
@@ -327,14 +388,9 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.to_string().contains("DB_STATEMENT_TIMEOUT_SECS"), "{e}");
-        // No statement timeout at all is fine.
-        assert!(config(&[
-            ("DB_SECRET_ID", "x"),
-            ("DB_STATEMENT_TIMEOUT_SECS", "0"),
-            ("DB_LOCK_TIMEOUT_SECS", "20"),
-            ("PROVISIONING_LEASE_SECONDS", "60"),
-        ])
-        .is_ok());
+        // No statement timeout at all would be a wait without a deadline.
+        let e = config(&[("DB_SECRET_ID", "x"), ("DB_STATEMENT_TIMEOUT_SECS", "0")]).unwrap_err();
+        assert!(e.to_string().contains("DB_STATEMENT_TIMEOUT_SECS"), "{e}");
         let e = config(&[("DB_SECRET_ID", "x"), ("PROVISIONING_LEASE_SECONDS", "12")]).unwrap_err();
         assert!(e.to_string().contains("PROVISIONING_LEASE_SECONDS"), "{e}");
         let e = config(&[("DB_SECRET_ID", "x"), ("MIGRATE_CONCURRENCY", "65")]).unwrap_err();
@@ -346,10 +402,46 @@ mod tests {
     #[test]
     fn long_statements_get_the_statement_timeout_plus_a_query_timeout() {
         let c = config(&[("DB_SECRET_ID", "x")]).unwrap();
-        assert_eq!(c.long_statement_timeout(), Some(Duration::from_secs(23)));
+        assert_eq!(c.long_statement_timeout(), Duration::from_secs(23));
         assert_eq!(c.idempotency_key_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(c.migrate_concurrency, 10);
-        let c = config(&[("DB_SECRET_ID", "x"), ("DB_STATEMENT_TIMEOUT_SECS", "0")]).unwrap();
-        assert_eq!(c.long_statement_timeout(), None);
+    }
+
+    #[test]
+    fn tenant_settings_have_defaults_and_rules() {
+        let c = config(&[("DB_SECRET_ID", "x")]).unwrap();
+        assert_eq!(
+            c.tenants,
+            TenantSettings {
+                connection_limit: 20,
+                secret_prefix: "dbtools/tenants/".into(),
+                secret_kms_key_id: None,
+                secret_recovery_days: 7,
+                purge_after_days: 30,
+                rotation: None,
+            }
+        );
+        let e = config(&[("DB_SECRET_ID", "x"), ("TENANT_ROTATION_DAYS", "30")]).unwrap_err();
+        assert_eq!(e, ConfigError::Missing("TENANT_ROTATION_FUNCTION_ARN"));
+        let c = config(&[
+            ("DB_SECRET_ID", "x"),
+            ("TENANT_ROTATION_DAYS", "30"),
+            (
+                "TENANT_ROTATION_FUNCTION_ARN",
+                "arn:aws:lambda:eu-west-1:1:function:r",
+            ),
+            ("PURGE_AFTER_DAYS", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.tenants.rotation.map(|r| r.days), Some(30));
+        assert_eq!(c.tenants.purge_after_days, 0, "0 means never");
+        for (var, value) in [
+            ("TENANT_SECRET_RECOVERY_DAYS", "3"),
+            ("TENANT_CONNECTION_LIMIT", "0"),
+            ("TENANT_SECRET_PREFIX", "bad prefix/"),
+        ] {
+            let e = config(&[("DB_SECRET_ID", "x"), (var, value)]).unwrap_err();
+            assert!(e.to_string().contains(var), "{e}");
+        }
     }
 }

@@ -1,14 +1,16 @@
 //! PostgreSQL credentials: read from Secrets Manager (RDS secret format) once per sandbox and
 //! cached, or taken from `DATABASE_URL`.
 
-use std::{str::FromStr, sync::Arc, time::Duration};
+use std::{str::FromStr, sync::Arc};
 
-use aws_config::{timeout::TimeoutConfig, BehaviorVersion};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use crate::config::{ConnOverrides, CredentialSource};
+use crate::{
+    config::{ConnOverrides, CredentialSource},
+    secrets::{Secrets, SecretsError},
+};
 
 /// Everything needed to open a connection, apart from the database name.
 #[derive(Clone)]
@@ -153,16 +155,16 @@ fn parse_url(
 pub struct CredentialProvider {
     source: CredentialSource,
     overrides: ConnOverrides,
-    client: tokio::sync::OnceCell<aws_sdk_secretsmanager::Client>,
+    secrets: Arc<Secrets>,
     cached: Mutex<Option<Arc<ConnectParams>>>,
 }
 
 impl CredentialProvider {
-    pub fn new(source: CredentialSource, overrides: ConnOverrides) -> Self {
+    pub fn new(source: CredentialSource, overrides: ConnOverrides, secrets: Arc<Secrets>) -> Self {
         CredentialProvider {
             source,
             overrides,
-            client: tokio::sync::OnceCell::new(),
+            secrets,
             cached: Mutex::new(None),
         }
     }
@@ -186,47 +188,20 @@ impl CredentialProvider {
         match &self.source {
             CredentialSource::Url(url) => parse_url(url, &self.overrides),
             CredentialSource::Secret(id) => {
-                let client = self.client.get_or_init(secrets_client).await;
-                let out = client
-                    .get_secret_value()
-                    .secret_id(id)
-                    .send()
+                let text = self
+                    .secrets
+                    .read(id)
                     .await
-                    .map_err(|e| {
-                        use aws_sdk_secretsmanager::error::SdkError;
-                        let detail =
-                            aws_sdk_secretsmanager::error::DisplayErrorContext(&e).to_string();
-                        match &e {
-                            SdkError::ServiceError(se)
-                                if se.err().is_resource_not_found_exception() =>
-                            {
-                                CredentialsError::Invalid(format!("secret {id} not found"))
-                            }
-                            _ => CredentialsError::Unavailable(detail),
+                    .map_err(|e| match e {
+                        SecretsError::Unavailable(m) | SecretsError::Refused(m) => {
+                            CredentialsError::Unavailable(m)
                         }
-                    })?;
-                let text = out.secret_string().ok_or_else(|| {
-                    CredentialsError::Invalid(format!("secret {id} has no SecretString"))
-                })?;
-                parse_secret(text, &self.overrides)
+                    })?
+                    .ok_or_else(|| CredentialsError::Invalid(format!("secret {id} not found")))?;
+                parse_secret(&text, &self.overrides)
             }
         }
     }
-}
-
-async fn secrets_client() -> aws_sdk_secretsmanager::Client {
-    // Bounded so that an unreachable endpoint is a quick 503, not a hang. The SDK honours
-    // AWS_ENDPOINT_URL, which is how the local stack points it at its Secrets Manager.
-    let timeouts = TimeoutConfig::builder()
-        .connect_timeout(Duration::from_secs(2))
-        .operation_attempt_timeout(Duration::from_secs(2))
-        .operation_timeout(Duration::from_secs(4))
-        .build();
-    let shared = aws_config::defaults(BehaviorVersion::latest())
-        .timeout_config(timeouts)
-        .load()
-        .await;
-    aws_sdk_secretsmanager::Client::new(&shared)
 }
 
 #[cfg(test)]

@@ -13,12 +13,22 @@
 //!
 //! A connection that missed a deadline, or failed at the connection level, is *discarded*:
 //! its socket is closed at once (so the server ends the session and releases its advisory
-//! locks as soon as it notices) and the sandbox opens a new one on next use.
+//! locks as soon as it notices) and the sandbox opens a new one on next use. So is one dropped
+//! while a call is still in flight (a future abandoned at a deadline): tokio-postgres would
+//! otherwise keep its socket open until the server answers. A migration that misses its limit
+//! is also cancelled on the server (a cancel request) before its connection is discarded.
+//!
+//! The first use of the registry in a sandbox checks that its system migrations are applied,
+//! and applies them (creating the system database if needed) when this release brings new
+//! ones: a deploy needs no step before the functions serve.
 
 use std::{
     fs,
     future::Future,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -35,6 +45,7 @@ use tracing::{debug, warn};
 use crate::{
     config::{Config, SslMode},
     credentials::{ConnectParams, CredentialProvider, CredentialsError},
+    secrets::{Secrets, SecretsError},
 };
 
 /// Why an operation could not talk to PostgreSQL the way it needed to.
@@ -62,9 +73,25 @@ impl From<tokio_postgres::Error> for DbError {
     }
 }
 
+/// Secrets Manager unreachable is unavailable (503, retry); a secret that cannot be used is
+/// the operator's to fix (500, the cause in the log): retrying would not help.
 impl From<CredentialsError> for DbError {
     fn from(e: CredentialsError) -> Self {
-        DbError::Unavailable(e.to_string())
+        match e {
+            CredentialsError::Unavailable(_) => DbError::Unavailable(e.to_string()),
+            CredentialsError::Invalid(_) => DbError::Other(anyhow::Error::new(e)),
+        }
+    }
+}
+
+/// Secrets Manager is a dependency like PostgreSQL: unreachable is unavailable (503); a refusal
+/// (permissions, a KMS key) is the operator's to fix (500, with the cause in the log).
+impl From<SecretsError> for DbError {
+    fn from(e: SecretsError) -> Self {
+        match e {
+            SecretsError::Unavailable(m) => DbError::Unavailable(m),
+            refused => DbError::Other(anyhow::Error::new(refused)),
+        }
     }
 }
 
@@ -78,6 +105,11 @@ impl DbError {
 
     pub fn is_unavailable(&self) -> bool {
         matches!(self, DbError::Unavailable(_))
+    }
+
+    /// A wait for a row or table lock that ran out (SQLSTATE 55P03): the resource is busy.
+    pub fn is_lock_timeout(&self) -> bool {
+        self.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
     }
 }
 
@@ -163,9 +195,23 @@ pub struct Conn {
     /// The task that drives the socket: aborting it closes the socket.
     task: AbortHandle,
     broken: AtomicBool,
+    /// Calls started and not finished; above 0 when the connection is dropped, a call was
+    /// abandoned mid-way.
+    in_flight: AtomicUsize,
+    /// For cancel requests (`None` with `DB_SSLMODE=disable`).
+    tls: Option<MakeTlsConnector>,
     query_timeout: Duration,
     lock_timeout: Duration,
-    long_timeout: Option<Duration>,
+    long_timeout: Duration,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            // An answer is still due: close the socket now rather than wait for it.
+            self.task.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for Conn {
@@ -180,7 +226,7 @@ impl std::fmt::Debug for Conn {
 /// deadlines than the query timeout of the plain methods.
 pub struct Timed<'c> {
     conn: &'c Conn,
-    limit: Option<Duration>,
+    limit: Duration,
 }
 
 impl Conn {
@@ -204,24 +250,43 @@ impl Conn {
 
     /// Calls that may run as long as the server lets a statement run (DDL, migrations).
     pub fn long(&self) -> Timed<'_> {
-        Timed {
-            conn: self,
-            limit: self.long_timeout,
+        self.within(self.long_timeout)
+    }
+
+    /// Asks the server to cancel what this session is running, within a query timeout.
+    async fn cancel_running(&self) {
+        let token = self.client.cancel_token();
+        let sent = match &self.tls {
+            Some(tls) => {
+                tokio::time::timeout(self.query_timeout, token.cancel_query(tls.clone())).await
+            }
+            None => {
+                tokio::time::timeout(
+                    self.query_timeout,
+                    token.cancel_query(tokio_postgres::NoTls),
+                )
+                .await
+            }
+        };
+        if !matches!(sent, Ok(Ok(()))) {
+            warn!("could not send a cancel request; the server ends the statement when it sees the session closed");
         }
     }
 
     /// Calls that may wait for a row or table lock: the server's lock timeout ends the wait
     /// first (SQLSTATE 55P03), then the answer has a query timeout to arrive.
     pub fn locking(&self) -> Timed<'_> {
-        self.within(self.lock_timeout + self.query_timeout)
+        self.within(self.lock_wait())
+    }
+
+    /// The deadline of [`Conn::locking`].
+    pub fn lock_wait(&self) -> Duration {
+        self.lock_timeout + self.query_timeout
     }
 
     /// Calls with a deadline of their own.
     pub fn within(&self, limit: Duration) -> Timed<'_> {
-        Timed {
-            conn: self,
-            limit: Some(limit),
-        }
+        Timed { conn: self, limit }
     }
 
     pub async fn query<T>(
@@ -273,28 +338,27 @@ impl Conn {
     }
 
     /// Runs refinery on this connection within `limit` (refinery needs the client itself, one
-    /// transaction per migration). A run that misses its deadline discards the connection:
-    /// the open transaction dies with the session.
+    /// transaction per migration). A run that misses its deadline is cancelled on the server
+    /// and its connection discarded: the open migration's transaction is rolled back.
     pub async fn migrate(
         &mut self,
         runner: refinery::Runner,
-        limit: Option<Duration>,
+        limit: Duration,
     ) -> Result<Result<refinery::Report, refinery::Error>, DbError> {
         if !self.is_usable() {
             return Err(DbError::Unavailable("connection discarded".into()));
         }
-        let run = runner.run_async(&mut self.client);
-        let outcome = match limit {
-            Some(limit) => tokio::time::timeout(limit, run).await.ok(),
-            None => Some(run.await),
-        };
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let outcome = tokio::time::timeout(limit, runner.run_async(&mut self.client)).await;
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
         match outcome {
-            Some(result) => Ok(result),
-            None => {
+            Ok(result) => Ok(result),
+            Err(_) => {
+                self.cancel_running().await;
                 self.discard();
                 Err(DbError::Unavailable(format!(
-                    "migrations did not finish within {}s",
-                    limit.unwrap_or_default().as_secs()
+                    "migrations did not finish within {} s; cancelled",
+                    limit.as_secs()
                 )))
             }
         }
@@ -312,18 +376,16 @@ impl Timed<'_> {
                 "connection discarded or closed".into(),
             ));
         }
-        let outcome = match self.limit {
-            Some(limit) => match tokio::time::timeout(limit, fut).await {
-                Ok(result) => result,
-                Err(_) => {
-                    conn.discard();
-                    return Err(DbError::Unavailable(format!(
-                        "no answer within {} ms; connection discarded",
-                        limit.as_millis()
-                    )));
-                }
-            },
-            None => fut.await,
+        let limit = self.limit;
+        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        let outcome = tokio::time::timeout(limit, fut).await;
+        conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let Ok(outcome) = outcome else {
+            conn.discard();
+            return Err(DbError::Unavailable(format!(
+                "no answer within {} ms; connection discarded",
+                limit.as_millis()
+            )));
         };
         outcome.map_err(|e| {
             let e = DbError::from(e);
@@ -388,10 +450,13 @@ impl Timed<'_> {
 /// discarded.
 pub struct Database {
     config: Config,
+    secrets: Arc<Secrets>,
     credentials: CredentialProvider,
     /// `None` with `DB_SSLMODE=disable`.
     tls: Option<MakeTlsConnector>,
     system: Mutex<Option<Conn>>,
+    /// Set once this sandbox has seen the registry at this release's system migrations.
+    registry_current: tokio::sync::OnceCell<()>,
     application_name: String,
 }
 
@@ -406,19 +471,37 @@ impl Database {
             SslMode::Require => Some(tls_connector(&config)?),
             SslMode::Disable => None,
         };
-        let credentials =
-            CredentialProvider::new(config.credentials.clone(), config.overrides.clone());
+        let secrets = Arc::new(Secrets::default());
+        let credentials = CredentialProvider::new(
+            config.credentials.clone(),
+            config.overrides.clone(),
+            secrets.clone(),
+        );
         Ok(Database {
             config,
+            secrets,
             credentials,
             tls,
             system: Mutex::new(None),
+            registry_current: tokio::sync::OnceCell::new(),
             application_name: application_name.to_owned(),
         })
     }
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The sandbox's Secrets Manager client (tenant secrets).
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
+    /// Where tenant databases are reached (the admin secret's host and port): what a tenant's
+    /// secret names.
+    pub(crate) async fn endpoint(&self) -> Result<(String, u16), DbError> {
+        let params = self.credentials.get().await?;
+        Ok((params.host.clone(), params.port))
     }
 
     /// The cached connection to the system database, reconnecting if it was closed or
@@ -434,7 +517,19 @@ impl Database {
             debug!("system connection was closed or discarded; reconnecting");
         }
         *guard = None;
-        let conn = self.connect(&self.config.system_db).await?;
+        let conn = match self.connect(&self.config.system_db).await {
+            Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
+                // A new deployment: the registry does not exist yet.
+                self.registry_current
+                    .get_or_try_init(|| crate::migrations::bring_registry_current(self, None))
+                    .await?;
+                self.connect(&self.config.system_db).await?
+            }
+            other => other?,
+        };
+        self.registry_current
+            .get_or_try_init(|| crate::migrations::bring_registry_current(self, Some(&conn)))
+            .await?;
         Ok(MutexGuard::map(guard, |slot| slot.insert(conn)))
     }
 
@@ -462,6 +557,16 @@ impl Database {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// A new connection to `dbname` with other credentials than the admin's (a tenant's
+    /// login: the rotation's test of a new password), with the same TLS and deadlines.
+    pub(crate) async fn connect_as(
+        &self,
+        params: &ConnectParams,
+        dbname: &str,
+    ) -> Result<Conn, DbError> {
+        Ok(self.connect_with(params, dbname).await??)
     }
 
     /// The maintenance database named by the secret (or `DB_NAME`).
@@ -534,6 +639,8 @@ impl Database {
             client,
             task,
             broken: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            tls: self.tls.clone(),
             query_timeout: self.config.query_timeout,
             lock_timeout: self.config.lock_timeout,
             long_timeout: self.config.long_statement_timeout(),

@@ -149,13 +149,16 @@ pub enum TenantStatus {
     Provisioning,
     Active,
     Deleted,
+    /// Database, login and secret removed; the row stays so that the slug is never reused.
+    Purged,
 }
 
 impl TenantStatus {
-    pub const ALL: [TenantStatus; 3] = [
+    pub const ALL: [TenantStatus; 4] = [
         TenantStatus::Provisioning,
         TenantStatus::Active,
         TenantStatus::Deleted,
+        TenantStatus::Purged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -163,6 +166,7 @@ impl TenantStatus {
             TenantStatus::Provisioning => "provisioning",
             TenantStatus::Active => "active",
             TenantStatus::Deleted => "deleted",
+            TenantStatus::Purged => "purged",
         }
     }
 
@@ -180,6 +184,9 @@ pub struct Tenant {
     pub status: TenantStatus,
     pub database_name: String,
     pub schema_version: i64,
+    /// The tenant's secret (its login's credentials); `None` where there is none (a purged
+    /// tenant, or one made before logins existed until migrate-all makes it one).
+    pub credentials_secret_arn: Option<String>,
     #[serde(serialize_with = "rfc3339")]
     pub created_at: DateTime<Utc>,
     #[serde(serialize_with = "rfc3339_opt")]
@@ -308,6 +315,7 @@ mod tests {
             status: TenantStatus::Active,
             database_name: "dbtools_tenant_acme".into(),
             schema_version: 2,
+            credentials_secret_arn: None,
             created_at: DateTime::parse_from_rfc3339("2026-01-17T10:00:00Z")
                 .unwrap()
                 .to_utc(),
@@ -317,7 +325,8 @@ mod tests {
             serde_json::to_value(&t).unwrap(),
             serde_json::json!({"id": "00000000-0000-0000-0000-000000000000", "name": "Acme Corp",
                 "slug": "acme", "status": "active", "database_name": "dbtools_tenant_acme",
-                "schema_version": 2, "created_at": "2026-01-17T10:00:00Z", "deleted_at": null})
+                "schema_version": 2, "credentials_secret_arn": null,
+                "created_at": "2026-01-17T10:00:00Z", "deleted_at": null})
         );
     }
 }

@@ -2,6 +2,7 @@
 //! the tenant registry and lifecycle, migrations, and the HTTP contract (without an HTTP
 //! library: the function crates adapt it to `lambda_http`).
 
+pub(crate) mod access;
 pub mod api;
 pub mod config;
 pub(crate) mod credentials;
@@ -9,10 +10,14 @@ pub mod db;
 pub mod domain;
 pub mod fleet;
 pub mod invocation;
+pub mod lifecycle;
 pub mod locks;
+pub(crate) mod logins;
 pub mod migrations;
 pub(crate) mod ownership;
 pub mod provision;
+pub mod rotation;
+pub mod secrets;
 pub(crate) mod template;
 pub mod tenants;
 

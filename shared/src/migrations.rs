@@ -66,9 +66,9 @@ pub(crate) async fn migrate_tenant_to_latest(
     conn: &mut Conn,
     limit: Duration,
 ) -> Result<(), DbError> {
-    conn.migrate(tenant_runner(), Some(limit))
+    conn.migrate(tenant_runner(), limit)
         .await?
-        .map_err(|e| anyhow::anyhow!("tenant migrations failed: {e}"))?;
+        .map_err(|e| refinery_failure(&e, "tenant migrations failed"))?;
     let history = read_history(conn).await?;
     match ExpectedHistory::tenant().check(&history) {
         HistoryCheck::Current => Ok(()),
@@ -76,6 +76,50 @@ pub(crate) async fn migrate_tenant_to_latest(
             "the history after migrating does not match the released migrations: {other:?}"
         ))),
     }
+}
+
+/// Applies the system migrations this release brings if the registry lacks any: one query
+/// when it is current. Runs once per sandbox, on the registry's first use (see
+/// `Database::system`), so that a new release's functions never meet an older registry, nor
+/// a new deployment a missing one (`conn`: `None`).
+pub(crate) async fn bring_registry_current(
+    db: &Database,
+    conn: Option<&Conn>,
+) -> Result<(), DbError> {
+    if let Some(conn) = conn {
+        let applied: Vec<i64> = read_history(conn)
+            .await?
+            .iter()
+            .map(|h| h.version)
+            .collect();
+        let missing = system_runner()
+            .get_migrations()
+            .iter()
+            .any(|m| !applied.contains(&i64::from(m.version())));
+        if !missing {
+            return Ok(());
+        }
+    }
+    let applied = migrate_system(db).await?;
+    info!(
+        ?applied,
+        "brought the registry to this release's system migrations"
+    );
+    Ok(())
+}
+
+/// A refinery failure as what it is: a connection lost on the way is *unavailable* (the
+/// migrations did not fail: retry later, never undo anything over it); anything else is the
+/// migrations' own failure.
+pub(crate) fn refinery_failure(e: &refinery::Error, what: &str) -> DbError {
+    if let refinery::error::Kind::Connection(_, source) = e.kind() {
+        if let Some(pg) = source.downcast_ref::<tokio_postgres::Error>() {
+            if crate::db::is_unavailable(pg) {
+                return DbError::Unavailable(format!("{what}: {}", crate::db::error_chain(pg)));
+            }
+        }
+    }
+    DbError::Other(anyhow::anyhow!("{what}: {e}"))
 }
 
 /// Creates the system database when it does not exist, then brings it to the latest system
@@ -116,13 +160,12 @@ pub async fn migrate_system(db: &Database) -> Result<Vec<i64>, DbError> {
     let result = async {
         let mut client = db.connect(system_db).await?;
         client
-            .migrate(system_runner(), Some(config.migrate_tenant_timeout))
+            .migrate(system_runner(), config.migrate_tenant_timeout)
             .await
     }
     .await;
     lock.release().await;
-    let report =
-        result?.map_err(|e| DbError::Other(anyhow::anyhow!("system migrations failed: {e}")))?;
+    let report = result?.map_err(|e| refinery_failure(&e, "system migrations failed"))?;
     let applied: Vec<i64> = report
         .applied_migrations()
         .iter()
@@ -331,5 +374,18 @@ mod tests {
         assert_eq!(names[0], (1, "create_settings".to_owned()));
         assert_eq!(names[1], (2, "create_activity_log".to_owned()));
         assert_eq!(latest_tenant_version(), names.last().unwrap().0);
+    }
+
+    #[test]
+    fn a_connection_lost_during_migrations_is_unavailable_not_a_failed_migration() {
+        use refinery::error::WrapMigrationError;
+        let lost: refinery::Error = Err::<(), _>(tokio_postgres::Error::__private_api_timeout())
+            .migration_err("error applying migration V3__x", None)
+            .unwrap_err();
+        assert!(refinery_failure(&lost, "tenant migrations failed").is_unavailable());
+        let failed: refinery::Error = Err::<(), _>(std::io::Error::other("syntax error"))
+            .migration_err("error applying migration V3__x", None)
+            .unwrap_err();
+        assert!(!refinery_failure(&failed, "tenant migrations failed").is_unavailable());
     }
 }

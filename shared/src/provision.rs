@@ -14,25 +14,31 @@
 //!    migration already (see [`crate::template`]; built first if this release has none yet).
 //!    If the name exists, the database is not ours: remove our row, answer a conflict, touch
 //!    nothing;
-//! 4. revoke `CONNECT` from `PUBLIC`, mark `active` with its `schema_version` and migration
-//!    fingerprint.
+//! 4. make the tenant's login (a role named like the database, proven by its comment) with
+//!    `CONNECT` on the database (none for `PUBLIC`), in one transaction (see [`crate::logins`]);
+//! 5. make the tenant's secret (`{TENANT_SECRET_PREFIX}{slug}`, proven by its tag) with the
+//!    login's password, and turn its rotation on when configured (see [`crate::access`]);
+//! 6. mark `active` with its `schema_version`, migration fingerprint and secret ARN.
 //!
 //! The whole create works within its lease (and the invocation's deadline): past it, the work
 //! is abandoned as if the process had died, so a live create is never taken for a dead one.
 //!
-//! A failure the process lives to see is compensated at once: close our connection to the new
-//! database, drop it (ours: its OID is the row's), remove the row. A process that dies leaves
+//! A failure the process lives to see is compensated at once: drop the database (ours: its OID
+//! is the row's), drop the login and delete the secret (ours: their mark and tag name the row;
+//! the secret without a recovery window, it was never handed out), remove the row. The row is
+//! removed only once nothing of ours is left. A process that dies leaves
 //! the row `provisioning`; once its lease has expired and its lock is free (the holder is
 //! gone), the next `POST` of the slug, a retry with the same key and every migrate-all run
 //! reconcile it ([`reconcile_row`]):
 //!
 //! | what exists when the lease has expired | decision |
 //! |---|---|
-//! | no database of that name | roll back: delete the row |
-//! | a database of that name whose OID is not the row's (a squatter: the create met it, got `DUPLICATE_DATABASE` and died before removing its row) | *disown*: the database is left untouched (migrate-all reports it as an orphan), the row is deleted so the slug is not stuck |
-//! | ours, marked invalid by an interrupted `DROP DATABASE` | roll back: drop it, delete the row |
-//! | ours, valid | roll forward: revoke `CONNECT`, apply the pending migrations (none, for a copy of the template), mark `active` |
-//! | ours, valid, but a migration fails | roll back: drop it, delete the row |
+//! | no database of that name | roll back: drop our login and delete our secret if they exist (a rollback that died), delete the row |
+//! | a database of that name whose OID is not the row's (a squatter: the create met it, got `DUPLICATE_DATABASE` and died before removing its row) | *disown*: the database is left untouched (migrate-all reports it as an orphan); our login and secret, if any, removed; the row is deleted so the slug is not stuck |
+//! | ours, marked invalid by an interrupted `DROP DATABASE` | roll back: drop it, our login and secret, delete the row |
+//! | ours, valid, with or without our login and our secret (killed before, between or after steps 4 and 5) | roll forward: apply the pending migrations (none, for a copy of the template), make what is missing and re-key the login and the secret together (a new password: the old one may be in neither or only one of them), mark `active` |
+//! | ours, valid, but a login or a secret of the tenant's name is not ours | *disown*: roll back what is ours, leave that one untouched, delete the row |
+//! | ours, valid, but a migration fails | roll back: drop it, our login and secret, delete the row |
 //! | PostgreSQL unreachable, or the lock still held | nothing now; the next attempt decides |
 //!
 //! Rolling forward is chosen whenever our database exists because the work is done or
@@ -46,12 +52,15 @@ use tracing::{error, info, instrument, warn};
 use uuid::Uuid;
 
 use crate::{
+    access::{self, Access, AccessError},
     db::{error_chain, Conn, Database, DbError},
-    domain::{DatabaseName, NewTenant, Slug, Tenant, TenantStatus},
+    domain::{NewTenant, Slug, Tenant, TenantStatus},
     invocation::Invocation,
     locks::{self, Lock},
+    logins,
     migrations::{self, ExpectedHistory},
     ownership::{self, DropOutcome},
+    secrets::Deletion,
     template::{self, Template},
     tenants::{tenant_from_row, FieldError, TENANT_COLUMNS},
 };
@@ -98,10 +107,10 @@ pub enum CreateTenantError {
     },
     #[error("tenant with slug '{0}' already exists")]
     Conflict(Slug),
-    /// A database of that name exists but the registry does not own it: never adopted,
-    /// never dropped.
-    #[error("database for slug '{0}' already exists outside the registry")]
-    DatabaseExists(Slug),
+    /// A database, login or secret of the tenant's name exists but the registry did not make
+    /// it: never adopted, never dropped.
+    #[error("a {1} for slug '{0}' already exists outside the registry")]
+    ExistsOutside(Slug, &'static str),
     /// The idempotency key was used before with another body.
     #[error("idempotency key reused with a different request")]
     IdempotencyMismatch,
@@ -140,8 +149,6 @@ pub async fn create_tenant(
     inv: &Invocation,
 ) -> Result<Created, CreateTenantError> {
     let sys = db.system().await?;
-    // Before the row exists: a template that cannot be built leaves nothing behind.
-    let template = template::ensure(db, &sys).await?;
     let fp = fingerprint(new);
     let config = db.config();
     let scope = inv.caller.as_deref().unwrap_or("");
@@ -157,15 +164,18 @@ pub async fn create_tenant(
                 });
             }
         }
+        // Before the row exists: a template that cannot be built leaves nothing behind. (One
+        // query when it is there.)
+        let template = template::ensure(db, &sys).await?;
         let started = Instant::now();
         let oid = ownership::new_oid();
         let inserted = sys
             .query_one(
-                "INSERT INTO tenants (name, slug, database_name, database_oid, status, \
-                   lease_expires_at, idempotency_scope, idempotency_key, request_fingerprint, \
-                   idempotency_expires_at) \
-                 VALUES ($1, $2, $3, $4, 'provisioning', now() + make_interval(secs => $5), \
-                   $6, $7, $8, now() + make_interval(secs => $9)) \
+                "INSERT INTO tenants (name, slug, database_name, database_oid, role_name, \
+                   secret_name, status, lease_expires_at, idempotency_scope, idempotency_key, \
+                   request_fingerprint, idempotency_expires_at) \
+                 VALUES ($1, $2, $3, $4, $3, $10, 'provisioning', \
+                   now() + make_interval(secs => $5), $6, $7, $8, now() + make_interval(secs => $9)) \
                  RETURNING id",
                 &[
                     &new.name.as_str(),
@@ -177,6 +187,7 @@ pub async fn create_tenant(
                     &key.map(IdempotencyKey::as_str),
                     &key.map(|_| fp.as_str()),
                     &ttl,
+                    &secret_name(db, &new.slug),
                 ],
             )
             .await;
@@ -186,7 +197,14 @@ pub async fn create_tenant(
                 // Never past the lease (nor the invocation's deadline): abandoned there, the
                 // work is what a dead process leaves, and reconcile takes it from there.
                 let deadline = inv.deadline.min(started + config.provisioning_lease);
-                let work = provision(db, &sys, id, oid, &new.slug, &template);
+                let access = Access {
+                    tenant_id: id,
+                    slug: new.slug.to_string(),
+                    database: new.slug.database_name().to_string(),
+                    role: new.slug.database_name().to_string(),
+                    secret_name: secret_name(db, &new.slug),
+                };
+                let work = provision(db, &sys, oid, &access, &new.slug, &template);
                 return match tokio::time::timeout_at(deadline.into(), work).await {
                     Ok(result) => result.map(|tenant| Created {
                         tenant,
@@ -219,6 +237,11 @@ pub async fn create_tenant(
         }
     }
     Err(CreateTenantError::Busy(new.slug.clone()))
+}
+
+/// A new tenant's secret: `{TENANT_SECRET_PREFIX}{slug}`.
+fn secret_name(db: &Database, slug: &Slug) -> String {
+    format!("{}{slug}", db.config().tenants.secret_prefix)
 }
 
 /// The constraint a PostgreSQL error names, if any.
@@ -316,16 +339,17 @@ async fn replay(
     }
 }
 
-/// Steps 2 to 4 for the row `id` that this request inserted, whose database gets `oid`.
+/// Steps 2 to 6 for the row that this request inserted, whose database gets `oid`.
 async fn provision(
     db: &Database,
     sys: &Conn,
-    id: Uuid,
     oid: i64,
+    access: &Access,
     slug: &Slug,
     template: &Template,
 ) -> Result<Tenant, CreateTenantError> {
     let started = Instant::now();
+    let id = access.tenant_id;
     let db_name = slug.database_name();
     let lock = match locks::acquire(
         sys,
@@ -355,12 +379,18 @@ async fn provision(
         lock.release().await;
         if e.code() == Some(&SqlState::DUPLICATE_DATABASE) {
             warn!(database = %db_name, "database exists but this registry did not make it; left untouched");
-            return Err(CreateTenantError::DatabaseExists(slug.clone()));
+            return Err(CreateTenantError::ExistsOutside(slug.clone(), "database"));
         }
         return Err(e.into());
     }
 
-    let result = match activate(sys, id, &db_name, template.version, &template.fingerprint).await {
+    let made = async {
+        let arn = access::create(db, sys, access).await?;
+        let tenant = activate(sys, id, template.version, &template.fingerprint, &arn).await?;
+        Ok::<_, AccessError>(tenant)
+    }
+    .await;
+    let result = match made {
         Ok(tenant) => {
             info!(
                 tenant.id = %tenant.id,
@@ -371,45 +401,52 @@ async fn provision(
             Ok(tenant)
         }
         Err(e) => {
-            error!(error = %error_chain(&e), "provisioning failed; dropping the new database");
-            roll_back(sys, id, &db_name, Some(oid)).await;
-            Err(e.into())
+            error!(error = %error_chain(&e), "provisioning failed; undoing it");
+            roll_back(db, sys, access, Some(oid)).await;
+            Err(match e {
+                AccessError::Foreign(what) => CreateTenantError::ExistsOutside(slug.clone(), what),
+                AccessError::Db(e) if e.is_lock_timeout() => CreateTenantError::Busy(slug.clone()),
+                AccessError::Db(e) => e.into(),
+            })
         }
     };
     lock.release().await;
     result
 }
 
-/// Revoke `CONNECT` from `PUBLIC`, apply the pending migrations, mark the row `active`.
-/// Every step is safe to repeat. For a database that was not copied from the template (or
-/// whose copy cannot be trusted: its provisioning died). The caller proved it ours.
+/// Applies the pending migrations, makes or repairs the login and the secret (re-keyed
+/// together), marks the row `active`. Every step is safe to repeat. For a database of ours
+/// whose provisioning died (a copy of the template: nothing is pending).
 async fn finish_provisioning(
     db: &Database,
     sys: &Conn,
-    id: Uuid,
-    db_name: &DatabaseName,
-) -> Result<Tenant, DbError> {
-    let mut tenant = db.connect(db_name.as_str()).await?;
+    access: &Access,
+) -> Result<Tenant, AccessError> {
+    logins::ensure_group(sys).await?;
+    let mut tenant = db.connect(&access.database).await?;
     migrations::migrate_tenant_to_latest(&mut tenant, db.config().migrate_tenant_timeout).await?;
     drop(tenant); // closes our connection to the new database
+    let arn = access::ensure(db, sys, access, true, true).await?;
     let expected = ExpectedHistory::tenant();
-    activate(sys, id, db_name, expected.latest(), expected.fingerprint()).await
+    Ok(activate(
+        sys,
+        access.tenant_id,
+        expected.latest(),
+        expected.fingerprint(),
+        &arn,
+    )
+    .await?)
 }
 
-/// Revoke `CONNECT` from `PUBLIC` and mark the row `active` at `version`, whose migrations
-/// have the fingerprint `fingerprint`. Safe to repeat.
+/// Marks the row `active` at `version`, whose migrations have the fingerprint `fingerprint`,
+/// with its secret. Safe to repeat.
 async fn activate(
     sys: &Conn,
     id: Uuid,
-    db_name: &DatabaseName,
     version: i64,
     fingerprint: &str,
+    secret_arn: &str,
 ) -> Result<Tenant, DbError> {
-    sys.batch_execute(&format!(
-        "REVOKE CONNECT ON DATABASE {} FROM PUBLIC",
-        db_name.quoted()
-    ))
-    .await?;
     let version = i32::try_from(version)
         .map_err(|_| anyhow::anyhow!("schema version {version} out of range"))?;
     // A row lock may be held for a moment (a migrate-all recording the fleet): wait for it as
@@ -419,31 +456,37 @@ async fn activate(
         .query_one(
             &format!(
                 "UPDATE tenants SET status = 'active', schema_version = $2, \
-                   schema_fingerprint = $3, updated_at = now(), lease_expires_at = NULL \
+                   schema_fingerprint = $3, credentials_secret_arn = $4, updated_at = now(), \
+                   lease_expires_at = NULL \
                  WHERE id = $1 AND status = 'provisioning' RETURNING {TENANT_COLUMNS}"
             ),
-            &[&id, &version, &fingerprint],
+            &[&id, &version, &fingerprint, &secret_arn],
         )
         .await?;
     tenant_from_row(&row)
 }
 
-/// Drops our database (if any) and then removes the row. If the drop fails, the row stays:
-/// it owns the leftover database, which must never become an orphan nobody knows about.
-async fn roll_back(sys: &Conn, id: Uuid, db_name: &DatabaseName, oid: Option<i64>) -> bool {
-    match ownership::drop_if_ours(sys, db_name.as_str(), oid).await {
-        Ok(outcome) => {
-            if outcome == DropOutcome::NotOurs {
-                warn!(database = %db_name, "a database of this name is not the one this registry made; left untouched");
-            }
-            remove_row(sys, id).await;
+/// Drops our database (if any), our login and our secret, then removes the row. If any of
+/// that fails, the row stays: it owns the leftovers, which must never become orphans nobody
+/// knows about. True when the row was removed.
+async fn roll_back(db: &Database, sys: &Conn, access: &Access, oid: Option<i64>) -> bool {
+    let undone = async {
+        if ownership::drop_if_ours(sys, &access.database, oid).await? == DropOutcome::NotOurs {
+            warn!(database = %access.database, "a database of this name is not the one this registry made; left untouched");
+        }
+        access::remove(db, sys, access, Deletion::Now).await
+    }
+    .await;
+    match undone {
+        Ok(()) => {
+            remove_row(sys, access.tenant_id).await;
             true
         }
         Err(e) => {
             error!(
-                database = %db_name,
+                tenant.slug = %access.slug,
                 error = %error_chain(&e),
-                "could not drop the database of a failed provisioning; row kept as provisioning"
+                "could not undo a failed provisioning; row kept as provisioning for reconcile"
             );
             false
         }
@@ -516,7 +559,7 @@ pub async fn reconcile_slug(
 async fn reconcile_row(db: &Database, sys: &Conn, slug: &Slug) -> Result<ReconcileAction, DbError> {
     let Some(row) = sys
         .query_opt(
-            "SELECT id, database_name, database_oid FROM tenants \
+            "SELECT id, slug, database_name, database_oid, role_name, secret_name FROM tenants \
              WHERE slug = $1 AND status = 'provisioning' AND lease_expires_at < now()",
             &[&slug.as_str()],
         )
@@ -524,42 +567,42 @@ async fn reconcile_row(db: &Database, sys: &Conn, slug: &Slug) -> Result<Reconci
     else {
         return Ok(ReconcileAction::Skipped);
     };
-    let id: Uuid = row.try_get("id")?;
-    // The stored name, never a recomputed one.
-    let db_name = DatabaseName::from_registry(row.try_get("database_name")?);
+    // The stored names, never recomputed.
+    let access = Access::from_row(&row, &db.config().tenants.secret_prefix)?;
     let recorded: Option<i64> = row.try_get("database_oid")?;
-    let action = match ownership::find(sys, db_name.as_str()).await? {
-        None => {
-            remove_row(sys, id).await;
-            ReconcileAction::RolledBack
-        }
+    let action = match ownership::find(sys, &access.database).await? {
+        None => match roll_back(db, sys, &access, recorded).await {
+            true => ReconcileAction::RolledBack,
+            false => ReconcileAction::Skipped,
+        },
         Some(found) if !found.is(recorded) => {
-            warn!(database = %db_name, "a database of this tenant's name was not made by this registry; left untouched, row removed");
-            remove_row(sys, id).await;
-            ReconcileAction::Disowned
+            warn!(database = %access.database, "a database of this tenant's name was not made by this registry; left untouched");
+            match roll_back(db, sys, &access, recorded).await {
+                true => ReconcileAction::Disowned,
+                false => ReconcileAction::Skipped,
+            }
         }
         Some(found) if found.invalid => {
             // Left invalid by an interrupted DROP DATABASE.
-            if roll_back(sys, id, &db_name, recorded).await {
-                ReconcileAction::RolledBack
-            } else {
-                ReconcileAction::Skipped
+            match roll_back(db, sys, &access, recorded).await {
+                true => ReconcileAction::RolledBack,
+                false => ReconcileAction::Skipped,
             }
         }
-        Some(_) => match finish_provisioning(db, sys, id, &db_name).await {
+        Some(_) => match finish_provisioning(db, sys, &access).await {
             Ok(_) => ReconcileAction::RolledForward,
-            Err(DbError::Unavailable(m)) => return Err(DbError::Unavailable(m)),
+            Err(AccessError::Db(DbError::Unavailable(m))) => return Err(DbError::Unavailable(m)),
             Err(e) => {
                 error!(error = %error_chain(&e), "could not finish a dead provisioning; rolling back");
-                if roll_back(sys, id, &db_name, recorded).await {
-                    ReconcileAction::RolledBack
-                } else {
-                    ReconcileAction::Skipped
+                match (roll_back(db, sys, &access, recorded).await, e) {
+                    (false, _) => ReconcileAction::Skipped,
+                    (true, AccessError::Foreign(_)) => ReconcileAction::Disowned,
+                    (true, _) => ReconcileAction::RolledBack,
                 }
             }
         },
     };
-    info!(action = ?action, database = %db_name, "reconciled a provisioning past its lease");
+    info!(action = ?action, database = %access.database, "reconciled a provisioning past its lease");
     Ok(action)
 }
 

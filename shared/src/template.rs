@@ -3,9 +3,11 @@
 //! each new database. Copying is what `CREATE DATABASE` does anyway (from `template1`), so a
 //! tenant costs one copy and a few registry writes, whatever the migrations contain.
 //!
-//! - Its name carries the fingerprint of the embedded migrations
-//!   (`dbtools_template_<16 hex digits>`): a release with other migrations builds and uses its
-//!   own template, and two versions deployed side by side never copy each other's.
+//! - Its name carries the fingerprint of the embedded migrations and the registry's
+//!   (`dbtools_template_<16 hex digits>_<8 hex digits of the system database's name>`): a
+//!   release with other migrations builds and uses its own template, two versions deployed side
+//!   by side never copy each other's, and two registries on one server (staging and production,
+//!   say) each have theirs: neither could prove the other's.
 //! - It is built from `template1`, as tenant databases were before, under an advisory lock,
 //!   by whichever comes first: migrate-all (every run checks it) or a create that finds none.
 //! - Its OID is chosen and recorded in the registry (`tenant_templates`) before it is made
@@ -23,12 +25,14 @@
 //! - Changes made to `template1` after a template was built reach new tenants only with the
 //!   next template (the next release's migrations, or dropping the template by hand).
 
+use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::{
     db::{error_chain, Conn, Database, DbError},
     domain::quote_ident,
     locks::{self, Lock},
+    logins,
     migrations::{self, ExpectedHistory},
     ownership::{self, DropOutcome},
 };
@@ -48,16 +52,21 @@ pub struct Template {
     pub built: bool,
 }
 
-/// The template's name for a migration fingerprint.
-pub fn name_for(fingerprint: &str) -> String {
-    format!("{PREFIX}{fingerprint}")
+/// The template's name for a migration fingerprint, in the registry `system_db`.
+pub fn name_for(fingerprint: &str, system_db: &str) -> String {
+    let registry = Sha256::digest(system_db.as_bytes());
+    format!(
+        "{PREFIX}{fingerprint}_{:02x}{:02x}{:02x}{:02x}",
+        registry[0], registry[1], registry[2], registry[3]
+    )
 }
 
-/// The template this release would use, without looking at the server.
-pub fn expected() -> Template {
+/// The template this release would use in the registry `system_db`, without looking at the
+/// server.
+pub fn expected(system_db: &str) -> Template {
     let expected = ExpectedHistory::tenant();
     Template {
-        name: name_for(expected.fingerprint()),
+        name: name_for(expected.fingerprint(), system_db),
         version: expected.latest(),
         fingerprint: expected.fingerprint().to_owned(),
         built: false,
@@ -84,14 +93,15 @@ pub async fn is_ready(sys: &Conn, name: &str) -> Result<bool, DbError> {
 /// The ready template of this release, built first when there is none. One query when it
 /// exists.
 pub async fn ensure(db: &Database, sys: &Conn) -> Result<Template, DbError> {
-    let mut template = expected();
+    let mut template = expected(&db.config().system_db);
     if is_ready(sys, &template.name).await? {
         return Ok(template);
     }
     let wait = db.config().lock_timeout;
     let Some(lock) = locks::acquire(sys, Lock::Template, wait).await? else {
-        return Err(DbError::Other(anyhow::anyhow!(
-            "another process has been building the tenant template for {}s",
+        // Another process is building it (a new release's first requests): try again soon.
+        return Err(DbError::Unavailable(format!(
+            "another process has been building the tenant template for {} s",
             wait.as_secs()
         )));
     };
@@ -153,6 +163,8 @@ async fn build(db: &Database, sys: &Conn, template: &Template) -> Result<(), DbE
     let outcome = async {
         sys.batch_execute(&format!("REVOKE CONNECT ON DATABASE {quoted} FROM PUBLIC"))
             .await?;
+        // Tenant migrations grant the tables to the tenant logins' group role.
+        logins::ensure_group(sys).await?;
         let mut client = db.connect(name).await?;
         migrations::migrate_tenant_to_latest(&mut client, db.config().migrate_tenant_timeout)
             .await?;
@@ -219,9 +231,13 @@ mod tests {
 
     #[test]
     fn the_template_is_named_after_the_migrations_and_is_never_a_tenant() {
-        let t = expected();
-        assert_eq!(t.name, format!("dbtools_template_{}", t.fingerprint));
+        let t = expected("dbtools");
+        assert!(t
+            .name
+            .starts_with(&format!("dbtools_template_{}_", t.fingerprint)));
+        assert_eq!(t.name.len(), 42);
         assert!(t.name.len() <= 63, "fits an identifier");
+        assert_ne!(t.name, expected("dbtools_staging").name, "one per registry");
         assert!(!t.name.starts_with("dbtools_tenant_"));
         assert_eq!(t.version, migrations::latest_tenant_version());
     }

@@ -1,5 +1,6 @@
-//! The tenant lifecycle: create (provision), list, get and soft-delete, on the registry in
-//! the system database. One error enum per operation; `api` maps them to HTTP in one place.
+//! Reading the registry: one tenant, and pages of tenants. (Creating is `provision`; delete,
+//! restore and purge are `lifecycle`.) One error enum per operation; `api` maps them to HTTP
+//! in one place.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use chrono::{DateTime, Utc};
@@ -8,14 +9,13 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use crate::{
-    db::{Conn, Database, DbError},
+    db::{Database, DbError},
     domain::{Slug, Tenant, TenantStatus},
-    locks::{self, Lock},
 };
 
 /// The columns [`tenant_from_row`] reads (by name).
-pub(crate) const TENANT_COLUMNS: &str =
-    "id, name, slug, status, database_name, schema_version, created_at, deleted_at";
+pub(crate) const TENANT_COLUMNS: &str = "id, name, slug, status, database_name, schema_version, \
+     credentials_secret_arn, created_at, deleted_at";
 
 pub(crate) fn tenant_from_row(row: &Row) -> Result<Tenant, DbError> {
     let status: String = row.try_get("status")?;
@@ -28,6 +28,7 @@ pub(crate) fn tenant_from_row(row: &Row) -> Result<Tenant, DbError> {
         status,
         database_name: row.try_get("database_name")?,
         schema_version: i64::from(row.try_get::<_, i32>("schema_version")?),
+        credentials_secret_arn: row.try_get("credentials_secret_arn")?,
         created_at: row.try_get("created_at")?,
         deleted_at: row.try_get("deleted_at")?,
     })
@@ -220,74 +221,6 @@ pub async fn list_tenants(db: &Database, q: &ListQuery) -> Result<TenantPage, Li
         tenants,
         next_cursor,
     })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Delete (soft)
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, thiserror::Error)]
-pub enum DeleteTenantError {
-    #[error("tenant not found")]
-    NotFound(Option<Slug>),
-    #[error("tenant '{0}' is still being provisioned")]
-    Provisioning(Slug),
-    #[error("tenant '{0}' is busy")]
-    Busy(Slug),
-    #[error("database unavailable")]
-    Unavailable(String),
-    #[error("unexpected error")]
-    Unexpected(#[source] anyhow::Error),
-}
-
-impl From<DbError> for DeleteTenantError {
-    fn from(e: DbError) -> Self {
-        match e {
-            DbError::Unavailable(m) => DeleteTenantError::Unavailable(m),
-            other => DeleteTenantError::Unexpected(anyhow::Error::new(other)),
-        }
-    }
-}
-
-/// Marks the tenant `deleted` and keeps its database. Deleting again answers the same tenant.
-#[instrument(skip_all, fields(tenant.slug = %slug))]
-pub async fn delete_tenant(db: &Database, slug: &Slug) -> Result<Tenant, DeleteTenantError> {
-    let sys = db.system().await?;
-    let wait = db.config().lock_timeout;
-    let Some(lock) = locks::acquire(&sys, Lock::Tenant(slug.to_string()), wait).await? else {
-        return Err(DeleteTenantError::Busy(slug.clone()));
-    };
-    let result = soft_delete(&sys, slug).await;
-    lock.release().await;
-    let tenant = result?;
-    if tenant.status != TenantStatus::Deleted {
-        return Err(DeleteTenantError::Provisioning(slug.clone()));
-    }
-    Ok(tenant)
-}
-
-async fn soft_delete(sys: &Conn, slug: &Slug) -> Result<Tenant, DeleteTenantError> {
-    // One statement: flips an active tenant, or returns the row as it is (deleted already,
-    // or provisioning) so that the caller can answer.
-    let row = sys
-        .locking()
-        .query_opt(
-            &format!(
-                "WITH flipped AS ( \
-                   UPDATE tenants SET status = 'deleted', deleted_at = now(), updated_at = now() \
-                   WHERE slug = $1 AND status = 'active' RETURNING {TENANT_COLUMNS}) \
-                 SELECT {TENANT_COLUMNS} FROM flipped \
-                 UNION ALL \
-                 SELECT {TENANT_COLUMNS} FROM tenants \
-                 WHERE slug = $1 AND NOT EXISTS (SELECT 1 FROM flipped)"
-            ),
-            &[&slug.as_str()],
-        )
-        .await?;
-    match row {
-        Some(row) => Ok(tenant_from_row(&row)?),
-        None => Err(DeleteTenantError::NotFound(Some(slug.clone()))),
-    }
 }
 
 #[cfg(test)]

@@ -63,14 +63,32 @@ pub fn body_bytes(req: &Request) -> &[u8] {
     req.body().as_ref()
 }
 
-/// The `{slug}` path parameter, or the last path segment when the router gave none.
+/// The `{slug}` of `/api/tenants/{slug}` and `/api/tenants/{slug}/{action}`: the path
+/// parameter, or the path's segment when the router gave none.
 pub fn slug_param(req: &Request) -> Option<String> {
     if let Some(slug) = req.path_parameters_ref().and_then(|p| p.first("slug")) {
         return Some(slug.to_owned());
     }
-    let path = req.uri().path().trim_end_matches('/');
-    let (prefix, last) = path.rsplit_once('/')?;
-    prefix.ends_with("/tenants").then(|| last.to_owned())
+    tenant_path(req).map(|(slug, _)| slug.to_owned())
+}
+
+/// The action of `/api/tenants/{slug}/{action}` (`restore`, `purge`), if any.
+pub fn action(req: &Request) -> Option<String> {
+    tenant_path(req).and_then(|(_, action)| action.map(str::to_owned))
+}
+
+fn tenant_path(req: &Request) -> Option<(&str, Option<&str>)> {
+    let rest = req
+        .uri()
+        .path()
+        .trim_end_matches('/')
+        .split_once("/tenants/")?
+        .1;
+    match rest.split_once('/') {
+        None => Some((rest, None)),
+        Some((slug, action)) if !action.contains('/') => Some((slug, Some(action))),
+        Some(_) => None,
+    }
 }
 
 /// Query parameters as (name, value) pairs, each name as many times as it was given.

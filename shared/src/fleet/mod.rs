@@ -29,6 +29,7 @@
 mod reconcile;
 mod report;
 mod tenant;
+mod upkeep;
 
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,7 @@ pub use report::{
     Counts, MigrateAllReport, Reconciled, RunStatus, SystemReport, TemplateReport, TenantOutcome,
     TenantReport,
 };
+pub use upkeep::{UpkeepAction, Upkept};
 
 use crate::{
     config::MAX_MIGRATE_CONCURRENCY,
@@ -48,6 +50,7 @@ use crate::{
     domain::Slug,
     invocation::Invocation,
     locks::{self, Lock},
+    logins,
     migrations::{self, read_history},
     template,
 };
@@ -56,7 +59,7 @@ use report::sanitize_db;
 /// The longest reserve kept at the end of an invocation to answer (and the share of the time
 /// left, for short invocations): no tenant works into it.
 const RESERVE: Duration = Duration::from_secs(10);
-const RESERVE_SHARE: u32 = 5; // a fifth
+const RESERVE_SHARE: u32 = 10; // a tenth
 
 /// The options of a run. Unknown fields are refused, so that a typo (`dryRun`) never runs a
 /// real migration of the fleet.
@@ -181,6 +184,7 @@ pub async fn migrate_all(
         lock_wait: config.lock_timeout,
         tenant_timeout: config.migrate_tenant_timeout,
         stop_at: inv.deadline.checked_sub(reserve).unwrap_or(inv.deadline),
+        answer_by: inv.deadline,
         min_time: config.connect_timeout.min(Duration::from_secs(1)),
     };
     let latest_version = migrations::latest_tenant_version();
@@ -195,6 +199,7 @@ pub async fn migrate_all(
         reconciled: Vec::new(),
         orphan_databases: Vec::new(),
         invalid_databases: Vec::new(),
+        lifecycle: Vec::new(),
         counts: Counts::default(),
         tenants: Vec::new(),
         duration_ms: 0,
@@ -234,9 +239,16 @@ pub async fn migrate_all(
     };
 
     let result: Result<(), MigrateAllError> = async {
+        if !req.dry_run {
+            // Tenant migrations grant the tables to the tenant logins' group role.
+            logins::ensure_group(&sys).await?;
+        }
         report.template = Some(check_template(db, &sys, req.dry_run).await?);
-        report.reconciled = reconcile::reconcile_expired(db, &sys, req.dry_run).await?;
+        report.reconciled =
+            reconcile::reconcile_expired(db, &sys, req.dry_run, plan.stop_at).await?;
         (report.orphan_databases, report.invalid_databases) = reconcile::find_orphans(&sys).await?;
+        report.lifecycle =
+            upkeep::run(db, &sys, slugs.as_deref(), req.dry_run, plan.stop_at).await?;
         let tenants = tenant::list(&sys, slugs.as_deref()).await?;
         tenant::run(db, &sys, &tenants, slugs.as_deref(), &plan, &mut report).await;
         Ok(())
@@ -273,7 +285,7 @@ async fn check_template(
     sys: &Conn,
     dry_run: bool,
 ) -> Result<TemplateReport, MigrateAllError> {
-    let expected = template::expected();
+    let expected = template::expected(&db.config().system_db);
     let report = |ready, error| TemplateReport {
         name: expected.name.clone(),
         version: expected.version,

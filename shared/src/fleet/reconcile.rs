@@ -1,6 +1,8 @@
 //! Before the tenants: provisionings that died (finished or undone, see `provision`), and
 //! databases that no registry row owns (reported, never touched).
 
+use std::time::Instant;
+
 use tracing::warn;
 
 use super::report::{sanitize_db, Reconciled};
@@ -16,6 +18,7 @@ pub(super) async fn reconcile_expired(
     db: &Database,
     sys: &Conn,
     dry_run: bool,
+    stop_at: Instant,
 ) -> Result<Vec<Reconciled>, DbError> {
     let rows = sys
         .query(
@@ -32,6 +35,9 @@ pub(super) async fn reconcile_expired(
         };
         let (action, error) = if dry_run {
             (ReconcileAction::Pending, None)
+        } else if Instant::now() >= stop_at {
+            // The invocation's deadline is near: the next run takes it.
+            (ReconcileAction::Skipped, None)
         } else {
             match provision::reconcile_slug(db, sys, &slug).await {
                 Ok(action) => (action, None),

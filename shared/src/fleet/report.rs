@@ -6,6 +6,7 @@ use serde::Serialize;
 use tracing::error;
 use uuid::Uuid;
 
+use super::upkeep::{UpkeepAction, Upkept};
 use crate::{
     db::{is_unavailable, DbError},
     provision::ReconcileAction,
@@ -142,6 +143,8 @@ pub struct MigrateAllReport {
     pub orphan_databases: Vec<String>,
     /// Tenant databases left invalid by an interrupted `DROP DATABASE`.
     pub invalid_databases: Vec<String>,
+    /// Purges, logins disabled, credentials made (see `fleet::upkeep`).
+    pub lifecycle: Vec<Upkept>,
     pub counts: Counts,
     pub tenants: Vec<TenantReport>,
     pub duration_ms: u64,
@@ -168,6 +171,12 @@ impl MigrateAllReport {
             .any(|r| r.action == ReconcileAction::Failed)
         {
             Some("ReconcileFailed")
+        } else if self
+            .lifecycle
+            .iter()
+            .any(|u| u.action == UpkeepAction::Failed)
+        {
+            Some("LifecycleFailed")
         } else {
             None
         }
@@ -223,6 +232,25 @@ impl MigrateAllReport {
                 reconcile.join("; ")
             )
         };
+        let upkeep: Vec<String> = self
+            .lifecycle
+            .iter()
+            .filter(|u| u.action == UpkeepAction::Failed)
+            .take(NAMED)
+            .map(|u| {
+                format!(
+                    "{} ({}: {})",
+                    u.slug,
+                    u.task,
+                    u.error.as_deref().unwrap_or("unknown")
+                )
+            })
+            .collect();
+        let upkeep = if upkeep.is_empty() {
+            String::new()
+        } else {
+            format!("Lifecycle work failed: {}. ", upkeep.join("; "))
+        };
         let not_started = if c.not_started > 0 {
             format!(
                 "{} tenants were not started before the invocation's deadline (the next run \
@@ -233,7 +261,7 @@ impl MigrateAllReport {
             String::new()
         };
         format!(
-            "{template}{reconcile}{not_started}{} of {} tenants failed to migrate; migrated {}, \
+            "{template}{reconcile}{upkeep}{not_started}{} of {} tenants failed to migrate; migrated {}, \
              up to date {}, skipped {}; run {}. Failed: {}",
             c.failed,
             self.tenants.len(),
@@ -317,6 +345,7 @@ mod tests {
             reconciled: Vec::new(),
             orphan_databases: Vec::new(),
             invalid_databases: Vec::new(),
+            lifecycle: Vec::new(),
             counts,
             tenants: Vec::new(),
             duration_ms: 0,

@@ -43,6 +43,8 @@ pub(super) struct Plan {
     /// No tenant is started after this, and none works past it: the time left after it is
     /// for answering.
     pub stop_at: Instant,
+    /// The invocation's own deadline: recording a tenant's outcome never waits past it.
+    pub answer_by: Instant,
     /// A tenant is started only with at least this much time before `stop_at`.
     pub min_time: Duration,
 }
@@ -162,6 +164,12 @@ async fn migrate_tenant(
         return TenantReport::new(&tenant.slug, TenantOutcome::NotStarted);
     }
     let mut report = TenantReport::new(&tenant.slug, TenantOutcome::Failed);
+    if !sys.is_usable() {
+        report.error = Some(
+            "the registry connection was lost (and the run's locks with it); not started".into(),
+        );
+        return finish(report, started);
+    }
     let lock = if plan.dry_run {
         None
     } else {
@@ -180,16 +188,16 @@ async fn migrate_tenant(
             }
         }
     };
-    // Only the work on the tenant's own connection is cut at the limit: the lock (on the
-    // shared system connection) is always given back properly.
-    let work = migrate_one(db, tenant, plan.dry_run, expected, &mut report);
-    let outcome = match tokio::time::timeout(limit.saturating_sub(started.elapsed()), work).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(format!(
-            "did not finish within {} s (the tenant's time limit, or the run's deadline); the \
-             open migration was rolled back and the next run retries",
-            limit.as_secs()
-        )),
+    // Only the work on the tenant's own connection is cut at the limit (refinery's run is
+    // cancelled on the server, see `Conn::migrate`): the lock, on the shared system
+    // connection, is always given back properly. Should that connection be lost meanwhile,
+    // the lock is gone with it, and the work stops.
+    let until = started + limit;
+    let work = migrate_one(db, tenant, plan.dry_run, expected, until, &mut report);
+    let outcome = tokio::select! {
+        outcome = work => outcome,
+        () = lost(sys) => Err("the registry connection was lost (and the tenant's lock with it); \
+            the migration was stopped and the next run retries".into()),
     };
     // What the registry should say now: the version found, and the fingerprint only when the
     // history is known to match the released migrations.
@@ -208,7 +216,8 @@ async fn migrate_tenant(
         && report.verified
         && (version != tenant.schema_version || fingerprint != tenant.schema_fingerprint)
     {
-        record(sys, &tenant.slug, version, fingerprint.as_deref()).await;
+        let wait = sys_lock_wait(sys, plan.answer_by);
+        record(sys, wait, &tenant.slug, version, fingerprint.as_deref()).await;
     }
     if let Some(lock) = lock {
         lock.release().await;
@@ -216,17 +225,31 @@ async fn migrate_tenant(
     finish(report, started)
 }
 
+/// Resolves once the system connection is unusable (polled).
+async fn lost(sys: &Conn) {
+    while sys.is_usable() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How long a registry write may wait for a row lock: the lock timeout, but never past the
+/// invocation's deadline.
+fn sys_lock_wait(sys: &Conn, answer_by: Instant) -> Duration {
+    sys.lock_wait()
+        .min(answer_by.saturating_duration_since(Instant::now()))
+}
+
 /// Writes what the run found of one tenant to the registry, as soon as it is known (a run cut
 /// short keeps what it did). Only active tenants: one deleted meanwhile keeps its record. A
 /// failure is logged: the registry then still names the old state, and the next run opens
 /// the tenant again.
-async fn record(sys: &Conn, slug: &str, version: i64, fingerprint: Option<&str>) {
+async fn record(sys: &Conn, wait: Duration, slug: &str, version: i64, fingerprint: Option<&str>) {
     let Ok(version) = i32::try_from(version) else {
         warn!(tenant.slug = %slug, version, "schema version out of range; not recorded");
         return;
     };
     if let Err(e) = sys
-        .locking()
+        .within(wait)
         .execute(
             "UPDATE tenants SET schema_version = $2, schema_fingerprint = $3, updated_at = now() \
              WHERE slug = $1 AND status = 'active'",
@@ -296,6 +319,7 @@ async fn migrate_one(
     tenant: &TenantRow,
     dry_run: bool,
     expected: &ExpectedHistory,
+    until: Instant,
     report: &mut TenantReport,
 ) -> Result<bool, String> {
     let mut conn = match db.connect(&tenant.database_name).await {
@@ -332,7 +356,10 @@ async fn migrate_one(
         HistoryCheck::Pending(_) => {}
     }
     let outcome = conn
-        .migrate(migrations::tenant_runner(), None)
+        .migrate(
+            migrations::tenant_runner(),
+            until.saturating_duration_since(Instant::now()),
+        )
         .await
         .map_err(|e| sanitize_db(&e))?;
     // Each migration commits on its own: the database is at the last one refinery applied.

@@ -1,0 +1,209 @@
+//! The lifecycle work a run does besides migrating, each tenant under its lock, each failure
+//! reported for its tenant while the run goes on:
+//! - purges that died half-way are finished, and tenants deleted more than `PURGE_AFTER_DAYS`
+//!   ago are purged (see `lifecycle`);
+//! - a deleted tenant whose login can still log in (a delete that died between its steps) has
+//!   it disabled;
+//! - an active tenant without a secret (made by a release before logins existed) gets its
+//!   login and secret.
+
+use std::time::Instant;
+
+use serde::Serialize;
+use tracing::warn;
+
+use super::report::sanitize_db;
+use crate::{
+    access::{self, AccessError},
+    db::{Conn, Database, DbError},
+    domain::TenantStatus,
+    lifecycle::{self, Entry},
+    locks::{self, Lock},
+    tenants::TENANT_COLUMNS,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpkeepAction {
+    /// Database, login and secret removed; the row is `purged`.
+    Purged,
+    /// The login of a deleted tenant can no longer log in, and its sessions ended.
+    LoginDisabled,
+    /// A tenant of an older release got its login and secret.
+    CredentialsMade,
+    /// Dry run: would be done.
+    Pending,
+    /// Could not be done (see `error`); the next run tries again.
+    Failed,
+    /// Another operation holds the tenant, or changed it since: the next run looks again.
+    Skipped,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Upkept {
+    pub slug: String,
+    /// What was due: `purge`, `disable_login` or `make_credentials`.
+    pub task: &'static str,
+    pub action: UpkeepAction,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Copy)]
+enum Task {
+    Purge,
+    DisableLogin,
+    MakeCredentials,
+}
+
+impl Task {
+    fn name(self) -> &'static str {
+        match self {
+            Task::Purge => "purge",
+            Task::DisableLogin => "disable_login",
+            Task::MakeCredentials => "make_credentials",
+        }
+    }
+
+    /// Whether the task is (still) due for a tenant in this state: read again under its lock,
+    /// since a restore or a delete may have come in between.
+    fn due(self, entry: &Entry) -> bool {
+        match self {
+            Task::Purge | Task::DisableLogin => entry.tenant.status == TenantStatus::Deleted,
+            Task::MakeCredentials => {
+                entry.tenant.status == TenantStatus::Active
+                    && entry.tenant.credentials_secret_arn.is_none()
+            }
+        }
+    }
+
+    /// The tenants this task is due for: `$1` the run's slugs (NULL: every tenant), `$2`
+    /// `PURGE_AFTER_DAYS`.
+    fn query(self) -> String {
+        let columns = format!("{TENANT_COLUMNS}, {}", Entry::COLUMNS);
+        let named = "($1::text[] IS NULL OR slug = ANY($1))";
+        match self {
+            Task::Purge => format!(
+                "SELECT {columns} FROM tenants WHERE {named} AND status = 'deleted' \
+                 AND (purge_requested_at IS NOT NULL \
+                      OR ($2::bigint > 0 AND deleted_at < now() - make_interval(days => $2::int))) \
+                 ORDER BY deleted_at"
+            ),
+            Task::DisableLogin => format!(
+                "SELECT {columns} FROM tenants t WHERE {named} AND status = 'deleted' \
+                 AND $2::bigint IS NOT NULL AND EXISTS (SELECT 1 FROM pg_roles r \
+                             WHERE r.rolname = t.role_name AND r.rolcanlogin) \
+                 ORDER BY deleted_at"
+            ),
+            Task::MakeCredentials => format!(
+                "SELECT {columns} FROM tenants WHERE {named} AND status = 'active' \
+                 AND $2::bigint IS NOT NULL AND credentials_secret_arn IS NULL ORDER BY created_at"
+            ),
+        }
+    }
+}
+
+/// Runs every task for the tenants it is due for, among `slugs` when the run names some (a
+/// dry run lists them).
+pub(super) async fn run(
+    db: &Database,
+    sys: &Conn,
+    slugs: Option<&[String]>,
+    dry_run: bool,
+    stop_at: Instant,
+) -> Result<Vec<Upkept>, DbError> {
+    let mut out = Vec::new();
+    let purge_after = db.config().tenants.purge_after_days;
+    for task in [Task::Purge, Task::DisableLogin, Task::MakeCredentials] {
+        let rows = sys.query(&task.query(), &[&slugs, &purge_after]).await?;
+        for row in rows {
+            let entry = Entry::from_row(&row, &db.config().tenants.secret_prefix)?;
+            let (action, error) = if dry_run {
+                (UpkeepAction::Pending, None)
+            } else if Instant::now() >= stop_at {
+                // The invocation's deadline is near: the next run takes it.
+                (UpkeepAction::Skipped, None)
+            } else {
+                match one(db, sys, task, &entry).await {
+                    Ok(action) => (action, None),
+                    Err(e) => {
+                        warn!(tenant.slug = %entry.tenant.slug, task = task.name(), error = %e, "lifecycle upkeep failed");
+                        (UpkeepAction::Failed, Some(sanitize_db(&e)))
+                    }
+                }
+            };
+            out.push(Upkept {
+                slug: entry.tenant.slug,
+                task: task.name(),
+                action,
+                error,
+            });
+        }
+    }
+    Ok(out)
+}
+
+async fn one(
+    db: &Database,
+    sys: &Conn,
+    task: Task,
+    entry: &Entry,
+) -> Result<UpkeepAction, DbError> {
+    let lock = Lock::Tenant(entry.tenant.slug.clone());
+    let Some(guard) = locks::acquire(sys, lock, db.config().lock_timeout).await? else {
+        return Ok(UpkeepAction::Skipped);
+    };
+    let done = async {
+        let row = sys
+            .query_opt(
+                &format!(
+                    "SELECT {TENANT_COLUMNS}, {} FROM tenants WHERE id = $1",
+                    Entry::COLUMNS
+                ),
+                &[&entry.tenant.id],
+            )
+            .await?;
+        let fresh = row
+            .map(|r| Entry::from_row(&r, &db.config().tenants.secret_prefix))
+            .transpose()?;
+        let Some(entry) = fresh.filter(|e| task.due(e)) else {
+            return Ok(UpkeepAction::Skipped);
+        };
+        let entry = &entry;
+        Ok(match task {
+            Task::Purge => {
+                lifecycle::purge(db, sys, entry).await?;
+                UpkeepAction::Purged
+            }
+            Task::DisableLogin => {
+                access::disable(sys, &entry.access).await?;
+                UpkeepAction::LoginDisabled
+            }
+            Task::MakeCredentials => {
+                let arn = access::ensure(db, sys, &entry.access, true, true)
+                    .await
+                    .map_err(|e| match e {
+                        AccessError::Db(e) => e,
+                        foreign => DbError::Other(anyhow::Error::new(foreign)),
+                    })?;
+                sys.locking()
+                    .execute(
+                        "UPDATE tenants SET credentials_secret_arn = $2, role_name = $3, \
+                           secret_name = $4, updated_at = now() \
+                         WHERE id = $1 AND status = 'active'",
+                        &[
+                            &entry.tenant.id,
+                            &arn,
+                            &entry.access.role,
+                            &entry.access.secret_name,
+                        ],
+                    )
+                    .await?;
+                UpkeepAction::CredentialsMade
+            }
+        })
+    }
+    .await;
+    guard.release().await;
+    done
+}
