@@ -24,10 +24,13 @@ PG="postgres://postgres:postgres@127.0.0.1:${PG_PORT:-5433}/${SYSTEM_DB_NAME:-db
 PSQL=psql
 command -v psql >/dev/null || PSQL="${DBTOOLS_PG_BIN:-/usr/lib/postgresql/15/bin}/psql"
 unowned() {
-  "$PSQL" -Atq "$PG" -c "SELECT count(*) FROM pg_database d WHERE d.datname LIKE 'dbtools\_tenant\_%' ESCAPE '\\'
-    AND NOT EXISTS (SELECT 1 FROM tenants t WHERE t.database_name = d.datname AND t.database_oid = d.oid::bigint)"
+  "$PSQL" -Atq "$PG" -c "SELECT d.datname FROM pg_database d WHERE d.datname LIKE 'dbtools\_tenant\_%' ESCAPE '\\'
+    AND NOT EXISTS (SELECT 1 FROM tenants t WHERE t.database_name = d.datname AND t.database_oid = d.oid::bigint)
+    ORDER BY 1"
 }
+provisioning() { "$PSQL" -Atq "$PG" -c "SELECT count(*) FROM tenants WHERE status = 'provisioning'"; }
 before=$(unowned)
+stuck_before=$(provisioning)
 status=0
 cd "$ROOT"
 SCHEMATHESIS_HOOKS=scripts.fuzz_hooks PYTHONPATH="$ROOT" "$ROOT/.venv/fuzz/bin/st" run \
@@ -35,7 +38,11 @@ SCHEMATHESIS_HOOKS=scripts.fuzz_hooks PYTHONPATH="$ROOT" "$ROOT/.venv/fuzz/bin/s
   --checks all --exclude-checks use_after_free,unsupported_method,positive_data_acceptance \
   --phases examples,coverage,fuzzing,stateful -n "$EXAMPLES" --workers "$WORKERS" \
   --generation-deterministic --request-timeout 20 || status=$?
-after=$(unowned)
-echo "databases without a registry row: before $before, after $after"
-[ "$after" -le "$before" ] || { echo "a rejected request created a database"; exit 1; }
+# No request may leave a database nobody owns, nor a row half-way (every request answered:
+# a provisioning row now would be one its request abandoned).
+new=$(comm -13 <(printf '%s\n' "$before") <(unowned) | grep -v '^$' || true)
+stuck=$(provisioning)
+echo "databases without a registry row, new: ${new:-none}; rows provisioning: $stuck_before before, $stuck after"
+[ -z "$new" ] || { echo "a request left a database nobody owns"; exit 1; }
+[ "$stuck" -le "$stuck_before" ] || { echo "a request left a row provisioning"; exit 1; }
 exit "$status"

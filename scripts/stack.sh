@@ -110,8 +110,10 @@ prepare_pg_dir() {
   fi
 }
 
+# log_statement=ddl: every CREATE/ALTER ROLE the product sends is in server.log, where the
+# tests look for passwords (there must be none: the product sends SCRAM verifiers).
 pg_server_opts() {
-  echo "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $(pg_dir)/run -c max_connections=300 -c shared_buffers=256MB -c client_connection_check_interval=1000"
+  echo "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $(pg_dir)/run -c max_connections=300 -c shared_buffers=256MB -c client_connection_check_interval=1000 -c log_statement=ddl"
 }
 
 pg_isready_local() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" 2>/dev/null; }
@@ -367,6 +369,11 @@ case "$cmd" in
     sig=STOP; [ "$cmd" = pg-thaw ] && sig=CONT
     # shellcheck disable=SC2046
     kill -"$sig" "$pid" $(pgrep -P "$pid" || true)
+    ;;
+  sm-freeze|sm-thaw)
+    # For the fault tests: SIGSTOP (or SIGCONT) the local Secrets Manager: calls to it hang.
+    sig=STOP; [ "$cmd" = sm-thaw ] && sig=CONT
+    kill -"$sig" "$(cat "$RUN/moto.pid")"
     ;;
   wipe)
     # Stop whatever this stack runs and delete its cluster (the bench's throwaway one).

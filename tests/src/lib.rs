@@ -275,6 +275,123 @@ pub async fn databases_like(fragment: &str) -> Vec<String> {
         .collect()
 }
 
+/// The local Secrets Manager (moto), through the real AWS SDK (what an application would use).
+/// A client per call: the tests run on several runtimes (cleanup has one of its own), and a
+/// client's pooled connections belong to the runtime that made them.
+pub async fn secrets() -> aws_sdk_secretsmanager::Client {
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .operation_timeout(Duration::from_secs(10))
+        .build();
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(timeouts)
+        .endpoint_url(var("AWS_ENDPOINT_URL_SECRETS_MANAGER"))
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+            "local", "local", None, None, "tests",
+        ))
+        .load()
+        .await;
+    aws_sdk_secretsmanager::Client::new(&conf)
+}
+
+/// A tenant's secret as the application reads it (`AWSCURRENT`), parsed. The stage is named
+/// (as AWS defaults to it): moto answers an unnamed one with the version the secret was made
+/// with, even after a rotation moved `AWSCURRENT`.
+pub async fn read_secret(id: &str) -> Value {
+    let out = secrets()
+        .await
+        .get_secret_value()
+        .secret_id(id)
+        .version_stage("AWSCURRENT")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("read {id}: {e:?}"));
+    serde_json::from_str(out.secret_string().expect("a secret string")).expect("JSON")
+}
+
+/// What Secrets Manager says of a secret name: `None` when there is none; `Some(true)` once
+/// it is scheduled for deletion.
+pub async fn secret_deleting(name: &str) -> Option<bool> {
+    match secrets()
+        .await
+        .describe_secret()
+        .secret_id(name)
+        .send()
+        .await
+    {
+        Ok(out) => Some(out.deleted_date().is_some()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception()) =>
+        {
+            None
+        }
+        Err(e) => panic!("describe {name}: {e:?}"),
+    }
+}
+
+/// Connects as a secret's user (the tenant's login), to `dbname` (its own by default).
+pub async fn connect_as(
+    secret: &Value,
+    dbname: Option<&str>,
+) -> Result<Client, tokio_postgres::Error> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(secret["host"].as_str().unwrap())
+        .port(secret["port"].as_u64().unwrap() as u16)
+        .user(secret["username"].as_str().unwrap())
+        .password(secret["password"].as_str().unwrap())
+        .dbname(dbname.unwrap_or_else(|| secret["dbname"].as_str().unwrap()))
+        .connect_timeout(Duration::from_secs(5));
+    let (client, conn) = cfg.connect(NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// A role: `None` when absent, else whether it may log in.
+pub async fn role_can_login(role: &str) -> Option<bool> {
+    admin()
+        .await
+        .query_opt(
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
+        .await
+        .expect("query pg_roles")
+        .map(|r| r.get(0))
+}
+
+/// A tenant's secret name (the local stack's prefix).
+pub fn secret_name(slug: &str) -> String {
+    format!("dbtools/tenants/{slug}")
+}
+
+/// The local stack's log file `name` (`watch.log`, `pg/server.log`), as text.
+pub fn stack_log(name: &str) -> String {
+    let path = format!("{}/{name}", var("DBTOOLS_LOCAL_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Invokes a non-HTTP function through the local Lambda Invoke API.
+pub async fn invoke(function: &str, event: &Value) -> (StatusCode, Value) {
+    let resp = http()
+        .post(format!(
+            "{}/2015-03-31/functions/{function}/invocations",
+            api_url()
+        ))
+        .body(event.to_string())
+        .send()
+        .await
+        .expect("the local Lambda API answers");
+    let status = resp.status();
+    let text = resp.text().await.expect("a payload");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
 /// Makes a database of `name` by hand, with data in it, as somebody else than the product
 /// would (a squatter): its OID is PostgreSQL's choice, not the registry's.
 pub async fn plant_squatter(name: &str) {
@@ -315,14 +432,22 @@ pub async fn assert_squatter_untouched(name: &str) {
     );
 }
 
-/// Drops a tenant's database and registry row; used to clean up after a test.
+/// Drops a tenant's database, login, secret and registry row; used to clean up after a test.
 pub async fn purge_tenant(slug: &str) {
     let admin = admin().await;
+    let db = database_name(slug);
     let _ = admin
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            database_name(slug)
-        ))
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+        .await;
+    let _ = admin
+        .batch_execute(&format!("DROP ROLE IF EXISTS \"{db}\""))
+        .await;
+    let _ = secrets()
+        .await
+        .delete_secret()
+        .secret_id(secret_name(slug))
+        .force_delete_without_recovery(true)
+        .send()
         .await;
     let _ = registry()
         .await
@@ -448,21 +573,7 @@ pub async fn test_lock(key: i32, exclusive: bool) -> TestLock {
 /// Invokes migrate-all through the local Lambda Invoke API (what `cargo lambda invoke`
 /// does). Returns the status and the JSON payload (the report, or `errorType`/`errorMessage`).
 pub async fn invoke_migrate_all(event: &Value) -> (StatusCode, Value) {
-    let resp = http()
-        .post(format!(
-            "{}/2015-03-31/functions/migrate-all/invocations",
-            api_url()
-        ))
-        .body(event.to_string())
-        .send()
-        .await
-        .expect("the local Lambda API answers");
-    let status = resp.status();
-    let text = resp.text().await.expect("a payload");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text)),
-    )
+    invoke("migrate-all", event).await
 }
 
 /// The report row of `slug`, if the report has one.
@@ -473,16 +584,41 @@ pub fn report_row<'a>(report: &'a Value, slug: &str) -> Option<&'a Value> {
         .find(|t| t["slug"] == slug)
 }
 
-/// Undoes migration V2 by hand in a tenant database: drops what it made and deletes its
-/// history row; the registry says version 1, as it would have before V2 shipped.
-pub async fn undo_v2(slug: &str) {
+/// The tenant migrations of this release (the files in `migrations_tenant/`), in order.
+pub fn all_versions() -> Vec<i32> {
+    let dir = format!("{}/../migrations_tenant", env!("CARGO_MANIFEST_DIR"));
+    let mut versions: Vec<i32> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .filter_map(|f| {
+            let name = f.ok()?.file_name().into_string().ok()?;
+            name.strip_prefix('V')?.split("__").next()?.parse().ok()
+        })
+        .collect();
+    versions.sort_unstable();
+    versions
+}
+
+/// The latest tenant migration.
+pub fn latest() -> i32 {
+    *all_versions().last().expect("tenant migrations")
+}
+
+/// Undoes every migration after V1 by hand in a tenant database (what V3 granted, the table V2
+/// made, their history rows); the registry says version 1, as a tenant left behind by a
+/// release would be.
+pub async fn undo_to_v1(slug: &str) {
     connect(&database_name(slug))
         .await
         .batch_execute(
-            "DROP TABLE activity_log; DELETE FROM refinery_schema_history WHERE version = 2",
+            "REVOKE ALL ON ALL TABLES IN SCHEMA public FROM dbtools_tenant_rw; \
+             REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM dbtools_tenant_rw; \
+             ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE ALL ON TABLES FROM dbtools_tenant_rw; \
+             ALTER DEFAULT PRIVILEGES IN SCHEMA public \
+               REVOKE ALL ON SEQUENCES FROM dbtools_tenant_rw; \
+             DROP TABLE activity_log; DELETE FROM refinery_schema_history WHERE version > 1",
         )
         .await
-        .expect("undo V2");
+        .expect("undo the migrations after V1");
     registry()
         .await
         .execute(

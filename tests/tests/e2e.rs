@@ -7,6 +7,7 @@ mod e2e {
     mod api_read_delete;
     mod api_validation;
     mod concurrency;
+    mod credentials;
     mod faults;
     mod idempotency;
     mod migrate_all;

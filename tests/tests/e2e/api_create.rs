@@ -15,7 +15,7 @@ async fn create_answers_201_with_a_ready_database() {
     assert_eq!(t["slug"], slug.as_str());
     assert_eq!(t["status"], "active");
     assert_eq!(t["database_name"], database_name(&slug).as_str());
-    assert_eq!(t["schema_version"], 2);
+    assert_eq!(t["schema_version"], latest());
     assert!(t["deleted_at"].is_null());
     assert!(
         uuid::Uuid::parse_str(t["id"].as_str().unwrap()).is_ok(),
@@ -36,6 +36,7 @@ async fn create_answers_201_with_a_ready_database() {
             "status",
             "database_name",
             "schema_version",
+            "credentials_secret_arn",
             "created_at",
             "deleted_at"
         ]
@@ -113,7 +114,8 @@ async fn create_answers_201_with_a_ready_database() {
         history,
         [
             (1, "create_settings".to_owned()),
-            (2, "create_activity_log".to_owned())
+            (2, "create_activity_log".to_owned()),
+            (3, "grant_tenant_logins".to_owned())
         ]
     );
 
@@ -146,7 +148,7 @@ async fn create_answers_201_with_a_ready_database() {
     assert!(!public_connect, "CONNECT is revoked from PUBLIC");
 
     // The registry agrees, and GET shows the same tenant.
-    assert_eq!(registry_row(&slug).await, Some(("active".into(), 2)));
+    assert_eq!(registry_row(&slug).await, Some(("active".into(), latest())));
     let one = get(&format!("/api/tenants/{slug}")).await;
     assert_eq!(one.status, StatusCode::OK, "{}", one.text);
     one.assert_json_with_request_id();
@@ -228,7 +230,10 @@ async fn the_slug_of_a_deleted_tenant_stays_taken() {
     );
     let again = post_tenant(&json!({"name": "Again", "slug": slug})).await;
     assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
-    assert_eq!(registry_row(&slug).await, Some(("deleted".into(), 2)));
+    assert_eq!(
+        registry_row(&slug).await,
+        Some(("deleted".into(), latest()))
+    );
 }
 
 #[tokio::test]

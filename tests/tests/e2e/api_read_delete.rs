@@ -24,7 +24,10 @@ async fn delete_is_soft_and_repeatable() {
 
     // Soft: the database and its data are kept.
     assert!(database_exists(&database_name(&slug)).await);
-    assert_eq!(registry_row(&slug).await, Some(("deleted".into(), 2)));
+    assert_eq!(
+        registry_row(&slug).await,
+        Some(("deleted".into(), latest()))
+    );
 
     // Again: the same answer, deleted_at unchanged.
     let second = delete(&format!("/api/tenants/{slug}")).await;
@@ -140,4 +143,26 @@ async fn bad_list_queries_are_400() {
         assert_eq!(r.detail_fields(), [field], "{query}");
         r.assert_no_internals();
     }
+}
+
+#[tokio::test]
+async fn a_delete_that_cannot_get_its_row_in_time_is_a_409_and_changes_nothing() {
+    let mut cleanup = Cleanup::new();
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slug = create_tenants(&mut cleanup, "busy", 1).await.remove(0);
+    // Somebody holds the tenant's row: the delete's UPDATE waits for it until the lock
+    // timeout (5 s on the local stack), and answers "busy".
+    let holder = registry().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .query_one("SELECT 1 FROM tenants WHERE slug = $1 FOR UPDATE", &[&slug])
+        .await
+        .unwrap();
+    let r = delete(&format!("/api/tenants/{slug}")).await;
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert_eq!(r.error_code(), "CONFLICT");
+    r.assert_no_internals();
+    assert_eq!(registry_row(&slug).await, Some(("active".into(), latest())));
+    assert_eq!(role_can_login(&database_name(&slug)).await, Some(true));
 }

@@ -70,7 +70,10 @@ where
 ///   that database is the one the registry made (its OID is the row's);
 /// - every tenant-prefixed database the tests made has a row (`slugs`), and no row of those
 ///   slugs is stuck in `provisioning` once reconciled;
-/// - no slug owns two databases (one name per slug, stored).
+/// - no slug owns two databases (one name per slug, stored);
+/// - no login or secret without a row that owns it: an active tenant has both, and its secret
+///   opens its database; a deleted one keeps both, its login unable to log in; a purged one,
+///   or one without a row, has neither (its secret at most scheduled for deletion).
 async fn assert_invariants(slugs: &[String]) {
     let registry = registry().await;
     let rows = registry
@@ -99,12 +102,13 @@ async fn assert_invariants(slugs: &[String]) {
             "active tenant {slug} has a valid database, the one the registry made"
         );
         assert_eq!(
-            version, 2,
+            version,
+            latest(),
             "active tenant {slug} records the latest version"
         );
         assert_eq!(
             history_versions(&slug).await,
-            [1, 2],
+            all_versions(),
             "{slug} is at the latest version"
         );
     }
@@ -116,11 +120,52 @@ async fn assert_invariants(slugs: &[String]) {
             Some("provisioning"),
             "{slug} left provisioning"
         );
+        let purged = status.as_deref() == Some("purged");
         assert_eq!(
             db_exists,
-            status.is_some(),
+            status.is_some() && !purged,
             "{slug}: database and row exist together"
         );
+        let login = role_can_login(&database_name(slug)).await;
+        let secret = secret_deleting(&secret_name(slug)).await;
+        match status.as_deref() {
+            Some("active") => {
+                assert_eq!(
+                    login,
+                    Some(true),
+                    "{slug}: an active tenant's login logs in"
+                );
+                assert_eq!(
+                    secret,
+                    Some(false),
+                    "{slug}: an active tenant has its secret"
+                );
+                let secret = read_secret(&secret_name(slug)).await;
+                connect_as(&secret, None)
+                    .await
+                    .unwrap_or_else(|e| panic!("{slug}: its secret opens its database: {e}"));
+            }
+            Some("deleted") => {
+                assert_eq!(
+                    login,
+                    Some(false),
+                    "{slug}: a deleted tenant's login is disabled"
+                );
+                assert_eq!(
+                    secret,
+                    Some(false),
+                    "{slug}: a deleted tenant keeps its secret"
+                );
+            }
+            _ => {
+                assert_eq!(login, None, "{slug}: no login without a tenant");
+                assert_ne!(
+                    secret,
+                    Some(false),
+                    "{slug}: no live secret without a tenant"
+                );
+            }
+        }
     }
 }
 
@@ -404,7 +449,7 @@ async fn a_create_killed_at_its_last_step_is_rolled_forward_after_the_lease() {
     let r = post_with_key(&json!({"name": "Killed", "slug": slug}), &key).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.body["status"], "active");
-    assert_eq!(history_versions(&slug).await, [1, 2]);
+    assert_eq!(history_versions(&slug).await, all_versions());
     assert_invariants(&[slug]).await;
 }
 
@@ -414,7 +459,7 @@ async fn a_killed_migrate_all_is_rerun_cleanly() {
     let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slugs = create_tenants(&mut cleanup, "fmig", 10).await;
     for slug in &slugs {
-        undo_v2(slug).await;
+        undo_to_v1(slug).await;
     }
     // Hold the last tenant's lock so that the run is caught mid-fleet, then kill it.
     let lock = hold_tenant_lock(&slugs[9]).await;
@@ -423,7 +468,7 @@ async fn a_killed_migrate_all_is_rerun_cleanly() {
     let caught = eventually(Duration::from_secs(30), || async {
         let mut done = 0;
         for s in &slugs[..9] {
-            if history_versions(s).await.len() == 2 {
+            if history_versions(s).await == all_versions() {
                 done += 1;
             }
         }
@@ -465,7 +510,7 @@ async fn a_frozen_server_is_a_quick_503_and_migrate_all_ends_with_a_report() {
     let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slugs = create_tenants(&mut cleanup, "ffrz", 5).await;
     for slug in &slugs {
-        undo_v2(slug).await;
+        undo_to_v1(slug).await;
     }
     warm_every_function(&slugs[0]).await;
     // A run caught mid-fleet: it has migrated the first two tenants and waits for the third's
@@ -474,7 +519,7 @@ async fn a_frozen_server_is_a_quick_503_and_migrate_all_ends_with_a_report() {
     let event = json!({"slugs": slugs, "concurrency": 1});
     let run = tokio::spawn(async move { invoke_migrate_all(&event).await });
     let caught = eventually(Duration::from_secs(30), || async {
-        history_versions(&slugs[1]).await.len() == 2
+        history_versions(&slugs[1]).await == all_versions()
     })
     .await;
     assert!(caught, "the run migrated the first tenants");
@@ -519,4 +564,203 @@ async fn a_frozen_server_is_a_quick_503_and_migrate_all_ends_with_a_report() {
     assert_eq!(report["counts"]["migrated"], 3, "{report}");
     let more = create_tenants(&mut cleanup, "ffrz2", 1).await;
     assert_invariants(&[slugs, more].concat()).await;
+}
+
+/// Holds a SHARE lock on `pg_authid` until dropped: `CREATE ROLE`, `ALTER ROLE` and `DROP
+/// ROLE` wait for it; logins (which only read it) do not.
+async fn hold_role_catalog() -> tokio_postgres::Client {
+    let c = admin().await;
+    c.batch_execute("BEGIN; LOCK TABLE pg_authid IN SHARE MODE")
+        .await
+        .expect("lock pg_authid");
+    c
+}
+
+/// How many backends of `application` wait on a lock in a statement starting with `prefix`.
+async fn lock_waiters(application: &str, prefix: &str) -> i64 {
+    admin()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+             AND wait_event_type = 'Lock' AND starts_with(query, $2)",
+            &[&application, &prefix],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Waits until the server has cancelled the statement of `application`'s killed process (it
+/// notices the dead client within `client_connection_check_interval`): only then may the test
+/// let go of what the statement waited for, or it would run to completion.
+async fn await_cancelled(application: &str) {
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            lock_waiters(application, "").await == 0
+        })
+        .await,
+        "the dead client's statement was cancelled"
+    );
+}
+
+/// Starts a real delete-tenant process on `method path`.
+async fn start_lifecycle(method: &str, path: &str) -> (runtime::RuntimeApi, tokio::process::Child) {
+    let event = runtime::http_event(method, path, "", &[]);
+    let api = runtime::RuntimeApi::start(event).await;
+    let child = api.spawn("delete-tenant", &[]);
+    (api, child)
+}
+
+#[tokio::test]
+async fn a_create_killed_before_its_login_is_rolled_forward_with_one() {
+    let mut cleanup = Cleanup::new();
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slug = cleanup.add(&unique_slug("fkill_role"));
+    let key = format!("k-{slug}");
+    // The create makes its database, then waits to make its login: kill it there.
+    let catalog = hold_role_catalog().await;
+    let (api, mut child) = start_create(&slug, &key).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            lock_waiters("create-tenant", "CREATE ROLE").await == 1
+        })
+        .await,
+        "the create reached its login"
+    );
+    child.kill().await.expect("SIGKILL create-tenant");
+    await_cancelled("create-tenant").await;
+    drop(catalog);
+    assert!(
+        api.response.lock().await.is_none(),
+        "the killed create never answered"
+    );
+    assert!(
+        database_exists(&database_name(&slug)).await,
+        "its database was made"
+    );
+    assert_eq!(
+        role_can_login(&database_name(&slug)).await,
+        None,
+        "its login was not"
+    );
+    assert_eq!(secret_deleting(&secret_name(&slug)).await, None);
+
+    // After the lease, the retry finishes the work: a login and a secret that work.
+    tokio::time::sleep(SHORT_LEASE + Duration::from_secs(1)).await;
+    let r = post_with_key(&json!({"name": "Killed", "slug": slug}), &key).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert!(r.body["credentials_secret_arn"].is_string());
+    assert_invariants(&[slug]).await;
+}
+
+#[tokio::test]
+async fn a_create_killed_before_its_secret_is_rolled_forward_with_one() {
+    let mut cleanup = Cleanup::new();
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slug = cleanup.add(&unique_slug("fkill_sec"));
+    let key = format!("k-{slug}");
+    // Stopped at its row (it has read the admin secret by then), then let go with Secrets
+    // Manager frozen: it makes its database and its login, and hangs making the secret.
+    let lock = hold_tenant_lock(&slug).await;
+    let (api, mut child) = start_create(&slug, &key).await;
+    wait_for_row(&slug, "provisioning").await;
+    stack(&["sm-freeze"]);
+    drop(lock);
+    let reached = eventually(Duration::from_secs(10), || async {
+        role_can_login(&database_name(&slug)).await.is_some()
+    })
+    .await;
+    child.kill().await.expect("SIGKILL create-tenant");
+    stack(&["sm-thaw"]);
+    assert!(reached, "the create made its login");
+    assert!(
+        api.response.lock().await.is_none(),
+        "the killed create never answered"
+    );
+    // Its CreateSecret was on the wire when it died: Secrets Manager may still carry it out
+    // once it answers again (as AWS may). Either way the secret, if any, is ours by its tag,
+    // and the roll forward re-keys the login and the secret together.
+
+    tokio::time::sleep(SHORT_LEASE + Duration::from_secs(1)).await;
+    let r = post_with_key(&json!({"name": "Killed", "slug": slug}), &key).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_invariants(&[slug]).await;
+}
+
+#[tokio::test]
+async fn a_delete_killed_before_disabling_the_login_is_finished_by_migrate_all() {
+    let mut cleanup = Cleanup::holding_fleet().await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slug = create_tenants(&mut cleanup, "fkill_del", 1).await.remove(0);
+    let catalog = hold_role_catalog().await;
+    let (api, mut child) = start_lifecycle("DELETE", &format!("/api/tenants/{slug}")).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            lock_waiters("delete-tenant", "ALTER ROLE").await == 1
+        })
+        .await,
+        "the delete reached its login"
+    );
+    child.kill().await.expect("SIGKILL delete-tenant");
+    await_cancelled("delete-tenant").await;
+    drop(catalog);
+    assert!(api.response.lock().await.is_none());
+    // The status says deleted, the login still logs in: the next run disables it.
+    assert_eq!(
+        registry_row(&slug).await.map(|r| r.0),
+        Some("deleted".into())
+    );
+    assert_eq!(role_can_login(&database_name(&slug)).await, Some(true));
+    let (status, report) = invoke_migrate_all(&json!({"slugs": [slug]})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        report["lifecycle"][0]["action"], "login_disabled",
+        "{report}"
+    );
+    assert_invariants(&[slug]).await;
+}
+
+#[tokio::test]
+async fn a_purge_killed_half_way_is_never_restored_and_is_finished() {
+    let mut cleanup = Cleanup::holding_fleet().await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slug = create_tenants(&mut cleanup, "fkill_pur", 1).await.remove(0);
+    assert_eq!(
+        delete(&format!("/api/tenants/{slug}")).await.status,
+        StatusCode::OK
+    );
+    // The purge drops the database, then waits to drop the login: kill it there.
+    let catalog = hold_role_catalog().await;
+    let (api, mut child) = start_lifecycle("POST", &format!("/api/tenants/{slug}/purge")).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            lock_waiters("delete-tenant", "ALTER ROLE").await == 1
+        })
+        .await,
+        "the purge reached the login"
+    );
+    child.kill().await.expect("SIGKILL delete-tenant");
+    await_cancelled("delete-tenant").await;
+    drop(catalog);
+    assert!(api.response.lock().await.is_none());
+    assert!(
+        !database_exists(&database_name(&slug)).await,
+        "database dropped"
+    );
+    assert!(
+        role_can_login(&database_name(&slug)).await.is_some(),
+        "login still there"
+    );
+    // Half purged: it cannot come back.
+    let restore = request(Method::POST, &format!("/api/tenants/{slug}/restore"), None).await;
+    assert_eq!(restore.status, StatusCode::CONFLICT, "{}", restore.text);
+    // The next run finishes it.
+    let (status, report) = invoke_migrate_all(&json!({"slugs": [slug]})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["lifecycle"][0]["action"], "purged", "{report}");
+    assert_eq!(
+        registry_row(&slug).await.map(|r| r.0),
+        Some("purged".into())
+    );
+    assert_invariants(&[slug]).await;
 }

@@ -39,7 +39,7 @@ async fn a_current_fleet_migrates_nothing_and_a_second_run_neither() {
         assert_eq!(status, StatusCode::OK, "run {run}: {report}");
         assert_eq!(report["status"], "completed");
         assert_eq!(report["dry_run"], false);
-        assert_eq!(report["latest_version"], 2);
+        assert_eq!(report["latest_version"], latest());
         assert!(report["run_id"]
             .as_str()
             .is_some_and(|id| uuid::Uuid::parse_str(id).is_ok()));
@@ -53,8 +53,8 @@ async fn a_current_fleet_migrates_nothing_and_a_second_run_neither() {
         assert_eq!(template["ready"], true, "{report}");
         assert!(template["name"]
             .as_str()
-            .is_some_and(|n| n.starts_with("dbtools_template_") && n.len() == 33));
-        assert_eq!(template["version"], 2);
+            .is_some_and(|n| n.starts_with("dbtools_template_") && n.len() == 42));
+        assert_eq!(template["version"], latest());
         assert!(template["error"].is_null());
         assert!(database_exists(template["name"].as_str().unwrap()).await);
         let (migrated, _, failed, _) = counts(&report);
@@ -64,12 +64,12 @@ async fn a_current_fleet_migrates_nothing_and_a_second_run_neither() {
             assert_eq!(row["status"], "up_to_date");
             assert_eq!(
                 (row["from_version"].as_i64(), row["to_version"].as_i64()),
-                (Some(2), Some(2))
+                (Some(i64::from(latest())), Some(i64::from(latest())))
             );
             assert_eq!(row["applied"], json!([]));
             assert!(row["error"].is_null());
             assert!(row["duration_ms"].is_u64());
-            assert_eq!(history_versions(slug).await, [1, 2]);
+            assert_eq!(history_versions(slug).await, all_versions());
         }
     }
 }
@@ -81,7 +81,7 @@ async fn lagging_tenants_are_named_by_a_dry_run_then_brought_to_head() {
     let slugs = create_tenants(&mut cleanup, "lag", 3).await;
     let lagging = &slugs[..2];
     for slug in lagging {
-        undo_v2(slug).await;
+        undo_to_v1(slug).await;
     }
 
     // Dry run: exactly the lagging tenants, with their pending versions; nothing changes.
@@ -92,7 +92,10 @@ async fn lagging_tenants_are_named_by_a_dry_run_then_brought_to_head() {
     pending.sort();
     assert_eq!(pending, lagging, "{report}");
     for slug in lagging {
-        assert_eq!(report_row(&report, slug).unwrap()["pending"], json!([2]));
+        assert_eq!(
+            report_row(&report, slug).unwrap()["pending"],
+            json!(all_versions()[1..])
+        );
         assert_eq!(report_row(&report, slug).unwrap()["from_version"], 1);
     }
     assert_eq!(
@@ -118,14 +121,14 @@ async fn lagging_tenants_are_named_by_a_dry_run_then_brought_to_head() {
         let row = report_row(&report, slug).unwrap();
         assert_eq!(
             (row["from_version"].as_i64(), row["to_version"].as_i64()),
-            (Some(1), Some(2))
+            (Some(1), Some(i64::from(latest())))
         );
-        assert_eq!(row["applied"], json!([2]));
+        assert_eq!(row["applied"], json!(all_versions()[1..]));
         assert!(has_table(slug, "activity_log").await);
-        assert_eq!(history_versions(slug).await, [1, 2]);
+        assert_eq!(history_versions(slug).await, all_versions());
         assert_eq!(
             registry_row(slug).await,
-            Some(("active".into(), 2)),
+            Some(("active".into(), latest())),
             "schema_version follows"
         );
     }
@@ -137,7 +140,7 @@ async fn a_failing_tenant_does_not_stop_the_others_and_is_migrated_once_fixed() 
     let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slugs = create_tenants(&mut cleanup, "flt", 3).await;
     for slug in &slugs {
-        undo_v2(slug).await;
+        undo_to_v1(slug).await;
     }
     let faulty = &slugs[1];
     // A view squatting on the table name V2 creates.
@@ -171,7 +174,7 @@ async fn a_failing_tenant_does_not_stop_the_others_and_is_migrated_once_fixed() 
             has_table(slug, "activity_log").await,
             "{slug} migrated despite the failure"
         );
-        assert_eq!(registry_row(slug).await, Some(("active".into(), 2)));
+        assert_eq!(registry_row(slug).await, Some(("active".into(), latest())));
     }
     // Left at its last good version.
     assert_eq!(history_versions(faulty).await, [1]);
@@ -191,8 +194,11 @@ async fn a_failing_tenant_does_not_stop_the_others_and_is_migrated_once_fixed() 
         "{report}"
     );
     assert!(has_table(faulty, "activity_log").await);
-    assert_eq!(history_versions(faulty).await, [1, 2]);
-    assert_eq!(registry_row(faulty).await, Some(("active".into(), 2)));
+    assert_eq!(history_versions(faulty).await, all_versions());
+    assert_eq!(
+        registry_row(faulty).await,
+        Some(("active".into(), latest()))
+    );
 }
 
 #[tokio::test]
@@ -300,7 +306,7 @@ async fn deleted_tenants_are_not_touched() {
     let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slugs = create_tenants(&mut cleanup, "ded", 1).await;
     let slug = &slugs[0];
-    undo_v2(slug).await;
+    undo_to_v1(slug).await;
     assert_eq!(
         delete(&format!("/api/tenants/{slug}")).await.status,
         StatusCode::OK
@@ -329,7 +335,7 @@ async fn two_runs_at_once_never_apply_a_migration_twice() {
     let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slugs = create_tenants(&mut cleanup, "two", 4).await;
     for slug in &slugs {
-        undo_v2(slug).await;
+        undo_to_v1(slug).await;
     }
     let event = json!({});
     let runs = join_all((0..2).map(|_| invoke_migrate_all(&event))).await;
@@ -356,10 +362,10 @@ async fn two_runs_at_once_never_apply_a_migration_twice() {
     for slug in &slugs {
         assert_eq!(
             history_versions(slug).await,
-            [1, 2],
+            all_versions(),
             "{slug}: no migration recorded twice"
         );
-        assert_eq!(registry_row(slug).await, Some(("active".into(), 2)));
+        assert_eq!(registry_row(slug).await, Some(("active".into(), latest())));
     }
 }
 
@@ -369,7 +375,7 @@ async fn a_tenant_created_during_a_run_ends_at_head() {
     let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slugs = create_tenants(&mut cleanup, "dur", 6).await;
     for slug in &slugs {
-        undo_v2(slug).await;
+        undo_to_v1(slug).await;
     }
     let newcomer = cleanup.add(&unique_slug("newcomer"));
     let body = json!({"name": "Newcomer", "slug": newcomer});
@@ -377,10 +383,13 @@ async fn a_tenant_created_during_a_run_ends_at_head() {
     let (run, created) = tokio::join!(invoke_migrate_all(&event), post_tenant(&body));
     assert_eq!(run.0, StatusCode::OK, "{}", run.1);
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
-    assert_eq!(registry_row(&newcomer).await, Some(("active".into(), 2)));
-    assert_eq!(history_versions(&newcomer).await, [1, 2]);
+    assert_eq!(
+        registry_row(&newcomer).await,
+        Some(("active".into(), latest()))
+    );
+    assert_eq!(history_versions(&newcomer).await, all_versions());
     for slug in &slugs {
-        assert_eq!(history_versions(slug).await, [1, 2]);
+        assert_eq!(history_versions(slug).await, all_versions());
     }
 }
 
@@ -389,7 +398,7 @@ async fn bad_events_are_refused_with_a_clear_error() {
     let mut cleanup = Cleanup::holding_fleet().await;
     let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slugs = create_tenants(&mut cleanup, "bad", 1).await;
-    undo_v2(&slugs[0]).await;
+    undo_to_v1(&slugs[0]).await;
     for (event, needle) in [
         (json!({"slugs": ["Not A Slug"]}), "invalid slugs"),
         (
@@ -497,7 +506,7 @@ async fn a_dead_provisioning_that_cannot_be_reconciled_does_not_stop_the_run() {
     let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slugs = create_tenants(&mut cleanup, "rcf", 2).await;
     for slug in &slugs {
-        undo_v2(slug).await;
+        undo_to_v1(slug).await;
     }
     // A create killed after CREATE DATABASE, whose database now refuses our login.
     let stuck = cleanup.add(&unique_slug("rcf_dead"));
@@ -515,10 +524,10 @@ async fn a_dead_provisioning_that_cannot_be_reconciled_does_not_stop_the_run() {
     for slug in &slugs {
         assert_eq!(
             history_versions(slug).await,
-            [1, 2],
+            all_versions(),
             "{slug} migrated all the same"
         );
-        assert_eq!(registry_row(slug).await, Some(("active".into(), 2)));
+        assert_eq!(registry_row(slug).await, Some(("active".into(), latest())));
     }
     // Left for the next run, which finishes it once the database takes logins again.
     assert_eq!(registry_row(&stuck).await, Some(("provisioning".into(), 0)));
@@ -530,7 +539,10 @@ async fn a_dead_provisioning_that_cannot_be_reconciled_does_not_stop_the_run() {
         .iter()
         .any(|r| r["slug"] == stuck.as_str() && r["action"] == "rolled_forward");
     assert!(done, "{report}");
-    assert_eq!(registry_row(&stuck).await, Some(("active".into(), 2)));
+    assert_eq!(
+        registry_row(&stuck).await,
+        Some(("active".into(), latest()))
+    );
 }
 
 #[tokio::test]
@@ -539,7 +551,7 @@ async fn a_run_near_its_deadline_stops_starting_tenants_and_keeps_what_it_did() 
     let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slugs = create_tenants(&mut cleanup, "dl", 5).await;
     for slug in &slugs {
-        undo_v2(slug).await;
+        undo_to_v1(slug).await;
     }
     // The third tenant's lock is held: the run waits for it until its deadline is near.
     let lock = registry().await;
@@ -572,10 +584,10 @@ async fn a_run_near_its_deadline_stops_starting_tenants_and_keeps_what_it_did() 
     for slug in &slugs[..2] {
         assert_eq!(
             registry_row(slug).await,
-            Some(("active".into(), 2)),
+            Some(("active".into(), latest())),
             "{slug}"
         );
-        assert_eq!(history_versions(slug).await, [1, 2]);
+        assert_eq!(history_versions(slug).await, all_versions());
     }
     for slug in &slugs[2..] {
         assert_eq!(
@@ -647,8 +659,8 @@ async fn a_run_reconciles_dead_provisionings_and_reports_orphans() {
         "{actions:?}"
     );
     assert_eq!(registry_row(&gone).await, None);
-    assert_eq!(registry_row(&half).await, Some(("active".into(), 2)));
-    assert_eq!(history_versions(&half).await, [1, 2]);
+    assert_eq!(registry_row(&half).await, Some(("active".into(), latest())));
+    assert_eq!(history_versions(&half).await, all_versions());
     assert_eq!(registry_row(&squat).await, None, "the slug is not stuck");
     // The orphans are reported, and left alone.
     let orphans = report["orphan_databases"].as_array().unwrap();

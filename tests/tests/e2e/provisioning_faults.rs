@@ -68,8 +68,8 @@ async fn a_failing_migration_leaves_nothing_behind_and_the_slug_can_be_retried()
     // Once the fault is gone, the same slug provisions.
     let retry = post_tenant(&json!({"name": "Faulty", "slug": slug})).await;
     assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.text);
-    assert_eq!(registry_row(&slug).await, Some(("active".into(), 2)));
-    assert_eq!(history_versions(&slug).await, vec![1, 2]);
+    assert_eq!(registry_row(&slug).await, Some(("active".into(), latest())));
+    assert_eq!(history_versions(&slug).await, all_versions());
     assert!(has_table(&slug, "activity_log").await);
     // The template was rebuilt, ready (closed to connections), and is not a tenant.
     let templates = tenant_templates().await;
@@ -84,4 +84,48 @@ async fn a_failing_migration_leaves_nothing_behind_and_the_slug_can_be_retried()
         .unwrap()
         .get(0);
     assert!(!allows, "a ready template takes no connections");
+}
+
+#[tokio::test]
+async fn a_template_being_built_elsewhere_is_a_503_and_a_replay_does_not_wait_for_it() {
+    // Exclusive: the template is dropped, and its build held.
+    let mut cleanup = Cleanup::new();
+    let _template = test_lock(TEMPLATE_LOCK, true).await;
+    let done = cleanup.add(&unique_slug("tplbusy_done"));
+    let key = format!("k-{done}");
+    let body = json!({"name": "Done", "slug": done});
+    let first = post_with_key(&body, &key).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+
+    // Another process builds the template (it holds the product's template lock).
+    for name in tenant_templates().await {
+        admin()
+            .await
+            .batch_execute(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+            .await
+            .unwrap();
+    }
+    let builder = registry().await;
+    builder
+        .execute("SELECT pg_advisory_lock(1684173824, 3)", &[])
+        .await
+        .unwrap();
+
+    // A retry of a tenant that exists replays at once: it needs no template.
+    let replay = post_with_key(&body, &key).await;
+    assert_eq!(replay.status, StatusCode::CREATED, "{}", replay.text);
+    assert_eq!(replay.body["id"], first.body["id"]);
+    // A new tenant waits for the build, then answers 503 (retry), having made nothing.
+    let new = cleanup.add(&unique_slug("tplbusy_new"));
+    let r = post_tenant(&json!({"name": "New", "slug": new})).await;
+    drop(builder);
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    r.assert_no_internals();
+    assert_eq!(registry_row(&new).await, None);
+    assert!(!database_exists(&database_name(&new)).await);
+
+    // The build is free again: the retry builds the template and provisions.
+    let retry = post_tenant(&json!({"name": "New", "slug": new})).await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.text);
+    assert_eq!(tenant_templates().await.len(), 1);
 }
