@@ -400,10 +400,16 @@ async fn undo_latest(n: usize) -> Result<()> {
             e2e::connect(&database_name(&slug(i)))
                 .await
                 .batch_execute(
-                    "DROP TABLE activity_log; DELETE FROM refinery_schema_history WHERE version = 2",
+                    "REVOKE ALL ON ALL TABLES IN SCHEMA public FROM dbtools_tenant_rw; \
+                     REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM dbtools_tenant_rw; \
+                     ALTER DEFAULT PRIVILEGES IN SCHEMA public \
+                       REVOKE ALL ON TABLES FROM dbtools_tenant_rw; \
+                     ALTER DEFAULT PRIVILEGES IN SCHEMA public \
+                       REVOKE ALL ON SEQUENCES FROM dbtools_tenant_rw; \
+                     DELETE FROM refinery_schema_history WHERE version = 3",
                 )
                 .await
-                .with_context(|| format!("undo V2 in {}", slug(i)))
+                .with_context(|| format!("undo V3 in {}", slug(i)))
         })
         .buffer_unordered(8)
         .try_collect::<Vec<()>>()
@@ -411,7 +417,7 @@ async fn undo_latest(n: usize) -> Result<()> {
     e2e::registry()
         .await
         .execute(
-            "UPDATE tenants SET schema_version = 1 WHERE slug LIKE 'bench\\_0%'",
+            "UPDATE tenants SET schema_version = 2 WHERE slug LIKE 'bench\\_0%'",
             &[],
         )
         .await?;

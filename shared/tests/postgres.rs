@@ -8,10 +8,11 @@ use shared::{
     config::Config,
     db::DbError,
     domain::{NewTenant, Slug, TenantName, TenantStatus},
+    lifecycle::{self, LifecycleError},
     locks::{self, Lock},
     migrations,
     provision::{self, CreateTenantError, IdempotencyKey, ReconcileAction},
-    tenants::{self, DeleteTenantError, ListQuery},
+    tenants::{self, ListQuery},
     Database, Invocation,
 };
 use tokio_postgres::NoTls;
@@ -22,6 +23,15 @@ fn env_or_panic(name: &str) -> String {
 
 async fn admin() -> tokio_postgres::Client {
     admin_to("postgres").await
+}
+
+/// A superuser connection to `dbname`, if it exists.
+async fn try_admin_to(dbname: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut cfg: tokio_postgres::Config = env_or_panic("DBTOOLS_PG_URL").parse().unwrap();
+    cfg.dbname(dbname);
+    let (client, conn) = cfg.connect(NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
 }
 
 /// A superuser connection to `dbname`.
@@ -63,6 +73,25 @@ fn fresh_oid() -> i64 {
     (1 << 31) + (uuid::Uuid::new_v4().as_u128() % (1 << 30)) as i64
 }
 
+/// The system migrations of this release (the files in `migrations_system/`), in order.
+fn system_versions() -> Vec<i64> {
+    let dir = format!("{}/../migrations_system", env!("CARGO_MANIFEST_DIR"));
+    let mut versions: Vec<i64> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|f| {
+            let name = f.ok()?.file_name().into_string().ok()?;
+            name.strip_prefix('V')?.split("__").next()?.parse().ok()
+        })
+        .collect();
+    versions.sort_unstable();
+    versions
+}
+
+/// The latest tenant migration, as the registry records it.
+fn latest() -> i32 {
+    migrations::latest_tenant_version() as i32
+}
+
 /// An invocation with time to spare.
 fn inv() -> Invocation {
     Invocation::within(Duration::from_secs(60))
@@ -102,14 +131,27 @@ impl Fresh {
 
 impl Drop for Fresh {
     fn drop(&mut self) {
-        let mut names = std::mem::take(&mut self.tenants);
-        names.push(self.system_db.clone());
+        let tenants = std::mem::take(&mut self.tenants);
+        let system_db = self.system_db.clone();
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             rt.block_on(async {
+                // The tenant templates this registry built (each registry has its own), its
+                // tenants, then the registry itself.
+                let mut names = Vec::new();
+                if let Ok(registry) = try_admin_to(&system_db).await {
+                    if let Ok(rows) = registry
+                        .query("SELECT name FROM tenant_templates", &[])
+                        .await
+                    {
+                        names.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+                    }
+                }
+                names.extend(tenants);
+                names.push(system_db);
                 let admin = admin().await;
                 for name in names {
                     let _ = admin
@@ -142,7 +184,10 @@ async fn database_exists(name: &str) -> bool {
 async fn system_migrations_create_the_registry_once() {
     let fresh = Fresh::new();
     let db = Database::new(fresh.config(&[]), "test").unwrap();
-    assert_eq!(migrations::migrate_system(&db).await.unwrap(), [1, 2, 3, 4]);
+    assert_eq!(
+        migrations::migrate_system(&db).await.unwrap(),
+        system_versions()
+    );
     assert!(database_exists(&fresh.system_db).await);
     // Idempotent.
     assert!(migrations::migrate_system(&db).await.unwrap().is_empty());
@@ -194,11 +239,11 @@ async fn lifecycle_through_the_library() {
     assert_eq!(page.tenants, std::slice::from_ref(&t));
     assert_eq!(page.next_cursor, None);
 
-    let deleted = tenants::delete_tenant(&db, &slug).await.unwrap();
+    let deleted = lifecycle::delete_tenant(&db, &slug).await.unwrap();
     assert_eq!(deleted.status, TenantStatus::Deleted);
     assert!(deleted.deleted_at.is_some());
-    let missing = tenants::delete_tenant(&db, &Slug::parse("nobody_here").unwrap()).await;
-    assert!(matches!(missing, Err(DeleteTenantError::NotFound(_))));
+    let missing = lifecycle::delete_tenant(&db, &Slug::parse("nobody_here").unwrap()).await;
+    assert!(matches!(missing, Err(LifecycleError::NotFound(_))));
 }
 
 #[tokio::test]
@@ -299,7 +344,10 @@ async fn database_url_replaces_the_secret() {
         "test-url",
     )
     .unwrap();
-    assert_eq!(migrations::migrate_system(&db).await.unwrap(), [1, 2, 3, 4]);
+    assert_eq!(
+        migrations::migrate_system(&db).await.unwrap(),
+        system_versions()
+    );
 }
 
 /// A provisioning row whose lease has expired, as a killed create leaves it: it recorded the
@@ -401,7 +449,10 @@ async fn reconcile_decision_table() {
     let oid = dead_provisioning(&db, &half).await;
     create_database(&half, Some(oid)).await;
     assert_eq!(reconcile(&db, &half).await, ReconcileAction::RolledForward);
-    assert_eq!(row_status(&db, &half).await, Some(("active".into(), 2)));
+    assert_eq!(
+        row_status(&db, &half).await,
+        Some(("active".into(), latest()))
+    );
 
     // A database of the name that this registry did not make (the create met a squatter, got
     // DUPLICATE_DATABASE, and died before removing its row): left exactly as it was, row gone.
@@ -513,7 +564,10 @@ async fn a_post_after_a_dead_provisioning_converges() {
         matches!(again, Err(CreateTenantError::Conflict(_))),
         "{again:?}"
     );
-    assert_eq!(row_status(&db, &slug).await, Some(("active".into(), 2)));
+    assert_eq!(
+        row_status(&db, &slug).await,
+        Some(("active".into(), latest()))
+    );
 }
 
 #[tokio::test]
@@ -755,4 +809,18 @@ async fn idempotency_keys_belong_to_their_caller_and_expire() {
         .unwrap();
     assert!(!reused.replayed);
     assert_eq!(reused.tenant.slug, c.as_str());
+}
+
+#[tokio::test]
+async fn a_new_deployment_makes_its_registry_on_first_use() {
+    // No migrate-all has run: the first request makes the system database and migrates it.
+    let fresh = Fresh::new();
+    let db = Database::new(fresh.config(&[]), "test-first-use").unwrap();
+    let page = tenants::list_tenants(&db, &ListQuery::default())
+        .await
+        .expect("the registry is made on first use");
+    assert!(page.tenants.is_empty());
+    assert!(database_exists(&fresh.system_db).await);
+    // Every system migration is applied (a later migrate-all has nothing left to do).
+    assert!(migrations::migrate_system(&db).await.unwrap().is_empty());
 }
