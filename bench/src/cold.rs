@@ -12,16 +12,27 @@ use serde_json::Value;
 
 use crate::table::{ms, Row, Stats, Table};
 
-const FUNCTIONS: [&str; 4] = [
+const FUNCTIONS: [&str; 5] = [
     "create-tenant",
     "list-tenants",
     "delete-tenant",
     "migrate-all",
+    "rotate-tenant-secret",
 ];
 const RSS_GOAL_MIB: f64 = 40.0;
 
-/// The first request each function gets, and the status it must answer with.
-fn first_request(function: &str, slug: &str) -> (Value, &'static str, Option<u64>) {
+/// What the first request's answer must be.
+enum Expect {
+    /// An HTTP function's status.
+    Status(u64),
+    /// migrate-all's report.
+    Report,
+    /// A function error of this type.
+    Error(&'static str),
+}
+
+/// The first request each function gets, and what it must answer.
+fn first_request(function: &str, slug: &str) -> (Value, &'static str, Expect) {
     match function {
         // An existing slug: the INSERT conflicts, nothing is created.
         "create-tenant" => (
@@ -32,22 +43,28 @@ fn first_request(function: &str, slug: &str) -> (Value, &'static str, Option<u64
                 &[],
             ),
             "POST of a taken slug",
-            Some(409),
+            Expect::Status(409),
         ),
         "list-tenants" => (
             runtime::http_event("GET", &format!("/api/tenants/{slug}"), "", &[]),
             "GET one tenant",
-            Some(200),
+            Expect::Status(200),
         ),
         "delete-tenant" => (
             runtime::http_event("DELETE", "/api/tenants/bench_never_created", "", &[]),
             "DELETE of an unknown slug",
-            Some(404),
+            Expect::Status(404),
+        ),
+        "rotate-tenant-secret" => (
+            json!({"Step": "testSecret", "SecretId": "dbtools/tenants/bench_never_created",
+                   "ClientRequestToken": "cold-start"}),
+            "a step for an unknown secret",
+            Expect::Error("InvalidRequest"),
         ),
         _ => (
             json!({"dry_run": true, "slugs": [slug]}),
             "dry run over one tenant",
-            None,
+            Expect::Report,
         ),
     }
 }
@@ -83,11 +100,15 @@ pub async fn measure(profile: &str, samples: usize, slug: &str, table: &mut Tabl
             let peak = peak_rss_mib(pid).context("read VmHWM")?;
             child.kill().await?;
             match expect {
-                Some(status) => ensure!(
+                Expect::Status(status) => ensure!(
                     answer["statusCode"] == status,
                     "{function}: expected {status}, got {answer}"
                 ),
-                None => ensure!(answer.get("counts").is_some(), "{function}: {answer}"),
+                Expect::Report => ensure!(answer.get("counts").is_some(), "{function}: {answer}"),
+                Expect::Error(kind) => ensure!(
+                    answer["errorType"] == kind,
+                    "{function}: expected {kind}, got {answer}"
+                ),
             }
             times.push(took);
             rss = rss.max(peak);

@@ -1,7 +1,8 @@
 //! The floor provisioning is held against: what PostgreSQL itself needs to make a tenant
 //! database, measured with a bare client (tokio-postgres, none of the product's code) over
 //! connections that are already open: `CREATE DATABASE`, then the tenant migrations' DDL
-//! as one batch. Its samples are taken between the provisioning requests, so that both meet
+//! as one batch, then the tenant's login (`CREATE ROLE` with a SCRAM verifier computed
+//! beforehand, its group, `CONNECT` on the database) as one batch. Its samples are taken between the provisioning requests, so that both meet
 //! the server in the same state (WAL segments recycled or new, checkpoints). Also
 //! `STRATEGY FILE_COPY` against the default `WAL_LOG`, and a copy of the product's
 //! pre-migrated tenant template.
@@ -22,6 +23,8 @@ pub struct Floor {
     create: Vec<f64>,
     connect: Vec<f64>,
     run: Vec<f64>,
+    role: Vec<f64>,
+    verifier: String,
 }
 
 /// `CREATE DATABASE` strategies compared, and a copy of the product's tenant template.
@@ -44,7 +47,12 @@ fn tenant_ddl() -> Result<String> {
         })
         .collect();
     files.sort();
-    let mut ddl = String::new();
+    // refinery's history table, as refinery makes it in every tenant database (a migration
+    // refers to it).
+    let mut ddl = String::from(
+        "CREATE TABLE refinery_schema_history (version int4 PRIMARY KEY, name varchar(255), \
+         applied_on varchar(255), checksum varchar(255));\n",
+    );
     for (_, path) in files {
         ddl.push_str(&std::fs::read_to_string(&path)?);
         ddl.push('\n');
@@ -65,6 +73,8 @@ impl Floor {
             create: Vec::new(),
             connect: Vec::new(),
             run: Vec::new(),
+            role: Vec::new(),
+            verifier: postgres_protocol::password::scram_sha_256(b"a bench password, never used"),
         })
     }
 
@@ -86,16 +96,29 @@ impl Floor {
             .await
             .context("tenant DDL")?;
         self.run.push(elapsed_ms(started));
+        let started = Instant::now();
+        self.admin
+            .batch_execute(&format!(
+                "CREATE ROLE {name} LOGIN CONNECTION LIMIT 20 PASSWORD '{}' \
+                   IN ROLE dbtools_tenant_rw; \
+                 REVOKE ALL ON DATABASE {name} FROM PUBLIC; \
+                 GRANT CONNECT ON DATABASE {name} TO {name}",
+                self.verifier
+            ))
+            .await
+            .context("tenant login")?;
+        self.role.push(elapsed_ms(started));
         Ok(())
     }
 
-    /// p50 of `CREATE DATABASE` + DDL.
+    /// p50 of `CREATE DATABASE` + DDL + login.
     pub fn p50(&self) -> f64 {
         let sums = self
             .create
             .iter()
             .zip(&self.run)
-            .map(|(c, d)| c + d)
+            .zip(&self.role)
+            .map(|((c, d), r)| c + d + r)
             .collect();
         Stats::of(sums).p50
     }
@@ -103,8 +126,13 @@ impl Floor {
     /// Drops the databases the samples made.
     pub async fn drop_all(&mut self) -> Result<()> {
         for name in self.made.drain(..) {
+            // Two statements: DROP DATABASE refuses to run in a transaction, which one batch
+            // of several statements is.
             self.admin
                 .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+                .await?;
+            self.admin
+                .batch_execute(&format!("DROP ROLE IF EXISTS {name}"))
                 .await?;
         }
         Ok(())
@@ -113,14 +141,15 @@ impl Floor {
     pub fn rows(&self, table: &mut Table) {
         table.push(Row::info(
             &format!(
-                "floor: CREATE DATABASE + tenant DDL, open connections (p50 of {})",
+                "floor: CREATE DATABASE + tenant DDL + login, open connections (p50 of {})",
                 self.create.len()
             ),
             format!("{} ms", ms(self.p50())),
             format!(
-                "CREATE DATABASE {} ms + DDL {} ms",
+                "CREATE DATABASE {} + DDL {} + login {} ms",
                 ms(Stats::of(self.create.clone()).p50),
-                ms(Stats::of(self.run.clone()).p50)
+                ms(Stats::of(self.run.clone()).p50),
+                ms(Stats::of(self.role.clone()).p50)
             ),
         ));
         table.push(Row::info(

@@ -337,6 +337,7 @@ async fn provision_fleet(
             r.text
         );
         ensure!(r.body["status"] == "active", "{}", r.text);
+        ensure!(r.body["credentials_secret_arn"].is_string(), "{}", r.text);
     }
     // Every tenant is what a user would check: active, at the latest version, with its tables.
     let registry = e2e::registry().await;
