@@ -24,8 +24,24 @@ impl TemplateFault {
     }
 }
 
+/// The tenant templates of the stack's registry that exist (other registries on the cluster,
+/// such as the shared crate's tests', have templates of their own).
 async fn tenant_templates() -> Vec<String> {
-    databases_like("dbtools_template_").await
+    let recorded: Vec<String> = registry()
+        .await
+        .query("SELECT name FROM tenant_templates ORDER BY name", &[])
+        .await
+        .expect("read tenant_templates")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut existing = Vec::new();
+    for name in recorded {
+        if database_exists(&name).await {
+            existing.push(name);
+        }
+    }
+    existing
 }
 
 impl Drop for TemplateFault {
