@@ -1,6 +1,7 @@
-//! A tenant's access: its login (see [`crate::logins`]) and the secret that holds its
-//! credentials (see [`crate::secrets`]), made, repaired, disabled and removed together, each
-//! step safe to repeat and touching only what is proven ours.
+//! A tenant's access: its login (see [`crate::logins`]) on the tenant's server, and the secret
+//! that holds its credentials (see [`crate::secrets`]) with that server's host and port, made,
+//! repaired, disabled and removed together, each step safe to repeat and touching only what is
+//! proven ours. Every function takes the admin connection of the tenant's server.
 //!
 //! The password is only ever in the function's memory and in the secret: the login gets its
 //! SCRAM verifier. Where a step died between the two (a login without its secret, or a secret
@@ -11,7 +12,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::{
-    db::{Conn, Database, DbError},
+    db::{Admin, Conn, Database, DbError},
     logins::{self, Login, RoleState},
     secrets::{Deletion, NewSecret, SecretState, TenantCredentials},
 };
@@ -95,9 +96,10 @@ impl Access {
     async fn create_secret(
         &self,
         db: &Database,
+        admin: &Admin<'_>,
         password: &SecretString,
     ) -> Result<String, AccessError> {
-        let (host, port) = db.endpoint().await?;
+        let (host, port) = admin.server().endpoint(db).await?;
         let settings = &db.config().tenants;
         let new = NewSecret {
             name: &self.secret_name,
@@ -141,18 +143,19 @@ impl Access {
 }
 
 /// A new tenant's access, after its database exists: the login (with `CONNECT` on the
-/// database), then the secret. Returns the secret's ARN.
+/// database) on the tenant's server, then the secret, which names that server. Returns the
+/// secret's ARN.
 pub(crate) async fn create(
     db: &Database,
-    sys: &Conn,
+    admin: &Admin<'_>,
     access: &Access,
 ) -> Result<String, AccessError> {
     let password = logins::new_password();
-    if !access.login(db).create(sys, &password).await? {
+    if !access.login(db).create(admin, &password).await? {
         // A role of that name exists; a new row's id cannot be in its mark.
         return Err(AccessError::Foreign("login"));
     }
-    access.create_secret(db, &password).await
+    access.create_secret(db, admin, &password).await
 }
 
 /// Brings a tenant's access to what it must be, whatever an interrupted step left: a login of
@@ -162,12 +165,12 @@ pub(crate) async fn create(
 /// restore: the application keeps its secret). Returns the secret's ARN.
 pub(crate) async fn ensure(
     db: &Database,
-    sys: &Conn,
+    admin: &Admin<'_>,
     access: &Access,
     rekey: bool,
     can_login: bool,
 ) -> Result<String, AccessError> {
-    let role = logins::state(sys, &access.role, access.tenant_id).await?;
+    let role = logins::state(admin, &access.role, access.tenant_id).await?;
     let secret = db
         .secrets()
         .state(&access.secret_name, access.tenant_id)
@@ -186,30 +189,30 @@ pub(crate) async fn ensure(
     if !rekey && role != RoleState::Absent {
         if let Some(arn) = arn {
             // Both there: the password stays; attributes and grants are set again.
-            login.refresh(sys, can_login).await?;
+            login.refresh(admin, can_login).await?;
             return Ok(arn);
         }
     }
     let password = logins::new_password();
     match role {
         RoleState::Absent => {
-            if !login.create(sys, &password).await? {
+            if !login.create(admin, &password).await? {
                 return Err(AccessError::Foreign("login"));
             }
             if !can_login {
-                logins::set_login(sys, &access.role, false).await?;
+                logins::set_login(admin, &access.role, false).await?;
             }
         }
-        _ => login.rekey(sys, &password, can_login).await?,
+        _ => login.rekey(admin, &password, can_login).await?,
     }
     let arn = match arn {
         Some(arn) => {
-            let (host, port) = db.endpoint().await?;
+            let (host, port) = admin.server().endpoint(db).await?;
             let credentials = access.credentials(&host, port, &password);
             db.secrets().put(&arn, &credentials).await?;
             arn
         }
-        None => access.create_secret(db, &password).await?,
+        None => access.create_secret(db, admin, &password).await?,
     };
     info!(tenant.slug = %access.slug, "the tenant's login and secret were made or re-keyed");
     Ok(arn)
@@ -217,14 +220,14 @@ pub(crate) async fn ensure(
 
 /// Refuses new sessions of the tenant's login and ends its sessions (a soft delete). A login
 /// that is not ours, or none, is left alone.
-pub(crate) async fn disable(sys: &Conn, access: &Access) -> Result<(), DbError> {
-    match logins::state(sys, &access.role, access.tenant_id).await? {
+pub(crate) async fn disable(admin: &Conn, access: &Access) -> Result<(), DbError> {
+    match logins::state(admin, &access.role, access.tenant_id).await? {
         RoleState::Ours { can_login } => {
             if can_login {
-                logins::set_login(sys, &access.role, false).await?;
+                logins::set_login(admin, &access.role, false).await?;
             }
             // Sessions opened before NOLOGIN took effect end here, on every call.
-            let ended = logins::end_sessions(sys, &access.role).await?;
+            let ended = logins::end_sessions(admin, &access.role).await?;
             if ended > 0 {
                 info!(tenant.slug = %access.slug, ended, "ended the sessions of a deleted tenant's login");
             }
@@ -241,11 +244,11 @@ pub(crate) async fn disable(sys: &Conn, access: &Access) -> Result<(), DbError> 
 /// a recovery window for a purge).
 pub(crate) async fn remove(
     db: &Database,
-    sys: &Conn,
+    admin: &Conn,
     access: &Access,
     deletion: Deletion,
 ) -> Result<(), DbError> {
-    logins::drop_if_ours(sys, &access.role, access.tenant_id).await?;
+    logins::drop_if_ours(admin, &access.role, access.tenant_id).await?;
     match db
         .secrets()
         .state(&access.secret_name, access.tenant_id)

@@ -14,11 +14,13 @@ use serde_json::{json, Map, Value};
 use tracing::error;
 
 use crate::{
+    body::{self, json_type},
     db::Database,
-    domain::{NewTenant, Slug, Tenant, TenantName, TenantStatus},
+    domain::{NewTenant, ServerName, Slug, Tenant, TenantName, TenantStatus},
     invocation::Invocation,
     lifecycle::{self, LifecycleError},
     provision::{self, CreateTenantError, IdempotencyKey},
+    servers::{self, NoRoom, ServersError},
     tenants::{
         self, Cursor, FieldError, GetTenantError, ListQuery, ListTenantsError, LIST_MAX_LIMIT,
     },
@@ -37,6 +39,8 @@ pub(crate) enum ErrorCode {
     /// 422: an `Idempotency-Key` reused with a different body.
     IdempotencyKeyReused,
     ServiceUnavailable,
+    /// 503: no open server has room for a new tenant (or not the requested one).
+    NoCapacity,
     InternalError,
 }
 
@@ -48,7 +52,7 @@ impl ErrorCode {
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::IdempotencyKeyReused => 422,
-            ErrorCode::ServiceUnavailable => 503,
+            ErrorCode::ServiceUnavailable | ErrorCode::NoCapacity => 503,
             ErrorCode::InternalError => 500,
         }
     }
@@ -157,12 +161,69 @@ impl From<CreateTenantError> for ApiError {
                 ErrorCode::Conflict,
                 format!("Tenant '{slug}' is being changed by another operation; retry later"),
             ),
+            CreateTenantError::NoRoom(no_room) => no_room.into(),
             CreateTenantError::Unavailable(m) => ApiError::unavailable(&m),
             CreateTenantError::Unexpected(cause) => ApiError::internal(
                 &cause,
                 "Provisioning failed; it is safe to retry (what was made is undone now or by the \
                  next attempt)",
             ),
+        }
+    }
+}
+
+impl From<NoRoom> for ApiError {
+    fn from(e: NoRoom) -> Self {
+        match e {
+            NoRoom::Unknown(name) => ApiError::validation(
+                "Unknown server",
+                vec![FieldError::new(
+                    "server",
+                    format!("no server named '{name}' is registered"),
+                )],
+            ),
+            NoRoom::Draining(name) => ApiError::new(
+                ErrorCode::Conflict,
+                format!("Server '{name}' is draining and takes no new tenants"),
+            ),
+            NoRoom::Full(Some(name)) => ApiError::new(
+                ErrorCode::NoCapacity,
+                format!("Server '{name}' holds its max_tenants; it takes no new tenant"),
+            ),
+            NoRoom::Full(None) => ApiError::new(
+                ErrorCode::NoCapacity,
+                "No open server has room for a new tenant",
+            ),
+        }
+    }
+}
+
+impl From<ServersError> for ApiError {
+    fn from(e: ServersError) -> Self {
+        match e {
+            ServersError::Validation { message, details } => ApiError::validation(message, details),
+            ServersError::NotFound(Some(name)) => {
+                ApiError::new(ErrorCode::NotFound, format!("Server '{name}' not found"))
+            }
+            ServersError::NotFound(None) => ApiError::new(ErrorCode::NotFound, "Server not found"),
+            ServersError::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
+            ServersError::Refused(message) => ApiError::validation(
+                message,
+                vec![FieldError::new(
+                    "secret_arn",
+                    "the server refused or cannot be used",
+                )],
+            ),
+            ServersError::Unreachable(m) => {
+                error!(cause = %m, "the server to register cannot be reached");
+                ApiError::new(
+                    ErrorCode::ServiceUnavailable,
+                    "The server could not be reached with the given host, port and secret; \
+                     check them (and the network path), then retry",
+                )
+            }
+            ServersError::Unavailable(m) => ApiError::unavailable(&m),
+            ServersError::Unexpected(cause) => ApiError::internal(&cause, "Unexpected error"),
         }
     }
 }
@@ -221,42 +282,8 @@ pub fn parse_create_body(body: &[u8]) -> Result<NewTenant, CreateTenantError> {
         message: message.to_owned(),
         details,
     };
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(invalid(
-            "Request body is required",
-            vec![FieldError::new(
-                "body",
-                "must be a JSON object with `name` and `slug`",
-            )],
-        ));
-    }
-    let text = std::str::from_utf8(body).map_err(|e| {
-        invalid(
-            "Request body is not valid UTF-8",
-            vec![FieldError::new(
-                "body",
-                format!("invalid UTF-8 at byte {}", e.valid_up_to()),
-            )],
-        )
-    })?;
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        invalid(
-            "Request body is not valid JSON",
-            vec![FieldError::new(
-                "body",
-                format!("invalid JSON at line {} column {}", e.line(), e.column()),
-            )],
-        )
-    })?;
-    let Value::Object(mut fields) = value else {
-        return Err(invalid(
-            "Request body must be a JSON object",
-            vec![FieldError::new(
-                "body",
-                format!("expected an object, got {}", json_type(&value)),
-            )],
-        ));
-    };
+    let mut fields = body::json_object(body, "a JSON object with `name` and `slug`")
+        .map_err(|e| invalid(e.message, vec![e.detail]))?;
 
     let mut details = Vec::new();
     let mut text_field = |name: &str| match fields.remove(name) {
@@ -279,6 +306,18 @@ pub fn parse_create_body(body: &[u8]) -> Result<NewTenant, CreateTenantError> {
     };
     let name = text_field("name");
     let slug = text_field("slug");
+    // Optional: absent or null lets placement choose.
+    let server = match fields.remove("server") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(other) => {
+            details.push(FieldError::new(
+                "server",
+                format!("must be a string, got {}", json_type(&other)),
+            ));
+            None
+        }
+    };
     let mut unknown: Vec<String> = fields.keys().cloned().collect();
     unknown.sort();
     for field in unknown {
@@ -296,8 +335,16 @@ pub fn parse_create_body(body: &[u8]) -> Result<NewTenant, CreateTenantError> {
             .map_err(|e| details.push(FieldError::new("slug", e.to_string())))
             .ok()
     });
+    let server = match server.map(|s| ServerName::parse(&s)) {
+        None => None,
+        Some(Ok(server)) => Some(server),
+        Some(Err(e)) => {
+            details.push(FieldError::new("server", e));
+            None
+        }
+    };
     match (name, slug) {
-        (Some(name), Some(slug)) if details.is_empty() => Ok(NewTenant { name, slug }),
+        (Some(name), Some(slug)) if details.is_empty() => Ok(NewTenant { name, slug, server }),
         _ => {
             let message = match details.as_slice() {
                 [only] if only.field == "slug" => "Invalid slug format",
@@ -306,17 +353,6 @@ pub fn parse_create_body(body: &[u8]) -> Result<NewTenant, CreateTenantError> {
             };
             Err(invalid(message, details))
         }
-    }
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -542,6 +578,116 @@ where
         }
     };
     within_deadline(db, inv, attempt).await
+}
+
+// ---- servers ----------------------------------------------------------------------------------
+
+/// A server name taken from the path. One that cannot be valid cannot exist: 404, no SQL.
+fn path_server(raw: Option<&str>) -> Result<ServerName, ServersError> {
+    raw.and_then(|s| ServerName::parse(s).ok())
+        .ok_or(ServersError::NotFound(None))
+}
+
+fn no_query<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<(), ApiError> {
+    let details: Vec<FieldError> = params
+        .into_iter()
+        .map(|(key, _)| FieldError::new(clip(key), "unknown query parameter"))
+        .collect();
+    if details.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation("Invalid query parameters", details))
+    }
+}
+
+/// `GET /api/servers`: every server with its tenant counts, capacity and state, `primary`
+/// first.
+pub async fn list_servers<'a>(
+    db: &Database,
+    params: impl IntoIterator<Item = (&'a str, &'a str)>,
+    inv: &Invocation,
+) -> ApiResponse {
+    let result: Result<ApiResponse, ApiError> = async {
+        no_query(params)?;
+        let list = retry_once(
+            db,
+            inv,
+            || servers::list_servers(db),
+            |e| matches!(e, ServersError::Unavailable(_)),
+        )
+        .await?;
+        Ok(ApiResponse::ok(200, json!({ "servers": list })))
+    }
+    .await;
+    result.into()
+}
+
+/// `GET /api/servers/{name}`.
+pub async fn get_server(db: &Database, name: Option<&str>, inv: &Invocation) -> ApiResponse {
+    let result: Result<ApiResponse, ApiError> = async {
+        let name = path_server(name)?;
+        let server = retry_once(
+            db,
+            inv,
+            || servers::get_server(db, &name),
+            |e| matches!(e, ServersError::Unavailable(_)),
+        )
+        .await?;
+        Ok(ApiResponse::ok(200, server))
+    }
+    .await;
+    result.into()
+}
+
+/// `POST /api/servers`: registers a server after checking it for real. 201 and the server.
+pub async fn register_server(db: &Database, body: &[u8], inv: &Invocation) -> ApiResponse {
+    let result: Result<ApiResponse, ApiError> = async {
+        if body.len() > MAX_BODY_BYTES {
+            return Err(ApiError::payload_too_large());
+        }
+        let new = servers::parse_new_server(body)?;
+        let server = within_deadline(db, inv, servers::register_server(db, &new)).await?;
+        Ok(ApiResponse::ok(201, server))
+    }
+    .await;
+    result.into()
+}
+
+/// `PATCH /api/servers/{name}`: state, capacity, budget.
+pub async fn update_server(
+    db: &Database,
+    name: Option<&str>,
+    body: &[u8],
+    inv: &Invocation,
+) -> ApiResponse {
+    let result: Result<ApiResponse, ApiError> = async {
+        if body.len() > MAX_BODY_BYTES {
+            return Err(ApiError::payload_too_large());
+        }
+        let name = path_server(name)?;
+        let patch = servers::parse_patch(body)?;
+        let server = retry_once(
+            db,
+            inv,
+            || servers::update_server(db, &name, &patch),
+            |e| matches!(e, ServersError::Unavailable(_)),
+        )
+        .await?;
+        Ok(ApiResponse::ok(200, server))
+    }
+    .await;
+    result.into()
+}
+
+/// `DELETE /api/servers/{name}`: 200 and the server as it was; 409 while it holds tenants.
+pub async fn remove_server(db: &Database, name: Option<&str>, inv: &Invocation) -> ApiResponse {
+    let result: Result<ApiResponse, ApiError> = async {
+        let name = path_server(name)?;
+        let server = within_deadline(db, inv, servers::remove_server(db, &name)).await?;
+        Ok(ApiResponse::ok(200, server))
+    }
+    .await;
+    result.into()
 }
 
 /// Bodies for requests that reach a function on a method or path it does not serve.

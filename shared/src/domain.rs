@@ -141,6 +141,47 @@ impl TenantName {
 pub struct NewTenant {
     pub name: TenantName,
     pub slug: Slug,
+    /// The server the request asks for; `None`: placement chooses.
+    pub server: Option<ServerName>,
+}
+
+/// A server's name: a lowercase letter, then lowercase letters, digits, `_` or `-`; at most
+/// 63 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServerName(String);
+
+impl ServerName {
+    pub fn parse(raw: &str) -> Result<ServerName, String> {
+        let mut chars = raw.chars();
+        match chars.next() {
+            Some(c) if c.is_ascii_lowercase() => {}
+            _ => return Err("must start with a lowercase letter (a-z)".into()),
+        }
+        if raw.len() > 63 {
+            return Err(format!(
+                "must be at most 63 characters long (got {})",
+                raw.len()
+            ));
+        }
+        if let Some(bad) = chars
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-'))
+        {
+            return Err(format!(
+                "may contain only lowercase letters, digits, '_' and '-' (found {bad:?})"
+            ));
+        }
+        Ok(ServerName(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ServerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -187,13 +228,16 @@ pub struct Tenant {
     /// The tenant's secret (its login's credentials); `None` where there is none (a purged
     /// tenant, or one made before logins existed until migrate-all makes it one).
     pub credentials_secret_arn: Option<String>,
+    /// The server that holds its database (`None` only for a purged tenant whose server was
+    /// removed since).
+    pub server: Option<String>,
     #[serde(serialize_with = "rfc3339")]
     pub created_at: DateTime<Utc>,
     #[serde(serialize_with = "rfc3339_opt")]
     pub deleted_at: Option<DateTime<Utc>>,
 }
 
-fn rfc3339<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn rfc3339<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Secs, true))
 }
 
@@ -316,6 +360,7 @@ mod tests {
             database_name: "dbtools_tenant_acme".into(),
             schema_version: 2,
             credentials_secret_arn: None,
+            server: Some("primary".into()),
             created_at: DateTime::parse_from_rfc3339("2026-01-17T10:00:00Z")
                 .unwrap()
                 .to_utc(),
@@ -325,7 +370,7 @@ mod tests {
             serde_json::to_value(&t).unwrap(),
             serde_json::json!({"id": "00000000-0000-0000-0000-000000000000", "name": "Acme Corp",
                 "slug": "acme", "status": "active", "database_name": "dbtools_tenant_acme",
-                "schema_version": 2, "credentials_secret_arn": null,
+                "schema_version": 2, "credentials_secret_arn": null, "server": "primary",
                 "created_at": "2026-01-17T10:00:00Z", "deleted_at": null})
         );
     }

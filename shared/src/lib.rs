@@ -4,6 +4,7 @@
 
 pub(crate) mod access;
 pub mod api;
+mod body;
 pub mod config;
 pub(crate) mod credentials;
 pub mod db;
@@ -18,6 +19,7 @@ pub(crate) mod ownership;
 pub mod provision;
 pub mod rotation;
 pub mod secrets;
+pub mod servers;
 pub(crate) mod template;
 pub mod tenants;
 

@@ -15,12 +15,14 @@
 //!   then marks the row `purged`; the row stays, so the slug is never reused. A purge that
 //!   died is finished by the next purge request or by migrate-all, and is never restored.
 
+use std::sync::Arc;
+
 use tokio_postgres::Row;
 use tracing::{info, instrument, warn};
 
 use crate::{
     access::{self, Access, AccessError},
-    db::{Conn, Database, DbError},
+    db::{Conn, Database, DbError, Server},
     domain::{Slug, Tenant, TenantStatus},
     locks::{self, Lock, LockGuard},
     logins,
@@ -84,6 +86,19 @@ impl Entry {
             database_oid: row.try_get("database_oid")?,
             purge_requested: row.try_get("purge_requested")?,
         })
+    }
+}
+
+impl Entry {
+    /// The server that holds the tenant's database.
+    pub(crate) async fn server(&self, db: &Database, sys: &Conn) -> Result<Arc<Server>, DbError> {
+        let name = self.tenant.server.as_deref().ok_or_else(|| {
+            DbError::Other(anyhow::anyhow!(
+                "tenant '{}' is on no server (its server was removed)",
+                self.tenant.slug
+            ))
+        })?;
+        db.server(sys, name).await
     }
 }
 
@@ -159,24 +174,27 @@ pub async fn delete_tenant(db: &Database, slug: &Slug) -> Result<Tenant, Lifecyc
                 ))
             }
             TenantStatus::Purged => return Ok(entry.tenant),
-            TenantStatus::Active => {
-                let row = sys
-                    .locking()
-                    .query_one(
-                        &format!(
-                            "UPDATE tenants SET status = 'deleted', deleted_at = now(), \
-                               updated_at = now() \
-                             WHERE id = $1 AND status = 'active' RETURNING {TENANT_COLUMNS}"
-                        ),
-                        &[&entry.tenant.id],
-                    )
-                    .await?;
-                entry.tenant = tenant_from_row(&row)?;
-            }
-            TenantStatus::Deleted => {}
+            TenantStatus::Active | TenantStatus::Deleted => {}
+        }
+        // Its server first: one that cannot be reached changes nothing.
+        let server = entry.server(db, sys).await?;
+        let admin = server.admin(db).await?;
+        if entry.tenant.status == TenantStatus::Active {
+            let row = sys
+                .locking()
+                .query_one(
+                    &format!(
+                        "UPDATE tenants SET status = 'deleted', deleted_at = now(), \
+                           updated_at = now() \
+                         WHERE id = $1 AND status = 'active' RETURNING {TENANT_COLUMNS}"
+                    ),
+                    &[&entry.tenant.id],
+                )
+                .await?;
+            entry.tenant = tenant_from_row(&row)?;
         }
         // The status says deleted: now the login follows.
-        access::disable(sys, &entry.access).await?;
+        access::disable(&admin, &entry.access).await?;
         Ok(entry.tenant)
     })
     .await
@@ -201,7 +219,9 @@ pub async fn restore_tenant(db: &Database, slug: &Slug) -> Result<Tenant, Lifecy
                 format!("Tenant '{slug}' is being purged; it cannot be restored"),
             ));
         }
-        let ours = ownership::find(sys, &entry.access.database)
+        let server = entry.server(db, sys).await?;
+        let admin = server.admin(db).await?;
+        let ours = ownership::find(&admin, &entry.access.database)
             .await?
             .is_some_and(|found| found.is(entry.database_oid) && !found.invalid);
         if !ours {
@@ -213,12 +233,12 @@ pub async fn restore_tenant(db: &Database, slug: &Slug) -> Result<Tenant, Lifecy
                 ),
             ));
         }
-        logins::ensure_group(sys).await?;
-        let mut tenant_db = db.connect(&entry.access.database).await?;
+        logins::ensure_group(&admin).await?;
+        let mut tenant_db = server.connect(db, &entry.access.database).await?;
         migrations::migrate_tenant_to_latest(&mut tenant_db, db.config().migrate_tenant_timeout)
             .await?;
         drop(tenant_db);
-        let arn = access::ensure(db, sys, &entry.access, false, true).await?;
+        let arn = access::ensure(db, &admin, &entry.access, false, true).await?;
         let expected = ExpectedHistory::tenant();
         let version = i32::try_from(expected.latest()).unwrap_or(i32::MAX);
         let row = sys
@@ -266,6 +286,9 @@ pub async fn purge_tenant(db: &Database, slug: &Slug) -> Result<Tenant, Lifecycl
 /// The purge of a deleted tenant whose lock the caller holds. Every step is safe to repeat.
 pub(crate) async fn purge(db: &Database, sys: &Conn, entry: &Entry) -> Result<Tenant, DbError> {
     let id = entry.tenant.id;
+    // Its server first: one that cannot be reached changes nothing.
+    let server = entry.server(db, sys).await?;
+    let admin = server.admin(db).await?;
     // First, so that a purge that dies is finished, never restored half-way; and only of a
     // tenant that is (still) deleted.
     let marked = sys
@@ -284,12 +307,13 @@ pub(crate) async fn purge(db: &Database, sys: &Conn, entry: &Entry) -> Result<Te
         )));
     }
     let a = &entry.access;
-    if ownership::drop_if_ours(sys, &a.database, entry.database_oid).await? == DropOutcome::NotOurs
+    if ownership::drop_if_ours(&admin, &a.database, entry.database_oid).await?
+        == DropOutcome::NotOurs
     {
         warn!(database = %a.database, "the database of this tenant's name is not the one this registry made; left untouched");
     }
     let days = db.config().tenants.secret_recovery_days;
-    access::remove(db, sys, a, Deletion::After(days)).await?;
+    access::remove(db, &admin, a, Deletion::After(days)).await?;
     let row = sys
         .locking()
         .query_one(

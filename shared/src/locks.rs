@@ -18,6 +18,7 @@ use crate::db::{Conn, DbError};
 /// Key space of our locks: the first half of the two-integer advisory key.
 const NS_GLOBAL: i32 = 0x6462_7400; // "dbt\0"
 const NS_TENANT: i32 = 0x6462_7401;
+const NS_TEMPLATE: i32 = 0x6462_7402;
 
 /// The first pause between two polls; it doubles up to [`MAX_POLL`].
 const FIRST_POLL: Duration = Duration::from_millis(20);
@@ -29,20 +30,21 @@ pub enum Lock {
     Fleet,
     /// refinery on the system database.
     SystemMigrations,
-    /// Building (or replacing) the tenant template database.
-    Template,
+    /// Building (or replacing) the tenant template database of a server (its name).
+    Template(String),
     /// Create, delete and migrate of one tenant never interleave.
     Tenant(String),
 }
 
 impl Lock {
     /// (namespace, key, text to hash for the key): the key of a tenant lock is
-    /// `hashtext(slug)`, computed by the server.
+    /// `hashtext(slug)`, of a template lock `hashtext(server)`, computed by the server (two
+    /// names that hash alike share a lock: a wait, never a fault).
     fn sql_args(&self) -> (i32, i32, Option<&str>) {
         match self {
             Lock::Fleet => (NS_GLOBAL, 1, None),
             Lock::SystemMigrations => (NS_GLOBAL, 2, None),
-            Lock::Template => (NS_GLOBAL, 3, None),
+            Lock::Template(server) => (NS_TEMPLATE, 0, Some(server.as_str())),
             Lock::Tenant(slug) => (NS_TENANT, 0, Some(slug.as_str())),
         }
     }

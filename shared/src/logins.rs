@@ -137,11 +137,21 @@ pub(crate) struct Login<'a> {
 }
 
 impl Login<'_> {
-    /// What the login's attributes, membership and grants are, after the role exists.
+    /// The login's attributes as `CREATE ROLE` sets them.
     fn settings(&self, can_login: bool, password: &SecretString) -> String {
         format!(
-            "{login} NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS NOREPLICATION INHERIT \
-             CONNECTION LIMIT {limit} PASSWORD {verifier}",
+            "NOSUPERUSER NOBYPASSRLS NOREPLICATION {}",
+            self.alterable(can_login, password)
+        )
+    }
+
+    /// The attributes `ALTER ROLE` may set again. Not `SUPERUSER`, `REPLICATION` nor
+    /// `BYPASSRLS`, not even to turn them off: PostgreSQL lets only a superuser name them in
+    /// `ALTER ROLE`, and a server's admin is rarely one (RDS's is not). The login was made
+    /// without them, and the product never grants them.
+    fn alterable(&self, can_login: bool, password: &SecretString) -> String {
+        format!(
+            "{login} NOCREATEDB NOCREATEROLE INHERIT CONNECTION LIMIT {limit} PASSWORD {verifier}",
             login = if can_login { "LOGIN" } else { "NOLOGIN" },
             limit = self.connection_limit,
             verifier = verifier_literal(password),
@@ -202,7 +212,7 @@ impl Login<'_> {
         conn.batch_execute(&format!(
             "ALTER ROLE {r} WITH {settings}; {grants}",
             r = quote_ident(self.role),
-            settings = self.settings(can_login, password),
+            settings = self.alterable(can_login, password),
             grants = self.grants(),
         ))
         .await
@@ -280,8 +290,15 @@ mod tests {
             connection_limit: 20,
         };
         let settings = login.settings(true, &p);
-        assert!(settings.starts_with("LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS"));
+        assert!(settings
+            .starts_with("NOSUPERUSER NOBYPASSRLS NOREPLICATION LOGIN NOCREATEDB NOCREATEROLE"));
         assert!(settings.contains("CONNECTION LIMIT 20"));
         assert!(!settings.contains(p.expose_secret()));
+        // What a non-superuser admin (RDS's) may not name in ALTER ROLE is left out there.
+        let altered = login.alterable(false, &p);
+        for only_superuser in ["SUPERUSER", "REPLICATION", "BYPASSRLS"] {
+            assert!(!altered.contains(only_superuser), "{altered}");
+        }
+        assert!(altered.starts_with("NOLOGIN NOCREATEDB NOCREATEROLE"));
     }
 }

@@ -4,14 +4,20 @@
 //! instruction, so provisioning is a sequence of steps, each of which checks what exists
 //! before acting and can be repeated:
 //!
-//! 1. insert the registry row as `provisioning`, with a lease (`PROVISIONING_LEASE_SECONDS`),
-//!    the OID its database will have (the proof of ownership, see [`crate::ownership`]) and
-//!    the optional idempotency key, committed (a concurrent duplicate gets a conflict from the
-//!    unique slug and never reaches step 3);
+//! 1. place the tenant ([`place`]): for the server the request names, or else each open
+//!    server with room, most room first (see [`crate::servers`]), make sure its tenant template
+//!    is ready, then insert the registry row as `provisioning` on that server, with a lease
+//!    (`PROVISIONING_LEASE_SECONDS`), the OID its database will have there (the proof of
+//!    ownership, see [`crate::ownership`]) and the optional idempotency key, in a transaction
+//!    that holds the server's row and counts its tenants (capacity is never exceeded), committed
+//!    (a concurrent duplicate gets a conflict from the unique slug and never reaches step 3). A
+//!    server that cannot be reached or cannot make its template passes the tenant to the next;
+//!    none left is a `NoRoom`;
 //! 2. take the tenant's advisory lock (create, delete, reconcile and migrate-all of one tenant
 //!    never interleave; the lock dies with its connection);
-//! 3. `CREATE DATABASE ... OID = n TEMPLATE` the tenant template, which holds every tenant
-//!    migration already (see [`crate::template`]; built first if this release has none yet).
+//! 3. `CREATE DATABASE ... OID = n TEMPLATE` the tenant template on the tenant's server, which
+//!    holds every tenant migration already (see [`crate::template`]). Every step from here on
+//!    runs on the row's server, as that server's admin.
 //!    If the name exists, the database is not ours: remove our row, answer a conflict, touch
 //!    nothing;
 //! 4. make the tenant's login (a role named like the database, proven by its comment) with
@@ -39,13 +45,16 @@
 //! | ours, valid, with or without our login and our secret (killed before, between or after steps 4 and 5) | roll forward: apply the pending migrations (none, for a copy of the template), make what is missing and re-key the login and the secret together (a new password: the old one may be in neither or only one of them), mark `active` |
 //! | ours, valid, but a login or a secret of the tenant's name is not ours | *disown*: roll back what is ours, leave that one untouched, delete the row |
 //! | ours, valid, but a migration fails | roll back: drop it, our login and secret, delete the row |
-//! | PostgreSQL unreachable, or the lock still held | nothing now; the next attempt decides |
+//! | PostgreSQL unreachable (the registry, or the row's server), or the lock still held | nothing now; the next attempt decides (migrate-all reports the row's server unreachable and goes on with the others) |
 //!
 //! Rolling forward is chosen whenever our database exists because the work is done or
 //! resumable and the client may already rely on it (its request may have timed out at the
 //! gateway while the function ran on); rolling back is chosen when there is nothing to keep.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio_postgres::error::SqlState;
 use tracing::{error, info, instrument, warn};
@@ -53,7 +62,7 @@ use uuid::Uuid;
 
 use crate::{
     access::{self, Access, AccessError},
-    db::{error_chain, Conn, Database, DbError},
+    db::{error_chain, Admin, Conn, Database, DbError, Server},
     domain::{NewTenant, Slug, Tenant, TenantStatus},
     invocation::Invocation,
     locks::{self, Lock},
@@ -61,6 +70,7 @@ use crate::{
     migrations::{self, ExpectedHistory},
     ownership::{self, DropOutcome},
     secrets::Deletion,
+    servers::{self, Claim, NoRoom},
     template::{self, Template},
     tenants::{tenant_from_row, FieldError, TENANT_COLUMNS},
 };
@@ -93,9 +103,14 @@ impl IdempotencyKey {
 }
 
 /// What a request asked for, to recognise "the same body" whatever its JSON spelling.
-/// Names hold no control characters, so the newline separates unambiguously.
+/// Names hold no control characters, so the newline separates unambiguously. The server is
+/// appended only when the request names one, so that keys stored before servers existed still
+/// match their requests.
 fn fingerprint(new: &NewTenant) -> String {
-    format!("{}\n{}", new.slug.as_str(), new.name.as_str())
+    match &new.server {
+        None => format!("{}\n{}", new.slug.as_str(), new.name.as_str()),
+        Some(server) => format!("{}\n{}\n{server}", new.slug.as_str(), new.name.as_str()),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +132,10 @@ pub enum CreateTenantError {
     /// Another operation on the same tenant held it past the waiting time.
     #[error("tenant '{0}' is busy")]
     Busy(Slug),
+    /// No server can take the tenant: the requested one is unknown, draining or full, or
+    /// every open server is full.
+    #[error("no server can take the tenant: {0:?}")]
+    NoRoom(NoRoom),
     #[error("database unavailable")]
     Unavailable(String),
     /// Provisioning failed and was undone (or could not be, see the log).
@@ -150,9 +169,13 @@ pub async fn create_tenant(
 ) -> Result<Created, CreateTenantError> {
     let sys = db.system().await?;
     let fp = fingerprint(new);
-    let config = db.config();
     let scope = inv.caller.as_deref().unwrap_or("");
-    let ttl = key.map(|_| config.idempotency_key_ttl.as_secs_f64());
+    let row = NewRow {
+        new,
+        scope,
+        key,
+        fingerprint: &fp,
+    };
     // A few rounds at most: a round ends early when a dead provisioning was undone, when an
     // expired key was forgotten, or when a concurrent request with the same key inserted first.
     for _ in 0..3 {
@@ -164,61 +187,9 @@ pub async fn create_tenant(
                 });
             }
         }
-        // Before the row exists: a template that cannot be built leaves nothing behind. (One
-        // query when it is there.)
-        let template = template::ensure(db, &sys).await?;
-        let started = Instant::now();
-        let oid = ownership::new_oid();
-        let inserted = sys
-            .query_one(
-                "INSERT INTO tenants (name, slug, database_name, database_oid, role_name, \
-                   secret_name, status, lease_expires_at, idempotency_scope, idempotency_key, \
-                   request_fingerprint, idempotency_expires_at) \
-                 VALUES ($1, $2, $3, $4, $3, $10, 'provisioning', \
-                   now() + make_interval(secs => $5), $6, $7, $8, now() + make_interval(secs => $9)) \
-                 RETURNING id",
-                &[
-                    &new.name.as_str(),
-                    &new.slug.as_str(),
-                    &new.slug.database_name().as_str(),
-                    &oid,
-                    &config.provisioning_lease.as_secs_f64(),
-                    &key.map(|_| scope),
-                    &key.map(IdempotencyKey::as_str),
-                    &key.map(|_| fp.as_str()),
-                    &ttl,
-                    &secret_name(db, &new.slug),
-                ],
-            )
-            .await;
-        match inserted {
-            Ok(row) => {
-                let id: Uuid = row.try_get("id").map_err(DbError::from)?;
-                // Never past the lease (nor the invocation's deadline): abandoned there, the
-                // work is what a dead process leaves, and reconcile takes it from there.
-                let deadline = inv.deadline.min(started + config.provisioning_lease);
-                let access = Access {
-                    tenant_id: id,
-                    slug: new.slug.to_string(),
-                    database: new.slug.database_name().to_string(),
-                    role: new.slug.database_name().to_string(),
-                    secret_name: secret_name(db, &new.slug),
-                };
-                let work = provision(db, &sys, oid, &access, &new.slug, &template);
-                return match tokio::time::timeout_at(deadline.into(), work).await {
-                    Ok(result) => result.map(|tenant| Created {
-                        tenant,
-                        replayed: false,
-                    }),
-                    Err(_) => {
-                        sys.discard();
-                        Err(CreateTenantError::Unavailable(
-                            "provisioning did not finish within its lease".into(),
-                        ))
-                    }
-                };
-            }
-            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+        let (server, template, oid, id, started) = match place(db, &sys, &row).await {
+            Ok(placed) => placed,
+            Err(PlaceError::Db(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                 if constraint(&e) == Some("tenants_idempotency_key_key") {
                     // A request with the same key won the insert (wait for it and replay), or
                     // an expired key still sits on an old row (forget it, then insert).
@@ -232,11 +203,202 @@ pub async fn create_tenant(
                 if !reconcile_if_expired(db, &sys, &new.slug).await? {
                     return Err(CreateTenantError::Conflict(new.slug.clone()));
                 }
+                continue;
             }
             Err(e) => return Err(e.into()),
-        }
+        };
+        // Never past the lease (nor the invocation's deadline): abandoned there, the work is
+        // what a dead process leaves, and reconcile takes it from there.
+        let deadline = inv.deadline.min(started + db.config().provisioning_lease);
+        let access = Access {
+            tenant_id: id,
+            slug: new.slug.to_string(),
+            database: new.slug.database_name().to_string(),
+            role: new.slug.database_name().to_string(),
+            secret_name: secret_name(db, &new.slug),
+        };
+        let work = async {
+            let admin = match server.admin(db).await {
+                Ok(admin) => admin,
+                Err(e) => {
+                    remove_row(&sys, id).await;
+                    return Err(e.into());
+                }
+            };
+            provision(db, &sys, &admin, oid, &access, &new.slug, &template).await
+        };
+        return match tokio::time::timeout_at(deadline.into(), work).await {
+            Ok(result) => result.map(|tenant| Created {
+                tenant,
+                replayed: false,
+            }),
+            Err(_) => {
+                sys.discard();
+                Err(CreateTenantError::Unavailable(
+                    "provisioning did not finish within its lease".into(),
+                ))
+            }
+        };
     }
     Err(CreateTenantError::Busy(new.slug.clone()))
+}
+
+/// What the registry row of a new tenant is made of.
+struct NewRow<'a> {
+    new: &'a NewTenant,
+    scope: &'a str,
+    key: Option<&'a IdempotencyKey>,
+    fingerprint: &'a str,
+}
+
+/// Chooses the tenant's server and inserts its row there (step 1): the requested server, or
+/// the open server with the most room that answers. On each server tried, its template is
+/// made ready first (before the row exists: a template that cannot be built leaves nothing
+/// behind), then the row is inserted under the server's row lock, after counting its tenants
+/// (see [`servers::claim`]). An error with SQLSTATE 23505 is the slug's or the key's unique
+/// constraint: the caller decides.
+async fn place(
+    db: &Database,
+    sys: &Conn,
+    row: &NewRow<'_>,
+) -> Result<(Arc<Server>, Template, i64, Uuid, Instant), PlaceError> {
+    let requested = row.new.server.as_ref();
+    let candidates = match servers::candidates(sys, requested).await? {
+        Ok(found) => found,
+        Err(no_room) => return Err(no_room.into()),
+    };
+    // Servers this sandbox found unreachable moments ago go last: tried only when no other
+    // can take the tenant.
+    let mut servers = Vec::with_capacity(candidates.len());
+    for candidate in candidates {
+        servers.push(db.server_at(&candidate.name, candidate.source).await);
+    }
+    servers.sort_by_key(|s| s.seems_down());
+    let mut passed_over: Option<CreateTenantError> = None;
+    for server in servers {
+        let template = match ready_template(db, sys, &server).await {
+            Ok(template) => template,
+            Err(e) if requested.is_some() => return Err(e.into()),
+            Err(e) => {
+                warn!(server = %server.name(), error = %error_chain(&e), "server cannot take a tenant now; trying the next");
+                passed_over.get_or_insert(e.into());
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let oid = ownership::new_oid();
+        match insert_row(db, sys, row, server.name(), oid).await? {
+            Ok(id) => return Ok((server, template, oid, id, started)),
+            Err(claim) if requested.is_some() => {
+                let name = server.name().to_owned();
+                return Err(match claim {
+                    Claim::Draining => NoRoom::Draining(name),
+                    Claim::Gone => NoRoom::Unknown(name),
+                    Claim::Full | Claim::Room => NoRoom::Full(Some(name)),
+                }
+                .into());
+            }
+            // Filled or closed since the candidates were listed: the next one.
+            Err(_) => continue,
+        }
+    }
+    Err(passed_over
+        .map(PlaceError::Create)
+        .unwrap_or(PlaceError::Create(CreateTenantError::NoRoom(NoRoom::Full(
+            None,
+        )))))
+}
+
+/// The server's template, built first when it has none (see [`template::ensure`]).
+async fn ready_template(db: &Database, sys: &Conn, server: &Server) -> Result<Template, DbError> {
+    let admin = server.admin(db).await?;
+    template::ensure(db, sys, &admin).await
+}
+
+/// Inserts the row as `provisioning` on `server` if the server can take it: one transaction
+/// that holds the server's row while it counts and inserts. `Ok(Err(claim))` when it cannot.
+async fn insert_row(
+    db: &Database,
+    sys: &Conn,
+    row: &NewRow<'_>,
+    server: &str,
+    oid: i64,
+) -> Result<Result<Uuid, Claim>, DbError> {
+    let config = db.config();
+    let (new, key) = (row.new, row.key);
+    let ttl = key.map(|_| config.idempotency_key_ttl.as_secs_f64());
+    let tx = sys.begin().await?;
+    let inserted = async {
+        let claim = servers::claim(&tx, server).await?;
+        if claim != Claim::Room {
+            return Ok(Err(claim));
+        }
+        let inserted = tx
+            .query_one(
+                "INSERT INTO tenants (name, slug, database_name, database_oid, role_name, \
+                   secret_name, status, lease_expires_at, idempotency_scope, idempotency_key, \
+                   request_fingerprint, idempotency_expires_at, server) \
+                 VALUES ($1, $2, $3, $4, $3, $10, 'provisioning', \
+                   now() + make_interval(secs => $5), $6, $7, $8, now() + make_interval(secs => $9), \
+                   $11) \
+                 RETURNING id",
+                &[
+                    &new.name.as_str(),
+                    &new.slug.as_str(),
+                    &new.slug.database_name().as_str(),
+                    &oid,
+                    &config.provisioning_lease.as_secs_f64(),
+                    &key.map(|_| row.scope),
+                    &key.map(IdempotencyKey::as_str),
+                    &key.map(|_| row.fingerprint),
+                    &ttl,
+                    &secret_name(db, &new.slug),
+                    &server,
+                ],
+            )
+            .await?;
+        Ok::<_, DbError>(Ok(inserted.try_get::<_, Uuid>("id")?))
+    }
+    .await;
+    match inserted {
+        Ok(Ok(id)) => {
+            tx.commit().await?;
+            Ok(Ok(id))
+        }
+        other => {
+            tx.rollback().await;
+            other
+        }
+    }
+}
+
+/// Why placing a tenant's row failed: a statement's error (the caller looks at unique
+/// violations) or an answer for the client.
+#[derive(Debug)]
+enum PlaceError {
+    Db(DbError),
+    Create(CreateTenantError),
+}
+
+impl From<DbError> for PlaceError {
+    fn from(e: DbError) -> Self {
+        PlaceError::Db(e)
+    }
+}
+
+impl From<NoRoom> for PlaceError {
+    fn from(e: NoRoom) -> Self {
+        PlaceError::Create(CreateTenantError::NoRoom(e))
+    }
+}
+
+impl From<PlaceError> for CreateTenantError {
+    fn from(e: PlaceError) -> Self {
+        match e {
+            PlaceError::Db(e) => e.into(),
+            PlaceError::Create(e) => e,
+        }
+    }
 }
 
 /// A new tenant's secret: `{TENANT_SECRET_PREFIX}{slug}`.
@@ -343,6 +505,7 @@ async fn replay(
 async fn provision(
     db: &Database,
     sys: &Conn,
+    admin: &Admin<'_>,
     oid: i64,
     access: &Access,
     slug: &Slug,
@@ -370,7 +533,7 @@ async fn provision(
     };
 
     let create = ownership::create_sql(db_name.as_str(), oid, &template.name);
-    if let Err(e) = sys.long().batch_execute(&create).await {
+    if let Err(e) = admin.long().batch_execute(&create).await {
         // Nothing of ours exists, unless the answer was lost on the way: then the connection
         // is gone, and the row stays for reconcile to decide.
         if !e.is_unavailable() {
@@ -385,7 +548,7 @@ async fn provision(
     }
 
     let made = async {
-        let arn = access::create(db, sys, access).await?;
+        let arn = access::create(db, admin, access).await?;
         let tenant = activate(sys, id, template.version, &template.fingerprint, &arn).await?;
         Ok::<_, AccessError>(tenant)
     }
@@ -402,7 +565,7 @@ async fn provision(
         }
         Err(e) => {
             error!(error = %error_chain(&e), "provisioning failed; undoing it");
-            roll_back(db, sys, access, Some(oid)).await;
+            roll_back(db, sys, admin, access, Some(oid)).await;
             Err(match e {
                 AccessError::Foreign(what) => CreateTenantError::ExistsOutside(slug.clone(), what),
                 AccessError::Db(e) if e.is_lock_timeout() => CreateTenantError::Busy(slug.clone()),
@@ -420,13 +583,14 @@ async fn provision(
 async fn finish_provisioning(
     db: &Database,
     sys: &Conn,
+    admin: &Admin<'_>,
     access: &Access,
 ) -> Result<Tenant, AccessError> {
-    logins::ensure_group(sys).await?;
-    let mut tenant = db.connect(&access.database).await?;
+    logins::ensure_group(admin).await?;
+    let mut tenant = admin.server().connect(db, &access.database).await?;
     migrations::migrate_tenant_to_latest(&mut tenant, db.config().migrate_tenant_timeout).await?;
     drop(tenant); // closes our connection to the new database
-    let arn = access::ensure(db, sys, access, true, true).await?;
+    let arn = access::ensure(db, admin, access, true, true).await?;
     let expected = ExpectedHistory::tenant();
     Ok(activate(
         sys,
@@ -469,12 +633,18 @@ async fn activate(
 /// Drops our database (if any), our login and our secret, then removes the row. If any of
 /// that fails, the row stays: it owns the leftovers, which must never become orphans nobody
 /// knows about. True when the row was removed.
-async fn roll_back(db: &Database, sys: &Conn, access: &Access, oid: Option<i64>) -> bool {
+async fn roll_back(
+    db: &Database,
+    sys: &Conn,
+    admin: &Admin<'_>,
+    access: &Access,
+    oid: Option<i64>,
+) -> bool {
     let undone = async {
-        if ownership::drop_if_ours(sys, &access.database, oid).await? == DropOutcome::NotOurs {
+        if ownership::drop_if_ours(admin, &access.database, oid).await? == DropOutcome::NotOurs {
             warn!(database = %access.database, "a database of this name is not the one this registry made; left untouched");
         }
-        access::remove(db, sys, access, Deletion::Now).await
+        access::remove(db, admin, access, Deletion::Now).await
     }
     .await;
     match undone {
@@ -553,13 +723,14 @@ pub async fn reconcile_slug(
     outcome
 }
 
-/// Applies the decision table of the module documentation to the slug's row. The caller holds
-/// the tenant's lock.
+/// Applies the decision table of the module documentation to the slug's row, on the server
+/// the row names. The caller holds the tenant's lock.
 #[instrument(skip_all, fields(tenant.slug = %slug))]
 async fn reconcile_row(db: &Database, sys: &Conn, slug: &Slug) -> Result<ReconcileAction, DbError> {
     let Some(row) = sys
         .query_opt(
-            "SELECT id, slug, database_name, database_oid, role_name, secret_name FROM tenants \
+            "SELECT id, slug, database_name, database_oid, role_name, secret_name, server \
+             FROM tenants \
              WHERE slug = $1 AND status = 'provisioning' AND lease_expires_at < now()",
             &[&slug.as_str()],
         )
@@ -570,31 +741,35 @@ async fn reconcile_row(db: &Database, sys: &Conn, slug: &Slug) -> Result<Reconci
     // The stored names, never recomputed.
     let access = Access::from_row(&row, &db.config().tenants.secret_prefix)?;
     let recorded: Option<i64> = row.try_get("database_oid")?;
-    let action = match ownership::find(sys, &access.database).await? {
-        None => match roll_back(db, sys, &access, recorded).await {
+    let server: String = row.try_get("server")?;
+    let server = db.server(sys, &server).await?;
+    let admin = server.admin(db).await?;
+    let admin = &admin;
+    let action = match ownership::find(admin, &access.database).await? {
+        None => match roll_back(db, sys, admin, &access, recorded).await {
             true => ReconcileAction::RolledBack,
             false => ReconcileAction::Skipped,
         },
         Some(found) if !found.is(recorded) => {
             warn!(database = %access.database, "a database of this tenant's name was not made by this registry; left untouched");
-            match roll_back(db, sys, &access, recorded).await {
+            match roll_back(db, sys, admin, &access, recorded).await {
                 true => ReconcileAction::Disowned,
                 false => ReconcileAction::Skipped,
             }
         }
         Some(found) if found.invalid => {
             // Left invalid by an interrupted DROP DATABASE.
-            match roll_back(db, sys, &access, recorded).await {
+            match roll_back(db, sys, admin, &access, recorded).await {
                 true => ReconcileAction::RolledBack,
                 false => ReconcileAction::Skipped,
             }
         }
-        Some(_) => match finish_provisioning(db, sys, &access).await {
+        Some(_) => match finish_provisioning(db, sys, admin, &access).await {
             Ok(_) => ReconcileAction::RolledForward,
             Err(AccessError::Db(DbError::Unavailable(m))) => return Err(DbError::Unavailable(m)),
             Err(e) => {
                 error!(error = %error_chain(&e), "could not finish a dead provisioning; rolling back");
-                match (roll_back(db, sys, &access, recorded).await, e) {
+                match (roll_back(db, sys, admin, &access, recorded).await, e) {
                     (false, _) => ReconcileAction::Skipped,
                     (true, AccessError::Foreign(_)) => ReconcileAction::Disowned,
                     (true, _) => ReconcileAction::RolledBack,
@@ -602,7 +777,7 @@ async fn reconcile_row(db: &Database, sys: &Conn, slug: &Slug) -> Result<Reconci
             }
         },
     };
-    info!(action = ?action, database = %access.database, "reconciled a provisioning past its lease");
+    info!(action = ?action, database = %access.database, server = %server.name(), "reconciled a provisioning past its lease");
     Ok(action)
 }
 
@@ -626,14 +801,17 @@ mod tests {
         let a = NewTenant {
             name: TenantName::parse(" Acme ").unwrap(),
             slug: Slug::parse("acme").unwrap(),
+            server: None,
         };
         let b = NewTenant {
             name: TenantName::parse("Acme").unwrap(),
             slug: Slug::parse("acme").unwrap(),
+            server: None,
         };
         let c = NewTenant {
             name: TenantName::parse("Acme Corp").unwrap(),
             slug: Slug::parse("acme").unwrap(),
+            server: None,
         };
         assert_eq!(fingerprint(&a), fingerprint(&b));
         assert_ne!(fingerprint(&a), fingerprint(&c));

@@ -5,9 +5,10 @@
 //! version's id), and may repeat any call; each step is idempotent:
 //! 1. `createSecret`: the `AWSPENDING` version gets the current credentials with a new random
 //!    password (nothing, if it has a value already);
-//! 2. `setSecret`: the login gets the pending password (its SCRAM verifier, computed here);
+//! 2. `setSecret`: the login gets the pending password (its SCRAM verifier, computed here), on
+//!    the tenant's server;
 //! 3. `testSecret`: a connection to the tenant's database *as the tenant's login*, with the
-//!    pending credentials;
+//!    pending credentials (their host and port: the tenant's server);
 //! 4. `finishSecret`: `AWSCURRENT` moves to the new version.
 //!
 //! Only a secret this product made for a tenant (its tag names a registry row), of an
@@ -141,7 +142,10 @@ pub async fn rotate(
         Step::Set => {
             let password = pending_params(db, arn, token).await?.password;
             let sys = db.system().await?;
-            if logins::state(&sys, &entry.access.role, tenant_id).await? == RoleState::NotOurs {
+            let server = entry.server(db, &sys).await?;
+            drop(sys);
+            let admin = server.admin(db).await?;
+            if logins::state(&admin, &entry.access.role, tenant_id).await? == RoleState::NotOurs {
                 return Err(RotationError::Failed(
                     "the login of this tenant's name is not ours".into(),
                 ));
@@ -152,7 +156,7 @@ pub async fn rotate(
                 tenant_id,
                 connection_limit: db.config().tenants.connection_limit,
             };
-            login.rekey(&sys, &password, true).await?;
+            login.rekey(&admin, &password, true).await?;
             info!(tenant.slug = %entry.access.slug, "set the tenant login's new password");
         }
         Step::Test => {

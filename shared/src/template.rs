@@ -8,9 +8,10 @@
 //!   release with other migrations builds and uses its own template, two versions deployed side
 //!   by side never copy each other's, and two registries on one server (staging and production,
 //!   say) each have theirs: neither could prove the other's.
-//! - It is built from `template1`, as tenant databases were before, under an advisory lock,
-//!   by whichever comes first: migrate-all (every run checks it) or a create that finds none.
-//! - Its OID is chosen and recorded in the registry (`tenant_templates`) before it is made
+//! - Each server has its own, built from its `template1`, under an advisory lock of the
+//!   registry (one per server), by whichever comes first: migrate-all (every run checks every
+//!   server) or a create placed on a server that has none.
+//! - Its OID is chosen and recorded in the registry (`tenant_templates`, per server) before it is made
 //!   (see [`crate::ownership`]): only a template with the recorded name and OID is used,
 //!   rebuilt or dropped. A database that merely carries a template's name is left alone, and
 //!   the build reports it.
@@ -29,7 +30,7 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::{
-    db::{error_chain, Conn, Database, DbError},
+    db::{error_chain, Admin, Conn, Database, DbError},
     domain::quote_ident,
     locks::{self, Lock},
     logins,
@@ -73,57 +74,12 @@ pub fn expected(system_db: &str) -> Template {
     }
 }
 
-/// True when the template is the one this registry recorded and its build finished (it
-/// takes no connections). One query.
-pub async fn is_ready(sys: &Conn, name: &str) -> Result<bool, DbError> {
+/// The OID the registry recorded for a template on a server, if any.
+async fn recorded_oid(sys: &Conn, server: &str, name: &str) -> Result<Option<i64>, DbError> {
     let row = sys
         .query_opt(
-            "SELECT NOT d.datallowconn AS ready FROM tenant_templates t \
-             JOIN pg_database d ON d.datname = t.name AND d.oid::bigint = t.database_oid \
-             WHERE t.name = $1",
-            &[&name],
-        )
-        .await?;
-    Ok(match row {
-        Some(r) => r.try_get("ready")?,
-        None => false,
-    })
-}
-
-/// The ready template of this release, built first when there is none. One query when it
-/// exists.
-pub async fn ensure(db: &Database, sys: &Conn) -> Result<Template, DbError> {
-    let mut template = expected(&db.config().system_db);
-    if is_ready(sys, &template.name).await? {
-        return Ok(template);
-    }
-    let wait = db.config().lock_timeout;
-    let Some(lock) = locks::acquire(sys, Lock::Template, wait).await? else {
-        // Another process is building it (a new release's first requests): try again soon.
-        return Err(DbError::Unavailable(format!(
-            "another process has been building the tenant template for {} s",
-            wait.as_secs()
-        )));
-    };
-    let built = async {
-        // Somebody else may have built it while we waited for the lock.
-        if is_ready(sys, &template.name).await? {
-            return Ok(false);
-        }
-        build(db, sys, &template).await.map(|()| true)
-    }
-    .await;
-    lock.release().await;
-    template.built = built?;
-    Ok(template)
-}
-
-/// The OID the registry recorded for a template, if any.
-async fn recorded_oid(sys: &Conn, name: &str) -> Result<Option<i64>, DbError> {
-    let row = sys
-        .query_opt(
-            "SELECT database_oid FROM tenant_templates WHERE name = $1",
-            &[&name],
+            "SELECT database_oid FROM tenant_templates WHERE server = $1 AND name = $2",
+            &[&server, &name],
         )
         .await?;
     Ok(match row {
@@ -132,45 +88,98 @@ async fn recorded_oid(sys: &Conn, name: &str) -> Result<Option<i64>, DbError> {
     })
 }
 
-async fn build(db: &Database, sys: &Conn, template: &Template) -> Result<(), DbError> {
+/// True when the server's template is the one this registry recorded there and its build
+/// finished (it takes no connections). One query on each side.
+pub async fn is_ready(sys: &Conn, admin: &Admin<'_>, name: &str) -> Result<bool, DbError> {
+    let Some(recorded) = recorded_oid(sys, admin.server().name(), name).await? else {
+        return Ok(false);
+    };
+    Ok(ownership::find(admin, name)
+        .await?
+        .is_some_and(|f| f.is(Some(recorded)) && !f.invalid && !f.allows_connections))
+}
+
+/// The ready template of this release on the admin connection's server, built first when
+/// there is none. Two queries when it exists.
+pub async fn ensure(db: &Database, sys: &Conn, admin: &Admin<'_>) -> Result<Template, DbError> {
+    let mut template = expected(&db.config().system_db);
+    if is_ready(sys, admin, &template.name).await? {
+        return Ok(template);
+    }
+    let wait = db.config().lock_timeout;
+    let server = admin.server().name().to_owned();
+    let Some(lock) = locks::acquire(sys, Lock::Template(server.clone()), wait).await? else {
+        // Another process is building it (a new release's first requests): try again soon.
+        return Err(DbError::Unavailable(format!(
+            "another process has been building the tenant template of server {server} for {} s",
+            wait.as_secs()
+        )));
+    };
+    let built = async {
+        // Somebody else may have built it while we waited for the lock.
+        if is_ready(sys, admin, &template.name).await? {
+            return Ok(false);
+        }
+        build(db, sys, admin, &template).await.map(|()| true)
+    }
+    .await;
+    lock.release().await;
+    template.built = built?;
+    Ok(template)
+}
+
+async fn build(
+    db: &Database,
+    sys: &Conn,
+    admin: &Admin<'_>,
+    template: &Template,
+) -> Result<(), DbError> {
     let started = std::time::Instant::now();
     let name = template.name.as_str();
+    let server = admin.server().name();
     // A build of ours that died half-way (the lock is ours, so nobody is building it now).
-    match ownership::drop_if_ours(sys, name, recorded_oid(sys, name).await?).await? {
+    let recorded = recorded_oid(sys, server, name).await?;
+    match ownership::drop_if_ours(admin, name, recorded).await? {
         DropOutcome::NotOurs => {
             return Err(DbError::Other(anyhow::anyhow!(
-                "a database named {name} exists that this registry did not build; it is left \
-                 untouched: drop or rename it"
+                "a database named {name} exists on server {server} that this registry did not \
+                 build; it is left untouched: drop or rename it"
             )))
         }
         DropOutcome::Dropped | DropOutcome::Absent => {}
     }
     let oid = ownership::new_oid();
     sys.execute(
-        "INSERT INTO tenant_templates (name, database_oid, version) VALUES ($1, $2, $3) \
-         ON CONFLICT (name) DO UPDATE SET database_oid = $2, version = $3, created_at = now()",
+        "INSERT INTO tenant_templates (server, name, database_oid, version) \
+         VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (server, name) DO UPDATE SET database_oid = $3, version = $4, \
+           created_at = now()",
         &[
+            &server,
             &name,
             &oid,
             &i32::try_from(template.version).unwrap_or(i32::MAX),
         ],
     )
     .await?;
-    sys.long()
+    admin
+        .long()
         .batch_execute(&ownership::create_sql(name, oid, "template1"))
         .await?;
     let quoted = quote_ident(name);
     let outcome = async {
-        sys.batch_execute(&format!("REVOKE CONNECT ON DATABASE {quoted} FROM PUBLIC"))
+        admin
+            .batch_execute(&format!("REVOKE CONNECT ON DATABASE {quoted} FROM PUBLIC"))
             .await?;
         // Tenant migrations grant the tables to the tenant logins' group role.
-        logins::ensure_group(sys).await?;
-        let mut client = db.connect(name).await?;
+        logins::ensure_group(admin).await?;
+        let mut client = admin.server().connect(db, name).await?;
         migrations::migrate_tenant_to_latest(&mut client, db.config().migrate_tenant_timeout)
             .await?;
         drop(client);
         // The ready mark: nobody connects from now on.
-        sys.batch_execute(&format!("ALTER DATABASE {quoted} ALLOW_CONNECTIONS false"))
+        admin
+            .batch_execute(&format!("ALTER DATABASE {quoted} ALLOW_CONNECTIONS false"))
             .await?;
         Ok(())
     }
@@ -178,13 +187,14 @@ async fn build(db: &Database, sys: &Conn, template: &Template) -> Result<(), DbE
     match &outcome {
         Ok(()) => info!(
             template = %name,
+            server = %server,
             version = template.version,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "built the tenant template"
         ),
         Err(e) => {
-            warn!(template = %name, error = %error_chain(e), "building the tenant template failed; dropping it");
-            if let Err(drop_err) = ownership::drop_if_ours(sys, name, Some(oid)).await {
+            warn!(template = %name, server = %server, error = %error_chain(e), "building the tenant template failed; dropping it");
+            if let Err(drop_err) = ownership::drop_if_ours(admin, name, Some(oid)).await {
                 warn!(template = %name, error = %error_chain(&drop_err), "could not drop the failed template; the next build will");
             }
         }
@@ -192,33 +202,39 @@ async fn build(db: &Database, sys: &Conn, template: &Template) -> Result<(), DbE
     outcome
 }
 
-/// Drops the recorded templates of other migration fingerprints (older releases). Best
-/// effort: a template being copied right now is skipped and dropped by a later run.
-pub async fn drop_stale(sys: &Conn, keep: &str) -> Result<Vec<String>, DbError> {
+/// Drops the recorded templates of other migration fingerprints (older releases) on the
+/// admin connection's server. Best effort: a template being copied right now is skipped and
+/// dropped by a later run.
+pub async fn drop_stale(sys: &Conn, admin: &Admin<'_>, keep: &str) -> Result<Vec<String>, DbError> {
+    let server = admin.server().name();
     let rows = sys
         .query(
-            "SELECT name, database_oid FROM tenant_templates WHERE name <> $1 ORDER BY name",
-            &[&keep],
+            "SELECT name, database_oid FROM tenant_templates \
+             WHERE server = $1 AND name <> $2 ORDER BY name",
+            &[&server, &keep],
         )
         .await?;
     let mut dropped = Vec::new();
     for row in rows {
         let name: String = row.try_get("name")?;
         let oid: i64 = row.try_get("database_oid")?;
-        match ownership::drop_if_ours(sys, &name, Some(oid)).await {
+        match ownership::drop_if_ours(admin, &name, Some(oid)).await {
             Ok(outcome) => {
                 if outcome == DropOutcome::NotOurs {
-                    warn!(template = %name, "a database carries the name of an old template but is not it; left untouched");
+                    warn!(template = %name, server = %server, "a database carries the name of an old template but is not it; left untouched");
                 }
-                sys.execute("DELETE FROM tenant_templates WHERE name = $1", &[&name])
-                    .await?;
+                sys.execute(
+                    "DELETE FROM tenant_templates WHERE server = $1 AND name = $2",
+                    &[&server, &name],
+                )
+                .await?;
                 if outcome == DropOutcome::Dropped {
-                    info!(template = %name, "dropped the template of another release");
+                    info!(template = %name, server = %server, "dropped the template of another release");
                     dropped.push(name);
                 }
             }
             Err(e) => {
-                warn!(template = %name, error = %error_chain(&e), "could not drop an old template")
+                warn!(template = %name, server = %server, error = %error_chain(&e), "could not drop an old template")
             }
         }
     }

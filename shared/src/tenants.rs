@@ -15,7 +15,7 @@ use crate::{
 
 /// The columns [`tenant_from_row`] reads (by name).
 pub(crate) const TENANT_COLUMNS: &str = "id, name, slug, status, database_name, schema_version, \
-     credentials_secret_arn, created_at, deleted_at";
+     credentials_secret_arn, server, created_at, deleted_at";
 
 pub(crate) fn tenant_from_row(row: &Row) -> Result<Tenant, DbError> {
     let status: String = row.try_get("status")?;
@@ -29,6 +29,7 @@ pub(crate) fn tenant_from_row(row: &Row) -> Result<Tenant, DbError> {
         database_name: row.try_get("database_name")?,
         schema_version: i64::from(row.try_get::<_, i32>("schema_version")?),
         credentials_secret_arn: row.try_get("credentials_secret_arn")?,
+        server: row.try_get("server")?,
         created_at: row.try_get("created_at")?,
         deleted_at: row.try_get("deleted_at")?,
     })

@@ -168,6 +168,7 @@ fn new_tenant(slug: &Slug, name: &str) -> NewTenant {
     NewTenant {
         name: TenantName::parse(name).unwrap(),
         slug: slug.clone(),
+        server: None,
     }
 }
 
@@ -358,8 +359,9 @@ async fn dead_provisioning(db: &Database, slug: &Slug) -> i64 {
         .await
         .unwrap()
         .execute(
-            "INSERT INTO tenants (name, slug, database_name, database_oid, status, lease_expires_at) \
-             VALUES ('Dead', $1, $2, $3, 'provisioning', now() - interval '1 second')",
+            "INSERT INTO tenants (name, slug, database_name, database_oid, status, \
+               lease_expires_at, server) \
+             VALUES ('Dead', $1, $2, $3, 'provisioning', now() - interval '1 second', 'primary')",
             &[&slug.as_str(), &slug.database_name().as_str(), &oid],
         )
         .await
@@ -508,8 +510,8 @@ async fn reconcile_decision_table() {
         .await
         .unwrap()
         .execute(
-            "INSERT INTO tenants (name, slug, database_name, status, lease_expires_at) \
-             VALUES ('Live', $1, $2, 'provisioning', now() + interval '1 hour')",
+            "INSERT INTO tenants (name, slug, database_name, status, lease_expires_at, server) \
+             VALUES ('Live', $1, $2, 'provisioning', now() + interval '1 hour', 'primary')",
             &[&live.as_str(), &live.database_name().as_str()],
         )
         .await

@@ -35,6 +35,18 @@ pub fn pg_url() -> String {
     var("DBTOOLS_PG_URL")
 }
 
+/// The servers of the local stack: `primary` (the registry's cluster) and `secondary`.
+pub const SERVERS: [&str; 2] = ["primary", "secondary"];
+
+/// A superuser URL of a local server.
+pub fn pg_url_of(server: &str) -> String {
+    match server {
+        "primary" => var("DBTOOLS_PG_URL"),
+        "secondary" => var("DBTOOLS_PG2_URL"),
+        other => panic!("the local stack has no server {other:?}"),
+    }
+}
+
 fn http() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
@@ -84,11 +96,13 @@ impl Reply {
             "127.0.0.1",
             "localhost",
             "5433",
+            "5435",
             "password",
             "postgres://",
             "panicked",
             "backtrace",
             "dbtools/admin",
+            "dbtools/servers/",
             "refinery",
         ] {
             assert!(
@@ -138,7 +152,28 @@ pub async fn request_with_headers(
     body: Option<Vec<u8>>,
     headers: &[(&str, &str)],
 ) -> Reply {
-    let mut req = http().request(method, format!("{}{path}", api_url()));
+    send(http(), method, path, body, headers).await
+}
+
+/// A request on a client of its own: for code that runs on another runtime than the test's
+/// (a `Drop` through [`block_on_own_thread`]), where the shared client's pooled connections,
+/// which belong to the test's runtime, would never be driven.
+pub async fn request_on_own_client(method: Method, path: &str, body: Option<Vec<u8>>) -> Reply {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("http client");
+    send(&client, method, path, body, &[]).await
+}
+
+async fn send(
+    client: &reqwest::Client,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut req = client.request(method, format!("{}{path}", api_url()));
     if !headers
         .iter()
         .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
@@ -216,35 +251,78 @@ pub fn database_name(slug: &str) -> String {
     format!("dbtools_tenant_{slug}")
 }
 
-/// A connection as the PostgreSQL superuser, to `dbname`.
+/// A connection as the PostgreSQL superuser, to `dbname` on `primary`.
 pub async fn connect(dbname: &str) -> Client {
-    let mut cfg: tokio_postgres::Config = pg_url().parse().expect("DBTOOLS_PG_URL");
+    connect_on("primary", dbname).await
+}
+
+/// A connection as the PostgreSQL superuser, to `dbname` on a local server.
+pub async fn connect_on(server: &str, dbname: &str) -> Client {
+    let mut cfg: tokio_postgres::Config = pg_url_of(server).parse().expect("a PostgreSQL URL");
     cfg.dbname(dbname);
     let (client, conn) = cfg
         .connect(NoTls)
         .await
-        .expect("connect to the local PostgreSQL");
+        .unwrap_or_else(|e| panic!("connect to the local PostgreSQL {server}: {e}"));
     tokio::spawn(async move {
         let _ = conn.await;
     });
     client
 }
 
+/// The superuser on `primary`'s maintenance database.
 pub async fn admin() -> Client {
     connect("postgres").await
+}
+
+/// The superuser on a server's maintenance database.
+pub async fn admin_on(server: &str) -> Client {
+    connect_on(server, "postgres").await
+}
+
+/// The server the registry says holds the tenant (none without a row, or once purged off a
+/// removed server).
+pub async fn tenant_server(slug: &str) -> Option<String> {
+    registry()
+        .await
+        .query_opt("SELECT server FROM tenants WHERE slug = $1", &[&slug])
+        .await
+        .expect("query the registry")
+        .and_then(|r| r.get(0))
+}
+
+/// A superuser connection to the tenant's database, on the server the registry names.
+pub async fn connect_tenant(slug: &str) -> Client {
+    let server = tenant_server(slug)
+        .await
+        .unwrap_or_else(|| panic!("{slug}: the registry names no server"));
+    connect_on(&server, &database_name(slug)).await
+}
+
+/// The local servers that hold a database of this name.
+pub async fn servers_with_database(name: &str) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for server in SERVERS {
+        let found = admin_on(server)
+            .await
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+            .await
+            .expect("query pg_database")
+            .is_some();
+        if found {
+            out.push(server);
+        }
+    }
+    out
 }
 
 pub async fn registry() -> Client {
     connect(&std::env::var("SYSTEM_DB_NAME").unwrap_or_else(|_| "dbtools".into())).await
 }
 
+/// True when a database of this name exists on any local server.
 pub async fn database_exists(name: &str) -> bool {
-    admin()
-        .await
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
-        .await
-        .expect("query pg_database")
-        .is_some()
+    !servers_with_database(name).await.is_empty()
 }
 
 /// The registry row of a slug: (status, schema_version), if any.
@@ -260,19 +338,25 @@ pub async fn registry_row(slug: &str) -> Option<(String, i32)> {
         .map(|r| (r.get(0), r.get(1)))
 }
 
-/// Tenant databases whose name contains `fragment`.
+/// Databases whose name contains `fragment`, on any local server.
 pub async fn databases_like(fragment: &str) -> Vec<String> {
-    admin()
-        .await
-        .query(
-            "SELECT datname FROM pg_database WHERE strpos(datname, $1) > 0 ORDER BY 1",
-            &[&fragment],
-        )
-        .await
-        .expect("query pg_database")
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    let mut out = Vec::new();
+    for server in SERVERS {
+        out.extend(
+            admin_on(server)
+                .await
+                .query(
+                    "SELECT datname FROM pg_database WHERE strpos(datname, $1) > 0 ORDER BY 1",
+                    &[&fragment],
+                )
+                .await
+                .expect("query pg_database")
+                .iter()
+                .map(|r| r.get::<_, String>(0)),
+        );
+    }
+    out.sort();
+    out
 }
 
 /// The local Secrets Manager (moto), through the real AWS SDK (what an application would use).
@@ -349,17 +433,24 @@ pub async fn connect_as(
     Ok(client)
 }
 
-/// A role: `None` when absent, else whether it may log in.
+/// A role, on whichever local server has it: `None` when none has, else whether it may log
+/// in.
 pub async fn role_can_login(role: &str) -> Option<bool> {
-    admin()
-        .await
-        .query_opt(
-            "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",
-            &[&role],
-        )
-        .await
-        .expect("query pg_roles")
-        .map(|r| r.get(0))
+    for server in SERVERS {
+        let found = admin_on(server)
+            .await
+            .query_opt(
+                "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",
+                &[&role],
+            )
+            .await
+            .expect("query pg_roles")
+            .map(|r| r.get(0));
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
 }
 
 /// A tenant's secret name (the local stack's prefix).
@@ -392,24 +483,34 @@ pub async fn invoke(function: &str, event: &Value) -> (StatusCode, Value) {
     )
 }
 
-/// Makes a database of `name` by hand, with data in it, as somebody else than the product
-/// would (a squatter): its OID is PostgreSQL's choice, not the registry's.
+/// Makes a database of `name` by hand on every local server, with data in it, as somebody else
+/// than the product would (a squatter): its OID is PostgreSQL's choice, not the registry's.
+/// On every server, so that placement cannot sidestep it.
 pub async fn plant_squatter(name: &str) {
-    admin()
-        .await
-        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-        .await
-        .expect("create the squatter");
-    connect(name)
-        .await
-        .batch_execute("CREATE TABLE precious (v int); INSERT INTO precious VALUES (42)")
-        .await
-        .expect("fill the squatter");
+    for server in SERVERS {
+        admin_on(server)
+            .await
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("create the squatter");
+        connect_on(server, name)
+            .await
+            .batch_execute("CREATE TABLE precious (v int); INSERT INTO precious VALUES (42)")
+            .await
+            .expect("fill the squatter");
+    }
 }
 
-/// The squatter [`plant_squatter`] made is as it was: its data, and no migration ran in it.
+/// The squatters [`plant_squatter`] made are as they were: their data, and no migration ran
+/// in them.
 pub async fn assert_squatter_untouched(name: &str) {
-    let squatter = connect(name).await;
+    for server in SERVERS {
+        assert_squatter_untouched_on(server, name).await;
+    }
+}
+
+async fn assert_squatter_untouched_on(server: &str, name: &str) {
+    let squatter = connect_on(server, name).await;
     let data: Vec<i32> = squatter
         .query("SELECT v FROM precious", &[])
         .await
@@ -432,16 +533,19 @@ pub async fn assert_squatter_untouched(name: &str) {
     );
 }
 
-/// Drops a tenant's database, login, secret and registry row; used to clean up after a test.
+/// Drops a tenant's database and login (on every local server), its secret and its registry
+/// row; used to clean up after a test.
 pub async fn purge_tenant(slug: &str) {
-    let admin = admin().await;
     let db = database_name(slug);
-    let _ = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
-        .await;
-    let _ = admin
-        .batch_execute(&format!("DROP ROLE IF EXISTS \"{db}\""))
-        .await;
+    for server in SERVERS {
+        let admin = admin_on(server).await;
+        let _ = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+            .await;
+        let _ = admin
+            .batch_execute(&format!("DROP ROLE IF EXISTS \"{db}\""))
+            .await;
+    }
     let _ = secrets()
         .await
         .delete_secret()
@@ -456,6 +560,9 @@ pub async fn purge_tenant(slug: &str) {
 }
 
 /// Removes the listed tenants when dropped, even when the test panicked.
+///
+/// Declare it before the test's locks: it is dropped after them, and takes the locks it
+/// needs itself (the fleet lock, then the template lock, both shared).
 ///
 /// A test that runs migrate-all over the whole fleet holds the fleet test lock through its
 /// `Cleanup` ([`Cleanup::holding_fleet`]): its tenants are removed before the lock is
@@ -506,6 +613,10 @@ impl Drop for Cleanup {
                 Some(lock) => lock,
                 None => test_lock(FLEET_LOCK, false).await,
             };
+            // Shared: no tenant vanishes under a test that holds the servers' counts still
+            // (the exclusive holders declare their `Cleanup` first, so it runs after they
+            // let go).
+            let _template = test_lock(TEMPLATE_LOCK, false).await;
             for slug in &slugs {
                 purge_tenant(slug).await;
             }
@@ -607,7 +718,7 @@ pub fn latest() -> i32 {
 /// made, their history rows); the registry says version 1, as a tenant left behind by a
 /// release would be.
 pub async fn undo_to_v1(slug: &str) {
-    connect(&database_name(slug))
+    connect_tenant(slug)
         .await
         .batch_execute(
             "REVOKE ALL ON ALL TABLES IN SCHEMA public FROM dbtools_tenant_rw; \
@@ -631,7 +742,7 @@ pub async fn undo_to_v1(slug: &str) {
 
 /// Versions recorded in a tenant's history, in order, duplicates included.
 pub async fn history_versions(slug: &str) -> Vec<i32> {
-    connect(&database_name(slug))
+    connect_tenant(slug)
         .await
         .query(
             "SELECT version FROM refinery_schema_history ORDER BY version",
@@ -645,7 +756,7 @@ pub async fn history_versions(slug: &str) -> Vec<i32> {
 }
 
 pub async fn has_table(slug: &str, table: &str) -> bool {
-    connect(&database_name(slug))
+    connect_tenant(slug)
         .await
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = 'public' AND tablename = $1)",
@@ -656,15 +767,191 @@ pub async fn has_table(slug: &str, table: &str) -> bool {
         .get(0)
 }
 
-/// Creates tenants through the API and registers them for cleanup.
+/// Creates tenants through the API (placed by the product) and registers them for cleanup.
 pub async fn create_tenants(cleanup: &mut Cleanup, prefix: &str, n: usize) -> Vec<String> {
+    create_tenants_on(cleanup, prefix, n, None).await
+}
+
+/// Creates tenants through the API on `server` (`None`: placed by the product) and registers
+/// them for cleanup.
+pub async fn create_tenants_on(
+    cleanup: &mut Cleanup,
+    prefix: &str,
+    n: usize,
+    server: Option<&str>,
+) -> Vec<String> {
     let base = unique_slug(prefix);
     let mut slugs = Vec::new();
     for i in 0..n {
         let slug = cleanup.add(&format!("{base}_{i}"));
-        let r = post_tenant(&json!({"name": format!("Tenant {i}"), "slug": slug})).await;
+        let mut body = json!({"name": format!("Tenant {i}"), "slug": slug});
+        if let Some(server) = server {
+            body["server"] = json!(server);
+        }
+        let r = post_tenant(&body).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        if let Some(server) = server {
+            assert_eq!(r.body["server"], server, "{}", r.text);
+        }
         slugs.push(slug);
     }
     slugs
+}
+
+/// Creates (or overwrites) a secret in the local Secrets Manager.
+pub async fn put_secret(name: &str, value: &Value) {
+    let client = secrets().await;
+    let created = client
+        .create_secret()
+        .name(name)
+        .secret_string(value.to_string())
+        .send()
+        .await;
+    if let Err(e) = created {
+        if !e
+            .as_service_error()
+            .is_some_and(|s| s.is_resource_exists_exception())
+        {
+            panic!("create {name}: {e:?}");
+        }
+        client
+            .put_secret_value()
+            .secret_id(name)
+            .secret_string(value.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("put {name}: {e:?}"));
+    }
+}
+
+/// A PostgreSQL cluster of a test's own (initdb, on a free port), stopped and deleted when
+/// dropped. Its superuser is `postgres`.
+pub struct ThrowawayCluster {
+    dir: std::path::PathBuf,
+    pub port: u16,
+    password: String,
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+/// A server binary (`DBTOOLS_PG_BIN`), run as the postgres user when we are root (initdb
+/// refuses root).
+fn pg_command(bin: &str) -> std::process::Command {
+    let path = format!("{}/{bin}", var("DBTOOLS_PG_BIN"));
+    if is_root() {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--", &path]);
+        c
+    } else {
+        std::process::Command::new(path)
+    }
+}
+
+/// Runs a command, which must succeed.
+pub fn run_ok(cmd: &mut std::process::Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl ThrowawayCluster {
+    /// A plain cluster, the superuser's password `throwaway`.
+    pub fn start() -> ThrowawayCluster {
+        Self::start_with("throwaway", |_| String::new())
+    }
+
+    /// A cluster whose superuser has `password`; `prepare` gets its directory (before the
+    /// server starts, and before its files are given to the postgres user) and answers the
+    /// extra server options (`-c ...`), which may name files it put there.
+    pub fn start_with(
+        password: &str,
+        prepare: impl FnOnce(&std::path::Path) -> String,
+    ) -> ThrowawayCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "dbtools-throwaway-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).expect("a directory");
+        let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        let extra = prepare(&dir);
+        std::fs::write(dir.join("pwfile"), format!("{password}\n")).expect("pwfile");
+        if is_root() {
+            run_ok(std::process::Command::new("chown").args(["-R", "postgres:", &d("")]));
+        }
+        run_ok(pg_command("initdb").args([
+            "-D",
+            &d("data"),
+            "-U",
+            "postgres",
+            &format!("--pwfile={}", d("pwfile")),
+            "--auth-host=scram-sha-256",
+            "--auth-local=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ]));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("a free port")
+            .local_addr()
+            .expect("its address")
+            .port();
+        let opts = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} {extra}",
+            d("")
+        );
+        run_ok(pg_command("pg_ctl").args([
+            "-D",
+            &d("data"),
+            "-l",
+            &d("log"),
+            "-w",
+            "-o",
+            &opts,
+            "start",
+        ]));
+        ThrowawayCluster {
+            dir,
+            port,
+            password: password.to_owned(),
+        }
+    }
+
+    /// A file in the cluster's directory.
+    pub fn path(&self, file: &str) -> String {
+        self.dir.join(file).to_string_lossy().into_owned()
+    }
+
+    /// A superuser connection to `dbname`.
+    pub async fn connect(&self, dbname: &str) -> Client {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("127.0.0.1")
+            .port(self.port)
+            .user("postgres")
+            .password(self.password.as_str())
+            .dbname(dbname);
+        let (client, conn) = cfg.connect(NoTls).await.expect("connect to the cluster");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+}
+
+impl Drop for ThrowawayCluster {
+    fn drop(&mut self) {
+        let data = self.path("data");
+        let _ = pg_command("pg_ctl")
+            .args(["-D", &data, "-m", "immediate", "-w", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

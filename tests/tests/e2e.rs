@@ -13,4 +13,5 @@ mod e2e {
     mod migrate_all;
     mod provisioning_faults;
     mod routes;
+    mod servers;
 }

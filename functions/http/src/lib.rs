@@ -91,6 +91,21 @@ fn tenant_path(req: &Request) -> Option<(&str, Option<&str>)> {
     }
 }
 
+/// The `{name}` of `/api/servers/{name}`: the path parameter, or the path's segment when the
+/// router gave none. An empty or nested segment is a name that cannot exist (a 404 later).
+pub fn server_param(req: &Request) -> Option<String> {
+    if let Some(name) = req.path_parameters_ref().and_then(|p| p.first("name")) {
+        return Some(name.to_owned());
+    }
+    let rest = req
+        .uri()
+        .path()
+        .trim_end_matches('/')
+        .split_once("/servers/")?
+        .1;
+    Some(rest.to_owned())
+}
+
 /// Query parameters as (name, value) pairs, each name as many times as it was given.
 pub fn query_pairs(req: &Request) -> Vec<(String, String)> {
     let params = req.query_string_parameters();

@@ -26,35 +26,37 @@
 //! database, to catch changes made behind the registry's back (a restored backup, a
 //! hand-edited history); the SAM template schedules one such run a week.
 
+mod prepare;
 mod reconcile;
 mod report;
 mod tenant;
 mod upkeep;
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
 use serde::Deserialize;
 use serde_json::Value;
-use tracing::{error, info};
+use tracing::info;
 use uuid::Uuid;
 
 pub use report::{
-    Counts, MigrateAllReport, Reconciled, RunStatus, SystemReport, TemplateReport, TenantOutcome,
-    TenantReport,
+    Counts, MigrateAllReport, Reconciled, RunStatus, ServerReport, SystemReport, TemplateReport,
+    TenantOutcome, TenantReport,
 };
 pub use upkeep::{UpkeepAction, Upkept};
 
 use crate::{
     config::MAX_MIGRATE_CONCURRENCY,
-    db::{error_chain, Conn, Database, DbError},
+    db::{error_chain, Database, DbError},
     domain::Slug,
     invocation::Invocation,
     locks::{self, Lock},
-    logins,
     migrations::{self, read_history},
     template,
 };
-use report::sanitize_db;
 
 /// The longest reserve kept at the end of an invocation to answer (and the share of the time
 /// left, for short invocations): no tenant works into it.
@@ -199,6 +201,7 @@ pub async fn migrate_all(
         reconciled: Vec::new(),
         orphan_databases: Vec::new(),
         invalid_databases: Vec::new(),
+        servers: Vec::new(),
         lifecycle: Vec::new(),
         counts: Counts::default(),
         tenants: Vec::new(),
@@ -239,18 +242,51 @@ pub async fn migrate_all(
     };
 
     let result: Result<(), MigrateAllError> = async {
-        if !req.dry_run {
-            // Tenant migrations grant the tables to the tenant logins' group role.
-            logins::ensure_group(&sys).await?;
+        // Each server: reachable or not, its template, its orphans.
+        let mut servers = prepare::load(db, &sys).await?;
+        for server in &mut servers {
+            let prepared = prepare::prepare(db, &sys, server, req.dry_run).await;
+            report
+                .orphan_databases
+                .extend(prepared.orphan_databases.iter().cloned());
+            report
+                .invalid_databases
+                .extend(prepared.invalid_databases.iter().cloned());
+            report.servers.push(prepared);
         }
-        report.template = Some(check_template(db, &sys, req.dry_run).await?);
+        let expected = template::expected(&db.config().system_db);
+        report.template = Some(prepare::summarize_templates(&report.servers, &expected));
+        let down: HashSet<&str> = servers
+            .iter()
+            .filter(|s| s.down.is_some())
+            .map(|s| s.name.as_str())
+            .collect();
         report.reconciled =
-            reconcile::reconcile_expired(db, &sys, req.dry_run, plan.stop_at).await?;
-        (report.orphan_databases, report.invalid_databases) = reconcile::find_orphans(&sys).await?;
-        report.lifecycle =
-            upkeep::run(db, &sys, slugs.as_deref(), req.dry_run, plan.stop_at).await?;
+            reconcile::reconcile_expired(db, &sys, &down, req.dry_run, plan.stop_at).await?;
+        report.lifecycle = upkeep::run(
+            db,
+            &sys,
+            &servers,
+            slugs.as_deref(),
+            req.dry_run,
+            plan.stop_at,
+        )
+        .await?;
+        // From here on, the only connections the run opens on a server are its tenants'.
+        for server in &servers {
+            server.handle.close_admin().await;
+        }
         let tenants = tenant::list(&sys, slugs.as_deref()).await?;
-        tenant::run(db, &sys, &tenants, slugs.as_deref(), &plan, &mut report).await;
+        tenant::run(
+            db,
+            &sys,
+            &servers,
+            &tenants,
+            slugs.as_deref(),
+            &plan,
+            &mut report,
+        )
+        .await;
         Ok(())
     }
     .await;
@@ -276,44 +312,6 @@ pub async fn migrate_all(
         "migrate-all finished"
     );
     Ok(report)
-}
-
-/// Builds this release's tenant template if it is missing and drops those of other releases
-/// (a dry run only looks).
-async fn check_template(
-    db: &Database,
-    sys: &Conn,
-    dry_run: bool,
-) -> Result<TemplateReport, MigrateAllError> {
-    let expected = template::expected(&db.config().system_db);
-    let report = |ready, error| TemplateReport {
-        name: expected.name.clone(),
-        version: expected.version,
-        ready,
-        built: false,
-        dropped: Vec::new(),
-        error,
-    };
-    if dry_run {
-        return Ok(report(template::is_ready(sys, &expected.name).await?, None));
-    }
-    let t = match template::ensure(db, sys).await {
-        Ok(t) => t,
-        Err(DbError::Unavailable(m)) => return Err(MigrateAllError::Unavailable(m)),
-        Err(e) => {
-            error!(error = %error_chain(&e), "the tenant template could not be built");
-            return Ok(report(false, Some(sanitize_db(&e))));
-        }
-    };
-    let dropped = template::drop_stale(sys, &t.name).await?;
-    Ok(TemplateReport {
-        name: t.name,
-        version: t.version,
-        ready: true,
-        built: t.built,
-        dropped,
-        error: None,
-    })
 }
 
 async fn system_pending(db: &Database) -> Result<SystemReport, MigrateAllError> {

@@ -10,6 +10,7 @@ use super::upkeep::{UpkeepAction, Upkept};
 use crate::{
     db::{is_unavailable, DbError},
     provision::ReconcileAction,
+    servers::ServerState,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -32,6 +33,8 @@ pub enum TenantOutcome {
 #[derive(Debug, Clone, Serialize)]
 pub struct TenantReport {
     pub slug: String,
+    /// The server that holds its database.
+    pub server: Option<String>,
     pub status: TenantOutcome,
     pub from_version: Option<i64>,
     pub to_version: Option<i64>,
@@ -49,6 +52,7 @@ impl TenantReport {
     pub(crate) fn new(slug: &str, status: TenantOutcome) -> TenantReport {
         TenantReport {
             slug: slug.to_owned(),
+            server: None,
             status,
             from_version: None,
             to_version: None,
@@ -117,6 +121,28 @@ pub struct TemplateReport {
     pub error: Option<String>,
 }
 
+/// One server of the fleet, as the run found it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerReport {
+    pub name: String,
+    pub state: ServerState,
+    /// False when the run could not open its admin connection: its tenants were not
+    /// attempted, and are reported failed.
+    pub reachable: bool,
+    /// Why it could not be reached or prepared (sanitised).
+    pub error: Option<String>,
+    /// The most tenant connections the run opened on it at once.
+    pub migrate_concurrency: usize,
+    /// Its tenant template (`null` when unreachable).
+    pub template: Option<TemplateReport>,
+    /// Databases with the tenant prefix on it that no registry row of this server owns (by
+    /// name and OID). Reported, never dropped.
+    pub orphan_databases: Vec<String>,
+    pub invalid_databases: Vec<String>,
+    /// Its tenants' outcomes in this run.
+    pub counts: Counts,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Reconciled {
     pub slug: String,
@@ -134,15 +160,19 @@ pub struct MigrateAllReport {
     pub latest_version: i64,
     pub concurrency: usize,
     pub system: Option<SystemReport>,
+    /// This release's template on every reachable server: ready when ready on each, built
+    /// when built on one, the first server's error (each server's own is in `servers`).
     pub template: Option<TemplateReport>,
     /// Provisionings past their lease, finished or undone before migrating (see
     /// `provision`); in a dry run, listed as `pending`.
     pub reconciled: Vec<Reconciled>,
-    /// Databases with the tenant prefix that no registry row owns (by name and OID).
-    /// Reported, never dropped.
+    /// Databases with the tenant prefix that no registry row owns (by name and OID), on any
+    /// server (`servers` says which). Reported, never dropped.
     pub orphan_databases: Vec<String>,
-    /// Tenant databases left invalid by an interrupted `DROP DATABASE`.
+    /// Tenant databases left invalid by an interrupted `DROP DATABASE`, on any server.
     pub invalid_databases: Vec<String>,
+    /// Each server: reachable or not, its template, its orphans, its tenants' counts.
+    pub servers: Vec<ServerReport>,
     /// Purges, logins disabled, credentials made (see `fleet::upkeep`).
     pub lifecycle: Vec<Upkept>,
     pub counts: Counts,
@@ -165,6 +195,8 @@ impl MigrateAllReport {
             Some("RunIncomplete")
         } else if self.template_error().is_some() {
             Some("TemplateFailed")
+        } else if self.servers.iter().any(|s| !s.reachable) {
+            Some("ServerUnreachable")
         } else if self
             .reconciled
             .iter()
@@ -260,8 +292,22 @@ impl MigrateAllReport {
         } else {
             String::new()
         };
+        let unreachable: Vec<&str> = self
+            .servers
+            .iter()
+            .filter(|s| !s.reachable)
+            .map(|s| s.name.as_str())
+            .collect();
+        let unreachable = if unreachable.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "Servers unreachable (their tenants were not attempted): {}. ",
+                unreachable.join(", ")
+            )
+        };
         format!(
-            "{template}{reconcile}{upkeep}{not_started}{} of {} tenants failed to migrate; migrated {}, \
+            "{unreachable}{template}{reconcile}{upkeep}{not_started}{} of {} tenants failed to migrate; migrated {}, \
              up to date {}, skipped {}; run {}. Failed: {}",
             c.failed,
             self.tenants.len(),
@@ -345,6 +391,7 @@ mod tests {
             reconciled: Vec::new(),
             orphan_databases: Vec::new(),
             invalid_databases: Vec::new(),
+            servers: Vec::new(),
             lifecycle: Vec::new(),
             counts,
             tenants: Vec::new(),

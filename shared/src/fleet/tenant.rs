@@ -1,21 +1,24 @@
 //! One tenant's migration in a run, and the run over the selected tenants: bounded
-//! concurrency, a time limit per tenant, no tenant started once the invocation's deadline is
-//! near, and each tenant's outcome written to the registry as it finishes.
+//! concurrency (over the fleet, and per server its `migrate_concurrency`), a time limit per
+//! tenant, no tenant started once the invocation's deadline is near, and each tenant's outcome
+//! written to the registry as it finishes.
 
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
 };
 
-use futures_util::{stream, StreamExt};
+use futures_util::{future::join_all, stream, StreamExt};
+use tokio::sync::Semaphore;
 use tokio_postgres::{error::SqlState, SimpleQueryMessage};
 use tracing::{info, warn};
 
-use super::report::{
-    sanitize_db, sanitize_refinery, MigrateAllReport, TenantOutcome, TenantReport,
+use super::{
+    prepare::FleetServer,
+    report::{sanitize_db, sanitize_refinery, MigrateAllReport, TenantOutcome, TenantReport},
 };
 use crate::{
-    db::{Conn, Database, DbError},
+    db::{Conn, Database, DbError, Server},
     locks::{self, Lock},
     migrations::{self, history_rows, ExpectedHistory, HistoryCheck, HistoryRow, HISTORY_TABLE},
 };
@@ -23,6 +26,7 @@ use crate::{
 /// A tenant of the run, as the registry recorded it when the run listed the tenants.
 pub(super) struct TenantRow {
     slug: String,
+    server: Option<String>,
     database_name: String,
     /// The proof of ownership (see `ownership`): the run touches a database only if its OID
     /// is this one.
@@ -51,7 +55,8 @@ pub(super) struct Plan {
 
 /// The active tenants of the run: all of them, or those named in `slugs`.
 pub(super) async fn list(sys: &Conn, slugs: Option<&[String]>) -> Result<Vec<TenantRow>, DbError> {
-    const COLUMNS: &str = "slug, database_name, database_oid, schema_version, schema_fingerprint";
+    const COLUMNS: &str =
+        "slug, server, database_name, database_oid, schema_version, schema_fingerprint";
     let rows = match slugs {
         None => {
             sys.query(
@@ -77,6 +82,7 @@ pub(super) async fn list(sys: &Conn, slugs: Option<&[String]>) -> Result<Vec<Ten
         .map(|r| {
             Ok(TenantRow {
                 slug: r.try_get("slug")?,
+                server: r.try_get("server")?,
                 database_name: r.try_get("database_name")?,
                 database_oid: r.try_get("database_oid")?,
                 schema_version: i64::from(r.try_get::<_, i32>("schema_version")?),
@@ -88,10 +94,13 @@ pub(super) async fn list(sys: &Conn, slugs: Option<&[String]>) -> Result<Vec<Ten
 }
 
 /// Migrates (or, in a dry run, inspects) every listed tenant and fills the report's tenants
-/// and counts.
+/// and counts. Each server's tenants run side by side with the others', at most its budget at
+/// once, and at most `plan.concurrency` over the fleet; a server that is down fails its own
+/// tenants without an attempt.
 pub(super) async fn run(
     db: &Database,
     sys: &Conn,
+    servers: &[FleetServer],
     tenants: &[TenantRow],
     slugs: Option<&[String]>,
     plan: &Plan,
@@ -106,21 +115,55 @@ pub(super) async fn run(
             && t.schema_version == latest
             && t.schema_fingerprint.as_deref() == Some(fingerprint)
     };
-    let mut results: Vec<TenantReport> = tenants
-        .iter()
-        .filter(|t| vouched(t))
-        .map(|t| TenantReport {
-            from_version: Some(latest),
-            to_version: Some(latest),
-            ..TenantReport::new(&t.slug, TenantOutcome::UpToDate)
-        })
-        .collect();
-    let checked: Vec<TenantReport> = stream::iter(tenants.iter().filter(|t| !vouched(t)))
-        .map(|t| migrate_tenant(db, sys, t, plan, expected))
-        .buffer_unordered(plan.concurrency)
-        .collect()
-        .await;
-    results.extend(checked);
+    let server_of = |t: &TenantRow| {
+        servers
+            .iter()
+            .find(|s| Some(s.name.as_str()) == t.server.as_deref())
+    };
+    let mut results = Vec::new();
+    for t in tenants {
+        let failed = |why: String| TenantReport {
+            server: t.server.clone(),
+            error: Some(why),
+            ..TenantReport::new(&t.slug, TenantOutcome::Failed)
+        };
+        match server_of(t) {
+            None => results.push(failed("the tenant's server is not registered".into())),
+            Some(s) if s.down.is_some() => results.push(failed(format!(
+                "server '{}' unreachable: not attempted; the next run retries",
+                s.name
+            ))),
+            Some(_) if vouched(t) => results.push(TenantReport {
+                server: t.server.clone(),
+                from_version: Some(latest),
+                to_version: Some(latest),
+                ..TenantReport::new(&t.slug, TenantOutcome::UpToDate)
+            }),
+            Some(_) => {}
+        }
+    }
+    let fleet = Semaphore::new(plan.concurrency);
+    let per_server = servers.iter().filter(|s| s.down.is_none()).map(|server| {
+        let mine: Vec<&TenantRow> = tenants
+            .iter()
+            .filter(|t| t.server.as_deref() == Some(server.name.as_str()) && !vouched(t))
+            .collect();
+        let fleet = &fleet;
+        async move {
+            stream::iter(mine)
+                .map(|t| async move {
+                    // Closed never: the semaphore lives as long as the run.
+                    let _permit = fleet.acquire().await.ok();
+                    migrate_tenant(db, sys, server, t, plan, expected).await
+                })
+                .buffer_unordered(server.budget)
+                .collect::<Vec<TenantReport>>()
+                .await
+        }
+    });
+    for checked in join_all(per_server).await {
+        results.extend(checked);
+    }
 
     // Named slugs that are not active tenants are reported, not silently dropped.
     if let Some(slugs) = slugs {
@@ -143,6 +186,13 @@ pub(super) async fn run(
     results.sort_by_key(|r| order.get(r.slug.as_str()).copied().unwrap_or(usize::MAX));
     for r in &results {
         report.counts.add(r.status);
+        if let Some(s) = report
+            .servers
+            .iter_mut()
+            .find(|s| Some(s.name.as_str()) == r.server.as_deref())
+        {
+            s.counts.add(r.status);
+        }
     }
     report.tenants = results;
 }
@@ -151,6 +201,7 @@ pub(super) async fn run(
 async fn migrate_tenant(
     db: &Database,
     sys: &Conn,
+    server: &FleetServer,
     tenant: &TenantRow,
     plan: &Plan,
     expected: &ExpectedHistory,
@@ -160,10 +211,14 @@ async fn migrate_tenant(
         .stop_at
         .saturating_duration_since(started)
         .min(plan.tenant_timeout);
+    let new = |status| TenantReport {
+        server: Some(server.name.clone()),
+        ..TenantReport::new(&tenant.slug, status)
+    };
     if limit < plan.min_time {
-        return TenantReport::new(&tenant.slug, TenantOutcome::NotStarted);
+        return new(TenantOutcome::NotStarted);
     }
-    let mut report = TenantReport::new(&tenant.slug, TenantOutcome::Failed);
+    let mut report = new(TenantOutcome::Failed);
     if !sys.is_usable() {
         report.error = Some(
             "the registry connection was lost (and the run's locks with it); not started".into(),
@@ -193,7 +248,15 @@ async fn migrate_tenant(
     // connection, is always given back properly. Should that connection be lost meanwhile,
     // the lock is gone with it, and the work stops.
     let until = started + limit;
-    let work = migrate_one(db, tenant, plan.dry_run, expected, until, &mut report);
+    let work = migrate_one(
+        db,
+        &server.handle,
+        tenant,
+        plan.dry_run,
+        expected,
+        until,
+        &mut report,
+    );
     let outcome = tokio::select! {
         outcome = work => outcome,
         () = lost(sys) => Err("the registry connection was lost (and the tenant's lock with it); \
@@ -316,13 +379,14 @@ async fn read_tenant(conn: &Conn) -> Result<(Option<i64>, Vec<HistoryRow>), DbEr
 /// sanitised reason it failed.
 async fn migrate_one(
     db: &Database,
+    server: &Server,
     tenant: &TenantRow,
     dry_run: bool,
     expected: &ExpectedHistory,
     until: Instant,
     report: &mut TenantReport,
 ) -> Result<bool, String> {
-    let mut conn = match db.connect(&tenant.database_name).await {
+    let mut conn = match server.connect(db, &tenant.database_name).await {
         Ok(c) => c,
         Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
             return Err("tenant database does not exist".into())

@@ -7,12 +7,12 @@
 //! - an active tenant without a secret (made by a release before logins existed) gets its
 //!   login and secret.
 
-use std::time::Instant;
+use std::{collections::HashSet, time::Instant};
 
 use serde::Serialize;
 use tracing::warn;
 
-use super::report::sanitize_db;
+use super::{prepare::FleetServer, report::sanitize_db};
 use crate::{
     access::{self, AccessError},
     db::{Conn, Database, DbError},
@@ -89,11 +89,10 @@ impl Task {
                       OR ($2::bigint > 0 AND deleted_at < now() - make_interval(days => $2::int))) \
                  ORDER BY deleted_at"
             ),
+            // Every deleted tenant; those whose login can log in are found on their servers.
             Task::DisableLogin => format!(
-                "SELECT {columns} FROM tenants t WHERE {named} AND status = 'deleted' \
-                 AND $2::bigint IS NOT NULL AND EXISTS (SELECT 1 FROM pg_roles r \
-                             WHERE r.rolname = t.role_name AND r.rolcanlogin) \
-                 ORDER BY deleted_at"
+                "SELECT {columns} FROM tenants WHERE {named} AND status = 'deleted' \
+                 AND $2::bigint IS NOT NULL ORDER BY deleted_at"
             ),
             Task::MakeCredentials => format!(
                 "SELECT {columns} FROM tenants WHERE {named} AND status = 'active' \
@@ -104,22 +103,41 @@ impl Task {
 }
 
 /// Runs every task for the tenants it is due for, among `slugs` when the run names some (a
-/// dry run lists them).
+/// dry run lists them). A tenant on a server that is down is reported failed without trying
+/// (and a deleted tenant's login there cannot be looked at: the next run does).
 pub(super) async fn run(
     db: &Database,
     sys: &Conn,
+    servers: &[FleetServer],
     slugs: Option<&[String]>,
     dry_run: bool,
     stop_at: Instant,
 ) -> Result<Vec<Upkept>, DbError> {
     let mut out = Vec::new();
     let purge_after = db.config().tenants.purge_after_days;
+    let down = |entry: &Entry| {
+        servers
+            .iter()
+            .find(|s| Some(s.name.as_str()) == entry.tenant.server.as_deref())
+            .is_none_or(|s| s.down.is_some())
+    };
     for task in [Task::Purge, Task::DisableLogin, Task::MakeCredentials] {
         let rows = sys.query(&task.query(), &[&slugs, &purge_after]).await?;
-        for row in rows {
-            let entry = Entry::from_row(&row, &db.config().tenants.secret_prefix)?;
+        let mut entries = rows
+            .iter()
+            .map(|row| Entry::from_row(row, &db.config().tenants.secret_prefix))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Task::DisableLogin = task {
+            entries = can_still_log_in(db, servers, entries).await?;
+        }
+        for entry in entries {
             let (action, error) = if dry_run {
                 (UpkeepAction::Pending, None)
+            } else if down(&entry) {
+                (
+                    UpkeepAction::Failed,
+                    Some("its server is unreachable; the next run retries".to_owned()),
+                )
             } else if Instant::now() >= stop_at {
                 // The invocation's deadline is near: the next run takes it.
                 (UpkeepAction::Skipped, None)
@@ -141,6 +159,52 @@ pub(super) async fn run(
         }
     }
     Ok(out)
+}
+
+/// The deleted tenants whose login (of ours or not: `disable` looks) can still log in, looked
+/// up on each reachable server in one query.
+async fn can_still_log_in(
+    db: &Database,
+    servers: &[FleetServer],
+    entries: Vec<Entry>,
+) -> Result<Vec<Entry>, DbError> {
+    let mut due = HashSet::new();
+    for server in servers.iter().filter(|s| s.down.is_none()) {
+        let here: Vec<&Entry> = entries
+            .iter()
+            .filter(|e| e.tenant.server.as_deref() == Some(server.name.as_str()))
+            .collect();
+        if here.is_empty() {
+            continue;
+        }
+        let roles: Vec<&str> = here.iter().map(|e| e.access.role.as_str()).collect();
+        let admin = match server.handle.admin(db).await {
+            Ok(admin) => admin,
+            Err(e) => {
+                warn!(server = %server.name, error = %e, "server unreachable; logins of deleted tenants not checked");
+                continue;
+            }
+        };
+        let can: HashSet<String> = admin
+            .query(
+                "SELECT rolname::text AS name FROM pg_roles \
+                 WHERE rolname = ANY($1) AND rolcanlogin",
+                &[&roles],
+            )
+            .await?
+            .iter()
+            .map(|r| r.try_get("name"))
+            .collect::<Result<_, _>>()?;
+        due.extend(
+            here.into_iter()
+                .filter(|e| can.contains(&e.access.role))
+                .map(|e| e.tenant.id),
+        );
+    }
+    Ok(entries
+        .into_iter()
+        .filter(|e| due.contains(&e.tenant.id))
+        .collect())
 }
 
 async fn one(
@@ -176,11 +240,15 @@ async fn one(
                 UpkeepAction::Purged
             }
             Task::DisableLogin => {
-                access::disable(sys, &entry.access).await?;
+                let server = entry.server(db, sys).await?;
+                let admin = server.admin(db).await?;
+                access::disable(&admin, &entry.access).await?;
                 UpkeepAction::LoginDisabled
             }
             Task::MakeCredentials => {
-                let arn = access::ensure(db, sys, &entry.access, true, true)
+                let server = entry.server(db, sys).await?;
+                let admin = server.admin(db).await?;
+                let arn = access::ensure(db, &admin, &entry.access, true, true)
                     .await
                     .map_err(|e| match e {
                         AccessError::Db(e) => e,

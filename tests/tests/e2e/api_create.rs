@@ -37,13 +37,18 @@ async fn create_answers_201_with_a_ready_database() {
             "database_name",
             "schema_version",
             "credentials_secret_arn",
+            "server",
             "created_at",
             "deleted_at"
         ]
     );
 
-    // The database exists with the contract's tables, indexes and migration history.
-    let tenant = connect(&database_name(&slug)).await;
+    // The database exists on the server the body names, and only there, with the contract's
+    // tables, indexes and migration history.
+    let server = t["server"].as_str().expect("a server");
+    assert_eq!(tenant_server(&slug).await.as_deref(), Some(server));
+    assert_eq!(servers_with_database(&database_name(&slug)).await, [server]);
+    let tenant = connect_on(server, &database_name(&slug)).await;
     let columns: Vec<(String, String, String, String)> = tenant
         .query(
             "SELECT table_name::text, column_name::text, data_type::text, is_nullable::text \
@@ -136,7 +141,7 @@ async fn create_answers_201_with_a_ready_database() {
         .unwrap();
 
     // PUBLIC may not connect to a tenant database.
-    let public_connect: bool = admin()
+    let public_connect: bool = admin_on(server)
         .await
         .query_one(
             "SELECT has_database_privilege('public', $1, 'CONNECT')",

@@ -28,7 +28,7 @@ async fn concurrent_posts_of_one_slug_give_one_201_and_409s() {
     assert_eq!(registry_row(&slug).await, Some(("active".into(), latest())));
     let one = get(&format!("/api/tenants/{slug}")).await;
     assert_eq!(one.body["id"], created[0].body["id"]);
-    let tables: i64 = connect(&database_name(&slug))
+    let tables: i64 = connect_tenant(&slug)
         .await
         .query_one(
             "SELECT count(*) FROM pg_tables WHERE tablename IN ('settings', 'activity_log')",

@@ -21,7 +21,8 @@ fn sqlstate(e: &tokio_postgres::Error) -> String {
 async fn the_application_connects_with_its_own_secret_and_nothing_more() {
     let mut cleanup = Cleanup::new();
     let _template = test_lock(TEMPLATE_LOCK, false).await;
-    let slugs = create_tenants(&mut cleanup, "cred", 2).await;
+    // Both on primary, where the registry is too (the secondary's case: servers.rs).
+    let slugs = create_tenants_on(&mut cleanup, "cred", 2, Some("primary")).await;
     let (a, b) = (&slugs[0], &slugs[1]);
 
     // The tenant body names its secret; the secret is in the RDS format, tagged.
@@ -121,7 +122,7 @@ async fn the_application_connects_with_its_own_secret_and_nothing_more() {
         let e = app.batch_execute(ddl).await.unwrap_err();
         assert_eq!(sqlstate(&e), "42501", "{ddl}: {e}");
     }
-    let history: i64 = connect(&database_name(a))
+    let history: i64 = connect_tenant(a)
         .await
         .query_one("SELECT count(*) FROM refinery_schema_history", &[])
         .await
@@ -359,7 +360,7 @@ async fn a_tenant_of_an_older_release_gets_its_login_from_migrate_all() {
     let slug = create_tenants(&mut cleanup, "legacy", 1).await.remove(0);
     // As a release before logins left it: no role, no secret, no names in the row.
     let db = database_name(&slug);
-    admin()
+    admin_on(&tenant_server(&slug).await.unwrap())
         .await
         .batch_execute(&format!(
             "REVOKE ALL ON DATABASE \"{db}\" FROM \"{db}\"; DROP ROLE \"{db}\""
@@ -426,7 +427,10 @@ async fn rotation_step(step: &str, arn: &str, token: &str) -> (StatusCode, Value
 async fn a_full_rotation_gives_the_login_a_new_password_and_the_old_one_stops_working() {
     let mut cleanup = Cleanup::new();
     let _template = test_lock(TEMPLATE_LOCK, false).await;
-    let slug = create_tenants(&mut cleanup, "rot", 1).await.remove(0);
+    // On the secondary server, whose admin is not a superuser (as on RDS).
+    let slug = create_tenants_on(&mut cleanup, "rot", 1, Some("secondary"))
+        .await
+        .remove(0);
     let arn = get(&format!("/api/tenants/{slug}")).await.body["credentials_secret_arn"]
         .as_str()
         .unwrap()
@@ -466,7 +470,7 @@ async fn a_full_rotation_gives_the_login_a_new_password_and_the_old_one_stops_wo
         .expect("the new password opens the tenant's database");
     let refused = connect_as(&old, None).await.unwrap_err();
     assert_eq!(sqlstate(&refused), "28P01", "the old password: {refused}");
-    assert!(!stack_log("pg/server.log").contains(new["password"].as_str().unwrap()));
+    assert!(!stack_log("pg2/server.log").contains(new["password"].as_str().unwrap()));
 
     // What is not a step, or not a tenant secret of this product, is refused.
     let (status, error) = rotation_step("deleteSecret", &arn, &token).await;

@@ -20,12 +20,13 @@ fn stack(args: &[&str]) {
     assert!(status.success(), "stack.sh {args:?} failed");
 }
 
-/// Terminates every backend of the functions; returns how many there were.
+/// Terminates every backend of the functions on one server; returns how many there were.
 async fn terminate_function_backends(admin: &tokio_postgres::Client) -> i64 {
     admin
         .query_one(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE application_name IN ('create-tenant', 'list-tenants', 'delete-tenant', 'migrate-all')",
+             WHERE application_name IN ('create-tenant', 'list-tenants', 'delete-tenant', \
+               'migrate-all', 'servers')",
             &[],
         )
         .await
@@ -78,17 +79,23 @@ async fn assert_invariants(slugs: &[String]) {
     let registry = registry().await;
     let rows = registry
         .query(
-            "SELECT slug, database_name, schema_version, database_oid FROM tenants \
+            "SELECT slug, database_name, schema_version, database_oid, server FROM tenants \
              WHERE status = 'active'",
             &[],
         )
         .await
         .unwrap();
-    let admin = admin().await;
     for row in rows {
-        let (slug, db, version, oid): (String, String, i32, Option<i64>) =
-            (row.get(0), row.get(1), row.get(2), row.get(3));
-        let valid = admin
+        let (slug, db, version, oid, server): (String, String, i32, Option<i64>, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        // The registry names the server that holds the database, and no other holds one.
+        assert_eq!(
+            servers_with_database(&db).await,
+            [server.as_str()],
+            "{slug}: its database is on its server only"
+        );
+        let valid = admin_on(&server)
+            .await
             .query_opt(
                 "SELECT datconnlimit <> -2 AND oid::bigint = $2 FROM pg_database WHERE datname = $1",
                 &[&db, &oid],
@@ -225,7 +232,10 @@ async fn terminated_backends_are_reopened_without_an_error_reaching_the_client()
     for _ in 0..8 {
         assert_eq!(get("/api/tenants?limit=1").await.status, StatusCode::OK);
     }
-    let killed = terminate_function_backends(&admin().await).await;
+    let mut killed = 0;
+    for server in SERVERS {
+        killed += terminate_function_backends(&admin_on(server).await).await;
+    }
     assert!(killed > 0, "functions held connections");
     for i in 0..16 {
         let r = get("/api/tenants?limit=1").await;
@@ -349,9 +359,14 @@ async fn wait_for_row(slug: &str, status: &str) {
 /// longer than the lock waits they stop the create in (the configuration requires it).
 const SHORT_LEASE: Duration = Duration::from_secs(6);
 
-/// Starts a real create-tenant process on a request for `slug` with `key`, its lease short.
-async fn start_create(slug: &str, key: &str) -> (runtime::RuntimeApi, tokio::process::Child) {
-    let body = json!({"name": "Killed", "slug": slug}).to_string();
+/// Starts a real create-tenant process on a request for `slug` on `server` with `key`, its
+/// lease short.
+async fn start_create(
+    slug: &str,
+    server: &str,
+    key: &str,
+) -> (runtime::RuntimeApi, tokio::process::Child) {
+    let body = json!({"name": "Killed", "slug": slug, "server": server}).to_string();
     let event = runtime::http_event("POST", "/api/tenants", &body, &[("idempotency-key", key)]);
     let api = runtime::RuntimeApi::start(event).await;
     let lease = SHORT_LEASE.as_secs().to_string();
@@ -374,7 +389,7 @@ async fn a_create_killed_before_its_database_is_rolled_back_after_the_lease() {
     let key = format!("k-{slug}");
     // The create inserts its row, then waits for the tenant lock that we hold: kill it there.
     let lock = hold_tenant_lock(&slug).await;
-    let (api, mut child) = start_create(&slug, &key).await;
+    let (api, mut child) = start_create(&slug, "primary", &key).await;
     wait_for_row(&slug, "provisioning").await;
     child.kill().await.expect("SIGKILL create-tenant");
     drop(lock);
@@ -391,7 +406,11 @@ async fn a_create_killed_before_its_database_is_rolled_back_after_the_lease() {
     // After the lease, the client's retry (same key) undoes the dead provisioning and
     // provisions afresh.
     tokio::time::sleep(SHORT_LEASE + Duration::from_secs(1)).await;
-    let r = post_with_key(&json!({"name": "Killed", "slug": slug}), &key).await;
+    let r = post_with_key(
+        &json!({"name": "Killed", "slug": slug, "server": "primary"}),
+        &key,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.body["status"], "active");
     assert_invariants(&[slug]).await;
@@ -406,7 +425,7 @@ async fn a_create_killed_at_its_last_step_is_rolled_forward_after_the_lease() {
     // Stop the create at its row, take the row FOR UPDATE, let it go: it creates and migrates
     // the database, then waits on our row lock to mark it active. Kill it there.
     let lock = hold_tenant_lock(&slug).await;
-    let (api, mut child) = start_create(&slug, &key).await;
+    let (api, mut child) = start_create(&slug, "primary", &key).await;
     wait_for_row(&slug, "provisioning").await;
     let holder = registry().await;
     holder.batch_execute("BEGIN").await.unwrap();
@@ -446,7 +465,11 @@ async fn a_create_killed_at_its_last_step_is_rolled_forward_after_the_lease() {
 
     // After the lease, the retry with the same key finishes the work and answers 201.
     tokio::time::sleep(SHORT_LEASE + Duration::from_secs(1)).await;
-    let r = post_with_key(&json!({"name": "Killed", "slug": slug}), &key).await;
+    let r = post_with_key(
+        &json!({"name": "Killed", "slug": slug, "server": "primary"}),
+        &key,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.body["status"], "active");
     assert_eq!(history_versions(&slug).await, all_versions());
@@ -457,7 +480,8 @@ async fn a_create_killed_at_its_last_step_is_rolled_forward_after_the_lease() {
 async fn a_killed_migrate_all_is_rerun_cleanly() {
     let mut cleanup = Cleanup::holding_fleet().await;
     let _template = test_lock(TEMPLATE_LOCK, false).await;
-    let slugs = create_tenants(&mut cleanup, "fmig", 10).await;
+    // One server: the run takes them in the registry's order, the last one last.
+    let slugs = create_tenants_on(&mut cleanup, "fmig", 10, Some("primary")).await;
     for slug in &slugs {
         undo_to_v1(slug).await;
     }
@@ -508,7 +532,8 @@ impl Drop for Frozen {
 async fn a_frozen_server_is_a_quick_503_and_migrate_all_ends_with_a_report() {
     let mut cleanup = Cleanup::holding_fleet().await;
     let _template = test_lock(TEMPLATE_LOCK, false).await;
-    let slugs = create_tenants(&mut cleanup, "ffrz", 5).await;
+    // On the frozen server: all of them, in the registry's order.
+    let slugs = create_tenants_on(&mut cleanup, "ffrz", 5, Some("primary")).await;
     for slug in &slugs {
         undo_to_v1(slug).await;
     }
@@ -566,19 +591,20 @@ async fn a_frozen_server_is_a_quick_503_and_migrate_all_ends_with_a_report() {
     assert_invariants(&[slugs, more].concat()).await;
 }
 
-/// Holds a SHARE lock on `pg_authid` until dropped: `CREATE ROLE`, `ALTER ROLE` and `DROP
-/// ROLE` wait for it; logins (which only read it) do not.
-async fn hold_role_catalog() -> tokio_postgres::Client {
-    let c = admin().await;
+/// Holds a SHARE lock on a server's `pg_authid` until dropped: `CREATE ROLE`, `ALTER ROLE`
+/// and `DROP ROLE` there wait for it; logins (which only read it) do not.
+async fn hold_role_catalog(server: &str) -> tokio_postgres::Client {
+    let c = admin_on(server).await;
     c.batch_execute("BEGIN; LOCK TABLE pg_authid IN SHARE MODE")
         .await
         .expect("lock pg_authid");
     c
 }
 
-/// How many backends of `application` wait on a lock in a statement starting with `prefix`.
-async fn lock_waiters(application: &str, prefix: &str) -> i64 {
-    admin()
+/// How many backends of `application` on a server wait on a lock in a statement starting
+/// with `prefix`.
+async fn lock_waiters(server: &str, application: &str, prefix: &str) -> i64 {
+    admin_on(server)
         .await
         .query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
@@ -593,10 +619,10 @@ async fn lock_waiters(application: &str, prefix: &str) -> i64 {
 /// Waits until the server has cancelled the statement of `application`'s killed process (it
 /// notices the dead client within `client_connection_check_interval`): only then may the test
 /// let go of what the statement waited for, or it would run to completion.
-async fn await_cancelled(application: &str) {
+async fn await_cancelled(server: &str, application: &str) {
     assert!(
         eventually(Duration::from_secs(10), || async {
-            lock_waiters(application, "").await == 0
+            lock_waiters(server, application, "").await == 0
         })
         .await,
         "the dead client's statement was cancelled"
@@ -617,26 +643,28 @@ async fn a_create_killed_before_its_login_is_rolled_forward_with_one() {
     let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slug = cleanup.add(&unique_slug("fkill_role"));
     let key = format!("k-{slug}");
-    // The create makes its database, then waits to make its login: kill it there.
-    let catalog = hold_role_catalog().await;
-    let (api, mut child) = start_create(&slug, &key).await;
+    // On the secondary server (administered without superuser), the create makes its
+    // database, then waits to make its login: kill it there.
+    let catalog = hold_role_catalog("secondary").await;
+    let (api, mut child) = start_create(&slug, "secondary", &key).await;
     assert!(
         eventually(Duration::from_secs(20), || async {
-            lock_waiters("create-tenant", "CREATE ROLE").await == 1
+            lock_waiters("secondary", "create-tenant", "CREATE ROLE").await == 1
         })
         .await,
         "the create reached its login"
     );
     child.kill().await.expect("SIGKILL create-tenant");
-    await_cancelled("create-tenant").await;
+    await_cancelled("secondary", "create-tenant").await;
     drop(catalog);
     assert!(
         api.response.lock().await.is_none(),
         "the killed create never answered"
     );
-    assert!(
-        database_exists(&database_name(&slug)).await,
-        "its database was made"
+    assert_eq!(
+        servers_with_database(&database_name(&slug)).await,
+        ["secondary"],
+        "its database was made, on its server"
     );
     assert_eq!(
         role_can_login(&database_name(&slug)).await,
@@ -647,9 +675,14 @@ async fn a_create_killed_before_its_login_is_rolled_forward_with_one() {
 
     // After the lease, the retry finishes the work: a login and a secret that work.
     tokio::time::sleep(SHORT_LEASE + Duration::from_secs(1)).await;
-    let r = post_with_key(&json!({"name": "Killed", "slug": slug}), &key).await;
+    let r = post_with_key(
+        &json!({"name": "Killed", "slug": slug, "server": "secondary"}),
+        &key,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert!(r.body["credentials_secret_arn"].is_string());
+    assert_eq!(r.body["server"], "secondary");
     assert_invariants(&[slug]).await;
 }
 
@@ -662,7 +695,9 @@ async fn a_create_killed_before_its_secret_is_rolled_forward_with_one() {
     // Stopped at its row (it has read the admin secret by then), then let go with Secrets
     // Manager frozen: it makes its database and its login, and hangs making the secret.
     let lock = hold_tenant_lock(&slug).await;
-    let (api, mut child) = start_create(&slug, &key).await;
+    // On the secondary server: the roll forward re-keys the login there, as its admin (no
+    // superuser, as on RDS) may.
+    let (api, mut child) = start_create(&slug, "secondary", &key).await;
     wait_for_row(&slug, "provisioning").await;
     stack(&["sm-freeze"]);
     drop(lock);
@@ -682,8 +717,13 @@ async fn a_create_killed_before_its_secret_is_rolled_forward_with_one() {
     // and the roll forward re-keys the login and the secret together.
 
     tokio::time::sleep(SHORT_LEASE + Duration::from_secs(1)).await;
-    let r = post_with_key(&json!({"name": "Killed", "slug": slug}), &key).await;
+    let r = post_with_key(
+        &json!({"name": "Killed", "slug": slug, "server": "secondary"}),
+        &key,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.body["server"], "secondary");
     assert_invariants(&[slug]).await;
 }
 
@@ -691,18 +731,20 @@ async fn a_create_killed_before_its_secret_is_rolled_forward_with_one() {
 async fn a_delete_killed_before_disabling_the_login_is_finished_by_migrate_all() {
     let mut cleanup = Cleanup::holding_fleet().await;
     let _template = test_lock(TEMPLATE_LOCK, false).await;
-    let slug = create_tenants(&mut cleanup, "fkill_del", 1).await.remove(0);
-    let catalog = hold_role_catalog().await;
+    let slug = create_tenants_on(&mut cleanup, "fkill_del", 1, Some("primary"))
+        .await
+        .remove(0);
+    let catalog = hold_role_catalog("primary").await;
     let (api, mut child) = start_lifecycle("DELETE", &format!("/api/tenants/{slug}")).await;
     assert!(
         eventually(Duration::from_secs(20), || async {
-            lock_waiters("delete-tenant", "ALTER ROLE").await == 1
+            lock_waiters("primary", "delete-tenant", "ALTER ROLE").await == 1
         })
         .await,
         "the delete reached its login"
     );
     child.kill().await.expect("SIGKILL delete-tenant");
-    await_cancelled("delete-tenant").await;
+    await_cancelled("primary", "delete-tenant").await;
     drop(catalog);
     assert!(api.response.lock().await.is_none());
     // The status says deleted, the login still logs in: the next run disables it.
@@ -724,23 +766,25 @@ async fn a_delete_killed_before_disabling_the_login_is_finished_by_migrate_all()
 async fn a_purge_killed_half_way_is_never_restored_and_is_finished() {
     let mut cleanup = Cleanup::holding_fleet().await;
     let _template = test_lock(TEMPLATE_LOCK, false).await;
-    let slug = create_tenants(&mut cleanup, "fkill_pur", 1).await.remove(0);
+    let slug = create_tenants_on(&mut cleanup, "fkill_pur", 1, Some("primary"))
+        .await
+        .remove(0);
     assert_eq!(
         delete(&format!("/api/tenants/{slug}")).await.status,
         StatusCode::OK
     );
     // The purge drops the database, then waits to drop the login: kill it there.
-    let catalog = hold_role_catalog().await;
+    let catalog = hold_role_catalog("primary").await;
     let (api, mut child) = start_lifecycle("POST", &format!("/api/tenants/{slug}/purge")).await;
     assert!(
         eventually(Duration::from_secs(20), || async {
-            lock_waiters("delete-tenant", "ALTER ROLE").await == 1
+            lock_waiters("primary", "delete-tenant", "ALTER ROLE").await == 1
         })
         .await,
         "the purge reached the login"
     );
     child.kill().await.expect("SIGKILL delete-tenant");
-    await_cancelled("delete-tenant").await;
+    await_cancelled("primary", "delete-tenant").await;
     drop(catalog);
     assert!(api.response.lock().await.is_none());
     assert!(
@@ -763,4 +807,90 @@ async fn a_purge_killed_half_way_is_never_restored_and_is_finished() {
         Some("purged".into())
     );
     assert_invariants(&[slug]).await;
+}
+
+#[tokio::test]
+async fn a_stopped_server_fails_only_its_own_tenants_and_the_next_run_catches_up() {
+    let mut cleanup = Cleanup::holding_fleet().await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let on_primary = create_tenants_on(&mut cleanup, "fsec_p", 2, Some("primary")).await;
+    let on_secondary = create_tenants_on(&mut cleanup, "fsec_s", 2, Some("secondary")).await;
+    let all = [on_primary.clone(), on_secondary.clone()].concat();
+    for slug in &all {
+        undo_to_v1(slug).await;
+    }
+    let created = vec![
+        cleanup.add(&unique_slug("fsec_new")),
+        cleanup.add(&unique_slug("fsec_new")),
+    ];
+
+    stack(&["pg2-stop"]);
+    let result = std::panic::AssertUnwindSafe(async {
+        // The registry answers: a tenant of the stopped server, and the servers.
+        let one = get(&format!("/api/tenants/{}", on_secondary[0])).await;
+        assert_eq!(one.status, StatusCode::OK, "{}", one.text);
+        assert_eq!(one.body["server"], "secondary");
+        let servers = get("/api/servers").await;
+        assert_eq!(servers.status, StatusCode::OK, "{}", servers.text);
+        // New tenants go to the server that answers.
+        for slug in &created {
+            let r = post_tenant(&json!({"name": "While down", "slug": slug})).await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+            assert_eq!(r.body["server"], "primary", "{}", r.text);
+        }
+        // Asked for by name, the stopped server is a 503 that makes nothing.
+        let pinned = unique_slug("fsec_pin");
+        let r =
+            post_tenant(&json!({"name": "Pinned", "slug": pinned, "server": "secondary"})).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+        r.assert_no_internals();
+        assert_eq!(registry_row(&pinned).await, None);
+        // A delete of its tenant is a 503 too, and changes nothing.
+        let d = delete(&format!("/api/tenants/{}", on_secondary[1])).await;
+        assert_eq!(d.status, StatusCode::SERVICE_UNAVAILABLE, "{}", d.text);
+        assert_eq!(
+            registry_row(&on_secondary[1]).await,
+            Some(("active".into(), 1))
+        );
+
+        // migrate-all migrates primary's tenants and reports the secondary's as failed.
+        let (status, error) = invoke_migrate_all(&json!({"slugs": all})).await;
+        assert!(!status.is_success(), "{error}");
+        assert_eq!(error["errorType"], "TenantMigrationsFailed", "{error}");
+        let message = error["errorMessage"].as_str().unwrap();
+        assert!(message.contains("Servers unreachable"), "{message}");
+        assert!(message.contains("2 of 4 tenants failed"), "{message}");
+        for slug in &on_secondary {
+            assert!(
+                message.contains(&format!("{slug} (server 'secondary' unreachable")),
+                "{message}"
+            );
+        }
+        for leak in ["127.0.0.1", "5435", "password", "dbtools_admin"] {
+            assert!(!message.contains(leak), "{message}");
+        }
+        for slug in &on_primary {
+            assert_eq!(registry_row(slug).await, Some(("active".into(), latest())));
+            assert_eq!(history_versions(slug).await, all_versions());
+        }
+        for slug in &on_secondary {
+            assert_eq!(registry_row(slug).await, Some(("active".into(), 1)));
+        }
+    });
+    let outcome = futures_util::FutureExt::catch_unwind(result).await;
+    stack(&["pg2-start"]);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+
+    // Started again: the next run catches up, and the secondary takes tenants again.
+    let (status, report) = invoke_migrate_all(&json!({"slugs": all})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["counts"]["migrated"], 2, "{report}");
+    for slug in &on_secondary {
+        assert_eq!(report_row(&report, slug).unwrap()["server"], "secondary");
+        assert_eq!(history_versions(slug).await, all_versions());
+    }
+    let again = create_tenants_on(&mut cleanup, "fsec_back", 1, Some("secondary")).await;
+    assert_invariants(&[all, created, again].concat()).await;
 }

@@ -144,7 +144,7 @@ async fn a_failing_tenant_does_not_stop_the_others_and_is_migrated_once_fixed() 
     }
     let faulty = &slugs[1];
     // A view squatting on the table name V2 creates.
-    connect(&database_name(faulty))
+    connect_tenant(faulty)
         .await
         .batch_execute("CREATE VIEW activity_log AS SELECT 1 AS squatter")
         .await
@@ -181,7 +181,7 @@ async fn a_failing_tenant_does_not_stop_the_others_and_is_migrated_once_fixed() 
     assert_eq!(registry_row(faulty).await, Some(("active".into(), 1)));
 
     // Fault removed: the next run migrates it, and only it.
-    connect(&database_name(faulty))
+    connect_tenant(faulty)
         .await
         .batch_execute("DROP VIEW activity_log")
         .await
@@ -206,12 +206,12 @@ async fn an_edited_released_migration_is_reported_not_skipped() {
     let mut cleanup = Cleanup::holding_fleet().await;
     let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slugs = create_tenants(&mut cleanup, "div", 2).await;
-    connect(&database_name(&slugs[0]))
+    connect_tenant(&slugs[0])
         .await
         .batch_execute("UPDATE refinery_schema_history SET checksum = '12345' WHERE version = 1")
         .await
         .unwrap();
-    connect(&database_name(&slugs[1]))
+    connect_tenant(&slugs[1])
         .await
         .batch_execute(
             "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
@@ -258,7 +258,7 @@ async fn the_registry_vouches_for_current_tenants_and_verify_reads_every_databas
     // Behind the registry's back, one history is damaged. A verify run opens every database,
     // finds it, and says which.
     let damaged = &slugs[0];
-    connect(&database_name(damaged))
+    connect_tenant(damaged)
         .await
         .batch_execute("UPDATE refinery_schema_history SET name = 'renamed' WHERE version = 2")
         .await
@@ -283,7 +283,7 @@ async fn the_registry_vouches_for_current_tenants_and_verify_reads_every_databas
     );
 
     // Repaired, it is verified once and vouched for again.
-    connect(&database_name(damaged))
+    connect_tenant(damaged)
         .await
         .batch_execute(
             "UPDATE refinery_schema_history SET name = 'create_activity_log' WHERE version = 2",
@@ -482,8 +482,9 @@ async fn dead_provisioning(slug: &str) -> i64 {
     registry()
         .await
         .execute(
-            "INSERT INTO tenants (name, slug, database_name, database_oid, status, lease_expires_at) \
-             VALUES ('Dead', $1, $2, $3, 'provisioning', now() - interval '1 minute')",
+            "INSERT INTO tenants (name, slug, database_name, database_oid, status, \
+               lease_expires_at, server) \
+             VALUES ('Dead', $1, $2, $3, 'provisioning', now() - interval '1 minute', 'primary')",
             &[&slug, &database_name(slug), &oid],
         )
         .await
@@ -549,7 +550,8 @@ async fn a_dead_provisioning_that_cannot_be_reconciled_does_not_stop_the_run() {
 async fn a_run_near_its_deadline_stops_starting_tenants_and_keeps_what_it_did() {
     let mut cleanup = Cleanup::holding_fleet().await;
     let _template = test_lock(TEMPLATE_LOCK, false).await;
-    let slugs = create_tenants(&mut cleanup, "dl", 5).await;
+    // One server: the run's order there is the registry's.
+    let slugs = create_tenants_on(&mut cleanup, "dl", 5, Some("primary")).await;
     for slug in &slugs {
         undo_to_v1(slug).await;
     }

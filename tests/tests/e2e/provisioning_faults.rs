@@ -1,44 +1,57 @@
 use e2e::*;
 use reqwest::StatusCode;
 
-/// Puts an object into `template1` (what the tenant template is built from) that makes
-/// migration V2 fail, and drops the tenant templates so that the next create must build one;
-/// removes the object when dropped.
+/// Puts an object into `template1` of every server (what the tenant templates are built from)
+/// that makes migration V2 fail, and drops the tenant templates so that the next create must
+/// build one; removes the object when dropped.
 struct TemplateFault;
 
 impl TemplateFault {
     async fn install() -> TemplateFault {
-        connect("template1")
-            .await
-            .batch_execute("CREATE VIEW activity_log AS SELECT 1 AS squatter")
-            .await
-            .expect("install the template fault");
-        for name in tenant_templates().await {
-            admin()
+        for server in SERVERS {
+            connect_on(server, "template1")
                 .await
-                .batch_execute(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+                .batch_execute("CREATE VIEW activity_log AS SELECT 1 AS squatter")
                 .await
-                .expect("drop the tenant template");
+                .expect("install the template fault");
         }
+        drop_templates().await;
         TemplateFault
     }
 }
 
-/// The tenant templates of the stack's registry that exist (other registries on the cluster,
-/// such as the shared crate's tests', have templates of their own).
-async fn tenant_templates() -> Vec<String> {
-    let recorded: Vec<String> = registry()
+/// Drops the tenant templates of the stack's registry, on every server.
+async fn drop_templates() {
+    for (server, name) in tenant_templates().await {
+        admin_on(&server)
+            .await
+            .batch_execute(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+            .await
+            .expect("drop the tenant template");
+    }
+}
+
+/// The tenant templates of the stack's registry that exist, with their servers (other
+/// registries on a cluster, such as the shared crate's tests', have templates of their own).
+async fn tenant_templates() -> Vec<(String, String)> {
+    let recorded: Vec<(String, String)> = registry()
         .await
-        .query("SELECT name FROM tenant_templates ORDER BY name", &[])
+        .query(
+            "SELECT server, name FROM tenant_templates ORDER BY server, name",
+            &[],
+        )
         .await
         .expect("read tenant_templates")
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get(0), r.get(1)))
         .collect();
     let mut existing = Vec::new();
-    for name in recorded {
-        if database_exists(&name).await {
-            existing.push(name);
+    for (server, name) in recorded {
+        if servers_with_database(&name)
+            .await
+            .contains(&server.as_str())
+        {
+            existing.push((server, name));
         }
     }
     existing
@@ -47,11 +60,13 @@ async fn tenant_templates() -> Vec<String> {
 impl Drop for TemplateFault {
     fn drop(&mut self) {
         block_on_own_thread(async {
-            connect("template1")
-                .await
-                .batch_execute("DROP VIEW IF EXISTS activity_log")
-                .await
-                .expect("remove the template fault");
+            for server in SERVERS {
+                connect_on(server, "template1")
+                    .await
+                    .batch_execute("DROP VIEW IF EXISTS activity_log")
+                    .await
+                    .expect("remove the template fault");
+            }
         });
     }
 }
@@ -78,7 +93,7 @@ async fn a_failing_migration_leaves_nothing_behind_and_the_slug_can_be_retried()
     // Nothing left: no database, no row, no half-built template.
     assert!(databases_like(&slug).await.is_empty(), "database dropped");
     assert_eq!(registry_row(&slug).await, None, "row removed");
-    assert_eq!(tenant_templates().await, Vec::<String>::new());
+    assert_eq!(tenant_templates().await, Vec::<(String, String)>::new());
     drop(fault);
 
     // Once the fault is gone, the same slug provisions.
@@ -87,14 +102,16 @@ async fn a_failing_migration_leaves_nothing_behind_and_the_slug_can_be_retried()
     assert_eq!(registry_row(&slug).await, Some(("active".into(), latest())));
     assert_eq!(history_versions(&slug).await, all_versions());
     assert!(has_table(&slug, "activity_log").await);
-    // The template was rebuilt, ready (closed to connections), and is not a tenant.
+    // The template was rebuilt on the tenant's server, ready (closed to connections), and is
+    // not a tenant.
     let templates = tenant_templates().await;
     assert_eq!(templates.len(), 1, "{templates:?}");
-    let allows: bool = admin()
+    assert_eq!(Some(&templates[0].0), tenant_server(&slug).await.as_ref());
+    let allows: bool = admin_on(&templates[0].0)
         .await
         .query_one(
             "SELECT datallowconn FROM pg_database WHERE datname = $1",
-            &[&templates[0]],
+            &[&templates[0].1],
         )
         .await
         .unwrap()
@@ -113,25 +130,26 @@ async fn a_template_being_built_elsewhere_is_a_503_and_a_replay_does_not_wait_fo
     let first = post_with_key(&body, &key).await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
 
-    // Another process builds the template (it holds the product's template lock).
-    for name in tenant_templates().await {
-        admin()
-            .await
-            .batch_execute(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+    // Another process builds the templates (it holds the product's template lock of each
+    // server: namespace "dbt\2", the key hashed from the server's name).
+    drop_templates().await;
+    let builder = registry().await;
+    for server in SERVERS {
+        builder
+            .execute(
+                "SELECT pg_advisory_lock(1684173826, hashtext($1))",
+                &[&server],
+            )
             .await
             .unwrap();
     }
-    let builder = registry().await;
-    builder
-        .execute("SELECT pg_advisory_lock(1684173824, 3)", &[])
-        .await
-        .unwrap();
 
     // A retry of a tenant that exists replays at once: it needs no template.
     let replay = post_with_key(&body, &key).await;
     assert_eq!(replay.status, StatusCode::CREATED, "{}", replay.text);
     assert_eq!(replay.body["id"], first.body["id"]);
-    // A new tenant waits for the build, then answers 503 (retry), having made nothing.
+    // A new tenant waits for the build (on each server in turn), then answers 503 (retry),
+    // having made nothing.
     let new = cleanup.add(&unique_slug("tplbusy_new"));
     let r = post_tenant(&json!({"name": "New", "slug": new})).await;
     drop(builder);

@@ -1,0 +1,808 @@
+//! The PostgreSQL servers tenant databases live on: the registry's record of them (the
+//! `servers` table and its HTTP API), and placement.
+//!
+//! - `primary` is the server that holds the registry, always there: its host, port and admin
+//!   secret are the functions' own (`DB_SECRET_ID`, `DB_HOST`, `DB_PORT`). Every other server
+//!   is registered with its host, port and the ARN (or name) of its admin secret, after a real
+//!   check: the product connects with that secret and verifies what it needs there (PostgreSQL
+//!   15 or later, `CREATEDB`, `CREATEROLE`, membership of `pg_signal_backend`).
+//! - A server is `open` (takes new tenants) or `draining` (keeps its tenants, takes no new
+//!   one), has a capacity (`max_tenants`: tenants not purged) and a connection budget for
+//!   fleet work (`migrate_concurrency`).
+//! - **Placement**: a new tenant goes where the request says, or else to the open server with
+//!   the most room (that answers: one that cannot be reached is passed over). Capacity is
+//!   never exceeded, even under concurrent creates: the tenant's row is inserted in a
+//!   transaction that holds the server's row (`FOR UPDATE`) and counts its tenants after
+//!   taking it.
+//! - A server is deleted only when it holds no tenant (purged ones keep no database); `primary`
+//!   never.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tracing::{info, instrument, warn};
+
+pub use crate::domain::ServerName;
+use tokio_postgres::error::SqlState;
+
+use crate::{
+    config::ConnOverrides,
+    credentials::parse_secret,
+    db::{error_chain, Conn, Database, DbError, ServerSource, Tx},
+    ownership,
+    secrets::SecretsError,
+    tenants::FieldError,
+};
+
+/// The server that holds the registry.
+pub const PRIMARY: &str = "primary";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerState {
+    Open,
+    Draining,
+}
+
+impl ServerState {
+    pub(crate) fn parse(raw: &str) -> Option<ServerState> {
+        match raw {
+            "open" => Some(ServerState::Open),
+            "draining" => Some(ServerState::Draining),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Open => "open",
+            ServerState::Draining => "draining",
+        }
+    }
+}
+
+/// A server's tenants that hold a database (purged ones do not).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct TenantCounts {
+    pub provisioning: i64,
+    pub active: i64,
+    pub deleted: i64,
+    /// All of them: what `max_tenants` bounds.
+    pub total: i64,
+}
+
+/// A server as the API returns it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerView {
+    pub name: String,
+    /// `null` for `primary`: the functions' own `DB_HOST` or admin secret.
+    pub host: Option<String>,
+    pub port: Option<i32>,
+    pub secret_arn: Option<String>,
+    pub state: ServerState,
+    pub max_tenants: i32,
+    pub migrate_concurrency: i32,
+    pub tenants: TenantCounts,
+    /// `max_tenants` less `tenants.total` (0 when full or over).
+    pub room: i64,
+    #[serde(serialize_with = "crate::domain::rfc3339")]
+    pub created_at: DateTime<Utc>,
+}
+
+const VIEW_SQL: &str = "SELECT s.name, s.host, s.port, s.secret_arn, s.state, s.max_tenants, \
+       s.migrate_concurrency, s.created_at, \
+       count(t.id) FILTER (WHERE t.status = 'provisioning') AS provisioning, \
+       count(t.id) FILTER (WHERE t.status = 'active') AS active, \
+       count(t.id) FILTER (WHERE t.status = 'deleted') AS deleted, \
+       count(t.id) FILTER (WHERE t.status <> 'purged') AS total \
+     FROM servers s LEFT JOIN tenants t ON t.server = s.name \
+     WHERE $1::text IS NULL OR s.name = $1 \
+     GROUP BY s.name ORDER BY s.name = 'primary' DESC, s.name";
+
+fn view_from_row(row: &tokio_postgres::Row) -> Result<ServerView, DbError> {
+    let state: String = row.try_get("state")?;
+    let max_tenants: i32 = row.try_get("max_tenants")?;
+    let tenants = TenantCounts {
+        provisioning: row.try_get("provisioning")?,
+        active: row.try_get("active")?,
+        deleted: row.try_get("deleted")?,
+        total: row.try_get("total")?,
+    };
+    Ok(ServerView {
+        name: row.try_get("name")?,
+        host: row.try_get("host")?,
+        port: row.try_get("port")?,
+        secret_arn: row.try_get("secret_arn")?,
+        state: ServerState::parse(&state)
+            .ok_or_else(|| anyhow::anyhow!("registry holds an unknown server state {state:?}"))?,
+        max_tenants,
+        migrate_concurrency: row.try_get("migrate_concurrency")?,
+        room: (i64::from(max_tenants) - tenants.total).max(0),
+        tenants,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServersError {
+    #[error("invalid request")]
+    Validation {
+        message: String,
+        details: Vec<FieldError>,
+    },
+    #[error("server not found")]
+    NotFound(Option<String>),
+    #[error("{0}")]
+    Conflict(String),
+    /// The server (or its secret) cannot be used: the reason, for the client (it names no host
+    /// and no secret value).
+    #[error("{0}")]
+    Refused(String),
+    /// The server to register did not answer (the cause, for the log only: it names hosts).
+    #[error("server unreachable")]
+    Unreachable(String),
+    /// The registry (or Secrets Manager) did not answer.
+    #[error("database unavailable")]
+    Unavailable(String),
+    #[error("unexpected error")]
+    Unexpected(#[source] anyhow::Error),
+}
+
+impl From<DbError> for ServersError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Unavailable(m) => ServersError::Unavailable(m),
+            other => ServersError::Unexpected(anyhow::Error::new(other)),
+        }
+    }
+}
+
+pub async fn list_servers(db: &Database) -> Result<Vec<ServerView>, ServersError> {
+    let sys = db.system().await?;
+    let rows = sys.query(VIEW_SQL, &[&None::<&str>]).await?;
+    Ok(rows.iter().map(view_from_row).collect::<Result<_, _>>()?)
+}
+
+pub async fn get_server(db: &Database, name: &ServerName) -> Result<ServerView, ServersError> {
+    let sys = db.system().await?;
+    view(&sys, name).await
+}
+
+async fn view(sys: &Conn, name: &ServerName) -> Result<ServerView, ServersError> {
+    let row = sys
+        .query_opt(VIEW_SQL, &[&Some(name.as_str())])
+        .await?
+        .ok_or_else(|| ServersError::NotFound(Some(name.to_string())))?;
+    Ok(view_from_row(&row)?)
+}
+
+/// A server to register, as the request gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewServer {
+    pub name: ServerName,
+    pub host: String,
+    pub port: u16,
+    pub secret_arn: String,
+    pub max_tenants: i32,
+    pub migrate_concurrency: i32,
+}
+
+/// What a `PATCH` changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerPatch {
+    pub state: Option<ServerState>,
+    pub max_tenants: Option<i32>,
+    pub migrate_concurrency: Option<i32>,
+}
+
+fn invalid(message: &str, details: Vec<FieldError>) -> ServersError {
+    ServersError::Validation {
+        message: message.to_owned(),
+        details,
+    }
+}
+
+/// The request body as a JSON object, or the error that says why it is not one.
+fn body_object(body: &[u8]) -> Result<Map<String, Value>, ServersError> {
+    crate::body::json_object(body, "a JSON object").map_err(|e| invalid(e.message, vec![e.detail]))
+}
+
+/// Reads the fields of a body: each problem is reported with its field, unknown fields too.
+struct Fields {
+    map: Map<String, Value>,
+    details: Vec<FieldError>,
+}
+
+impl Fields {
+    fn take(&mut self, name: &str, required: bool) -> Option<Value> {
+        match self.map.remove(name) {
+            None | Some(Value::Null) if required => {
+                self.details.push(FieldError::new(name, "is required"));
+                None
+            }
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v),
+        }
+    }
+
+    fn text(&mut self, name: &str, required: bool, max: usize) -> Option<String> {
+        match self.take(name, required)? {
+            Value::String(s) if !s.trim().is_empty() && s.len() <= max => Some(s.trim().to_owned()),
+            Value::String(_) => {
+                self.details.push(FieldError::new(
+                    name,
+                    format!("must be 1 to {max} characters"),
+                ));
+                None
+            }
+            _ => {
+                self.details.push(FieldError::new(name, "must be a string"));
+                None
+            }
+        }
+    }
+
+    fn number(
+        &mut self,
+        name: &str,
+        required: bool,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Option<i64> {
+        match self.take(name, required)? {
+            Value::Number(n) if n.as_i64().is_some_and(|n| range.contains(&n)) => n.as_i64(),
+            _ => {
+                self.details.push(FieldError::new(
+                    name,
+                    format!(
+                        "must be a whole number from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                ));
+                None
+            }
+        }
+    }
+
+    fn finish(mut self) -> Result<(), ServersError> {
+        let mut unknown: Vec<String> = self.map.keys().cloned().collect();
+        unknown.sort();
+        for field in unknown {
+            let shown: String = field.chars().take(64).collect();
+            self.details.push(FieldError::new(shown, "unknown field"));
+        }
+        if self.details.is_empty() {
+            Ok(())
+        } else {
+            Err(invalid("Invalid request body", self.details))
+        }
+    }
+}
+
+/// Parses a `POST /api/servers` body.
+pub fn parse_new_server(body: &[u8]) -> Result<NewServer, ServersError> {
+    let mut f = Fields {
+        map: body_object(body)?,
+        details: Vec::new(),
+    };
+    let name = f.text("name", true, 63).and_then(|n| {
+        ServerName::parse(&n)
+            .map_err(|e| f.details.push(FieldError::new("name", e)))
+            .ok()
+    });
+    let host = f.text("host", true, 253);
+    let port = f.number("port", true, 1..=65535);
+    let secret_arn = f.text("secret_arn", true, 2048);
+    let max_tenants = f.number("max_tenants", true, 0..=1_000_000);
+    let migrate_concurrency = f.number("migrate_concurrency", true, 1..=64);
+    f.finish()?;
+    match (
+        name,
+        host,
+        port,
+        secret_arn,
+        max_tenants,
+        migrate_concurrency,
+    ) {
+        (Some(name), Some(host), Some(port), Some(secret_arn), Some(max), Some(conc)) => {
+            Ok(NewServer {
+                name,
+                host,
+                port: port as u16,
+                secret_arn,
+                max_tenants: max as i32,
+                migrate_concurrency: conc as i32,
+            })
+        }
+        _ => Err(invalid("Invalid request body", Vec::new())),
+    }
+}
+
+/// Parses a `PATCH /api/servers/{name}` body: at least one of `state`, `max_tenants`,
+/// `migrate_concurrency`.
+pub fn parse_patch(body: &[u8]) -> Result<ServerPatch, ServersError> {
+    let mut f = Fields {
+        map: body_object(body)?,
+        details: Vec::new(),
+    };
+    let state =
+        f.take("state", false)
+            .and_then(|v| match v.as_str().and_then(ServerState::parse) {
+                Some(s) => Some(s),
+                None => {
+                    f.details
+                        .push(FieldError::new("state", "must be \"open\" or \"draining\""));
+                    None
+                }
+            });
+    let max_tenants = f
+        .number("max_tenants", false, 0..=1_000_000)
+        .map(|n| n as i32);
+    let migrate_concurrency = f
+        .number("migrate_concurrency", false, 1..=64)
+        .map(|n| n as i32);
+    f.finish()?;
+    let patch = ServerPatch {
+        state,
+        max_tenants,
+        migrate_concurrency,
+    };
+    if patch == ServerPatch::default() {
+        return Err(invalid(
+            "Nothing to change",
+            vec![FieldError::new(
+                "body",
+                "give state, max_tenants or migrate_concurrency",
+            )],
+        ));
+    }
+    Ok(patch)
+}
+
+/// Registers a server after checking it for real (see the module documentation).
+#[instrument(skip_all, fields(server = %new.name))]
+pub async fn register_server(db: &Database, new: &NewServer) -> Result<ServerView, ServersError> {
+    if new.name.as_str() == PRIMARY {
+        return Err(ServersError::Conflict(
+            "Server 'primary' is the registry's own and always registered".into(),
+        ));
+    }
+    let taken = || ServersError::Conflict(format!("Server '{}' is already registered", new.name));
+    {
+        let sys = db.system().await?;
+        let exists = sys
+            .query_opt(
+                "SELECT 1 FROM servers WHERE name = $1",
+                &[&new.name.as_str()],
+            )
+            .await?;
+        if exists.is_some() {
+            return Err(taken());
+        }
+    }
+    let identifier = verify(db, new).await?;
+    let sys = db.system().await?;
+    if let Some(id) = identifier {
+        if registry_identifier(&sys).await? == Some(id) {
+            return Err(ServersError::Conflict(
+                "This PostgreSQL server holds the registry: it is registered as 'primary'".into(),
+            ));
+        }
+    }
+    let inserted = sys
+        .execute(
+            "INSERT INTO servers (name, host, port, secret_arn, max_tenants, \
+               migrate_concurrency, system_identifier) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING",
+            &[
+                &new.name.as_str(),
+                &new.host,
+                &i32::from(new.port),
+                &new.secret_arn,
+                &new.max_tenants,
+                &new.migrate_concurrency,
+                &identifier,
+            ],
+        )
+        .await;
+    match inserted {
+        Ok(0) => return Err(taken()),
+        Ok(_) => {}
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            let other: Option<String> = sys
+                .query_opt(
+                    "SELECT name FROM servers WHERE system_identifier = $1",
+                    &[&identifier],
+                )
+                .await?
+                .map(|r| r.try_get("name"))
+                .transpose()
+                .map_err(DbError::from)?;
+            return Err(ServersError::Conflict(format!(
+                "This PostgreSQL server is registered already, as '{}'",
+                other.as_deref().unwrap_or("another server")
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    info!("registered a server");
+    view(&sys, &new.name).await
+}
+
+/// The cluster's system identifier (`pg_control_system()`), which tells two servers apart
+/// whatever address reaches them; `None` where the role may not read it.
+async fn system_identifier(conn: &Conn) -> Result<Option<i64>, DbError> {
+    match conn
+        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+        .await
+    {
+        Ok(row) => Ok(Some(row.try_get("system_identifier")?)),
+        Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The system identifier of the server that holds the registry.
+async fn registry_identifier(sys: &Conn) -> Result<Option<i64>, DbError> {
+    system_identifier(sys).await
+}
+
+/// Connects to the server with its secret and checks what the product needs there. Returns
+/// its system identifier, where the secret's role may read it.
+async fn verify(db: &Database, new: &NewServer) -> Result<Option<i64>, ServersError> {
+    let text = match db.secrets().read(&new.secret_arn).await {
+        Ok(Some(text)) => text,
+        Ok(None) => {
+            return Err(ServersError::Refused(
+                "The secret_arn names no secret in this account and region".into(),
+            ))
+        }
+        Err(SecretsError::Refused(cause)) => {
+            warn!(cause = %cause, "Secrets Manager refused the server's secret");
+            return Err(ServersError::Refused(
+                "Secrets Manager refused to give this function the secret (the functions read \
+                 server secrets under the stack's ServerSecretPrefix only)"
+                    .into(),
+            ));
+        }
+        Err(e) => return Err(DbError::from(e).into()),
+    };
+    let overrides = ConnOverrides {
+        host: Some(new.host.clone()),
+        port: Some(new.port),
+        dbname: None,
+    };
+    let params = parse_secret(&text, &overrides).map_err(|_| {
+        ServersError::Refused(
+            "The secret is not in the RDS format (username and password at least)".into(),
+        )
+    })?;
+    let conn = match db.try_connect_as(&params, &params.maintenance_db).await {
+        Ok(Ok(conn)) => conn,
+        Err(e) => return Err(ServersError::Unreachable(e.to_string())),
+        Ok(Err(e)) => match e.code().map(|c| c.code().to_owned()) {
+            // The server answered, and refused.
+            Some(code)
+                if !code.starts_with("08")
+                    && !code.starts_with("53")
+                    && !code.starts_with("57") =>
+            {
+                warn!(sqlstate = %code, "the server refused the secret");
+                return Err(ServersError::Refused(
+                    match code.as_str() {
+                        "3D000" => "The secret's dbname does not exist on the server",
+                        c if c.starts_with("28") => {
+                            "The server refused the secret's credentials (authentication failed)"
+                        }
+                        _ => "The server refused a connection with the secret",
+                    }
+                    .into(),
+                ));
+            }
+            _ => return Err(ServersError::Unreachable(error_chain(&e))),
+        },
+    };
+    let row = conn
+        .query_one(
+            "SELECT current_setting('server_version_num')::int AS version, r.rolsuper, \
+                    r.rolcreatedb, r.rolcreaterole, \
+                    pg_has_role(current_user, 'pg_signal_backend', 'MEMBER') AS can_signal \
+             FROM pg_roles r WHERE r.rolname = current_user",
+            &[],
+        )
+        .await?;
+    let version: i32 = row.try_get("version").map_err(DbError::from)?;
+    let superuser: bool = row.try_get("rolsuper").map_err(DbError::from)?;
+    let mut missing = Vec::new();
+    if version < 150_000 {
+        missing.push("PostgreSQL 15 or later");
+    }
+    if !superuser {
+        for (column, what) in [
+            ("rolcreatedb", "CREATEDB"),
+            ("rolcreaterole", "CREATEROLE"),
+            ("can_signal", "membership of pg_signal_backend"),
+        ] {
+            if !row.try_get::<_, bool>(column).map_err(DbError::from)? {
+                missing.push(what);
+            }
+        }
+    }
+    if !missing.is_empty() {
+        return Err(ServersError::Refused(format!(
+            "The server or the secret's user lacks what the product needs: {}",
+            missing.join(", ")
+        )));
+    }
+    Ok(system_identifier(&conn).await?)
+}
+
+/// Changes a server's state, capacity or budget.
+#[instrument(skip_all, fields(server = %name))]
+pub async fn update_server(
+    db: &Database,
+    name: &ServerName,
+    patch: &ServerPatch,
+) -> Result<ServerView, ServersError> {
+    let sys = db.system().await?;
+    let updated = sys
+        .locking()
+        .execute(
+            "UPDATE servers SET state = coalesce($2, state), \
+               max_tenants = coalesce($3, max_tenants), \
+               migrate_concurrency = coalesce($4, migrate_concurrency), updated_at = now() \
+             WHERE name = $1",
+            &[
+                &name.as_str(),
+                &patch.state.map(ServerState::as_str),
+                &patch.max_tenants,
+                &patch.migrate_concurrency,
+            ],
+        )
+        .await?;
+    if updated == 0 {
+        return Err(ServersError::NotFound(Some(name.to_string())));
+    }
+    info!(?patch, "updated a server");
+    view(&sys, name).await
+}
+
+/// Removes a server that holds no tenant (purged ones hold no database), then drops the
+/// templates this registry built there (best effort: a server being decommissioned may be
+/// gone already; they are logged and left).
+#[instrument(skip_all, fields(server = %name))]
+pub async fn remove_server(db: &Database, name: &ServerName) -> Result<ServerView, ServersError> {
+    if name.as_str() == PRIMARY {
+        return Err(ServersError::Conflict(
+            "Server 'primary' holds the registry and cannot be removed".into(),
+        ));
+    }
+    let sys = db.system().await?;
+    let before = view(&sys, name).await?;
+    let templates: Vec<(String, i64)> = sys
+        .query(
+            "SELECT name, database_oid FROM tenant_templates WHERE server = $1",
+            &[&name.as_str()],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("name")?, r.try_get("database_oid")?)))
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(DbError::from)?;
+    // One statement: the count and the delete see the same tenants. A placement holds the
+    // server's row until its tenant is committed; the delete waits for it, and the tenant,
+    // committed after the delete's snapshot, then fails the delete (its server cannot be set
+    // to null while it is not purged): a conflict either way.
+    let deleted = sys
+        .locking()
+        .execute(
+            "DELETE FROM servers s WHERE s.name = $1 AND NOT EXISTS \
+               (SELECT 1 FROM tenants t WHERE t.server = s.name AND t.status <> 'purged')",
+            &[&name.as_str()],
+        )
+        .await;
+    let holds_tenants = || {
+        ServersError::Conflict(format!(
+            "Server '{name}' holds tenants; drain it and purge them first"
+        ))
+    };
+    match deleted {
+        Ok(0) => return Err(holds_tenants()),
+        Ok(_) => {}
+        Err(e) if e.code() == Some(&SqlState::CHECK_VIOLATION) => return Err(holds_tenants()),
+        Err(e) => return Err(e.into()),
+    }
+    drop(sys);
+    info!("removed a server");
+    if let (Some(host), Some(port), Some(secret_id)) =
+        (&before.host, before.port, &before.secret_arn)
+    {
+        let source = ServerSource {
+            secret_id: secret_id.clone(),
+            host: host.clone(),
+            port: u16::try_from(port).unwrap_or_default(),
+        };
+        let server = db.server_at(name.as_str(), Some(source)).await;
+        let dropped = async {
+            let admin = server.admin(db).await?;
+            for (template, oid) in &templates {
+                ownership::drop_if_ours(&admin, template, Some(*oid)).await?;
+            }
+            Ok::<_, DbError>(())
+        }
+        .await;
+        if let Err(e) = dropped {
+            warn!(error = %error_chain(&e), "could not drop the removed server's templates; left there");
+        }
+    }
+    db.forget_server(name.as_str()).await;
+    Ok(before)
+}
+
+/// Why no server could take a new tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoRoom {
+    /// The requested server does not exist.
+    Unknown(String),
+    /// The requested server is draining.
+    Draining(String),
+    /// No open server (or not the requested one) has room.
+    Full(Option<String>),
+}
+
+/// A server a new tenant may go to.
+#[derive(Debug, Clone)]
+pub(crate) struct Candidate {
+    pub name: String,
+    pub source: Option<ServerSource>,
+}
+
+/// The servers a new tenant may go to, best first: the requested one, or every open server
+/// with room, the most room first. Room is counted again, under the server's row lock, when
+/// the tenant is inserted ([`claim`]).
+pub(crate) async fn candidates(
+    sys: &Conn,
+    requested: Option<&ServerName>,
+) -> Result<Result<Vec<Candidate>, NoRoom>, DbError> {
+    let rows = sys
+        .query(
+            "SELECT s.name, s.state, s.host, s.port, s.secret_arn, \
+                    s.max_tenants - count(t.id) FILTER (WHERE t.status <> 'purged') AS room \
+             FROM servers s LEFT JOIN tenants t ON t.server = s.name \
+             WHERE $1::text IS NULL OR s.name = $1 \
+             GROUP BY s.name ORDER BY room DESC, s.name",
+            &[&requested.map(ServerName::as_str)],
+        )
+        .await?;
+    let mut found = Vec::new();
+    for row in &rows {
+        let name: String = row.try_get("name")?;
+        let state: String = row.try_get("state")?;
+        let room: i64 = row.try_get("room")?;
+        if state != ServerState::Open.as_str() {
+            if requested.is_some() {
+                return Ok(Err(NoRoom::Draining(name)));
+            }
+            continue;
+        }
+        if room > 0 {
+            found.push(Candidate {
+                source: ServerSource::from_row(row)?,
+                name,
+            });
+        }
+    }
+    Ok(match requested {
+        Some(r) if rows.is_empty() => Err(NoRoom::Unknown(r.to_string())),
+        Some(r) if found.is_empty() => Err(NoRoom::Full(Some(r.to_string()))),
+        None if found.is_empty() => Err(NoRoom::Full(None)),
+        _ => Ok(found),
+    })
+}
+
+/// Whether a server can take one more tenant, decided in the caller's transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// Open, with room: the caller inserts its tenant in this transaction, and concurrent
+    /// placements on the server wait for it to commit before counting.
+    Room,
+    Full,
+    Draining,
+    Gone,
+}
+
+/// Takes the server's row lock (`FOR UPDATE`, waited for within the lock timeout), then
+/// counts its tenants: a statement of its own, so its snapshot sees every tenant committed by
+/// the placements that held the lock before.
+pub(crate) async fn claim(tx: &Tx<'_>, name: &str) -> Result<Claim, DbError> {
+    let Some(row) = tx
+        .locking()
+        .query_opt(
+            "SELECT state, max_tenants FROM servers WHERE name = $1 FOR UPDATE",
+            &[&name],
+        )
+        .await?
+    else {
+        return Ok(Claim::Gone);
+    };
+    let state: String = row.try_get("state")?;
+    if state != ServerState::Open.as_str() {
+        return Ok(Claim::Draining);
+    }
+    let max: i32 = row.try_get("max_tenants")?;
+    let count: i64 = tx
+        .query_one(
+            "SELECT count(*) AS n FROM tenants WHERE server = $1 AND status <> 'purged'",
+            &[&name],
+        )
+        .await?
+        .try_get("n")?;
+    Ok(if count < i64::from(max) {
+        Claim::Room
+    } else {
+        Claim::Full
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_names() {
+        for ok in ["primary", "eu-west-1a", "rds_2", "s"] {
+            assert!(ServerName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Primary", "1a", "a b", "a.b", &"a".repeat(64)] {
+            assert!(ServerName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bodies_name_each_problem() {
+        let ok = parse_new_server(
+            br#"{"name": "second", "host": "db2.internal", "port": 5432,
+                 "secret_arn": "dbtools/servers/second", "max_tenants": 100,
+                 "migrate_concurrency": 5}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (ok.name.as_str(), ok.port, ok.max_tenants),
+            ("second", 5432, 100)
+        );
+        let fields = |body: &str| match parse_new_server(body.as_bytes()) {
+            Err(ServersError::Validation { details, .. }) => {
+                details.into_iter().map(|d| d.field).collect::<Vec<_>>()
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            fields(r#"{"name": "Bad", "port": 0, "extra": 1}"#),
+            [
+                "name",
+                "host",
+                "port",
+                "secret_arn",
+                "max_tenants",
+                "migrate_concurrency",
+                "extra"
+            ]
+        );
+        assert!(matches!(
+            parse_patch(b"{}"),
+            Err(ServersError::Validation { .. })
+        ));
+        assert!(matches!(
+            parse_patch(br#"{"state": "closed"}"#),
+            Err(ServersError::Validation { .. })
+        ));
+        assert_eq!(
+            parse_patch(br#"{"state": "draining", "max_tenants": 0}"#).unwrap(),
+            ServerPatch {
+                state: Some(ServerState::Draining),
+                max_tenants: Some(0),
+                migrate_concurrency: None
+            }
+        );
+    }
+}
