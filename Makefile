@@ -1,6 +1,7 @@
 # Targets read like the README. Variables can be overridden: make dev PG_PORT=5544
 SHELL := /bin/bash
 export PG_PORT ?= 5433
+export PG2_PORT ?= 5435
 export SM_PORT ?= 5000
 export LAMBDA_PORT ?= 9000
 export RELEASE ?=
@@ -20,7 +21,8 @@ FUZZ_VENV := .venv/fuzz
 # zig for cargo-lambda's arm64 cross-compilation, in the SAM venv (first on PATH in `make build`).
 ZIG_VERSION := 0.13.0.post1
 
-## dev: bring up PostgreSQL, the local Secrets Manager and the functions; Ctrl-C stops all
+## dev: bring up PostgreSQL (primary and secondary), the local Secrets Manager and the functions;
+## Ctrl-C stops all
 dev:
 	scripts/stack.sh dev
 
@@ -32,7 +34,7 @@ FAULTS := test(/^e2e::faults::/)
 ## time
 test: check lint nextest $(FUZZ_VENV)/.installed-$(SCHEMATHESIS_VERSION)
 	scripts/stack.sh run -- bash -c "cargo nextest run --workspace --no-fail-fast -E 'not $(FAULTS)' \
-		&& scripts/fuzz.sh $(TEST_FUZZ_EXAMPLES) 2 \
+		&& scripts/fuzz.sh $(TEST_FUZZ_EXAMPLES) 1 \
 		&& cargo nextest run --workspace --no-fail-fast -j 1 -E '$(FAULTS)'"
 
 ## test-faults: only the fault tests (on the local stack)
@@ -50,7 +52,7 @@ check:
 
 # The bench runs a stack of its own (release builds, a throwaway cluster in .local/bench, other
 # ports), so that a running `make dev` is neither measured nor disturbed.
-BENCH_STACK := STACK_DIR=.local/bench PG_PORT=5434 SM_PORT=5100 LAMBDA_PORT=9100 RELEASE=1
+BENCH_STACK := STACK_DIR=.local/bench PG_PORT=5434 PG2_PORT=5436 SM_PORT=5100 LAMBDA_PORT=9100 RELEASE=1
 
 ## bench: every performance goal measured in one run, printed as a table (docs/performance.md)
 bench:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The local stack: a PostgreSQL cluster owned by the project (.local/pg), a local Secrets
-# Manager (moto) holding the admin secret, and `cargo lambda watch` serving the functions on
-# the same paths as API Gateway.
+# The local stack: two PostgreSQL clusters owned by the project (.local/pg, which holds the
+# registry and is the server `primary`; .local/pg2, registered as the server `secondary`), a
+# local Secrets Manager (moto) holding their admin secrets, and `cargo lambda watch` serving
+# the functions on the same paths as API Gateway.
 #
 #   scripts/stack.sh dev            start everything, stay in the foreground until Ctrl-C or
 #                                   SIGTERM, then stop everything this script started
@@ -11,10 +12,11 @@
 #   scripts/stack.sh env            print the variables the functions and tests get
 #   scripts/stack.sh wipe           stop this stack and delete its cluster (logs stay)
 #
-# Variables (all optional): PG_PORT (5433), SM_PORT (5000), LAMBDA_PORT (9000),
-# LAMBDA_CONCURRENCY (8), RELEASE (empty: debug builds; 1: release builds), PG_BIN (directory
-# of initdb/pg_ctl; found under /usr/lib/postgresql otherwise), STACK_DIR (.local: where the
-# cluster, logs and pid files live; `make bench` runs a second stack in .local/bench).
+# Variables (all optional): PG_PORT (5433), PG2_PORT (5435), SM_PORT (5000), LAMBDA_PORT
+# (9000), LAMBDA_CONCURRENCY (8), RELEASE (empty: debug builds; 1: release builds), PG_BIN
+# (directory of initdb/pg_ctl; found under /usr/lib/postgresql otherwise), STACK_DIR (.local:
+# where the clusters, logs and pid files live; `make bench` runs a second stack in
+# .local/bench).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,6 +25,7 @@ case "$LOCAL" in /*) ;; *) LOCAL="$ROOT/$LOCAL" ;; esac
 VENV="$ROOT/.venv"
 RUN="$LOCAL/run"
 PG_PORT=${PG_PORT:-5433}
+PG2_PORT=${PG2_PORT:-5435}
 SM_PORT=${SM_PORT:-5000}
 LAMBDA_PORT=${LAMBDA_PORT:-9000}
 LAMBDA_CONCURRENCY=${LAMBDA_CONCURRENCY:-8}
@@ -31,6 +34,11 @@ PG_USER=postgres
 PG_PASSWORD=postgres
 SECRET_ID=dbtools/admin
 SYSTEM_DB_NAME=${SYSTEM_DB_NAME:-dbtools}
+# The secondary server is administered as on RDS: by a role with CREATEDB and CREATEROLE that
+# is a member of pg_signal_backend, not by a superuser (the tests use the superuser to look).
+PG2_ADMIN=dbtools_admin
+PG2_ADMIN_PASSWORD=secondary-admin
+PG2_SECRET_ID=dbtools/servers/secondary
 
 log() { printf '\033[1m[stack]\033[0m %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -81,18 +89,20 @@ ensure_tools() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# PostgreSQL
+# PostgreSQL: each function takes the cluster, pg (primary) or pg2 (secondary)
 # ---------------------------------------------------------------------------------------------
 
-# initdb refuses to run as root: the cluster runs as the postgres user when we are root.
+# initdb refuses to run as root: the clusters run as the postgres user when we are root.
 as_pg() {
   if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-pg_dir() { echo "$LOCAL/pg"; }
+pg_dir() { echo "$LOCAL/${1:-pg}"; }
+
+pg_port() { if [ "${1:-pg}" = pg2 ]; then echo "$PG2_PORT"; else echo "$PG_PORT"; fi; }
 
 prepare_pg_dir() {
-  local dir; dir=$(pg_dir)
+  local dir; dir=$(pg_dir "$1")
   mkdir -p "$dir"
   if [ "$(id -u)" -eq 0 ]; then
     id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
@@ -102,7 +112,7 @@ prepare_pg_dir() {
       # cluster in a directory it can reach, linked from .local/pg.
       local key=$ROOT
       [ "$LOCAL" = "$ROOT/.local" ] || key=$LOCAL
-      local alt="/tmp/dbtools-pg-$(echo "$key" | md5sum | cut -c1-12)"
+      local alt="/tmp/dbtools-$1-$(echo "$key" | md5sum | cut -c1-12)"
       log "the postgres user cannot reach $dir; keeping the cluster in $alt"
       rmdir "$dir" 2>/dev/null || true
       mkdir -p "$alt" && chown postgres: "$alt" && ln -sfn "$alt" "$dir"
@@ -113,17 +123,19 @@ prepare_pg_dir() {
 # log_statement=ddl: every CREATE/ALTER ROLE the product sends is in server.log, where the
 # tests look for passwords (there must be none: the product sends SCRAM verifiers).
 pg_server_opts() {
-  echo "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $(pg_dir)/run -c max_connections=300 -c shared_buffers=256MB -c client_connection_check_interval=1000 -c log_statement=ddl"
+  echo "-p $(pg_port "$1") -c listen_addresses=127.0.0.1 -k $(pg_dir "$1")/run -c max_connections=300 -c shared_buffers=256MB -c client_connection_check_interval=1000 -c log_statement=ddl"
 }
 
-pg_isready_local() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" 2>/dev/null; }
+pg_isready_local() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$(pg_port "${1:-pg}")" 2>/dev/null; }
+
+pg_running() { as_pg "$PG_BIN/pg_ctl" -D "$(pg_dir "$1")/data" status >/dev/null 2>&1; }
 
 start_postgres() {
-  local dir data
-  prepare_pg_dir
-  dir=$(pg_dir); data="$dir/data"
+  local cluster=$1 dir data
+  prepare_pg_dir "$cluster"
+  dir=$(pg_dir "$cluster"); data="$dir/data"
   if [ ! -f "$data/PG_VERSION" ]; then
-    log "creating the PostgreSQL cluster in .local/pg"
+    log "creating the PostgreSQL cluster in .local/$cluster"
     local pw="$dir/pwfile"
     printf '%s\n' "$PG_PASSWORD" >"$pw"
     [ "$(id -u)" -ne 0 ] || chown postgres: "$pw"
@@ -132,24 +144,39 @@ start_postgres() {
       || { cat "$dir/initdb.log" >&2; die "initdb failed"; }
     rm -f "$pw"
   fi
-  if as_pg "$PG_BIN/pg_ctl" -D "$data" status >/dev/null 2>&1; then
-    log "PostgreSQL already running (.local/pg)"
-    return
+  if pg_running "$cluster"; then
+    log "PostgreSQL already running (.local/$cluster)"
+  else
+    if pg_isready_local "$cluster"; then
+      die "port $(pg_port "$cluster") is taken by another server; set PG_PORT or PG2_PORT"
+    fi
+    mkdir -p "$dir/run"
+    [ "$(id -u)" -ne 0 ] || chown postgres: "$dir/run"
+    log "starting PostgreSQL ($cluster) on 127.0.0.1:$(pg_port "$cluster")"
+    as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$dir/server.log" -w -t 60 -o "$(pg_server_opts "$cluster")" \
+      start >/dev/null || { tail -20 "$dir/server.log" >&2; die "PostgreSQL did not start"; }
+    STARTED+=("$cluster")
   fi
-  if pg_isready_local; then
-    die "port $PG_PORT is taken by another server; set PG_PORT"
-  fi
-  mkdir -p "$dir/run"
-  [ "$(id -u)" -ne 0 ] || chown postgres: "$dir/run"
-  log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
-  as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$dir/server.log" -w -t 60 -o "$(pg_server_opts)" \
-    start >/dev/null || { tail -20 "$dir/server.log" >&2; die "PostgreSQL did not start"; }
-  STARTED+=(pg)
+  if [ "$cluster" = pg2 ]; then ensure_pg2_admin; fi
+}
+
+# The secondary's admin role (see PG2_ADMIN), made or reset on every start.
+ensure_pg2_admin() {
+  PGPASSWORD=$PG_PASSWORD "$PG_BIN/psql" -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG2_PORT" \
+    -U "$PG_USER" -d postgres >/dev/null <<SQL
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$PG2_ADMIN') THEN
+    CREATE ROLE $PG2_ADMIN;
+  END IF;
+END \$\$;
+ALTER ROLE $PG2_ADMIN LOGIN CREATEDB CREATEROLE PASSWORD '$PG2_ADMIN_PASSWORD';
+GRANT pg_signal_backend TO $PG2_ADMIN;
+SQL
 }
 
 stop_postgres() {
-  log "stopping PostgreSQL"
-  as_pg "$PG_BIN/pg_ctl" -D "$(pg_dir)/data" -m fast -w stop >/dev/null 2>&1 || true
+  log "stopping PostgreSQL ($1)"
+  as_pg "$PG_BIN/pg_ctl" -D "$(pg_dir "$1")/data" -m fast -w stop >/dev/null 2>&1 || true
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -172,11 +199,19 @@ start_secrets_manager() {
     sm_up || { tail -20 "$LOCAL/moto.log" >&2; die "the local Secrets Manager did not start"; }
   fi
   put_secret
+  put_pg2_secret
 }
 
 put_secret() {
   AWS_ENDPOINT_URL_SECRETS_MANAGER="$(sm_url)" "$VENV/bin/python" "$ROOT/scripts/put_secret.py" \
     "$SECRET_ID" "{\"username\":\"$PG_USER\",\"password\":\"$PG_PASSWORD\",\"host\":\"127.0.0.1\",\"port\":$PG_PORT,\"dbname\":\"postgres\",\"engine\":\"postgres\"}"
+}
+
+# The secondary's admin secret, as an RDS-managed secret holds it (no host: the registration
+# gives host and port).
+put_pg2_secret() {
+  AWS_ENDPOINT_URL_SECRETS_MANAGER="$(sm_url)" "$VENV/bin/python" "$ROOT/scripts/put_secret.py" \
+    "$PG2_SECRET_ID" "{\"username\":\"$PG2_ADMIN\",\"password\":\"$PG2_ADMIN_PASSWORD\",\"engine\":\"postgres\"}"
 }
 
 stop_pidfile() {
@@ -247,6 +282,22 @@ start_watch() {
   die "cargo lambda watch did not start"
 }
 
+# Registers the secondary cluster as the server `secondary` (a 409 means it is registered
+# already). Its capacity equals primary's, so that placement alternates between the two.
+register_secondary() {
+  local out code
+  out=$(mktemp)
+  code=$(curl -s -o "$out" -w '%{http_code}' --max-time 60 -X POST \
+    -H 'content-type: application/json' "$(api_url)/api/servers" \
+    -d "{\"name\":\"secondary\",\"host\":\"127.0.0.1\",\"port\":$PG2_PORT,\"secret_arn\":\"$PG2_SECRET_ID\",\"max_tenants\":10000,\"migrate_concurrency\":5}" || true)
+  case "$code" in
+    201) log "registered the server 'secondary' (127.0.0.1:$PG2_PORT)" ;;
+    409) ;;
+    *) cat "$out" >&2; rm -f "$out"; die "could not register the server 'secondary' (HTTP $code)" ;;
+  esac
+  rm -f "$out"
+}
+
 invoke_migrate_all() {
   log "migrate-all: bringing the system database and every tenant up to date"
   local out
@@ -262,6 +313,7 @@ stack_env() {
   cat <<EOF
 DBTOOLS_API_URL=$(api_url)
 DBTOOLS_PG_URL=postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/postgres
+DBTOOLS_PG2_URL=postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG2_PORT/postgres
 DBTOOLS_PG_BIN=$PG_BIN
 DBTOOLS_LOCAL_DIR=$LOCAL
 DBTOOLS_LAMBDA_PORT=$LAMBDA_PORT
@@ -281,7 +333,7 @@ stop_started() {
     case "${STARTED[$i]}" in
       watch) log "stopping cargo lambda watch"; stop_pidfile watch ;;
       moto) log "stopping the local Secrets Manager"; stop_pidfile moto ;;
-      pg) stop_postgres ;;
+      pg|pg2) stop_postgres "${STARTED[$i]}" ;;
     esac
   done
   STARTED=()
@@ -291,10 +343,12 @@ up() {
   mkdir -p "$RUN"
   ensure_tools
   build_functions
-  start_postgres
+  start_postgres pg
+  start_postgres pg2
   start_secrets_manager
   write_env
   start_watch "$@"
+  register_secondary
   invoke_migrate_all
 }
 
@@ -313,9 +367,11 @@ case "$cmd" in
     log "ready:"
     log "  API             $(api_url)/api/tenants   (POST, GET; GET and DELETE /api/tenants/{slug})"
     log "  migrate-all     cargo lambda invoke migrate-all --invoke-address 127.0.0.1 --invoke-port $LAMBDA_PORT --data-ascii '{}'"
-    log "  PostgreSQL      postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/postgres (registry: $SYSTEM_DB_NAME)"
+    log "  servers         $(api_url)/api/servers   (primary and secondary)"
+    log "  PostgreSQL      postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/postgres (primary; registry: $SYSTEM_DB_NAME)"
+    log "                  postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG2_PORT/postgres (secondary)"
     log "  Secrets Manager $(sm_url) (secret $SECRET_ID)"
-    log "  logs            .local/watch.log, .local/pg/server.log, .local/moto.log"
+    log "  logs            .local/watch.log, .local/pg/server.log, .local/pg2/server.log, .local/moto.log"
     log "Ctrl-C stops everything."
     tail -n +1 -f "$LOCAL/watch.log" &
     TAIL_PID=$!
@@ -329,12 +385,13 @@ case "$cmd" in
     trap 'stop_started' EXIT
     trap 'stop_started; exit 130' INT
     trap 'stop_started; exit 143' TERM
-    if api_up && pg_isready_local && sm_up && [ -f "$LOCAL/functions.env" ]; then
+    if api_up && pg_isready_local pg && pg_isready_local pg2 && sm_up && [ -f "$LOCAL/functions.env" ]; then
       running=$(cat "$RUN/watch.mode" 2>/dev/null || echo unknown)
       [ "$running" = "$(build_mode)" ] \
         || die "the stack on $(api_url) serves $running builds, $(build_mode) wanted: stop it first (or set RELEASE to match)"
       log "reusing the running stack on $(api_url)"
       build_functions
+      register_secondary
     else
       up --ignore-changes
     fi
@@ -350,22 +407,24 @@ case "$cmd" in
     ensure_postgres >/dev/null
     stack_env
     ;;
-  pg-stop)
-    # For the fault tests: stop and start the project's cluster (not whoever started it).
+  pg-stop|pg2-stop)
+    # For the fault tests: stop and start a project cluster (not whoever started it).
     ensure_postgres >/dev/null
-    as_pg "$PG_BIN/pg_ctl" -D "$(pg_dir)/data" -m fast -w stop >/dev/null
+    cluster=${cmd%-stop}
+    as_pg "$PG_BIN/pg_ctl" -D "$(pg_dir "$cluster")/data" -m fast -w stop >/dev/null
     ;;
-  pg-start)
+  pg-start|pg2-start)
     ensure_postgres >/dev/null
-    as_pg "$PG_BIN/pg_ctl" -D "$(pg_dir)/data" -l "$(pg_dir)/server.log" -w -t 60 \
-      -o "$(pg_server_opts)" start >/dev/null
+    cluster=${cmd%-start}
+    as_pg "$PG_BIN/pg_ctl" -D "$(pg_dir "$cluster")/data" -l "$(pg_dir "$cluster")/server.log" -w -t 60 \
+      -o "$(pg_server_opts "$cluster")" start >/dev/null
     ;;
   pg-freeze|pg-thaw)
     # For the fault tests: SIGSTOP (or SIGCONT) the postmaster and every backend. Frozen, the
     # server still accepts TCP connections and acknowledges packets but answers nothing: what
     # a failover or a network black hole looks like from a client.
     ensure_postgres >/dev/null
-    pid=$(head -1 "$(pg_dir)/data/postmaster.pid")
+    pid=$(head -1 "$(pg_dir pg)/data/postmaster.pid")
     sig=STOP; [ "$cmd" = pg-thaw ] && sig=CONT
     # shellcheck disable=SC2046
     kill -"$sig" "$pid" $(pgrep -P "$pid" || true)
@@ -380,11 +439,14 @@ case "$cmd" in
     ensure_postgres >/dev/null
     stop_pidfile watch
     stop_pidfile moto
-    if [ -f "$(pg_dir)/data/PG_VERSION" ]; then stop_postgres; fi
-    real=$(readlink -f "$(pg_dir)" 2>/dev/null || true)
-    case "$real" in /tmp/dbtools-pg-*) rm -rf "$real" ;; esac
+    for cluster in pg pg2; do
+      if [ -f "$(pg_dir "$cluster")/data/PG_VERSION" ]; then stop_postgres "$cluster"; fi
+      real=$(readlink -f "$(pg_dir "$cluster")" 2>/dev/null || true)
+      case "$real" in /tmp/dbtools-pg*) rm -rf "$real" ;; esac
+      rm -rf "$(pg_dir "$cluster")"
+    done
     # The logs stay, for reading after the run.
-    rm -rf "$(pg_dir)" "$RUN" "$LOCAL/functions.env"
+    rm -rf "$RUN" "$LOCAL/functions.env"
     ;;
   put-secret)
     # For the fault tests: put-secret PASSWORD rewrites the admin secret with a new password.
@@ -392,7 +454,7 @@ case "$cmd" in
     put_secret
     ;;
   *)
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac
