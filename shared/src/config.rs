@@ -17,6 +17,9 @@
 //! | `IDEMPOTENCY_KEY_TTL_HOURS` | how long an `Idempotency-Key` is remembered | `24` |
 //! | `MIGRATE_CONCURRENCY` | migrate-all: tenants migrated at once (1-64) | `10` |
 //! | `MIGRATE_TENANT_TIMEOUT_SECS` | migrate-all: longest time one tenant's migration may take | `300` |
+//! | `MIGRATE_LOCK_TIMEOUT_MS` | `lock_timeout` of a migration: how long it may make the tenant's queries wait behind it (10-60000) | `2000` |
+//! | `MIGRATE_LOCK_RETRIES` | how many times a migration that timed out on a lock is retried, after growing pauses (0-10) | `3` |
+//! | `MIGRATE_STATEMENT_TIMEOUT_SECS` | `statement_timeout` of a migration's statements (a concurrent index build on a large table is one) | `MIGRATE_TENANT_TIMEOUT_SECS` |
 //! | `TENANT_CONNECTION_LIMIT` | `CONNECTION LIMIT` of each tenant login (1-10000) | `20` |
 //! | `TENANT_SECRET_PREFIX` | tenant secrets are `{prefix}{slug}` | `dbtools/tenants/` |
 //! | `TENANT_SECRET_KMS_KEY_ID` | KMS key of the tenant secrets | unset: `aws/secretsmanager` |
@@ -36,11 +39,15 @@
 //! - `PROVISIONING_LEASE_SECONDS` exceeds `DB_LOCK_TIMEOUT_SECS` plus `DB_QUERY_TIMEOUT_SECS`:
 //!   a create waits for its tenant lock and then works, all within its lease (it stops at the
 //!   lease, so a lease shorter than the function's timeout shortens creates; it never lets a
-//!   live create be taken for dead).
+//!   live create be taken for dead);
+//! - `MIGRATE_STATEMENT_TIMEOUT_SECS` exceeds the migration lock timeout and is at most
+//!   `MIGRATE_TENANT_TIMEOUT_SECS`.
 
 use std::{path::PathBuf, time::Duration};
 
 use secrecy::SecretString;
+
+use crate::session::Policy;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -91,6 +98,8 @@ pub struct Config {
     pub idempotency_key_ttl: Duration,
     pub migrate_concurrency: usize,
     pub migrate_tenant_timeout: Duration,
+    /// How a migration meets a busy database (see [`crate::session`]).
+    pub migrate_session: Policy,
     pub tenants: TenantSettings,
 }
 
@@ -159,6 +168,7 @@ impl Config {
                 reason: "must be at most 63 bytes".into(),
             });
         }
+        let migrate_tenant_timeout = secs(&get, "MIGRATE_TENANT_TIMEOUT_SECS", 300)?;
         let config = Config {
             credentials,
             overrides: ConnOverrides {
@@ -183,7 +193,21 @@ impl Config {
                 10,
                 1..=MAX_MIGRATE_CONCURRENCY as u64,
             )? as usize,
-            migrate_tenant_timeout: secs(&get, "MIGRATE_TENANT_TIMEOUT_SECS", 300)?,
+            migrate_tenant_timeout,
+            migrate_session: Policy {
+                lock_timeout: Duration::from_millis(whole(
+                    &get,
+                    "MIGRATE_LOCK_TIMEOUT_MS",
+                    2000,
+                    10..=60_000,
+                )?),
+                statement_timeout: secs(
+                    &get,
+                    "MIGRATE_STATEMENT_TIMEOUT_SECS",
+                    migrate_tenant_timeout.as_secs(),
+                )?,
+                lock_retries: whole(&get, "MIGRATE_LOCK_RETRIES", 3, 0..=10)? as u32,
+            },
             tenants: tenant_settings(&get)?,
         };
         config.check()?;
@@ -200,6 +224,10 @@ impl Config {
             ("DB_LOCK_TIMEOUT_SECS", self.lock_timeout),
             ("PROVISIONING_LEASE_SECONDS", self.provisioning_lease),
             ("MIGRATE_TENANT_TIMEOUT_SECS", self.migrate_tenant_timeout),
+            (
+                "MIGRATE_STATEMENT_TIMEOUT_SECS",
+                self.migrate_session.statement_timeout,
+            ),
         ] {
             if value.is_zero() {
                 return invalid(
@@ -228,6 +256,28 @@ impl Config {
                      waits for its tenant lock and works within its lease",
                     self.provisioning_lease.as_secs(),
                     (lock + self.query_timeout).as_secs()
+                ),
+            );
+        }
+        let migration = &self.migrate_session;
+        if migration.statement_timeout <= migration.lock_timeout {
+            return invalid(
+                "MIGRATE_STATEMENT_TIMEOUT_SECS",
+                format!(
+                    "({}) must exceed MIGRATE_LOCK_TIMEOUT_MS ({} ms)",
+                    migration.statement_timeout.as_secs(),
+                    migration.lock_timeout.as_millis()
+                ),
+            );
+        }
+        if migration.statement_timeout > self.migrate_tenant_timeout {
+            return invalid(
+                "MIGRATE_STATEMENT_TIMEOUT_SECS",
+                format!(
+                    "({}) must be at most MIGRATE_TENANT_TIMEOUT_SECS ({}): a statement cannot \
+                     outlast its tenant's time",
+                    migration.statement_timeout.as_secs(),
+                    self.migrate_tenant_timeout.as_secs()
                 ),
             );
         }
@@ -397,6 +447,24 @@ mod tests {
         assert!(e.to_string().contains("MIGRATE_CONCURRENCY"), "{e}");
         let e = config(&[("DB_SECRET_ID", "x"), ("IDEMPOTENCY_KEY_TTL_HOURS", "0")]).unwrap_err();
         assert!(e.to_string().contains("IDEMPOTENCY_KEY_TTL_HOURS"), "{e}");
+        for (var, value) in [
+            ("MIGRATE_LOCK_TIMEOUT_MS", "0"),
+            ("MIGRATE_LOCK_RETRIES", "11"),
+            ("MIGRATE_STATEMENT_TIMEOUT_SECS", "0"),
+            // Longer than a tenant's whole time.
+            ("MIGRATE_STATEMENT_TIMEOUT_SECS", "301"),
+        ] {
+            let e = config(&[("DB_SECRET_ID", "x"), (var, value)]).unwrap_err();
+            assert!(e.to_string().contains(var), "{var}={value}: {e}");
+        }
+        // Not above the migration lock timeout.
+        let e = config(&[
+            ("DB_SECRET_ID", "x"),
+            ("MIGRATE_LOCK_TIMEOUT_MS", "5000"),
+            ("MIGRATE_STATEMENT_TIMEOUT_SECS", "5"),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("MIGRATE_LOCK_TIMEOUT_MS"), "{e}");
     }
 
     #[test]
@@ -405,6 +473,14 @@ mod tests {
         assert_eq!(c.long_statement_timeout(), Duration::from_secs(23));
         assert_eq!(c.idempotency_key_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(c.migrate_concurrency, 10);
+        assert_eq!(
+            c.migrate_session,
+            Policy {
+                lock_timeout: Duration::from_millis(2000),
+                statement_timeout: Duration::from_secs(300),
+                lock_retries: 3,
+            }
+        );
     }
 
     #[test]

@@ -46,6 +46,7 @@ use crate::{
     config::{Config, SslMode},
     credentials::{parse_secret, ConnectParams, CredentialProvider, CredentialsError},
     secrets::{Secrets, SecretsError},
+    session::{self, Policy, RunFailure},
 };
 
 /// Why an operation could not talk to PostgreSQL the way it needed to.
@@ -59,6 +60,10 @@ pub enum DbError {
     /// a failed migration), a query that found no row, a value that did not convert.
     #[error(transparent)]
     Postgres(tokio_postgres::Error),
+    /// A migration kept waiting for a lock past its lock timeout, every attempt (the message
+    /// names the migration and the attempts; no host).
+    #[error("{0}")]
+    LockTimeout(String),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -109,7 +114,8 @@ impl DbError {
 
     /// A wait for a row or table lock that ran out (SQLSTATE 55P03): the resource is busy.
     pub fn is_lock_timeout(&self) -> bool {
-        self.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
+        matches!(self, DbError::LockTimeout(_))
+            || self.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
     }
 }
 
@@ -337,19 +343,25 @@ impl Conn {
         self.timed().simple_query(sql).await
     }
 
-    /// Runs refinery on this connection within `limit` (refinery needs the client itself, one
-    /// transaction per migration). A run that misses its deadline is cancelled on the server
-    /// and its connection discarded: the open migration's transaction is rolled back.
-    pub async fn migrate(
+    /// Runs refinery on this connection until `until`, as [`crate::session`] says (short lock
+    /// waits with retries, migrations outside a transaction where declared). Returns the
+    /// versions applied and how the run ended. A run that misses its deadline is cancelled
+    /// on the server and its connection discarded: the open migration's transaction is rolled
+    /// back.
+    pub(crate) async fn migrate(
         &mut self,
-        runner: refinery::Runner,
-        limit: Duration,
-    ) -> Result<Result<refinery::Report, refinery::Error>, DbError> {
+        runner: impl Fn() -> refinery::Runner,
+        policy: &Policy,
+        until: Instant,
+    ) -> Result<(Vec<i64>, Result<(), RunFailure>), DbError> {
         if !self.is_usable() {
             return Err(DbError::Unavailable("connection discarded".into()));
         }
+        let limit = until.saturating_duration_since(Instant::now());
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let outcome = tokio::time::timeout(limit, runner.run_async(&mut self.client)).await;
+        let outcome =
+            tokio::time::timeout(limit, session::run(&mut self.client, runner, policy, until))
+                .await;
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         match outcome {
             Ok(result) => Ok(result),

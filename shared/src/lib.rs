@@ -20,6 +20,7 @@ pub mod provision;
 pub mod rotation;
 pub mod secrets;
 pub mod servers;
+pub mod session;
 pub(crate) mod template;
 pub mod tenants;
 

@@ -235,8 +235,12 @@ pub async fn restore_tenant(db: &Database, slug: &Slug) -> Result<Tenant, Lifecy
         }
         logins::ensure_group(&admin).await?;
         let mut tenant_db = server.connect(db, &entry.access.database).await?;
-        migrations::migrate_tenant_to_latest(&mut tenant_db, db.config().migrate_tenant_timeout)
-            .await?;
+        migrations::migrate_tenant_to_latest(
+            db,
+            &mut tenant_db,
+            db.config().migrate_tenant_timeout,
+        )
+        .await?;
         drop(tenant_db);
         let arn = access::ensure(db, &admin, &entry.access, false, true).await?;
         let expected = ExpectedHistory::tenant();

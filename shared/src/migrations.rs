@@ -4,7 +4,10 @@
 //! by default, refuses to run when that history diverges from (or misses) the embedded files:
 //! released migrations are immutable, add a new file instead.
 
-use std::{sync::OnceLock, time::Duration};
+use std::{
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
 
 use refinery::{Migration, Runner};
 use sha2::{Digest, Sha256};
@@ -15,6 +18,7 @@ use crate::{
     db::{Conn, Database, DbError},
     domain::quote_ident,
     locks,
+    session::RunFailure,
 };
 
 mod tenant {
@@ -60,15 +64,19 @@ pub fn latest_tenant_version() -> i64 {
     ExpectedHistory::tenant().latest()
 }
 
-/// Applies every pending tenant migration (within `limit`), then checks that the history is
-/// exactly the released one (what the registry's fingerprint then vouches for).
+/// Applies every pending tenant migration (within `limit`, as the configuration's migration
+/// policy says), then checks that the history is exactly the released one (what the
+/// registry's fingerprint then vouches for).
 pub(crate) async fn migrate_tenant_to_latest(
+    db: &Database,
     conn: &mut Conn,
     limit: Duration,
 ) -> Result<(), DbError> {
-    conn.migrate(tenant_runner(), limit)
-        .await?
-        .map_err(|e| refinery_failure(&e, "tenant migrations failed"))?;
+    let policy = db.config().migrate_session;
+    let (_, outcome) = conn
+        .migrate(tenant_runner, &policy, Instant::now() + limit)
+        .await?;
+    outcome.map_err(|e| run_failure(&e, "tenant migrations failed"))?;
     let history = read_history(conn).await?;
     match ExpectedHistory::tenant().check(&history) {
         HistoryCheck::Current => Ok(()),
@@ -122,6 +130,42 @@ pub(crate) fn refinery_failure(e: &refinery::Error, what: &str) -> DbError {
     DbError::Other(anyhow::anyhow!("{what}: {e}"))
 }
 
+/// How a migration run ended, as a [`DbError`]: a lock that stayed taken is
+/// [`DbError::LockTimeout`] (busy: try later), a lost connection unavailable, anything else
+/// the migrations' own failure.
+pub(crate) fn run_failure(e: &RunFailure, what: &str) -> DbError {
+    match e {
+        RunFailure::Database(pg) => {
+            if crate::db::is_unavailable(pg) {
+                DbError::Unavailable(crate::db::error_chain(pg))
+            } else {
+                DbError::Other(anyhow::anyhow!("{what}: {pg}"))
+            }
+        }
+        RunFailure::LockTimeout { attempts, last } => {
+            DbError::LockTimeout(lock_timeout_message(*attempts, last))
+        }
+        RunFailure::Refinery(e) => refinery_failure(e, what),
+    }
+}
+
+/// What a migration that kept waiting for a lock says: which one, and how many attempts.
+pub(crate) fn lock_timeout_message(attempts: u32, last: &refinery::Error) -> String {
+    let which = match last.kind() {
+        refinery::error::Kind::Connection(msg, _) => msg
+            .split_whitespace()
+            .find(|w| w.starts_with('V'))
+            .map(|v| format!("migration {v}"))
+            .unwrap_or_else(|| "a migration".into()),
+        _ => "a migration".into(),
+    };
+    format!(
+        "{which} gave up waiting for a lock on the tenant's tables ({attempts} attempt{}, each \
+         within the lock timeout); the next run tries again",
+        if attempts == 1 { "" } else { "s" }
+    )
+}
+
 /// Creates the system database when it does not exist, then brings it to the latest system
 /// migration under a lock, so that concurrent callers never run refinery side by side. The
 /// lock is held on the maintenance database's connection (every caller takes it there), so
@@ -160,17 +204,17 @@ pub async fn migrate_system(db: &Database) -> Result<Vec<i64>, DbError> {
     let result = async {
         let mut client = db.connect(system_db).await?;
         client
-            .migrate(system_runner(), config.migrate_tenant_timeout)
+            .migrate(
+                system_runner,
+                &config.migrate_session,
+                Instant::now() + config.migrate_tenant_timeout,
+            )
             .await
     }
     .await;
     lock.release().await;
-    let report = result?.map_err(|e| refinery_failure(&e, "system migrations failed"))?;
-    let applied: Vec<i64> = report
-        .applied_migrations()
-        .iter()
-        .map(|m| i64::from(m.version()))
-        .collect();
+    let (applied, outcome) = result?;
+    outcome.map_err(|e| run_failure(&e, "system migrations failed"))?;
     if !applied.is_empty() {
         info!(?applied, "system database migrated");
     }

@@ -588,7 +588,8 @@ async fn finish_provisioning(
 ) -> Result<Tenant, AccessError> {
     logins::ensure_group(admin).await?;
     let mut tenant = admin.server().connect(db, &access.database).await?;
-    migrations::migrate_tenant_to_latest(&mut tenant, db.config().migrate_tenant_timeout).await?;
+    migrations::migrate_tenant_to_latest(db, &mut tenant, db.config().migrate_tenant_timeout)
+        .await?;
     drop(tenant); // closes our connection to the new database
     let arn = access::ensure(db, admin, access, true, true).await?;
     let expected = ExpectedHistory::tenant();

@@ -174,7 +174,7 @@ async fn build(
         // Tenant migrations grant the tables to the tenant logins' group role.
         logins::ensure_group(admin).await?;
         let mut client = admin.server().connect(db, name).await?;
-        migrations::migrate_tenant_to_latest(&mut client, db.config().migrate_tenant_timeout)
+        migrations::migrate_tenant_to_latest(db, &mut client, db.config().migrate_tenant_timeout)
             .await?;
         drop(client);
         // The ready mark: nobody connects from now on.

@@ -10,6 +10,7 @@ mod e2e {
     mod credentials;
     mod faults;
     mod idempotency;
+    mod live_migrations;
     mod migrate_all;
     mod provisioning_faults;
     mod routes;

@@ -341,6 +341,7 @@ pub(crate) fn sanitize_db(e: &DbError) -> String {
             "tenant database unreachable or not answering".into()
         }
         DbError::Postgres(pg) => sanitize_pg(pg),
+        DbError::LockTimeout(what) => what.clone(),
         // Our own messages (the outermost context only): they name objects, never hosts.
         DbError::Other(e) => e.to_string(),
     }

@@ -21,6 +21,7 @@ use crate::{
     db::{Conn, Database, DbError, Server},
     locks::{self, Lock},
     migrations::{self, history_rows, ExpectedHistory, HistoryCheck, HistoryRow, HISTORY_TABLE},
+    session::RunFailure,
 };
 
 /// A tenant of the run, as the registry recorded it when the run listed the tenants.
@@ -419,28 +420,20 @@ async fn migrate_one(
         }
         HistoryCheck::Pending(_) => {}
     }
-    let outcome = conn
+    let (applied, outcome) = conn
         .migrate(
-            migrations::tenant_runner(),
-            until.saturating_duration_since(Instant::now()),
+            migrations::tenant_runner,
+            &db.config().migrate_session,
+            until,
         )
         .await
         .map_err(|e| sanitize_db(&e))?;
-    // Each migration commits on its own: the database is at the last one refinery applied.
-    let applied = |r: &refinery::Report| -> Vec<i64> {
-        r.applied_migrations()
-            .iter()
-            .map(|m| i64::from(m.version()))
-            .collect()
-    };
-    report.applied = match &outcome {
-        Ok(done) => applied(done),
-        Err(e) => e.report().map(applied).unwrap_or_default(),
-    };
+    // Each migration commits on its own: the database is at the last one applied.
+    report.applied = applied;
     let now_at = report.applied.iter().copied().fold(from, i64::max);
     report.to_version = Some(now_at);
     match outcome {
-        Ok(_) => {
+        Ok(()) => {
             report.status = if report.applied.is_empty() {
                 TenantOutcome::UpToDate
             } else {
@@ -450,6 +443,10 @@ async fn migrate_one(
             // is the released one.
             Ok(now_at == expected.latest())
         }
-        Err(e) => Err(sanitize_refinery(&e)),
+        Err(RunFailure::Refinery(e)) => Err(sanitize_refinery(&e)),
+        Err(e) => Err(sanitize_db(&migrations::run_failure(
+            &e,
+            "tenant migrations failed",
+        ))),
     }
 }

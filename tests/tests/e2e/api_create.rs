@@ -73,6 +73,7 @@ async fn create_answers_201_with_a_ready_database() {
             "timestamp without time zone",
             "YES",
         ),
+        ("activity_log", "actor_id", "uuid", "YES"),
         ("settings", "key", "character varying", "NO"),
         ("settings", "value", "jsonb", "NO"),
         (
@@ -100,6 +101,7 @@ async fn create_answers_201_with_a_ready_database() {
         .collect();
     for ix in [
         "activity_log_action_idx",
+        "activity_log_actor_idx",
         "activity_log_created_at_idx",
         "activity_log_entity_idx",
     ] {
@@ -120,7 +122,8 @@ async fn create_answers_201_with_a_ready_database() {
         [
             (1, "create_settings".to_owned()),
             (2, "create_activity_log".to_owned()),
-            (3, "grant_tenant_logins".to_owned())
+            (3, "grant_tenant_logins".to_owned()),
+            (4, "activity_log_actor".to_owned())
         ]
     );
 
