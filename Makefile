@@ -6,7 +6,7 @@ export SM_PORT ?= 5000
 export LAMBDA_PORT ?= 9000
 export RELEASE ?=
 
-.PHONY: bench fuzz dev test test-faults test-unit check fmt nextest tools lint build deploy clean
+.PHONY: bench fuzz dev test test-faults test-unit check fmt nextest tools lint lint-migrations build deploy clean
 
 # Offline template checks. cfn-lint is pinned to 1.51.0 (newer releases stopped flagging
 # invalid runtimes and architectures); aws-sam-cli pins a newer cfn-lint of its own, so each
@@ -29,10 +29,10 @@ dev:
 # The fault tests stop PostgreSQL, rotate its password and kill functions: they run alone.
 FAULTS := test(/^e2e::faults::/)
 
-## test: formatting, lints, template lint, unit tests, the PostgreSQL and end-to-end tests on
-## the local stack, a bounded schemathesis run (no 5xx allowed), then the fault tests one at a
-## time
-test: check lint nextest $(FUZZ_VENV)/.installed-$(SCHEMATHESIS_VERSION)
+## test: formatting, lints, template lint, migration lint (squawk), unit tests, the PostgreSQL
+## and end-to-end tests on the local stack, a bounded schemathesis run (no 5xx allowed), then
+## the fault tests one at a time
+test: check lint lint-migrations nextest $(FUZZ_VENV)/.installed-$(SCHEMATHESIS_VERSION)
 	scripts/stack.sh run -- bash -c "cargo nextest run --workspace --no-fail-fast -E 'not $(FAULTS)' \
 		&& scripts/fuzz.sh $(TEST_FUZZ_EXAMPLES) 1 \
 		&& cargo nextest run --workspace --no-fail-fast -j 1 -E '$(FAULTS)'"
@@ -89,6 +89,10 @@ lint: $(LINT_VENV)/.installed-$(CFN_LINT_VERSION) $(SAM_VENV)/.installed-$(SAM_C
 	$(LINT_VENV)/bin/cfn-lint infra/template.yaml
 	cd infra && SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} \
 		../$(SAM_VENV)/bin/sam validate --lint --template template.yaml
+
+## lint-migrations: squawk over every migration, and a check that it refuses an unsafe one
+lint-migrations:
+	scripts/lint-migrations.sh
 
 ## build: the deployable arm64 artifacts (sam build through cargo-lambda and zig)
 build: $(SAM_VENV)/.installed-$(SAM_CLI_VERSION)-$(ZIG_VERSION)
