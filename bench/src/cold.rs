@@ -12,12 +12,13 @@ use serde_json::Value;
 
 use crate::table::{ms, Row, Stats, Table};
 
-const FUNCTIONS: [&str; 5] = [
+const FUNCTIONS: [&str; 6] = [
     "create-tenant",
     "list-tenants",
     "delete-tenant",
     "migrate-all",
     "rotate-tenant-secret",
+    "servers",
 ];
 const RSS_GOAL_MIB: f64 = 40.0;
 
@@ -54,6 +55,11 @@ fn first_request(function: &str, slug: &str) -> (Value, &'static str, Expect) {
             runtime::http_event("DELETE", "/api/tenants/bench_never_created", "", &[]),
             "DELETE of an unknown slug",
             Expect::Status(404),
+        ),
+        "servers" => (
+            runtime::http_event("GET", "/api/servers", "", &[]),
+            "GET every server",
+            Expect::Status(200),
         ),
         "rotate-tenant-secret" => (
             json!({"Step": "testSecret", "SecretId": "dbtools/tenants/bench_never_created",

@@ -10,13 +10,14 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use e2e::connect;
+use e2e::{connect, connect_on};
 
 use crate::table::{ms, Row, Stats, Table};
 
-/// Samples of the floor (default strategy, from `template1`): `CREATE DATABASE`, connecting
-/// to the new database (not part of the floor), and the DDL.
+/// Samples of the floor on one server (default strategy, from `template1`): `CREATE
+/// DATABASE`, connecting to the new database (not part of the floor), and the DDL.
 pub struct Floor {
+    server: &'static str,
     admin: tokio_postgres::Client,
     ddl: String,
     made: Vec<String>,
@@ -65,9 +66,10 @@ fn elapsed_ms(started: Instant) -> f64 {
 }
 
 impl Floor {
-    pub async fn new() -> Result<Floor> {
+    pub async fn new(server: &'static str) -> Result<Floor> {
         Ok(Floor {
-            admin: connect("postgres").await,
+            server,
+            admin: connect_on(server, "postgres").await,
             ddl: tenant_ddl()?,
             made: Vec::new(),
             create: Vec::new(),
@@ -80,7 +82,7 @@ impl Floor {
 
     /// One sample: a database made as the floor makes it.
     pub async fn sample(&mut self) -> Result<()> {
-        let name = format!("bench_floor_{}", self.made.len());
+        let name = format!("bench_floor_{}_{}", self.server, self.made.len());
         let started = Instant::now();
         self.admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
@@ -88,7 +90,7 @@ impl Floor {
         self.create.push(elapsed_ms(started));
         self.made.push(name.clone());
         let started = Instant::now();
-        let tenant = connect(&name).await;
+        let tenant = connect_on(self.server, &name).await;
         self.connect.push(elapsed_ms(started));
         let started = Instant::now();
         tenant
@@ -111,16 +113,23 @@ impl Floor {
         Ok(())
     }
 
-    /// p50 of `CREATE DATABASE` + DDL + login.
-    pub fn p50(&self) -> f64 {
-        let sums = self
-            .create
+    pub fn server(&self) -> &'static str {
+        self.server
+    }
+
+    /// `CREATE DATABASE` + DDL + login, per sample.
+    pub fn totals(&self) -> Vec<f64> {
+        self.create
             .iter()
             .zip(&self.run)
             .zip(&self.role)
             .map(|((c, d), r)| c + d + r)
-            .collect();
-        Stats::of(sums).p50
+            .collect()
+    }
+
+    /// p50 of `CREATE DATABASE` + DDL + login.
+    pub fn p50(&self) -> f64 {
+        Stats::of(self.totals()).p50
     }
 
     /// Drops the databases the samples made.
@@ -141,7 +150,8 @@ impl Floor {
     pub fn rows(&self, table: &mut Table) {
         table.push(Row::info(
             &format!(
-                "floor: CREATE DATABASE + tenant DDL + login, open connections (p50 of {})",
+                "floor on {}: CREATE DATABASE + tenant DDL + login, open connections (p50 of {})",
+                self.server,
                 self.create.len()
             ),
             format!("{} ms", ms(self.p50())),
@@ -153,7 +163,7 @@ impl Floor {
             ),
         ));
         table.push(Row::info(
-            "connect to a new database (SCRAM, p50)",
+            &format!("connect to a new database on {} (SCRAM, p50)", self.server),
             format!("{} ms", ms(Stats::of(self.connect.clone()).p50)),
             "not in the floor".into(),
         ));

@@ -1,15 +1,18 @@
 //! `make bench`: every performance goal of docs/performance.md, measured in one run against
-//! one PostgreSQL server, through the real functions (release builds under
-//! `cargo lambda watch`, real HTTP), and printed as a table of figures, ratios and goals.
+//! the stack's two PostgreSQL servers (`primary`, `secondary`), through the real functions
+//! (release builds under `cargo lambda watch`, real HTTP), and printed as a table of figures,
+//! ratios and goals, overall and per server.
 //!
 //! It runs inside the bench's own stack (`scripts/stack.sh run` with `STACK_DIR=.local/bench`,
 //! see the Makefile), whose variables tell it where the API and PostgreSQL are. Sizes:
 //! `BENCH_TENANTS` (1000: the fleet, created through the API, which migrate-all runs over),
 //! `BENCH_LIST_TENANTS` (10000: registry rows for the list benchmark), `BENCH_FLOOR_SAMPLES`
-//! (50), `BENCH_LIST_SAMPLES` (200), `BENCH_COLD_SAMPLES` (5).
+//! (50), `BENCH_LIST_SAMPLES` (200), `BENCH_COLD_SAMPLES` (5), and the live-migration
+//! benchmark's `BENCH_LIVE_TENANTS` (4) and `BENCH_LIVE_ROWS` (200000).
 
 mod cold;
 mod floor;
+mod live;
 mod table;
 
 use std::{
@@ -70,7 +73,15 @@ async fn main() -> Result<()> {
     println!("{machine}");
     let mut table = Table::default();
 
-    // For working on one part: BENCH_ONLY=cold measures only the cold starts.
+    // For working on one part: BENCH_ONLY=live measures only the live migration.
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("live") {
+        cleanup().await?;
+        warm_up().await?;
+        live::measure(&mut table).await?;
+        println!("{}", table.render());
+        return Ok(());
+    }
+    // BENCH_ONLY=cold measures only the cold starts.
     if std::env::var("BENCH_ONLY").as_deref() == Ok("cold") {
         cleanup().await?;
         warm_up().await?;
@@ -100,26 +111,45 @@ async fn main() -> Result<()> {
          (raw CREATE DATABASE + tenant DDL) between them",
         s.tenants, s.floor_samples
     ));
-    let mut floor = floor::Floor::new().await?;
-    let provision = provision_fleet(s.tenants, s.floor_samples, &mut floor).await?;
-    floor.drop_all().await?;
-    floor.rows(&mut table);
-    let ratio = provision.p50 / floor.p50();
+    let mut floors = Vec::new();
+    for server in e2e::SERVERS {
+        floors.push(floor::Floor::new(server).await?);
+    }
+    let provision = provision_fleet(s.tenants, s.floor_samples, &mut floors).await?;
+    let mut all_floor = Vec::new();
+    for floor in &mut floors {
+        floor.drop_all().await?;
+        floor.rows(&mut table);
+        all_floor.extend(floor.totals());
+    }
+    let floor_p50 = Stats::of(all_floor).p50;
+    let all = Stats::of(provision.iter().map(|(_, ms)| *ms).collect());
+    let ratio = all.p50 / floor_p50;
     table.push(Row::goal(
-        "POST /api/tenants (p50; p90, max)",
-        format!(
-            "{} ms ({}, {})",
-            ms(provision.p50),
-            ms(provision.p90),
-            ms(provision.max)
-        ),
-        format!("{ratio:.2}x the floor"),
+        "POST /api/tenants, both servers (p50; p90, max)",
+        format!("{} ms ({}, {})", ms(all.p50), ms(all.p90), ms(all.max)),
+        format!("{ratio:.2}x the floor of both"),
         "≤ 1.25x the floor",
         ratio <= 1.25,
     ));
+    for floor in &floors {
+        let mine: Vec<f64> = provision
+            .iter()
+            .filter(|(server, _)| server == floor.server())
+            .map(|(_, ms)| *ms)
+            .collect();
+        let n = mine.len();
+        let stats = Stats::of(mine);
+        table.push(Row::info(
+            &format!("POST /api/tenants placed on {} (p50; p90)", floor.server()),
+            format!("{} ms ({})", ms(stats.p50), ms(stats.p90)),
+            format!("{n} tenants, {:.2}x its floor", stats.p50 / floor.p50()),
+        ));
+    }
 
+    let placed = placement().await?;
     step("sequential baseline: a connection and one query per tenant, one after another");
-    let baseline = sequential_baseline(s.tenants).await?;
+    let baseline = sequential_baseline(&placed).await?;
     let baseline_per = baseline.as_secs_f64() * 1000.0 / s.tenants as f64;
     table.push(Row::info(
         &format!(
@@ -135,7 +165,11 @@ async fn main() -> Result<()> {
     step("migrate-all with nothing pending (3 runs)");
     let mut runs = Vec::new();
     for _ in 0..3 {
-        runs.push(migrate_all(&json!({}), s.tenants + 1, "up_to_date").await?);
+        runs.push(
+            migrate_all(&json!({}), s.tenants + 1, "up_to_date")
+                .await?
+                .0,
+        );
     }
     let current = Stats::of(runs.iter().map(|d| d.as_secs_f64() * 1000.0).collect());
     let per = current.p50 / s.tenants as f64;
@@ -149,7 +183,7 @@ async fn main() -> Result<()> {
     ));
 
     step("migrate-all with nothing pending, verifying every tenant database");
-    let verify = migrate_all(&json!({"verify": true}), s.tenants + 1, "up_to_date").await?;
+    let (verify, _) = migrate_all(&json!({"verify": true}), s.tenants + 1, "up_to_date").await?;
     let verify_ms = verify.as_secs_f64() * 1000.0;
     table.push(Row::info(
         &format!(
@@ -165,8 +199,8 @@ async fn main() -> Result<()> {
     ));
 
     step("migrate-all with one pending migration in every tenant");
-    undo_latest(s.tenants).await?;
-    let pending = migrate_all(&json!({}), s.tenants, "migrated").await?;
+    undo_latest(&placed).await?;
+    let (pending, report) = migrate_all(&json!({}), s.tenants, "migrated").await?;
     let pending_ms = pending.as_secs_f64() * 1000.0;
     table.push(Row::goal(
         &format!("migrate-all, {} tenants, one pending migration", s.tenants),
@@ -175,6 +209,9 @@ async fn main() -> Result<()> {
         &format!("< {} ms", ms(6000.0 * scale)),
         pending_ms < 6000.0 * scale,
     ));
+    per_server_runs(&report, &mut table)?;
+
+    live::measure(&mut table).await?;
 
     step(&format!(
         "list: {} registry rows, {} requests per page",
@@ -249,20 +286,24 @@ async fn machine() -> Result<String> {
     ))
 }
 
-/// Drops the bench's tenant databases and registry rows left by an earlier run.
+/// Drops the bench's tenant databases (on every server) and registry rows left by an earlier
+/// run.
 async fn cleanup() -> Result<()> {
-    let admin = e2e::admin().await;
-    let names: Vec<String> = admin
-        .query(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'dbtools\\_tenant\\_bench\\_%' \
-             OR datname LIKE 'bench\\_floor\\_%'",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    drop_databases(names).await?;
+    for server in e2e::SERVERS {
+        let admin = e2e::admin_on(server).await;
+        let names: Vec<String> = admin
+            .query(
+                "SELECT datname FROM pg_database \
+                 WHERE datname LIKE 'dbtools\\_tenant\\_bench\\_%' \
+                    OR datname LIKE 'bench\\_floor\\_%'",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        drop_databases(server, names).await?;
+    }
     // The registry may not exist yet (a fresh stack creates it on its first migrate-all).
     let registry = e2e::registry().await;
     let _ = registry
@@ -274,10 +315,10 @@ async fn cleanup() -> Result<()> {
     Ok(())
 }
 
-async fn drop_databases(names: Vec<String>) -> Result<()> {
+async fn drop_databases(server: &str, names: Vec<String>) -> Result<()> {
     stream::iter(names)
         .map(|name| async move {
-            e2e::admin()
+            e2e::admin_on(server)
                 .await
                 .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                 .await
@@ -314,21 +355,24 @@ async fn warm_up() -> Result<()> {
     Ok(())
 }
 
+/// Creates the fleet; returns each POST's server and duration (ms).
 async fn provision_fleet(
     n: usize,
     floor_samples: usize,
-    floor: &mut floor::Floor,
-) -> Result<Stats> {
+    floors: &mut [floor::Floor],
+) -> Result<Vec<(String, f64)>> {
     let mut samples = Vec::with_capacity(n);
     let every = (n / floor_samples).max(1);
     for i in 0..n {
         if i % every == 0 && i / every < floor_samples {
-            floor.sample().await?;
+            for floor in floors.iter_mut() {
+                floor.sample().await?;
+            }
         }
         let body = json!({"name": format!("Bench tenant {i}"), "slug": slug(i)});
         let started = Instant::now();
         let r = e2e::post_tenant(&body).await;
-        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+        let took = started.elapsed().as_secs_f64() * 1000.0;
         ensure!(
             r.status == StatusCode::CREATED,
             "POST {}: {} {}",
@@ -338,6 +382,8 @@ async fn provision_fleet(
         );
         ensure!(r.body["status"] == "active", "{}", r.text);
         ensure!(r.body["credentials_secret_arn"].is_string(), "{}", r.text);
+        let server = r.body["server"].as_str().context("a server")?.to_owned();
+        samples.push((server, took));
     }
     // Every tenant is what a user would check: active, at the latest version, with its tables.
     let registry = e2e::registry().await;
@@ -350,17 +396,61 @@ async fn provision_fleet(
         .await?
         .get(0);
     ensure!(active as usize == n, "{active} of {n} tenants active");
-    Ok(Stats::of(samples))
+    Ok(samples)
 }
 
-/// What operators would write without migrate-all: for each tenant, open a connection, read
-/// its version, close.
-async fn sequential_baseline(n: usize) -> Result<Duration> {
-    let base: tokio_postgres::Config = e2e::pg_url().parse()?;
+/// Each bench tenant's server, as the registry records it, in slug order.
+async fn placement() -> Result<Vec<(String, String)>> {
+    Ok(e2e::registry()
+        .await
+        .query(
+            "SELECT slug, server FROM tenants WHERE slug LIKE 'bench\\_0%' ORDER BY slug",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// Per server, from a migrate-all report: its tenants, their durations, its budget.
+fn per_server_runs(report: &Value, table: &mut Table) -> Result<()> {
+    for server in report["servers"]
+        .as_array()
+        .context("servers in the report")?
+    {
+        let name = server["name"].as_str().unwrap_or("?");
+        let durations: Vec<f64> = report["tenants"]
+            .as_array()
+            .context("tenants in the report")?
+            .iter()
+            .filter(|t| t["server"] == name && t["status"] == "migrated")
+            .filter_map(|t| t["duration_ms"].as_f64())
+            .collect();
+        if durations.is_empty() {
+            continue;
+        }
+        let n = durations.len();
+        let stats = Stats::of(durations);
+        table.push(Row::info(
+            &format!("  … its tenants on {name} (per tenant p50; p90)"),
+            format!("{} ms ({})", ms(stats.p50), ms(stats.p90)),
+            format!(
+                "{n} tenants, at most {} at once",
+                server["migrate_concurrency"]
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What operators would write without migrate-all: for each tenant, open a connection (to its
+/// server), read its version, close.
+async fn sequential_baseline(placed: &[(String, String)]) -> Result<Duration> {
     let started = Instant::now();
-    for i in 0..n {
-        let mut cfg = base.clone();
-        cfg.dbname(database_name(&slug(i)));
+    for (i, (slug, server)) in placed.iter().enumerate() {
+        let mut cfg: tokio_postgres::Config = e2e::pg_url_of(server).parse()?;
+        cfg.dbname(database_name(slug));
         let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
         let conn = tokio::spawn(conn);
         let version: Option<i32> = client
@@ -375,8 +465,8 @@ async fn sequential_baseline(n: usize) -> Result<Duration> {
 }
 
 /// Invokes migrate-all through the local Invoke API; checks that `expect` tenants ended in
-/// `outcome` and none failed.
-async fn migrate_all(event: &Value, expect: usize, outcome: &str) -> Result<Duration> {
+/// `outcome` and none failed. Returns its duration and its report.
+async fn migrate_all(event: &Value, expect: usize, outcome: &str) -> Result<(Duration, Value)> {
     let started = Instant::now();
     let (status, report) = e2e::invoke_migrate_all(event).await;
     let took = started.elapsed();
@@ -390,27 +480,23 @@ async fn migrate_all(event: &Value, expect: usize, outcome: &str) -> Result<Dura
         got >= expect,
         "expected {expect} tenants {outcome}, got {counts}"
     );
-    Ok(took)
+    Ok((took, report))
 }
 
 /// Puts every bench tenant one migration behind, as a release that adds a migration would:
 /// the latest migration's objects and history row removed, the registry at the version below.
-async fn undo_latest(n: usize) -> Result<()> {
-    stream::iter(0..n)
-        .map(|i| async move {
-            e2e::connect(&database_name(&slug(i)))
+async fn undo_latest(placed: &[(String, String)]) -> Result<()> {
+    stream::iter(placed)
+        .map(|(slug, server)| async move {
+            e2e::connect_on(server, &database_name(slug))
                 .await
                 .batch_execute(
-                    "REVOKE ALL ON ALL TABLES IN SCHEMA public FROM dbtools_tenant_rw; \
-                     REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM dbtools_tenant_rw; \
-                     ALTER DEFAULT PRIVILEGES IN SCHEMA public \
-                       REVOKE ALL ON TABLES FROM dbtools_tenant_rw; \
-                     ALTER DEFAULT PRIVILEGES IN SCHEMA public \
-                       REVOKE ALL ON SEQUENCES FROM dbtools_tenant_rw; \
-                     DELETE FROM refinery_schema_history WHERE version = 3",
+                    "DROP INDEX activity_log_actor_idx; \
+                     ALTER TABLE activity_log DROP COLUMN actor_id; \
+                     DELETE FROM refinery_schema_history WHERE version = 4",
                 )
                 .await
-                .with_context(|| format!("undo V3 in {}", slug(i)))
+                .with_context(|| format!("undo V4 in {slug}"))
         })
         .buffer_unordered(8)
         .try_collect::<Vec<()>>()
@@ -418,7 +504,7 @@ async fn undo_latest(n: usize) -> Result<()> {
     e2e::registry()
         .await
         .execute(
-            "UPDATE tenants SET schema_version = 2 WHERE slug LIKE 'bench\\_0%'",
+            "UPDATE tenants SET schema_version = 3 WHERE slug LIKE 'bench\\_0%'",
             &[],
         )
         .await?;
@@ -462,10 +548,11 @@ async fn list(s: &Settings, table: &mut Table) -> Result<()> {
     // Registered directly (the list reads only the registry), oldest first, a second apart.
     registry
         .execute(
-            "INSERT INTO tenants (name, slug, database_name, status, schema_version, created_at) \
+            "INSERT INTO tenants (name, slug, database_name, status, schema_version, created_at, \
+               server) \
              SELECT 'List tenant ' || g, 'benchlist_' || lpad(g::text, 6, '0'), \
                     'dbtools_tenant_benchlist_' || lpad(g::text, 6, '0'), 'active', 2, \
-                    now() - make_interval(secs => $1::int - g) \
+                    now() - make_interval(secs => $1::int - g), 'primary' \
              FROM generate_series(1, $1::int) g",
             &[&(add as i32)],
         )
