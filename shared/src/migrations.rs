@@ -108,7 +108,11 @@ pub(crate) async fn bring_registry_current(
             return Ok(());
         }
     }
-    let applied = migrate_system(db).await?;
+    let applied = migrate_system(db).await.map_err(|e| match e {
+        // The registry is busy (its tables held by other sessions): retry the request.
+        DbError::LockTimeout(m) => DbError::Unavailable(m),
+        other => other,
+    })?;
     info!(
         ?applied,
         "brought the registry to this release's system migrations"
@@ -120,11 +124,9 @@ pub(crate) async fn bring_registry_current(
 /// migrations did not fail: retry later, never undo anything over it); anything else is the
 /// migrations' own failure.
 pub(crate) fn refinery_failure(e: &refinery::Error, what: &str) -> DbError {
-    if let refinery::error::Kind::Connection(_, source) = e.kind() {
-        if let Some(pg) = source.downcast_ref::<tokio_postgres::Error>() {
-            if crate::db::is_unavailable(pg) {
-                return DbError::Unavailable(format!("{what}: {}", crate::db::error_chain(pg)));
-            }
+    if let Some(pg) = crate::session::pg_error(e) {
+        if crate::db::is_unavailable(pg) {
+            return DbError::Unavailable(format!("{what}: {}", crate::db::error_chain(pg)));
         }
     }
     DbError::Other(anyhow::anyhow!("{what}: {e}"))

@@ -147,6 +147,8 @@ impl From<DbError> for CreateTenantError {
     fn from(e: DbError) -> Self {
         match e {
             DbError::Unavailable(m) => CreateTenantError::Unavailable(m),
+            // A lock wait that ran out (the server's row, held by concurrent placements): busy.
+            e if e.is_lock_timeout() => CreateTenantError::Unavailable(e.to_string()),
             other => CreateTenantError::Unexpected(anyhow::Error::new(other)),
         }
     }
@@ -768,6 +770,9 @@ async fn reconcile_row(db: &Database, sys: &Conn, slug: &Slug) -> Result<Reconci
         Some(_) => match finish_provisioning(db, sys, admin, &access).await {
             Ok(_) => ReconcileAction::RolledForward,
             Err(AccessError::Db(DbError::Unavailable(m))) => return Err(DbError::Unavailable(m)),
+            // Busy (a migration or a catalog lock that stayed taken): the database is ours and
+            // may be in use; the next attempt finishes it. Never a rollback over a busy lock.
+            Err(AccessError::Db(e)) if e.is_lock_timeout() => return Err(e),
             Err(e) => {
                 error!(error = %error_chain(&e), "could not finish a dead provisioning; rolling back");
                 match (roll_back(db, sys, admin, &access, recorded).await, e) {

@@ -152,6 +152,8 @@ impl From<DbError> for ServersError {
     fn from(e: DbError) -> Self {
         match e {
             DbError::Unavailable(m) => ServersError::Unavailable(m),
+            // A lock wait that ran out (the server's row, held by a placement): retry.
+            e if e.is_lock_timeout() => ServersError::Unavailable(e.to_string()),
             other => ServersError::Unexpected(anyhow::Error::new(other)),
         }
     }
@@ -389,6 +391,22 @@ pub async fn register_server(db: &Database, new: &NewServer) -> Result<ServerVie
             ));
         }
     }
+    // Where the identifier cannot be read (the secret's role may not run pg_control_system()),
+    // the address is what tells servers apart.
+    let same_address: Option<String> = sys
+        .query_opt(
+            "SELECT name FROM servers WHERE lower(host) = lower($1) AND port = $2",
+            &[&new.host, &i32::from(new.port)],
+        )
+        .await?
+        .map(|r| r.try_get("name"))
+        .transpose()
+        .map_err(DbError::from)?;
+    if let Some(other) = same_address {
+        return Err(ServersError::Conflict(format!(
+            "This PostgreSQL server is registered already, as '{other}'"
+        )));
+    }
     let inserted = sys
         .execute(
             "INSERT INTO servers (name, host, port, secret_arn, max_tenants, \
@@ -567,9 +585,10 @@ pub async fn update_server(
     view(&sys, name).await
 }
 
-/// Removes a server that holds no tenant (purged ones hold no database), then drops the
-/// templates this registry built there (best effort: a server being decommissioned may be
-/// gone already; they are logged and left).
+/// Removes a server that holds no tenant (purged ones hold no database). The templates this
+/// registry built there are dropped first, while the registry still records them (best effort:
+/// a server being decommissioned may be gone already; they are then logged and left, and a
+/// cluster registered again later meets them as databases it cannot prove it made).
 #[instrument(skip_all, fields(server = %name))]
 pub async fn remove_server(db: &Database, name: &ServerName) -> Result<ServerView, ServersError> {
     if name.as_str() == PRIMARY {
@@ -577,8 +596,16 @@ pub async fn remove_server(db: &Database, name: &ServerName) -> Result<ServerVie
             "Server 'primary' holds the registry and cannot be removed".into(),
         ));
     }
+    let holds_tenants = || {
+        ServersError::Conflict(format!(
+            "Server '{name}' holds tenants; drain it and purge them first"
+        ))
+    };
     let sys = db.system().await?;
     let before = view(&sys, name).await?;
+    if before.tenants.total > 0 {
+        return Err(holds_tenants());
+    }
     let templates: Vec<(String, i64)> = sys
         .query(
             "SELECT name, database_oid FROM tenant_templates WHERE server = $1",
@@ -589,31 +616,7 @@ pub async fn remove_server(db: &Database, name: &ServerName) -> Result<ServerVie
         .map(|r| Ok((r.try_get("name")?, r.try_get("database_oid")?)))
         .collect::<Result<_, tokio_postgres::Error>>()
         .map_err(DbError::from)?;
-    // One statement: the count and the delete see the same tenants. A placement holds the
-    // server's row until its tenant is committed; the delete waits for it, and the tenant,
-    // committed after the delete's snapshot, then fails the delete (its server cannot be set
-    // to null while it is not purged): a conflict either way.
-    let deleted = sys
-        .locking()
-        .execute(
-            "DELETE FROM servers s WHERE s.name = $1 AND NOT EXISTS \
-               (SELECT 1 FROM tenants t WHERE t.server = s.name AND t.status <> 'purged')",
-            &[&name.as_str()],
-        )
-        .await;
-    let holds_tenants = || {
-        ServersError::Conflict(format!(
-            "Server '{name}' holds tenants; drain it and purge them first"
-        ))
-    };
-    match deleted {
-        Ok(0) => return Err(holds_tenants()),
-        Ok(_) => {}
-        Err(e) if e.code() == Some(&SqlState::CHECK_VIOLATION) => return Err(holds_tenants()),
-        Err(e) => return Err(e.into()),
-    }
     drop(sys);
-    info!("removed a server");
     if let (Some(host), Some(port), Some(secret_id)) =
         (&before.host, before.port, &before.secret_arn)
     {
@@ -635,6 +638,26 @@ pub async fn remove_server(db: &Database, name: &ServerName) -> Result<ServerVie
             warn!(error = %error_chain(&e), "could not drop the removed server's templates; left there");
         }
     }
+    // One statement: the count and the delete see the same tenants. A placement holds the
+    // server's row until its tenant is committed; the delete waits for it, and the tenant,
+    // committed after the delete's snapshot, then fails the delete (its server cannot be set
+    // to null while it is not purged): a conflict either way.
+    let sys = db.system().await?;
+    let deleted = sys
+        .locking()
+        .execute(
+            "DELETE FROM servers s WHERE s.name = $1 AND NOT EXISTS \
+               (SELECT 1 FROM tenants t WHERE t.server = s.name AND t.status <> 'purged')",
+            &[&name.as_str()],
+        )
+        .await;
+    match deleted {
+        Ok(0) => return Err(holds_tenants()),
+        Ok(_) => {}
+        Err(e) if e.code() == Some(&SqlState::CHECK_VIOLATION) => return Err(holds_tenants()),
+        Err(e) => return Err(e.into()),
+    }
+    info!("removed a server");
     db.forget_server(name.as_str()).await;
     Ok(before)
 }

@@ -72,12 +72,19 @@ pub fn runs_outside_transaction(sql: &str) -> bool {
 /// True when refinery failed because a statement gave up waiting for a lock (SQLSTATE 55P03:
 /// `lock_timeout`, or a concurrent index build's wait for older transactions).
 pub(crate) fn is_lock_timeout(e: &refinery::Error) -> bool {
+    pg_error(e)
+        .and_then(tokio_postgres::Error::code)
+        .is_some_and(|c| *c == SqlState::LOCK_NOT_AVAILABLE)
+}
+
+/// The PostgreSQL error behind a refinery error, however deep refinery wrapped it (its reads
+/// of the history wrap their own errors twice).
+pub(crate) fn pg_error(e: &refinery::Error) -> Option<&tokio_postgres::Error> {
     match e.kind() {
         refinery::error::Kind::Connection(_, source) => source
             .downcast_ref::<tokio_postgres::Error>()
-            .and_then(tokio_postgres::Error::code)
-            .is_some_and(|c| *c == SqlState::LOCK_NOT_AVAILABLE),
-        _ => false,
+            .or_else(|| source.downcast_ref::<refinery::Error>().and_then(pg_error)),
+        _ => None,
     }
 }
 
@@ -285,8 +292,17 @@ pub(crate) fn split_statements(sql: &str) -> Vec<String> {
             }
             quote @ (b'\'' | b'"') => {
                 code = true;
+                // E'…': backslash escapes (`E'it\'s'`).
+                let escapes = quote == b'\''
+                    && i >= 1
+                    && matches!(bytes[i - 1], b'E' | b'e')
+                    && (i < 2 || !is_ident_byte(bytes[i - 2]));
                 i += 1;
                 while i < bytes.len() {
+                    if escapes && bytes[i] == b'\\' {
+                        i += 2;
+                        continue;
+                    }
                     if bytes[i] == quote {
                         if bytes.get(i + 1) == Some(&quote) {
                             i += 2;
@@ -299,12 +315,16 @@ pub(crate) fn split_statements(sql: &str) -> Vec<String> {
                 i += 1;
                 continue;
             }
-            b'$' => {
+            // `$` inside an identifier (`a$b`) or a parameter (`$1`) opens no quote.
+            b'$' if i == 0 || !is_ident_byte(bytes[i - 1]) => {
                 code = true;
                 let tag_end = sql[i + 1..]
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .find(|c: char| !(c.is_alphanumeric() || c == '_'))
                     .map(|n| i + 1 + n);
-                if let Some(end) = tag_end.filter(|&e| bytes[e] == b'$') {
+                let opens = |e: usize| {
+                    bytes[e] == b'$' && !sql[i + 1..e].starts_with(|c: char| c.is_ascii_digit())
+                };
+                if let Some(end) = tag_end.filter(|&e| opens(e)) {
                     let tag = &sql[i..=end];
                     let body = end + 1;
                     i = sql[body..]
@@ -331,6 +351,12 @@ pub(crate) fn split_statements(sql: &str) -> Vec<String> {
         statements.push(sql[start..].trim().to_owned());
     }
     statements
+}
+
+/// A byte that may continue an identifier (ASCII letters, digits, `_`, `$`; any byte of a
+/// non-ASCII character).
+fn is_ident_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
 }
 
 /// Runs `runner` on `client` under `policy`, retrying a lock timeout after a pause, until
@@ -443,6 +469,21 @@ mod tests {
             ]
         );
         assert!(split_statements("-- only\n/* comments */;\n ; ").is_empty());
+        // Backslash escapes in E'' strings; `$` in identifiers and parameters; tags of any
+        // letters.
+        assert_eq!(
+            split_statements(
+                "SELECT E'it\\'s; x', e'\\\\'; SELECT a$b$c FROM t$1; \
+                 DO $é$ BEGIN PERFORM 1; END $é$; SELECT 'plain\\'; SELECT $1"
+            ),
+            vec![
+                "SELECT E'it\\'s; x', e'\\\\'",
+                "SELECT a$b$c FROM t$1",
+                "DO $é$ BEGIN PERFORM 1; END $é$",
+                "SELECT 'plain\\'",
+                "SELECT $1",
+            ]
+        );
     }
 
     #[test]

@@ -504,6 +504,53 @@ async fn reconcile_decision_table() {
     assert!(!database_exists(invalid.database_name().as_str()).await);
     assert_eq!(row_status(&db, &invalid).await, None);
 
+    // Ours, valid, but what its migrations need is held by another session (the application
+    // may already use the database): busy, never a rollback; the next attempt rolls forward.
+    let busy = fresh.slug("rc_busy");
+    let oid = dead_provisioning(&db, &busy).await;
+    create_database(&busy, Some(oid)).await;
+    let holder = admin_to(busy.database_name().as_str()).await;
+    holder
+        .batch_execute(
+            "CREATE TABLE refinery_schema_history (version int4 PRIMARY KEY, \
+               name varchar(255), applied_on varchar(255), checksum varchar(255))",
+        )
+        .await
+        .unwrap();
+    holder
+        .batch_execute("BEGIN; LOCK TABLE refinery_schema_history IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let quick = Database::new(
+        fresh.config(&[
+            ("MIGRATE_LOCK_TIMEOUT_MS", "200"),
+            ("MIGRATE_LOCK_RETRIES", "1"),
+        ]),
+        "test-reconcile-busy",
+    )
+    .unwrap();
+    let sys = quick.system().await.unwrap();
+    let e = provision::reconcile_slug(&quick, &sys, &busy)
+        .await
+        .expect_err("busy is not a decision");
+    assert!(e.is_lock_timeout(), "{e}");
+    assert!(e.to_string().contains("2 attempts"), "{e}");
+    drop(sys);
+    assert_eq!(
+        row_status(&db, &busy).await,
+        Some(("provisioning".into(), 0))
+    );
+    assert!(
+        database_exists(busy.database_name().as_str()).await,
+        "not dropped"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(reconcile(&db, &busy).await, ReconcileAction::RolledForward);
+    assert_eq!(
+        row_status(&db, &busy).await,
+        Some(("active".into(), latest()))
+    );
+
     // A lease that has not expired yet: a live create owns it.
     let live = fresh.slug("rc_live");
     db.system()

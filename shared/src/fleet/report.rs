@@ -350,8 +350,8 @@ pub(crate) fn sanitize_db(e: &DbError) -> String {
 pub(crate) fn sanitize_refinery(e: &refinery::Error) -> String {
     use refinery::error::Kind;
     match e.kind() {
-        Kind::Connection(msg, source) => {
-            let pg = source.downcast_ref::<tokio_postgres::Error>();
+        Kind::Connection(msg, _) => {
+            let pg = crate::session::pg_error(e);
             let detail = pg
                 .map(sanitize_pg)
                 .unwrap_or_else(|| "database error".into());
