@@ -12,13 +12,14 @@ use serde_json::Value;
 
 use crate::table::{ms, Row, Stats, Table};
 
-const FUNCTIONS: [&str; 6] = [
+const FUNCTIONS: [&str; 7] = [
     "create-tenant",
     "list-tenants",
     "delete-tenant",
     "migrate-all",
     "rotate-tenant-secret",
     "servers",
+    "runs",
 ];
 const RSS_GOAL_MIB: f64 = 40.0;
 
@@ -59,6 +60,11 @@ fn first_request(function: &str, slug: &str) -> (Value, &'static str, Expect) {
         "servers" => (
             runtime::http_event("GET", "/api/servers", "", &[]),
             "GET every server",
+            Expect::Status(200),
+        ),
+        "runs" => (
+            runtime::http_event("GET", "/api/runs", "", &[]),
+            "GET the newest runs",
             Expect::Status(200),
         ),
         "rotate-tenant-secret" => (

@@ -15,16 +15,19 @@ use tracing::error;
 
 use crate::{
     body::{self, json_type},
-    db::Database,
+    db::{Database, DbError},
     domain::{NewTenant, ServerName, Slug, Tenant, TenantName, TenantStatus},
     invocation::Invocation,
+    ledger,
     lifecycle::{self, LifecycleError},
     provision::{self, CreateTenantError, IdempotencyKey},
     servers::{self, NoRoom, ServersError},
     tenants::{
-        self, Cursor, FieldError, GetTenantError, ListQuery, ListTenantsError, LIST_MAX_LIMIT,
+        self, Cursor, FieldError, GetTenantError, ListQuery, ListTenantsError, LIST_DEFAULT_LIMIT,
+        LIST_MAX_LIMIT,
     },
 };
+use uuid::Uuid;
 
 /// Largest request body accepted (bytes); larger is 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -198,6 +201,16 @@ impl From<NoRoom> for ApiError {
     }
 }
 
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Unavailable(m) => ApiError::unavailable(&m),
+            e if e.is_lock_timeout() => ApiError::unavailable(&e.to_string()),
+            other => ApiError::internal(&anyhow::Error::new(other), "Unexpected error"),
+        }
+    }
+}
+
 impl From<ServersError> for ApiError {
     fn from(e: ServersError) -> Self {
         match e {
@@ -362,14 +375,7 @@ pub(crate) fn parse_list_query<'a>(
     params: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<ListQuery, ApiError> {
     let mut q = ListQuery::default();
-    let mut details = Vec::new();
-    let mut seen = Vec::new();
-    for (key, value) in params {
-        if seen.contains(&key) {
-            details.push(FieldError::new(clip(key), "given more than once"));
-            continue;
-        }
-        seen.push(key);
+    query_fields(params, |key, value, details| {
         match key {
             "status" => match TenantStatus::parse(value) {
                 Some(s) => q.status = Some(s),
@@ -378,28 +384,68 @@ pub(crate) fn parse_list_query<'a>(
                     "must be one of provisioning, active, deleted, purged",
                 )),
             },
-            "limit" => match value.parse::<i64>() {
-                Ok(n) if (1..=LIST_MAX_LIMIT).contains(&n) => q.limit = n,
-                _ => details.push(FieldError::new(
-                    "limit",
-                    format!("must be a whole number from 1 to {LIST_MAX_LIMIT}"),
-                )),
-            },
-            "cursor" => match Cursor::decode(value) {
-                Some(c) => q.cursor = Some(c),
-                None => details.push(FieldError::new(
-                    "cursor",
-                    "is not a cursor returned by this API (use next_cursor as given)",
-                )),
-            },
-            other => details.push(FieldError::new(clip(other), "unknown query parameter")),
+            "limit" => q.limit = parse_limit(value, details).unwrap_or(q.limit),
+            "cursor" => q.cursor = parse_cursor(value, Cursor::decode, details),
+            _ => return false,
+        }
+        true
+    })?;
+    Ok(q)
+}
+
+/// Walks a query string's parameters: each may come once, and `field` takes those it knows
+/// (returning false for any other); every problem is collected, then reported at once.
+fn query_fields<'a>(
+    params: impl IntoIterator<Item = (&'a str, &'a str)>,
+    mut field: impl FnMut(&str, &str, &mut Vec<FieldError>) -> bool,
+) -> Result<(), ApiError> {
+    let mut details = Vec::new();
+    let mut seen = Vec::new();
+    for (key, value) in params {
+        if seen.contains(&key) {
+            details.push(FieldError::new(clip(key), "given more than once"));
+            continue;
+        }
+        seen.push(key);
+        if !field(key, value, &mut details) {
+            details.push(FieldError::new(clip(key), "unknown query parameter"));
         }
     }
     if details.is_empty() {
-        Ok(q)
+        Ok(())
     } else {
         Err(ApiError::validation("Invalid query parameters", details))
     }
+}
+
+/// A page size: 1 to `LIST_MAX_LIMIT`.
+fn parse_limit(value: &str, details: &mut Vec<FieldError>) -> Option<i64> {
+    match value.parse::<i64>() {
+        Ok(n) if (1..=LIST_MAX_LIMIT).contains(&n) => Some(n),
+        _ => {
+            details.push(FieldError::new(
+                "limit",
+                format!("must be a whole number from 1 to {LIST_MAX_LIMIT}"),
+            ));
+            None
+        }
+    }
+}
+
+/// A cursor this API issued (`decode` knows its kind).
+fn parse_cursor<T>(
+    value: &str,
+    decode: impl Fn(&str) -> Option<T>,
+    details: &mut Vec<FieldError>,
+) -> Option<T> {
+    let cursor = decode(value);
+    if cursor.is_none() {
+        details.push(FieldError::new(
+            "cursor",
+            "is not a cursor returned by this API (use next_cursor as given)",
+        ));
+    }
+    cursor
 }
 
 fn clip(s: &str) -> String {
@@ -693,6 +739,109 @@ pub async fn remove_server(db: &Database, name: Option<&str>, inv: &Invocation) 
 /// Bodies for requests that reach a function on a method or path it does not serve.
 pub fn route_not_found() -> ApiResponse {
     ApiError::new(ErrorCode::NotFound, "No such route").into_response()
+}
+
+// ---- runs -------------------------------------------------------------------------------------
+
+/// `GET /api/runs`: the run ledger, newest first (`limit` 1–500, default 100; `cursor`).
+pub async fn list_runs<'a>(
+    db: &Database,
+    params: impl IntoIterator<Item = (&'a str, &'a str)>,
+    inv: &Invocation,
+) -> ApiResponse {
+    let result: Result<ApiResponse, ApiError> = async {
+        let q = parse_page_query(params, false, |raw| Cursor::decode(raw).map(Page::Runs))?;
+        let cursor = match &q.cursor {
+            Some(Page::Runs(c)) => Some(c),
+            _ => None,
+        };
+        let page = retry_once(
+            db,
+            inv,
+            || ledger::list_runs(db, q.limit, cursor),
+            DbError::is_unavailable,
+        )
+        .await?;
+        Ok(ApiResponse::ok(200, page))
+    }
+    .await;
+    result.into()
+}
+
+/// `GET /api/runs/{id}`: one run and a page of its tenants (`status`, `limit`, `cursor`).
+pub async fn get_run<'a>(
+    db: &Database,
+    id: &str,
+    params: impl IntoIterator<Item = (&'a str, &'a str)>,
+    inv: &Invocation,
+) -> ApiResponse {
+    let result: Result<ApiResponse, ApiError> = async {
+        // An id that cannot be a run's cannot exist: 404, no SQL.
+        let not_found = || ApiError::new(ErrorCode::NotFound, "Run not found");
+        let id = Uuid::parse_str(id).map_err(|_| not_found())?;
+        let q = parse_page_query(params, true, |raw| {
+            ledger::decode_slug_cursor(raw).map(Page::Tenants)
+        })?;
+        let after = match &q.cursor {
+            Some(Page::Tenants(slug)) => Some(slug.as_str()),
+            _ => None,
+        };
+        let run = retry_once(
+            db,
+            inv,
+            || ledger::get_run(db, id, q.status.as_deref(), q.limit, after),
+            DbError::is_unavailable,
+        )
+        .await?
+        .ok_or_else(not_found)?;
+        Ok(ApiResponse::ok(200, run))
+    }
+    .await;
+    result.into()
+}
+
+/// Where a page starts.
+enum Page {
+    Runs(Cursor),
+    Tenants(String),
+}
+
+struct PageQuery {
+    status: Option<String>,
+    limit: i64,
+    cursor: Option<Page>,
+}
+
+/// `limit`, `cursor` and, where `with_status`, a run tenant's `status`; nothing else.
+fn parse_page_query<'a>(
+    params: impl IntoIterator<Item = (&'a str, &'a str)>,
+    with_status: bool,
+    decode: impl Fn(&str) -> Option<Page>,
+) -> Result<PageQuery, ApiError> {
+    let mut q = PageQuery {
+        status: None,
+        limit: LIST_DEFAULT_LIMIT,
+        cursor: None,
+    };
+    query_fields(params, |key, value, details| {
+        match key {
+            "status" if with_status => {
+                if ledger::TENANT_STATUSES.contains(&value) {
+                    q.status = Some(value.to_owned());
+                } else {
+                    details.push(FieldError::new(
+                        "status",
+                        format!("must be one of {}", ledger::TENANT_STATUSES.join(", ")),
+                    ));
+                }
+            }
+            "limit" => q.limit = parse_limit(value, details).unwrap_or(q.limit),
+            "cursor" => q.cursor = parse_cursor(value, &decode, details),
+            _ => return false,
+        }
+        true
+    })?;
+    Ok(q)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@
 //! | `MIGRATE_LOCK_TIMEOUT_MS` | `lock_timeout` of a migration: how long it may make the tenant's queries wait behind it (10-60000) | `2000` |
 //! | `MIGRATE_LOCK_RETRIES` | how many times a migration that timed out on a lock is retried, after growing pauses (0-10) | `3` |
 //! | `MIGRATE_STATEMENT_TIMEOUT_SECS` | `statement_timeout` of a migration's statements (a concurrent index build on a large table is one) | `MIGRATE_TENANT_TIMEOUT_SECS` |
+//! | `RUN_LEDGER_DAYS` | how long the run ledger keeps a run (1-3650) | `90` |
 //! | `TENANT_CONNECTION_LIMIT` | `CONNECTION LIMIT` of each tenant login (1-10000) | `20` |
 //! | `TENANT_SECRET_PREFIX` | tenant secrets are `{prefix}{slug}` | `dbtools/tenants/` |
 //! | `TENANT_SECRET_KMS_KEY_ID` | KMS key of the tenant secrets | unset: `aws/secretsmanager` |
@@ -100,6 +101,8 @@ pub struct Config {
     pub migrate_tenant_timeout: Duration,
     /// How a migration meets a busy database (see [`crate::session`]).
     pub migrate_session: Policy,
+    /// How long the run ledger keeps a run.
+    pub run_ledger_days: i32,
     pub tenants: TenantSettings,
 }
 
@@ -208,6 +211,7 @@ impl Config {
                 )?,
                 lock_retries: whole(&get, "MIGRATE_LOCK_RETRIES", 3, 0..=10)? as u32,
             },
+            run_ledger_days: whole(&get, "RUN_LEDGER_DAYS", 90, 1..=3650)? as i32,
             tenants: tenant_settings(&get)?,
         };
         config.check()?;

@@ -241,7 +241,10 @@ pub(crate) fn rfc3339<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S
     s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Secs, true))
 }
 
-fn rfc3339_opt<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn rfc3339_opt<S: Serializer>(
+    t: &Option<DateTime<Utc>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match t {
         Some(t) => rfc3339(t, s),
         None => s.serialize_none(),

@@ -11,6 +11,7 @@ pub mod db;
 pub mod domain;
 pub mod fleet;
 pub mod invocation;
+pub mod ledger;
 pub mod lifecycle;
 pub mod locks;
 pub(crate) mod logins;

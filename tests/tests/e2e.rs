@@ -14,5 +14,6 @@ mod e2e {
     mod migrate_all;
     mod provisioning_faults;
     mod routes;
+    mod runs;
     mod servers;
 }

@@ -91,18 +91,18 @@ fn tenant_path(req: &Request) -> Option<(&str, Option<&str>)> {
     }
 }
 
-/// The `{name}` of `/api/servers/{name}`: the path parameter, or the path's segment when the
-/// router gave none. An empty or nested segment is a name that cannot exist (a 404 later).
+/// The `{name}` of `/api/servers/{name}`: see [`path_param`].
 pub fn server_param(req: &Request) -> Option<String> {
-    if let Some(name) = req.path_parameters_ref().and_then(|p| p.first("name")) {
-        return Some(name.to_owned());
+    path_param(req, "name", "/servers/")
+}
+
+/// The path parameter `param`, or what follows `after` in the path when the router gave none.
+/// An empty or nested segment is a name that cannot exist (a 404 later).
+pub fn path_param(req: &Request, param: &str, after: &str) -> Option<String> {
+    if let Some(value) = req.path_parameters_ref().and_then(|p| p.first(param)) {
+        return Some(value.to_owned());
     }
-    let rest = req
-        .uri()
-        .path()
-        .trim_end_matches('/')
-        .split_once("/servers/")?
-        .1;
+    let rest = req.uri().path().trim_end_matches('/').split_once(after)?.1;
     Some(rest.to_owned())
 }
 

@@ -37,7 +37,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::info;
 use uuid::Uuid;
@@ -53,6 +53,7 @@ use crate::{
     db::{error_chain, Database, DbError},
     domain::Slug,
     invocation::Invocation,
+    ledger,
     locks::{self, Lock},
     migrations::{self, read_history},
     template,
@@ -65,7 +66,7 @@ const RESERVE_SHARE: u32 = 10; // a tenth
 
 /// The options of a run. Unknown fields are refused, so that a typo (`dryRun`) never runs a
 /// real migration of the fleet.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct MigrateAllRequest {
     #[serde(default)]
@@ -162,6 +163,10 @@ fn parse_slugs(list: Option<&[String]>) -> Result<Option<Vec<String>>, MigrateAl
     }
 }
 
+/// The most tenant rows the invocation's answer (and its log line) carries: failures first.
+/// The run ledger has them all (`GET /api/runs/{id}`).
+pub const MAX_ANSWER_TENANTS: usize = 1000;
+
 /// Runs migrate-all within the invocation's deadline.
 pub async fn migrate_all(
     db: &Database,
@@ -180,6 +185,7 @@ pub async fn migrate_all(
     let slugs = parse_slugs(req.slugs.as_deref())?;
     let reserve = RESERVE.min(inv.time_left() / RESERVE_SHARE);
     let plan = tenant::Plan {
+        ledger: None,
         dry_run: req.dry_run,
         verify: req.verify,
         concurrency,
@@ -205,6 +211,7 @@ pub async fn migrate_all(
         lifecycle: Vec::new(),
         counts: Counts::default(),
         tenants: Vec::new(),
+        tenants_omitted: 0,
         duration_ms: 0,
     };
     info!(%run_id, dry_run = req.dry_run, concurrency, latest_version,
@@ -241,6 +248,34 @@ pub async fn migrate_all(
         }
     };
 
+    // The run ledger (real runs only: a dry run changes nothing, the ledger included).
+    let ledger_run = match &fleet_lock {
+        Some(_) => {
+            let options = serde_json::to_value(req).unwrap_or(Value::Null);
+            let expected = migrations::ExpectedHistory::tenant();
+            let opened = ledger::open(
+                &sys,
+                run_id,
+                &options,
+                expected.fingerprint(),
+                expected.latest(),
+                config.run_ledger_days,
+            )
+            .await;
+            if let Err(e) = opened {
+                if let Some(lock) = fleet_lock {
+                    lock.release().await;
+                }
+                return Err(e.into());
+            }
+            Some(run_id)
+        }
+        None => None,
+    };
+    let plan = tenant::Plan {
+        ledger: ledger_run,
+        ..plan
+    };
     let result: Result<(), MigrateAllError> = async {
         // Each server: reachable or not, its template, its orphans.
         let mut servers = prepare::load(db, &sys).await?;
@@ -277,6 +312,9 @@ pub async fn migrate_all(
             server.handle.close_admin().await;
         }
         let tenants = tenant::list(&sys, slugs.as_deref()).await?;
+        if let Some(run) = plan.ledger {
+            ledger::plan(&sys, run, &tenant::ledger_rows(&tenants)).await?;
+        }
         tenant::run(
             db,
             &sys,
@@ -290,13 +328,25 @@ pub async fn migrate_all(
         Ok(())
     }
     .await;
+    if report.counts.not_started > 0 {
+        report.status = RunStatus::Incomplete;
+    }
+    // Closed before the fleet lock is given back: the next run never takes it for a dead one.
+    if let Some(run) = ledger_run {
+        let (status, error) = match &result {
+            Err(e) => ("failed", Some(e.error_type())),
+            Ok(()) if report.counts.failed > 0 => ("failed", report.error_type()),
+            Ok(()) if report.counts.not_started > 0 => ("incomplete", report.error_type()),
+            Ok(()) if report.failed() => ("failed", report.error_type()),
+            Ok(()) => ("completed", None),
+        };
+        ledger::close(&sys, run, status, &report.counts, error).await;
+    }
     if let Some(lock) = fleet_lock {
         lock.release().await;
     }
     result?;
-    if report.counts.not_started > 0 {
-        report.status = RunStatus::Incomplete;
-    }
+    report.cap_tenants(MAX_ANSWER_TENANTS);
     report.duration_ms = started.elapsed().as_millis() as u64;
     let c = &report.counts;
     info!(

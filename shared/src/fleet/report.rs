@@ -30,6 +30,20 @@ pub enum TenantOutcome {
     NotStarted,
 }
 
+impl TenantOutcome {
+    /// As the report and the run ledger spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantOutcome::Migrated => "migrated",
+            TenantOutcome::UpToDate => "up_to_date",
+            TenantOutcome::Pending => "pending",
+            TenantOutcome::Failed => "failed",
+            TenantOutcome::Skipped => "skipped",
+            TenantOutcome::NotStarted => "not_started",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct TenantReport {
     pub slug: String,
@@ -176,11 +190,26 @@ pub struct MigrateAllReport {
     /// Purges, logins disabled, credentials made (see `fleet::upkeep`).
     pub lifecycle: Vec<Upkept>,
     pub counts: Counts,
+    /// At most `MAX_ANSWER_TENANTS`, failures first (the run ledger has every one).
     pub tenants: Vec<TenantReport>,
+    /// Tenants of the run left out of `tenants` (0: none).
+    pub tenants_omitted: usize,
     pub duration_ms: u64,
 }
 
 impl MigrateAllReport {
+    /// Keeps at most `max` tenant rows, failures first, then the rest in run order.
+    pub fn cap_tenants(&mut self, max: usize) {
+        if self.tenants.len() <= max {
+            return;
+        }
+        let total = self.tenants.len();
+        self.tenants
+            .sort_by_key(|t| t.status != TenantOutcome::Failed);
+        self.tenants.truncate(max);
+        self.tenants_omitted = total - max;
+    }
+
     /// True when the invocation should fail: a tenant failed, a tenant was not started, a
     /// dead provisioning could not be reconciled, or the template could not be built.
     pub fn failed(&self) -> bool {
@@ -310,7 +339,7 @@ impl MigrateAllReport {
             "{unreachable}{template}{reconcile}{upkeep}{not_started}{} of {} tenants failed to migrate; migrated {}, \
              up to date {}, skipped {}; run {}. Failed: {}",
             c.failed,
-            self.tenants.len(),
+            self.tenants.len() + self.tenants_omitted,
             c.migrated,
             c.up_to_date,
             c.skipped,
@@ -396,8 +425,29 @@ mod tests {
             lifecycle: Vec::new(),
             counts,
             tenants: Vec::new(),
+            tenants_omitted: 0,
             duration_ms: 0,
         }
+    }
+
+    #[test]
+    fn the_answer_keeps_failures_first_and_counts_what_it_leaves_out() {
+        let mut r = report(Counts::default());
+        for i in 0..10 {
+            let status = if i % 4 == 3 {
+                TenantOutcome::Failed
+            } else {
+                TenantOutcome::Migrated
+            };
+            r.tenants.push(TenantReport::new(&format!("t{i}"), status));
+        }
+        r.cap_tenants(20);
+        assert_eq!((r.tenants.len(), r.tenants_omitted), (10, 0));
+        r.cap_tenants(4);
+        let kept: Vec<&str> = r.tenants.iter().map(|t| t.slug.as_str()).collect();
+        // The two failures, then the others in run order.
+        assert_eq!(kept, ["t3", "t7", "t0", "t1"]);
+        assert_eq!(r.tenants_omitted, 6);
     }
 
     #[test]

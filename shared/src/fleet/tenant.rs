@@ -38,6 +38,8 @@ pub(super) struct TenantRow {
 
 /// How the run treats each tenant.
 pub(super) struct Plan {
+    /// The run's id in the run ledger, where each outcome is written (real runs).
+    pub ledger: Option<uuid::Uuid>,
     pub dry_run: bool,
     pub verify: bool,
     pub concurrency: usize,
@@ -92,6 +94,14 @@ pub(super) async fn list(sys: &Conn, slugs: Option<&[String]>) -> Result<Vec<Ten
         })
         .collect::<Result<_, tokio_postgres::Error>>()
         .map_err(DbError::from)
+}
+
+/// The run's tenants as the run ledger plans them: slug and server.
+pub(super) fn ledger_rows(tenants: &[TenantRow]) -> Vec<(String, Option<String>)> {
+    tenants
+        .iter()
+        .map(|t| (t.slug.clone(), t.server.clone()))
+        .collect()
 }
 
 /// Migrates (or, in a dry run, inspects) every listed tenant and fills the report's tenants
@@ -185,6 +195,11 @@ pub(super) async fn run(
         .map(|(i, t)| (t.slug.as_str(), i))
         .collect();
     results.sort_by_key(|r| order.get(r.slug.as_str()).copied().unwrap_or(usize::MAX));
+    // Those decided without work (vouched for, server down, not started, not active), and any
+    // write that failed on the way: in one statement.
+    if let Some(run) = plan.ledger {
+        crate::ledger::record_all(sys, run, &results).await;
+    }
     for r in &results {
         report.counts.add(r.status);
         if let Some(s) = report
@@ -286,7 +301,11 @@ async fn migrate_tenant(
     if let Some(lock) = lock {
         lock.release().await;
     }
-    finish(report, started)
+    let report = finish(report, started);
+    if let Some(run) = plan.ledger {
+        crate::ledger::record(sys, run, &report).await;
+    }
+    report
 }
 
 /// Resolves once the system connection is unusable (polled).

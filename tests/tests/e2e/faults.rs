@@ -503,12 +503,46 @@ async fn a_killed_migrate_all_is_rerun_cleanly() {
     child.kill().await.expect("SIGKILL migrate-all");
     drop(lock);
     assert!(api.response.lock().await.is_none());
+    // The ledger kept what the killed run did, tenant by tenant, as it happened.
+    let killed = get("/api/runs?limit=1").await.body["runs"][0].clone();
+    assert_eq!(killed["status"], "running", "{killed}");
+    let id = killed["id"].as_str().unwrap().to_owned();
+    let done = get(&format!("/api/runs/{id}?status=migrated")).await;
+    assert_eq!(
+        done.body["tenants"].as_array().unwrap().len(),
+        9,
+        "{}",
+        done.text
+    );
+    let waiting = get(&format!("/api/runs/{id}?status=pending")).await;
+    assert_eq!(
+        waiting.body["tenants"][0]["slug"],
+        slugs[9].as_str(),
+        "{}",
+        waiting.text
+    );
     // Its fleet lock died with it: a new run proceeds and finishes the job.
     let (status, report) = invoke_migrate_all(&json!({"slugs": slugs})).await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["status"], "completed");
     assert_eq!(report["counts"]["migrated"], 1, "{report}");
     assert_invariants(&slugs).await;
+    // ... and marked the killed run for what it was.
+    let r = get(&format!("/api/runs/{id}")).await;
+    assert_eq!(r.body["status"], "failed", "{}", r.text);
+    assert!(
+        r.body["error"].as_str().unwrap().contains("interrupted"),
+        "{}",
+        r.text
+    );
+    let last = r.body["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["slug"] == slugs[9].as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(last["status"], "not_started", "{last}");
 }
 
 /// Freezes PostgreSQL (SIGSTOP of the postmaster and every backend) until dropped, even when
