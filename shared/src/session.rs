@@ -191,28 +191,10 @@ pub(crate) fn concurrent_index_names(sql: &str) -> Vec<String> {
 fn without_leading_comments(mut s: &str) -> &str {
     loop {
         s = s.trim_start();
-        if let Some(rest) = s.strip_prefix("--") {
-            s = rest.find('\n').map_or("", |n| &rest[n + 1..]);
+        if s.starts_with("--") {
+            s = &s[line_comment_end(s, 0)..];
         } else if s.starts_with("/*") {
-            // The splitter keeps block comments whole; skip to the end of the outermost.
-            let mut depth = 0;
-            let bytes = s.as_bytes();
-            let mut i = 0;
-            while i < bytes.len() {
-                if bytes[i..].starts_with(b"/*") {
-                    depth += 1;
-                    i += 2;
-                } else if bytes[i..].starts_with(b"*/") {
-                    depth -= 1;
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-            s = &s[i.min(s.len())..];
+            s = &s[block_comment_end(s.as_bytes(), 0)..];
         } else {
             return s;
         }
@@ -268,26 +250,11 @@ pub(crate) fn split_statements(sql: &str) -> Vec<String> {
     while i < bytes.len() {
         match bytes[i] {
             b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                i = sql[i..].find('\n').map_or(bytes.len(), |n| i + n + 1);
+                i = line_comment_end(sql, i);
                 continue;
             }
             b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                // Block comments nest in PostgreSQL.
-                let mut depth = 0;
-                while i < bytes.len() {
-                    if bytes[i] == b'/' && bytes.get(i + 1) == Some(&b'*') {
-                        depth += 1;
-                        i += 2;
-                    } else if bytes[i] == b'*' && bytes.get(i + 1) == Some(&b'/') {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
+                i = block_comment_end(bytes, i);
                 continue;
             }
             quote @ (b'\'' | b'"') => {
@@ -351,6 +318,33 @@ pub(crate) fn split_statements(sql: &str) -> Vec<String> {
         statements.push(sql[start..].trim().to_owned());
     }
     statements
+}
+
+/// Where the `--` comment starting at `start` ends: after its line's newline, or at the end.
+fn line_comment_end(sql: &str, start: usize) -> usize {
+    sql[start..].find('\n').map_or(sql.len(), |n| start + n + 1)
+}
+
+/// Where the `/* */` comment starting at `start` ends (comments nest in PostgreSQL): after
+/// its outermost `*/`, or at the end.
+fn block_comment_end(bytes: &[u8], start: usize) -> usize {
+    let mut depth = 0;
+    let mut i = start;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(b"/*") {
+            depth += 1;
+            i += 2;
+        } else if bytes[i..].starts_with(b"*/") {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                return i;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    bytes.len()
 }
 
 /// A byte that may continue an identifier (ASCII letters, digits, `_`, `$`; any byte of a
