@@ -65,7 +65,7 @@ pub async fn measure(table: &mut Table) -> Result<()> {
     }
     try_join_all(slugs.iter().map(|slug| fill(slug, rows))).await?;
     for slug in &slugs {
-        undo_v4(slug).await?;
+        e2e::undo_v4(slug).await;
     }
 
     let phase = Arc::new(AtomicU8::new(BEFORE));
@@ -110,7 +110,7 @@ pub async fn measure(table: &mut Table) -> Result<()> {
 
     phase.store(IDLE, Ordering::SeqCst);
     for slug in &slugs {
-        undo_v4(slug).await?;
+        e2e::undo_v4(slug).await;
     }
     // After the product's run, its reports have ended: start them again for this one.
     tokio::time::sleep(REPORT_FOR).await;
@@ -195,27 +195,6 @@ async fn fill(slug: &str, rows: usize) -> Result<()> {
     e2e::connect_tenant(slug)
         .await
         .batch_execute("ANALYZE activity_log")
-        .await?;
-    Ok(())
-}
-
-/// Puts a tenant back before V4 (its column, index and history row gone; the registry at 3).
-async fn undo_v4(slug: &str) -> Result<()> {
-    e2e::connect_tenant(slug)
-        .await
-        .batch_execute(
-            "DROP INDEX IF EXISTS activity_log_actor_idx; \
-             ALTER TABLE activity_log DROP COLUMN IF EXISTS actor_id; \
-             DELETE FROM refinery_schema_history WHERE version >= 4",
-        )
-        .await
-        .with_context(|| format!("undo V4 in {slug}"))?;
-    e2e::registry()
-        .await
-        .execute(
-            "UPDATE tenants SET schema_version = 3 WHERE slug = $1",
-            &[&slug],
-        )
         .await?;
     Ok(())
 }

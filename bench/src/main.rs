@@ -490,27 +490,10 @@ async fn migrate_all(event: &Value, expect: usize, outcome: &str) -> Result<(Dur
 /// the latest migration's objects and history row removed, the registry at the version below.
 async fn undo_latest(placed: &[(String, String)]) -> Result<()> {
     stream::iter(placed)
-        .map(|(slug, server)| async move {
-            e2e::connect_on(server, &database_name(slug))
-                .await
-                .batch_execute(
-                    "DROP INDEX activity_log_actor_idx; \
-                     ALTER TABLE activity_log DROP COLUMN actor_id; \
-                     DELETE FROM refinery_schema_history WHERE version = 4",
-                )
-                .await
-                .with_context(|| format!("undo V4 in {slug}"))
-        })
+        .map(|(slug, _)| e2e::undo_v4(slug))
         .buffer_unordered(8)
-        .try_collect::<Vec<()>>()
-        .await?;
-    e2e::registry()
-        .await
-        .execute(
-            "UPDATE tenants SET schema_version = 3 WHERE slug LIKE 'bench\\_0%'",
-            &[],
-        )
-        .await?;
+        .collect::<Vec<()>>()
+        .await;
     Ok(())
 }
 

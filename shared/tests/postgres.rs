@@ -75,16 +75,7 @@ fn fresh_oid() -> i64 {
 
 /// The system migrations of this release (the files in `migrations_system/`), in order.
 fn system_versions() -> Vec<i64> {
-    let dir = format!("{}/../migrations_system", env!("CARGO_MANIFEST_DIR"));
-    let mut versions: Vec<i64> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|f| {
-            let name = f.ok()?.file_name().into_string().ok()?;
-            name.strip_prefix('V')?.split("__").next()?.parse().ok()
-        })
-        .collect();
-    versions.sort_unstable();
-    versions
+    e2e::migration_versions("migrations_system")
 }
 
 /// The latest tenant migration, as the registry records it.

@@ -697,8 +697,13 @@ pub fn report_row<'a>(report: &'a Value, slug: &str) -> Option<&'a Value> {
 
 /// The tenant migrations of this release (the files in `migrations_tenant/`), in order.
 pub fn all_versions() -> Vec<i32> {
-    let dir = format!("{}/../migrations_tenant", env!("CARGO_MANIFEST_DIR"));
-    let mut versions: Vec<i32> = std::fs::read_dir(&dir)
+    migration_versions("migrations_tenant")
+}
+
+/// The versions of the migration files in a folder of the repository, in order.
+pub fn migration_versions<V: std::str::FromStr + Ord>(folder: &str) -> Vec<V> {
+    let dir = format!("{}/../{folder}", env!("CARGO_MANIFEST_DIR"));
+    let mut versions: Vec<V> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{dir}: {e}"))
         .filter_map(|f| {
             let name = f.ok()?.file_name().into_string().ok()?;
@@ -738,6 +743,28 @@ pub async fn undo_to_v1(slug: &str) {
         )
         .await
         .expect("registry at V1");
+}
+
+/// Puts a tenant back before V4, as a release that adds it finds it: V4's column, its
+/// concurrently built index and its history row gone, the registry at version 3.
+pub async fn undo_v4(slug: &str) {
+    connect_tenant(slug)
+        .await
+        .batch_execute(
+            "DROP INDEX IF EXISTS activity_log_actor_idx; \
+             ALTER TABLE activity_log DROP COLUMN IF EXISTS actor_id; \
+             DELETE FROM refinery_schema_history WHERE version >= 4",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("undo V4 in {slug}: {e}"));
+    registry()
+        .await
+        .execute(
+            "UPDATE tenants SET schema_version = 3 WHERE slug = $1",
+            &[&slug],
+        )
+        .await
+        .expect("registry at V3");
 }
 
 /// Versions recorded in a tenant's history, in order, duplicates included.

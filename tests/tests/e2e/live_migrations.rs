@@ -11,27 +11,6 @@ use tokio_postgres::Client;
 /// The index V4 builds concurrently.
 const INDEX: &str = "activity_log_actor_idx";
 
-/// Puts a tenant back before V4, as a release that adds it finds it: the column, the index
-/// and the history row gone, the registry at version 3.
-async fn undo_v4(slug: &str) {
-    connect_tenant(slug)
-        .await
-        .batch_execute(&format!(
-            "DROP INDEX IF EXISTS {INDEX}; ALTER TABLE activity_log DROP COLUMN IF EXISTS actor_id; \
-             DELETE FROM refinery_schema_history WHERE version >= 4"
-        ))
-        .await
-        .expect("undo V4");
-    registry()
-        .await
-        .execute(
-            "UPDATE tenants SET schema_version = 3 WHERE slug = $1",
-            &[&slug],
-        )
-        .await
-        .expect("registry at V3");
-}
-
 /// `Some(valid)` when the tenant has V4's index.
 async fn index_state(slug: &str) -> Option<bool> {
     connect_tenant(slug)
