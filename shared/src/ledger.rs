@@ -95,17 +95,18 @@ pub(crate) async fn plan(
     Ok(())
 }
 
-/// Records one tenant's outcome as soon as it is known (logged, not fatal, when it cannot be
-/// written).
-pub(crate) async fn record(sys: &Conn, run_id: Uuid, t: &TenantReport) {
-    record_all(sys, run_id, std::slice::from_ref(t)).await;
+/// Records one tenant's outcome as soon as it is known. False (logged, not fatal) when it
+/// could not be written.
+pub(crate) async fn record(sys: &Conn, run_id: Uuid, t: &TenantReport) -> bool {
+    record_all(sys, run_id, std::slice::from_ref(t)).await
 }
 
 /// Records the outcomes of tenants, in one statement (a tenant the run did not plan, such as
-/// a named slug that is not active, gets its row here).
-pub(crate) async fn record_all(sys: &Conn, run_id: Uuid, tenants: &[TenantReport]) {
+/// a named slug that is not active, gets its row here). False (logged, not fatal) when they
+/// could not be written.
+pub(crate) async fn record_all(sys: &Conn, run_id: Uuid, tenants: &[TenantReport]) -> bool {
     if tenants.is_empty() {
-        return;
+        return true;
     }
     let slugs: Vec<&str> = tenants.iter().map(|t| t.slug.as_str()).collect();
     let servers: Vec<Option<&str>> = tenants.iter().map(|t| t.server.as_deref()).collect();
@@ -135,7 +136,9 @@ pub(crate) async fn record_all(sys: &Conn, run_id: Uuid, tenants: &[TenantReport
         .await
     {
         warn!(%run_id, tenants = tenants.len(), error = %e, "could not record outcomes in the run ledger");
+        return false;
     }
+    true
 }
 
 /// Closes the run with its status and counts.

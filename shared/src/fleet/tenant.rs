@@ -153,6 +153,13 @@ pub(super) async fn run(
             Some(_) => {}
         }
     }
+    // Decided without work (vouched for, server down or unknown): recorded now, at once.
+    let mut unrecorded = Vec::new();
+    if let Some(run) = plan.ledger {
+        if !crate::ledger::record_all(sys, run, &results).await {
+            unrecorded.extend(results.iter().cloned());
+        }
+    }
     let fleet = Semaphore::new(plan.concurrency);
     let per_server = servers.iter().filter(|s| s.down.is_none()).map(|server| {
         let mine: Vec<&TenantRow> = tenants
@@ -165,18 +172,30 @@ pub(super) async fn run(
                 .map(|t| async move {
                     // Closed never: the semaphore lives as long as the run.
                     let _permit = fleet.acquire().await.ok();
-                    migrate_tenant(db, sys, server, t, plan, expected).await
+                    let report = migrate_tenant(db, sys, server, t, plan, expected).await;
+                    // Each outcome as soon as it is known: a run cut short keeps it.
+                    let recorded = match plan.ledger {
+                        Some(run) => crate::ledger::record(sys, run, &report).await,
+                        None => true,
+                    };
+                    (report, recorded)
                 })
                 .buffer_unordered(server.budget)
-                .collect::<Vec<TenantReport>>()
+                .collect::<Vec<(TenantReport, bool)>>()
                 .await
         }
     });
     for checked in join_all(per_server).await {
-        results.extend(checked);
+        for (report, recorded) in checked {
+            if !recorded {
+                unrecorded.push(report.clone());
+            }
+            results.push(report);
+        }
     }
 
     // Named slugs that are not active tenants are reported, not silently dropped.
+    let named_only = results.len();
     if let Some(slugs) = slugs {
         for slug in slugs {
             if !tenants.iter().any(|t| &t.slug == slug) && !results.iter().any(|r| &r.slug == slug)
@@ -188,6 +207,11 @@ pub(super) async fn run(
             }
         }
     }
+    // Those, and any write that failed on the way (once more): in one statement.
+    if let Some(run) = plan.ledger {
+        unrecorded.extend(results[named_only..].iter().cloned());
+        crate::ledger::record_all(sys, run, &unrecorded).await;
+    }
     // Report in registry order (oldest first), whatever order they finished in.
     let order: BTreeMap<&str, usize> = tenants
         .iter()
@@ -195,11 +219,6 @@ pub(super) async fn run(
         .map(|(i, t)| (t.slug.as_str(), i))
         .collect();
     results.sort_by_key(|r| order.get(r.slug.as_str()).copied().unwrap_or(usize::MAX));
-    // Those decided without work (vouched for, server down, not started, not active), and any
-    // write that failed on the way: in one statement.
-    if let Some(run) = plan.ledger {
-        crate::ledger::record_all(sys, run, &results).await;
-    }
     for r in &results {
         report.counts.add(r.status);
         if let Some(s) = report
@@ -301,11 +320,7 @@ async fn migrate_tenant(
     if let Some(lock) = lock {
         lock.release().await;
     }
-    let report = finish(report, started);
-    if let Some(run) = plan.ledger {
-        crate::ledger::record(sys, run, &report).await;
-    }
-    report
+    finish(report, started)
 }
 
 /// Resolves once the system connection is unusable (polled).
