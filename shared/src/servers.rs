@@ -385,7 +385,8 @@ pub async fn register_server(db: &Database, new: &NewServer) -> Result<ServerVie
     let identifier = verify(db, new).await?;
     let sys = db.system().await?;
     if let Some(id) = identifier {
-        if registry_identifier(&sys).await? == Some(id) {
+        // The registry's own cluster, read through the registry's connection.
+        if system_identifier(&sys).await? == Some(id) {
             return Err(ServersError::Conflict(
                 "This PostgreSQL server holds the registry: it is registered as 'primary'".into(),
             ));
@@ -458,11 +459,6 @@ async fn system_identifier(conn: &Conn) -> Result<Option<i64>, DbError> {
         Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => Ok(None),
         Err(e) => Err(e),
     }
-}
-
-/// The system identifier of the server that holds the registry.
-async fn registry_identifier(sys: &Conn) -> Result<Option<i64>, DbError> {
-    system_identifier(sys).await
 }
 
 /// Connects to the server with its secret and checks what the product needs there. Returns
@@ -616,27 +612,19 @@ pub async fn remove_server(db: &Database, name: &ServerName) -> Result<ServerVie
         .map(|r| Ok((r.try_get("name")?, r.try_get("database_oid")?)))
         .collect::<Result<_, tokio_postgres::Error>>()
         .map_err(DbError::from)?;
+    let server = db.server(&sys, name.as_str()).await;
     drop(sys);
-    if let (Some(host), Some(port), Some(secret_id)) =
-        (&before.host, before.port, &before.secret_arn)
-    {
-        let source = ServerSource {
-            secret_id: secret_id.clone(),
-            host: host.clone(),
-            port: u16::try_from(port).unwrap_or_default(),
-        };
-        let server = db.server_at(name.as_str(), Some(source)).await;
-        let dropped = async {
-            let admin = server.admin(db).await?;
-            for (template, oid) in &templates {
-                ownership::drop_if_ours(&admin, template, Some(*oid)).await?;
-            }
-            Ok::<_, DbError>(())
+    let dropped = async {
+        let server = server?;
+        let admin = server.admin(db).await?;
+        for (template, oid) in &templates {
+            ownership::drop_if_ours(&admin, template, Some(*oid)).await?;
         }
-        .await;
-        if let Err(e) = dropped {
-            warn!(error = %error_chain(&e), "could not drop the removed server's templates; left there");
-        }
+        Ok::<_, DbError>(())
+    }
+    .await;
+    if let Err(e) = dropped {
+        warn!(error = %error_chain(&e), "could not drop the removed server's templates; left there");
     }
     // One statement: the count and the delete see the same tenants. A placement holds the
     // server's row until its tenant is committed; the delete waits for it, and the tenant,
