@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The local stack: two PostgreSQL clusters owned by the project (.local/pg, which holds the
 # registry and is the server `primary`; .local/pg2, registered as the server `secondary`), a
-# local Secrets Manager (moto) holding their admin secrets, and `cargo lambda watch` serving
-# the functions on the same paths as API Gateway.
+# local Secrets Manager (moto) holding their admin secrets, moto's SQS with the migrate queue
+# and its dead-letter queue, `cargo lambda watch` serving the functions on the same paths as
+# API Gateway, and a local queue trigger (scripts/queue_trigger.py) that delivers the migrate
+# queue to migrate-tenant as Lambda's event source mapping does.
 #
 #   scripts/stack.sh dev            start everything, stay in the foreground until Ctrl-C or
 #                                   SIGTERM, then stop everything this script started
@@ -13,7 +15,8 @@
 #   scripts/stack.sh wipe           stop this stack and delete its cluster (logs stay)
 #
 # Variables (all optional): PG_PORT (5433), PG2_PORT (5435), SM_PORT (5000), LAMBDA_PORT
-# (9000), LAMBDA_CONCURRENCY (8), RELEASE (empty: debug builds; 1: release builds), PG_BIN
+# (9000), LAMBDA_CONCURRENCY (8), QUEUE_MAX_CONCURRENCY (6: migrate-tenant invocations at
+# once), RELEASE (empty: debug builds; 1: release builds), PG_BIN
 # (directory of initdb/pg_ctl; found under /usr/lib/postgresql otherwise), STACK_DIR (.local:
 # where the clusters, logs and pid files live; `make bench` runs a second stack in
 # .local/bench).
@@ -29,7 +32,12 @@ PG2_PORT=${PG2_PORT:-5435}
 SM_PORT=${SM_PORT:-5000}
 LAMBDA_PORT=${LAMBDA_PORT:-9000}
 LAMBDA_CONCURRENCY=${LAMBDA_CONCURRENCY:-8}
+# The local event source mapping of the migrate queue: invocations of migrate-tenant at once.
+QUEUE_MAX_CONCURRENCY=${QUEUE_MAX_CONCURRENCY:-6}
+MIGRATE_QUEUE=dbtools-migrate
+MIGRATE_DLQ=dbtools-migrate-dlq
 RELEASE=${RELEASE:-}
+QUEUE_URL=
 PG_USER=postgres
 PG_PASSWORD=postgres
 SECRET_ID=dbtools/admin
@@ -200,6 +208,14 @@ start_secrets_manager() {
   fi
   put_secret
   put_pg2_secret
+  create_queues
+}
+
+# The migrate queue and its dead-letter queue in moto (as the SAM template makes them; a
+# shorter visibility timeout, for local retries).
+create_queues() {
+  QUEUE_URL=$(AWS_ENDPOINT_URL_SQS="$(sm_url)" "$VENV/bin/python" "$ROOT/scripts/queue_trigger.py" \
+    create "$MIGRATE_QUEUE" "$MIGRATE_DLQ" 5 60) || die "could not create the local SQS queues"
 }
 
 put_secret() {
@@ -237,6 +253,8 @@ AWS_REGION=us-east-1
 AWS_ACCESS_KEY_ID=local
 AWS_SECRET_ACCESS_KEY=local
 AWS_ENDPOINT_URL_SECRETS_MANAGER=$(sm_url)
+AWS_ENDPOINT_URL_SQS=$(sm_url)
+MIGRATE_QUEUE_URL=$QUEUE_URL
 DB_SECRET_ID=$SECRET_ID
 DB_SSLMODE=disable
 SYSTEM_DB_NAME=$SYSTEM_DB_NAME
@@ -284,6 +302,18 @@ start_watch() {
 
 # Registers the secondary cluster as the server `secondary` (a 409 means it is registered
 # already). Its capacity equals primary's, so that placement alternates between the two.
+trigger_up() { [ -f "$RUN/trigger.pid" ] && kill -0 "$(cat "$RUN/trigger.pid")" 2>/dev/null; }
+
+# The local SQS event source mapping (scripts/queue_trigger.py): migrate queue -> migrate-tenant.
+start_trigger() {
+  if trigger_up; then return; fi
+  log "starting the local queue trigger (at most $QUEUE_MAX_CONCURRENCY migrate-tenant at once)"
+  AWS_ENDPOINT_URL_SQS="$(sm_url)" setsid "$VENV/bin/python" -u "$ROOT/scripts/queue_trigger.py" \
+    run "$QUEUE_URL" migrate-tenant "$(api_url)" "$QUEUE_MAX_CONCURRENCY" >>"$LOCAL/trigger.log" 2>&1 &
+  echo $! >"$RUN/trigger.pid"
+  STARTED+=(trigger)
+}
+
 register_secondary() {
   local out code
   out=$(mktemp)
@@ -332,6 +362,7 @@ stop_started() {
   for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
     case "${STARTED[$i]}" in
       watch) log "stopping cargo lambda watch"; stop_pidfile watch ;;
+      trigger) log "stopping the local queue trigger"; stop_pidfile trigger ;;
       moto) log "stopping the local Secrets Manager"; stop_pidfile moto ;;
       pg|pg2) stop_postgres "${STARTED[$i]}" ;;
     esac
@@ -348,6 +379,7 @@ up() {
   start_secrets_manager
   write_env
   start_watch "$@"
+  start_trigger
   register_secondary
   invoke_migrate_all
 }
@@ -371,7 +403,8 @@ case "$cmd" in
     log "  PostgreSQL      postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/postgres (primary; registry: $SYSTEM_DB_NAME)"
     log "                  postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG2_PORT/postgres (secondary)"
     log "  Secrets Manager $(sm_url) (secret $SECRET_ID)"
-    log "  logs            .local/watch.log, .local/pg/server.log, .local/pg2/server.log, .local/moto.log"
+    log "  queue           $QUEUE_URL -> migrate-tenant (local trigger, at most $QUEUE_MAX_CONCURRENCY at once)"
+    log "  logs            .local/watch.log, .local/trigger.log, .local/pg/server.log, .local/pg2/server.log, .local/moto.log"
     log "Ctrl-C stops everything."
     tail -n +1 -f "$LOCAL/watch.log" &
     TAIL_PID=$!
@@ -390,7 +423,9 @@ case "$cmd" in
       [ "$running" = "$(build_mode)" ] \
         || die "the stack on $(api_url) serves $running builds, $(build_mode) wanted: stop it first (or set RELEASE to match)"
       log "reusing the running stack on $(api_url)"
+      QUEUE_URL=$(sed -n 's/^MIGRATE_QUEUE_URL=//p' "$LOCAL/functions.env")
       build_functions
+      start_trigger
       register_secondary
     else
       up --ignore-changes
@@ -437,6 +472,7 @@ case "$cmd" in
   wipe)
     # Stop whatever this stack runs and delete its cluster (the bench's throwaway one).
     ensure_postgres >/dev/null
+    stop_pidfile trigger
     stop_pidfile watch
     stop_pidfile moto
     for cluster in pg pg2; do

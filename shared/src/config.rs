@@ -21,6 +21,9 @@
 //! | `MIGRATE_LOCK_RETRIES` | how many times a migration that timed out on a lock is retried, after growing pauses (0-10) | `3` |
 //! | `MIGRATE_STATEMENT_TIMEOUT_SECS` | `statement_timeout` of a migration's statements (a concurrent index build on a large table is one) | `MIGRATE_TENANT_TIMEOUT_SECS` |
 //! | `RUN_LEDGER_DAYS` | how long the run ledger keeps a run (1-3650) | `90` |
+//! | `MIGRATE_QUEUE_URL` | the SQS queue migrate-all fans tenants out on (the `migrate-tenant` function consumes it) | unset: every run inline |
+//! | `MIGRATE_INLINE_MAX_TENANTS` | a run with at most this many tenants to open runs inline, in the migrate-all invocation, even with a queue (0-100000) | `50` |
+//! | `RUN_STALL_SECS` | a queued run with no progress for this long is stalled: the next migrate-all closes it (`failed`) instead of answering `already_running` | `900` |
 //! | `TENANT_CONNECTION_LIMIT` | `CONNECTION LIMIT` of each tenant login (1-10000) | `20` |
 //! | `TENANT_SECRET_PREFIX` | tenant secrets are `{prefix}{slug}` | `dbtools/tenants/` |
 //! | `TENANT_SECRET_KMS_KEY_ID` | KMS key of the tenant secrets | unset: `aws/secretsmanager` |
@@ -42,7 +45,9 @@
 //!   lease, so a lease shorter than the function's timeout shortens creates; it never lets a
 //!   live create be taken for dead);
 //! - `MIGRATE_STATEMENT_TIMEOUT_SECS` exceeds the migration lock timeout and is at most
-//!   `MIGRATE_TENANT_TIMEOUT_SECS`.
+//!   `MIGRATE_TENANT_TIMEOUT_SECS`;
+//! - `RUN_STALL_SECS` exceeds `MIGRATE_TENANT_TIMEOUT_SECS`: one tenant's migration, however
+//!   long, never makes its run look stalled.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -103,6 +108,12 @@ pub struct Config {
     pub migrate_session: Policy,
     /// How long the run ledger keeps a run.
     pub run_ledger_days: i32,
+    /// The queue of the fan-out (`None`: every run is inline).
+    pub migrate_queue_url: Option<String>,
+    /// Runs with at most this many tenants to open stay inline.
+    pub migrate_inline_max_tenants: usize,
+    /// A queued run without progress for this long is stalled.
+    pub run_stall: Duration,
     pub tenants: TenantSettings,
 }
 
@@ -212,6 +223,10 @@ impl Config {
                 lock_retries: whole(&get, "MIGRATE_LOCK_RETRIES", 3, 0..=10)? as u32,
             },
             run_ledger_days: whole(&get, "RUN_LEDGER_DAYS", 90, 1..=3650)? as i32,
+            migrate_queue_url: get("MIGRATE_QUEUE_URL"),
+            migrate_inline_max_tenants: whole(&get, "MIGRATE_INLINE_MAX_TENANTS", 50, 0..=100_000)?
+                as usize,
+            run_stall: secs(&get, "RUN_STALL_SECS", 900)?,
             tenants: tenant_settings(&get)?,
         };
         config.check()?;
@@ -232,6 +247,7 @@ impl Config {
                 "MIGRATE_STATEMENT_TIMEOUT_SECS",
                 self.migrate_session.statement_timeout,
             ),
+            ("RUN_STALL_SECS", self.run_stall),
         ] {
             if value.is_zero() {
                 return invalid(
@@ -281,6 +297,17 @@ impl Config {
                     "({}) must be at most MIGRATE_TENANT_TIMEOUT_SECS ({}): a statement cannot \
                      outlast its tenant's time",
                     migration.statement_timeout.as_secs(),
+                    self.migrate_tenant_timeout.as_secs()
+                ),
+            );
+        }
+        if self.run_stall <= self.migrate_tenant_timeout {
+            return invalid(
+                "RUN_STALL_SECS",
+                format!(
+                    "({}) must exceed MIGRATE_TENANT_TIMEOUT_SECS ({}): a run busy with one long \
+                     tenant is not stalled",
+                    self.run_stall.as_secs(),
                     self.migrate_tenant_timeout.as_secs()
                 ),
             );
@@ -457,6 +484,9 @@ mod tests {
             ("MIGRATE_STATEMENT_TIMEOUT_SECS", "0"),
             // Longer than a tenant's whole time.
             ("MIGRATE_STATEMENT_TIMEOUT_SECS", "301"),
+            // One long tenant would make a run look stalled.
+            ("RUN_STALL_SECS", "300"),
+            ("MIGRATE_INLINE_MAX_TENANTS", "100001"),
         ] {
             let e = config(&[("DB_SECRET_ID", "x"), (var, value)]).unwrap_err();
             assert!(e.to_string().contains(var), "{var}={value}: {e}");

@@ -17,81 +17,232 @@
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use std::time::Duration;
+
 use serde_json::Value;
 use tracing::warn;
 use uuid::Uuid;
 
 use crate::{
     db::{Conn, Database, DbError},
-    fleet::{Counts, TenantReport},
+    fleet::TenantReport,
     tenants::Cursor,
 };
 
 /// The statuses of a tenant in a run.
-pub const TENANT_STATUSES: [&str; 6] = [
+pub const TENANT_STATUSES: [&str; 7] = [
     "pending",
     "migrated",
     "up_to_date",
     "failed",
     "skipped",
     "not_started",
+    "halted",
 ];
 
-/// Opens a run: forgets the runs older than `keep_days`, closes the runs a killed invocation
-/// left `running` (the caller holds the fleet lock), then records this one.
+/// A run's counts, per tenant status, from its tenants' rows (`r` is the run).
+const COUNTS_SQL: &str = "(SELECT jsonb_build_object(\
+    'migrated', count(*) FILTER (WHERE t.status = 'migrated'), \
+    'up_to_date', count(*) FILTER (WHERE t.status = 'up_to_date'), \
+    'pending', count(*) FILTER (WHERE t.status = 'pending'), \
+    'failed', count(*) FILTER (WHERE t.status = 'failed'), \
+    'skipped', count(*) FILTER (WHERE t.status = 'skipped'), \
+    'not_started', count(*) FILTER (WHERE t.status = 'not_started'), \
+    'halted', count(*) FILTER (WHERE t.status = 'halted')) \
+    FROM run_tenants t WHERE t.run_id = r.id)";
+
+/// Closes the runs that can no longer progress (the caller holds the fleet lock): an inline
+/// run still `running` belonged to an invocation that died (it held the fleet lock until
+/// its end), a queued run without progress for `stall` is stalled. Their tenants still
+/// `pending` become `not_started`. Returns the queued run still alive, if any.
+async fn close_dead(sys: &Conn, stall: Duration) -> Result<Option<Uuid>, DbError> {
+    let stall_secs = stall.as_secs_f64();
+    sys.long()
+        .execute(
+            "WITH dead AS ( \
+               UPDATE runs SET status = 'failed', finished_at = now(), updated_at = now(), \
+                 error = CASE mode WHEN 'inline' \
+                   THEN 'interrupted: the invocation ended before the run did' \
+                   ELSE 'stalled: no progress for RUN_STALL_SECS; retry_run queues its tenants again' END \
+               WHERE status = 'running' AND (mode = 'inline' \
+                 OR updated_at < now() - make_interval(secs => $1)) \
+               RETURNING id) \
+             UPDATE run_tenants SET status = 'not_started' \
+             WHERE status = 'pending' AND run_id IN (SELECT id FROM dead)",
+            &[&stall_secs],
+        )
+        .await?;
+    let alive = sys
+        .query_opt(
+            "SELECT id FROM runs WHERE status = 'running' ORDER BY started_at DESC LIMIT 1",
+            &[],
+        )
+        .await?;
+    Ok(match alive {
+        Some(row) => Some(row.try_get(0)?),
+        None => None,
+    })
+}
+
+/// Opens a run: forgets the runs older than `keep_days`, closes the runs that cannot progress
+/// (see [`close_dead`]), then records this one, `inline` until [`plan`] says otherwise.
+/// `Ok(Err(id))`: a queued run is still at work; this one is not recorded.
 pub(crate) async fn open(
     sys: &Conn,
-    run_id: Uuid,
-    options: &Value,
-    fingerprint: &str,
-    latest_version: i64,
+    run: &NewRun<'_>,
     keep_days: i32,
-) -> Result<(), DbError> {
+    stall: Duration,
+) -> Result<Result<(), Uuid>, DbError> {
     // Forgetting is best effort: a prune that fails or runs long is retried by the next run.
     if let Err(e) = sys
         .long()
         .execute(
-            "DELETE FROM runs WHERE started_at < now() - make_interval(days => $1)",
+            "DELETE FROM runs WHERE started_at < now() - make_interval(days => $1) \
+             AND status <> 'running'",
             &[&keep_days],
         )
         .await
     {
         warn!(error = %e, "could not forget old runs; the next run tries again");
     }
-    sys.long()
-        .batch_execute(
-            "UPDATE run_tenants SET status = 'not_started' \
-         WHERE status = 'pending' AND run_id IN (SELECT id FROM runs WHERE status = 'running'); \
-         UPDATE runs SET status = 'failed', finished_at = now(), \
-           error = 'interrupted: the invocation ended before the run did' \
-         WHERE status = 'running'",
-        )
-        .await?;
+    if let Some(alive) = close_dead(sys, stall).await? {
+        return Ok(Err(alive));
+    }
     sys.execute(
         "INSERT INTO runs (id, status, options, fingerprint, latest_version) \
          VALUES ($1, 'running', $2, $3, $4)",
-        &[&run_id, options, &fingerprint, &latest_version],
+        &[&run.id, run.options, &run.fingerprint, &run.latest_version],
     )
     .await?;
-    Ok(())
+    Ok(Ok(()))
 }
 
-/// Records the run's tenants, `pending`, in one statement.
+/// A run about to be recorded.
+pub(crate) struct NewRun<'a> {
+    pub id: Uuid,
+    pub options: &'a Value,
+    pub fingerprint: &'a str,
+    pub latest_version: i64,
+}
+
+/// What `{"retry_run": id}` found.
+pub(crate) enum Reopened {
+    /// Its failed, halted, not started and pending tenants, `pending` again.
+    Tenants(Vec<String>),
+    /// No such run (or forgotten).
+    NoSuchRun,
+    /// Another queued run is at work (its id).
+    Busy(Uuid),
+}
+
+/// Reopens a run for `retry_run` (the caller holds the fleet lock): its tenants that did not
+/// end well (`failed`, `halted`, `not_started`, and `pending` ones, whose messages may be
+/// lost) are `pending` again, in the last wave, and the run `running` again with the brake
+/// the retry asks for.
+pub(crate) async fn reopen(sys: &Conn, id: Uuid, stall: Duration) -> Result<Reopened, DbError> {
+    if let Some(alive) = close_dead(sys, stall).await? {
+        if alive != id {
+            return Ok(Reopened::Busy(alive));
+        }
+    }
+    let tx = sys.begin().await?;
+    let found = tx
+        .execute(
+            "UPDATE runs SET status = 'running', mode = 'inline', wave = 1, error = NULL, \
+               finished_at = NULL, updated_at = now() WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    if found == 0 {
+        tx.rollback().await;
+        return Ok(Reopened::NoSuchRun);
+    }
+    let rows = tx
+        .query(
+            "UPDATE run_tenants SET status = 'pending', error = NULL, finished_at = NULL, \
+               duration_ms = NULL, wave = 1 \
+             WHERE run_id = $1 AND status IN ('failed', 'halted', 'not_started', 'pending') \
+             RETURNING slug",
+            &[&id],
+        )
+        .await?;
+    tx.commit().await?;
+    let slugs = rows
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(Reopened::Tenants(slugs))
+}
+
+/// A tenant as a run plans it: its server, and its wave (`None`: decided at planning).
+pub(crate) struct Planned<'a> {
+    pub slug: &'a str,
+    pub server: Option<&'a str>,
+    pub wave: Option<i64>,
+}
+
+/// Records the run's tenants, `pending`, in one statement (a tenant reopened by `retry_run`
+/// keeps its row, in its new wave), and the run's brake.
 pub(crate) async fn plan(
     sys: &Conn,
     run_id: Uuid,
-    tenants: &[(String, Option<String>)],
+    tenants: &[Planned<'_>],
+    max_failures: Option<i64>,
 ) -> Result<(), DbError> {
-    let slugs: Vec<&str> = tenants.iter().map(|(s, _)| s.as_str()).collect();
-    let servers: Vec<Option<&str>> = tenants.iter().map(|(_, s)| s.as_deref()).collect();
+    sys.execute(
+        "UPDATE runs SET max_failures = $2, updated_at = now() WHERE id = $1",
+        &[&run_id, &max_failures],
+    )
+    .await?;
+    let slugs: Vec<&str> = tenants.iter().map(|t| t.slug).collect();
+    let servers: Vec<Option<&str>> = tenants.iter().map(|t| t.server).collect();
+    let waves: Vec<Option<i64>> = tenants.iter().map(|t| t.wave).collect();
     sys.long()
         .execute(
-            "INSERT INTO run_tenants (run_id, slug, server, status) \
-         SELECT $1, slug, server, 'pending' FROM unnest($2::text[], $3::text[]) AS t(slug, server) \
-         ON CONFLICT DO NOTHING",
-            &[&run_id, &slugs, &servers],
+            "INSERT INTO run_tenants (run_id, slug, server, status, wave) \
+             SELECT $1, slug, server, 'pending', wave \
+             FROM unnest($2::text[], $3::text[], $4::bigint[]) AS t(slug, server, wave) \
+             ON CONFLICT (run_id, slug) DO UPDATE SET server = excluded.server, \
+               wave = excluded.wave WHERE run_tenants.status = 'pending'",
+            &[&run_id, &slugs, &servers, &waves],
         )
         .await?;
+    Ok(())
+}
+
+/// Closes a run that could not be handed to the queue: `failed`, with `why`, and its tenants
+/// still pending `not_started` (a message that did go out finds the run closed and does
+/// nothing). Best effort: a run left `running` stalls, and the next run closes it.
+pub(crate) async fn abandon(sys: &Conn, run_id: Uuid, why: &str) {
+    let closed = sys
+        .long()
+        .execute(
+            "WITH r AS (UPDATE runs SET status = 'failed', error = $2, finished_at = now(), \
+               updated_at = now() WHERE id = $1 AND status = 'running' RETURNING id) \
+             UPDATE run_tenants SET status = 'not_started' \
+             WHERE run_id IN (SELECT id FROM r) AND status = 'pending'",
+            &[&run_id, &why],
+        )
+        .await;
+    let counted = sys
+        .execute(
+            &format!("UPDATE runs r SET counts = {COUNTS_SQL} WHERE r.id = $1"),
+            &[&run_id],
+        )
+        .await;
+    if let Err(e) = closed.and(counted) {
+        warn!(%run_id, error = %e, "could not close the run in the run ledger");
+    }
+}
+
+/// Hands the run to the queue: from here its workers record its tenants and close it. Its
+/// first wave released is `wave` (0: the canary only).
+pub(crate) async fn queue(sys: &Conn, run_id: Uuid, wave: i64) -> Result<(), DbError> {
+    sys.execute(
+        "UPDATE runs SET mode = 'queue', wave = $2, updated_at = now() WHERE id = $1",
+        &[&run_id, &wave],
+    )
+    .await?;
     Ok(())
 }
 
@@ -141,25 +292,264 @@ pub(crate) async fn record_all(sys: &Conn, run_id: Uuid, tenants: &[TenantReport
     true
 }
 
-/// Closes the run with its status and counts.
-pub(crate) async fn close(
-    sys: &Conn,
-    run_id: Uuid,
-    status: &str,
-    counts: &Counts,
-    error: Option<&str>,
-) {
-    let counts = serde_json::to_value(counts).unwrap_or(Value::Null);
+/// Closes the run with its status, and its counts from its tenants' rows (a retried run's
+/// count every tenant, not only those of the retry).
+pub(crate) async fn close(sys: &Conn, run_id: Uuid, status: &str, error: Option<&str>) {
     if let Err(e) = sys
+        .long()
         .execute(
-            "UPDATE runs SET status = $2, counts = $3, error = $4, finished_at = now() \
-             WHERE id = $1",
-            &[&run_id, &status, &counts, &error],
+            &format!(
+                "UPDATE runs r SET status = $2, counts = {COUNTS_SQL}, error = $3, \
+                   finished_at = now(), updated_at = now() WHERE r.id = $1"
+            ),
+            &[&run_id, &status, &error],
         )
         .await
     {
         warn!(%run_id, error = %e, "could not close the run in the run ledger");
     }
+}
+
+/// Notes what failed while a queued run was planned (a template, a reconcile): its last
+/// worker closes it `failed`.
+pub(crate) async fn note_error(sys: &Conn, run_id: Uuid, error: &str) {
+    if let Err(e) = sys
+        .execute(
+            "UPDATE runs SET error = $2 WHERE id = $1 AND status = 'running'",
+            &[&run_id, &error],
+        )
+        .await
+    {
+        warn!(%run_id, error = %e, "could not note the run's error in the run ledger");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A queued run's workers
+// ---------------------------------------------------------------------------------------------
+
+/// What a worker needs to know of its message's run and tenant. `None`: no such run (it was
+/// forgotten) or no such tenant in it.
+pub(crate) struct Assignment {
+    /// The run's status: only a `running` run's tenants are migrated.
+    pub run_status: String,
+    pub options: Value,
+    /// The tenant's status in the run: only a `pending` tenant is migrated.
+    pub status: String,
+    pub wave: Option<i64>,
+}
+
+pub(crate) async fn assignment(
+    sys: &Conn,
+    run_id: Uuid,
+    slug: &str,
+) -> Result<Option<Assignment>, DbError> {
+    let row = sys
+        .query_opt(
+            "SELECT r.status AS run_status, r.options, t.status, t.wave \
+             FROM runs r JOIN run_tenants t ON t.run_id = r.id \
+             WHERE r.id = $1 AND t.slug = $2",
+            &[&run_id, &slug],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(Assignment {
+        run_status: row.try_get("run_status")?,
+        options: row.try_get("options")?,
+        status: row.try_get("status")?,
+        wave: row.try_get("wave")?,
+    }))
+}
+
+/// Records a worker's outcome for a tenant still `pending` (or `halted` while it worked):
+/// the first outcome recorded is the one the run keeps, so that a message delivered twice
+/// records one. False when the tenant already had one.
+pub(crate) async fn record_once(
+    sys: &Conn,
+    run_id: Uuid,
+    t: &TenantReport,
+) -> Result<bool, DbError> {
+    let duration = i64::try_from(t.duration_ms).unwrap_or(i64::MAX);
+    let n = sys
+        .execute(
+            "UPDATE run_tenants SET server = $3, status = $4, from_version = $5, to_version = $6, \
+               error = $7, duration_ms = $8, finished_at = now() \
+             WHERE run_id = $1 AND slug = $2 AND status IN ('pending', 'halted')",
+            &[
+                &run_id,
+                &t.slug,
+                &t.server,
+                &t.status.as_str(),
+                &t.from_version,
+                &t.to_version,
+                &t.error,
+                &duration,
+            ],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// What a queued run does after a tenant's outcome is recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Nothing: other tenants are still at work.
+    Continue,
+    /// This worker released the rest of the run: it sends these tenants' messages.
+    Release(Vec<String>),
+    /// The run halted (the canary wave failed, or the brake): its tenants still pending are
+    /// `halted`.
+    Halted(String),
+    /// That was the last tenant: the run is closed.
+    Closed,
+}
+
+/// After each recorded outcome of a queued run, in this order (each step a statement of its
+/// own, after the outcome committed, so that of two workers finishing together the later one
+/// sees both outcomes):
+/// 1. the brake: more failures than `max_failures` halt the run;
+/// 2. the canary: once its wave has no tenant pending, a failure in it halts the run, and
+///    otherwise exactly one worker (the one whose update moves the run to wave 1) releases
+///    the rest;
+/// 3. the end: with no tenant pending, the run is closed, `failed` if a tenant failed.
+///
+/// Only failures of tenants the run attempted count (not those decided at planning, such as
+/// an unreachable server's).
+///
+/// `again`: the caller's tenant was already recorded (its message came twice). A canary
+/// tenant's message coming again after the rest was released sends the rest's pending
+/// tenants again: the worker that released them may have died before sending them, and
+/// a message sent twice is harmless.
+pub(crate) async fn next(
+    sys: &Conn,
+    run_id: Uuid,
+    wave: Option<i64>,
+    again: bool,
+) -> Result<Next, DbError> {
+    let row = sys
+        .query_opt(
+            "UPDATE runs SET updated_at = now() WHERE id = $1 AND status = 'running' \
+             RETURNING wave, max_failures, \
+               (SELECT count(*) FROM run_tenants WHERE run_id = $1 AND status = 'failed' \
+                  AND wave IS NOT NULL) AS failed, \
+               (SELECT count(*) FROM run_tenants WHERE run_id = $1 AND status = 'failed' \
+                  AND wave = 0) AS canary_failed, \
+               EXISTS (SELECT 1 FROM run_tenants WHERE run_id = $1 AND status = 'pending' \
+                  AND wave = 0) AS canary_pending",
+            &[&run_id],
+        )
+        .await?;
+    let Some(row) = row else {
+        // Closed meanwhile (halted while this tenant worked): its counts take this outcome in.
+        sys.execute(
+            &format!(
+                "UPDATE runs r SET counts = {COUNTS_SQL} WHERE r.id = $1 AND r.status <> 'running'"
+            ),
+            &[&run_id],
+        )
+        .await?;
+        return Ok(Next::Continue);
+    };
+    let run_wave: i64 = row.try_get("wave")?;
+    let max_failures: Option<i64> = row.try_get("max_failures")?;
+    let failed: i64 = row.try_get("failed")?;
+    let canary_failed: i64 = row.try_get("canary_failed")?;
+    let canary_pending: bool = row.try_get("canary_pending")?;
+    if let Some(max) = max_failures {
+        if failed > max {
+            let why = format!("halted: {failed} tenants failed, more than max_failures ({max})");
+            return halt(sys, run_id, &why).await;
+        }
+    }
+    if run_wave == 1 && wave == Some(0) && again {
+        let rest = pending_of_wave(sys, run_id, 1).await?;
+        if !rest.is_empty() {
+            return Ok(Next::Release(rest));
+        }
+    }
+    if run_wave == 0 && wave == Some(0) && !canary_pending {
+        if canary_failed > 0 {
+            let why = format!(
+                "halted: the canary wave failed ({canary_failed} tenants); the rest were not \
+                 attempted"
+            );
+            return halt(sys, run_id, &why).await;
+        }
+        let released = sys
+            .execute(
+                "UPDATE runs SET wave = 1, updated_at = now() \
+                 WHERE id = $1 AND wave = 0 AND status = 'running'",
+                &[&run_id],
+            )
+            .await?;
+        if released == 1 {
+            let rest = pending_of_wave(sys, run_id, 1).await?;
+            if !rest.is_empty() {
+                return Ok(Next::Release(rest));
+            }
+        }
+    }
+    let closed = sys
+        .execute(
+            &format!(
+                "UPDATE runs r SET \
+                   status = CASE WHEN r.error IS NOT NULL OR EXISTS (SELECT 1 FROM run_tenants \
+                     WHERE run_id = r.id AND status = 'failed') THEN 'failed' ELSE 'completed' END, \
+                   counts = {COUNTS_SQL}, finished_at = now(), updated_at = now() \
+                 WHERE r.id = $1 AND r.status = 'running' AND NOT EXISTS \
+                   (SELECT 1 FROM run_tenants WHERE run_id = r.id AND status = 'pending')"
+            ),
+            &[&run_id],
+        )
+        .await?;
+    Ok(if closed == 1 {
+        Next::Closed
+    } else {
+        Next::Continue
+    })
+}
+
+/// The run's tenants of `wave` still pending.
+async fn pending_of_wave(sys: &Conn, run_id: Uuid, wave: i64) -> Result<Vec<String>, DbError> {
+    let rows = sys
+        .long()
+        .query(
+            "SELECT slug FROM run_tenants WHERE run_id = $1 AND wave = $2 AND status = 'pending' \
+             ORDER BY slug",
+            &[&run_id, &wave],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<Vec<String>, _>>()?)
+}
+
+/// Halts the run (once): it, and its tenants still pending, become `halted` together.
+async fn halt(sys: &Conn, run_id: Uuid, why: &str) -> Result<Next, DbError> {
+    let tx = sys.begin().await?;
+    let halted = tx
+        .execute(
+            "UPDATE runs SET status = 'halted', error = $2, finished_at = now(), \
+               updated_at = now() WHERE id = $1 AND status = 'running'",
+            &[&run_id, &why],
+        )
+        .await?;
+    if halted == 1 {
+        tx.execute(
+            "UPDATE run_tenants SET status = 'halted', error = 'not attempted: the run was halted' \
+             WHERE run_id = $1 AND status = 'pending'",
+            &[&run_id],
+        )
+        .await?;
+        tx.execute(
+            &format!("UPDATE runs r SET counts = {COUNTS_SQL} WHERE r.id = $1"),
+            &[&run_id],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Next::Halted(why.to_owned()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -170,6 +560,12 @@ pub(crate) async fn close(
 pub struct Run {
     pub id: Uuid,
     pub status: String,
+    /// `inline` (in the migrate-all invocation) or `queue` (fanned out over SQS).
+    pub mode: String,
+    /// The last wave released: 0 while the canary wave runs, then 1.
+    pub wave: i64,
+    /// The brake: the run halts once more tenants than this have failed (`null`: never).
+    pub max_failures: Option<i64>,
     pub options: Value,
     pub fingerprint: String,
     pub latest_version: i64,
@@ -178,6 +574,9 @@ pub struct Run {
     pub error: Option<String>,
     #[serde(serialize_with = "crate::domain::rfc3339")]
     pub started_at: DateTime<Utc>,
+    /// The last progress.
+    #[serde(serialize_with = "crate::domain::rfc3339")]
+    pub updated_at: DateTime<Utc>,
     #[serde(serialize_with = "crate::domain::rfc3339_opt")]
     pub finished_at: Option<DateTime<Utc>>,
 }
@@ -187,6 +586,8 @@ pub struct RunTenant {
     pub slug: String,
     pub server: Option<String>,
     pub status: String,
+    /// 0: the canary wave; 1: the rest; `null`: decided when the run was planned.
+    pub wave: Option<i64>,
     pub from_version: Option<i64>,
     pub to_version: Option<i64>,
     pub error: Option<String>,
@@ -220,23 +621,28 @@ pub fn decode_slug_cursor(raw: &str) -> Option<String> {
     crate::domain::Slug::parse(slug).ok().map(|s| s.to_string())
 }
 
-const RUN_COLUMNS: &str = "r.id, r.status, r.options, r.fingerprint, r.latest_version, \
-    CASE WHEN r.status = 'running' THEN \
-      (SELECT coalesce(jsonb_object_agg(status, n), '{}') FROM \
-         (SELECT status, count(*) AS n FROM run_tenants WHERE run_id = r.id GROUP BY status) c) \
-    ELSE r.counts END AS counts, \
-    r.error, r.started_at, r.finished_at";
+fn run_columns() -> String {
+    format!(
+        "r.id, r.status, r.mode, r.wave, r.max_failures, r.options, r.fingerprint, \
+         r.latest_version, CASE WHEN r.status = 'running' THEN {COUNTS_SQL} ELSE r.counts END \
+         AS counts, r.error, r.started_at, r.updated_at, r.finished_at"
+    )
+}
 
 fn run_from_row(row: &tokio_postgres::Row) -> Result<Run, tokio_postgres::Error> {
     Ok(Run {
         id: row.try_get("id")?,
         status: row.try_get("status")?,
+        mode: row.try_get("mode")?,
+        wave: row.try_get("wave")?,
+        max_failures: row.try_get("max_failures")?,
         options: row.try_get("options")?,
         fingerprint: row.try_get("fingerprint")?,
         latest_version: row.try_get("latest_version")?,
         counts: row.try_get("counts")?,
         error: row.try_get("error")?,
         started_at: row.try_get("started_at")?,
+        updated_at: row.try_get("updated_at")?,
         finished_at: row.try_get("finished_at")?,
     })
 }
@@ -253,7 +659,8 @@ pub async fn list_runs(
         None => {
             sys.query(
                 &format!(
-                    "SELECT {RUN_COLUMNS} FROM runs r ORDER BY r.started_at DESC, r.id DESC LIMIT $1"
+                    "SELECT {} FROM runs r ORDER BY r.started_at DESC, r.id DESC LIMIT $1",
+                    run_columns()
                 ),
                 &[&fetch],
             )
@@ -262,8 +669,9 @@ pub async fn list_runs(
         Some(c) => {
             sys.query(
                 &format!(
-                    "SELECT {RUN_COLUMNS} FROM runs r WHERE (r.started_at, r.id) < ($1, $2) \
-                     ORDER BY r.started_at DESC, r.id DESC LIMIT $3"
+                    "SELECT {} FROM runs r WHERE (r.started_at, r.id) < ($1, $2) \
+                     ORDER BY r.started_at DESC, r.id DESC LIMIT $3",
+                    run_columns()
                 ),
                 &[&c.created_at, &c.id, &fetch],
             )
@@ -300,7 +708,7 @@ pub async fn get_run(
     let sys = db.system().await?;
     let Some(row) = sys
         .query_opt(
-            &format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.id = $1"),
+            &format!("SELECT {} FROM runs r WHERE r.id = $1", run_columns()),
             &[&id],
         )
         .await?
@@ -311,7 +719,7 @@ pub async fn get_run(
     let fetch = limit + 1;
     let rows = sys
         .query(
-            "SELECT slug, server, status, from_version, to_version, error, duration_ms, \
+            "SELECT slug, server, status, wave, from_version, to_version, error, duration_ms, \
                     finished_at \
              FROM run_tenants WHERE run_id = $1 AND ($2::text IS NULL OR status = $2) \
                AND ($3::text IS NULL OR slug > $3) \
@@ -326,6 +734,7 @@ pub async fn get_run(
                 slug: r.try_get("slug")?,
                 server: r.try_get("server")?,
                 status: r.try_get("status")?,
+                wave: r.try_get("wave")?,
                 from_version: r.try_get("from_version")?,
                 to_version: r.try_get("to_version")?,
                 error: r.try_get("error")?,

@@ -4,6 +4,7 @@
 
 pub(crate) mod access;
 pub mod api;
+mod aws;
 mod body;
 pub mod config;
 pub(crate) mod credentials;
@@ -18,6 +19,7 @@ pub(crate) mod logins;
 pub mod migrations;
 pub(crate) mod ownership;
 pub mod provision;
+pub mod queue;
 pub mod rotation;
 pub mod secrets;
 pub mod servers;

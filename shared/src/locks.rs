@@ -19,6 +19,7 @@ use crate::db::{Conn, DbError};
 const NS_GLOBAL: i32 = 0x6462_7400; // "dbt\0"
 const NS_TENANT: i32 = 0x6462_7401;
 const NS_TEMPLATE: i32 = 0x6462_7402;
+const NS_SLOT: i32 = 0x6462_7403;
 
 /// The first pause between two polls; it doubles up to [`MAX_POLL`].
 const FIRST_POLL: Duration = Duration::from_millis(20);
@@ -34,6 +35,18 @@ pub enum Lock {
     Template(String),
     /// Create, delete and migrate of one tenant never interleave.
     Tenant(String),
+    /// One of a server's `migrate_concurrency` slots for fleet work: a tenant is migrated
+    /// only by whoever holds one (`{server}/{n}`), so that no server ever has more tenants
+    /// migrating at once than its budget, whatever runs them (migrate-all inline, or any
+    /// number of `migrate-tenant` workers).
+    Slot(String),
+}
+
+impl Lock {
+    /// The slot `n` (from 0) of `server`.
+    pub fn slot(server: &str, n: usize) -> Lock {
+        Lock::Slot(format!("{server}/{n}"))
+    }
 }
 
 impl Lock {
@@ -46,6 +59,7 @@ impl Lock {
             Lock::SystemMigrations => (NS_GLOBAL, 2, None),
             Lock::Template(server) => (NS_TEMPLATE, 0, Some(server.as_str())),
             Lock::Tenant(slug) => (NS_TENANT, 0, Some(slug.as_str())),
+            Lock::Slot(slot) => (NS_SLOT, 0, Some(slot.as_str())),
         }
     }
 }

@@ -8,7 +8,6 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use aws_config::{timeout::TimeoutConfig, BehaviorVersion};
 use aws_sdk_secretsmanager::{
     error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
     types::{RotationRulesType, Tag},
@@ -373,18 +372,8 @@ impl Secrets {
 }
 
 async fn make_client() -> Client {
-    // Bounded so that an unreachable endpoint is a quick 503, not a hang. The SDK honours
-    // AWS_ENDPOINT_URL(_SECRETS_MANAGER), which is how the local stack points it at moto.
-    let timeouts = TimeoutConfig::builder()
-        .connect_timeout(Duration::from_secs(2))
-        .operation_attempt_timeout(Duration::from_secs(2))
-        .operation_timeout(Duration::from_secs(4))
-        .build();
-    let shared = aws_config::defaults(BehaviorVersion::latest())
-        .timeout_config(timeouts)
-        .load()
-        .await;
-    Client::new(&shared)
+    // Bounded so that an unreachable endpoint is a quick 503, not a hang.
+    Client::new(&crate::aws::config(Duration::from_secs(2), Duration::from_secs(4)).await)
 }
 
 #[cfg(test)]

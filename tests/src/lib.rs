@@ -378,6 +378,75 @@ pub async fn secrets() -> aws_sdk_secretsmanager::Client {
     aws_sdk_secretsmanager::Client::new(&conf)
 }
 
+/// The local SQS (moto), through the real AWS SDK; a client per call, as [`secrets`].
+pub async fn sqs() -> aws_sdk_sqs::Client {
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .operation_timeout(Duration::from_secs(10))
+        .build();
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(timeouts)
+        .endpoint_url(var("AWS_ENDPOINT_URL_SQS"))
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "local", "local", None, None, "tests",
+        ))
+        .load()
+        .await;
+    aws_sdk_sqs::Client::new(&conf)
+}
+
+/// The migrate queue of the local stack.
+pub fn queue_url() -> String {
+    var("MIGRATE_QUEUE_URL")
+}
+
+/// The SQS event Lambda's event source mapping hands `migrate-tenant` for these message
+/// bodies (one record each).
+pub fn sqs_event(bodies: &[Value]) -> Value {
+    let records: Vec<Value> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, body)| {
+            serde_json::json!({
+                "messageId": format!("test-{i}-{}", uuid::Uuid::new_v4()),
+                "receiptHandle": "test", "body": body.to_string(),
+                "attributes": {"ApproximateReceiveCount": "2", "SentTimestamp": "0",
+                    "SenderId": "test", "ApproximateFirstReceiveTimestamp": "0"},
+                "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:dbtools-migrate",
+                "awsRegion": "us-east-1"})
+        })
+        .collect();
+    serde_json::json!({ "Records": records })
+}
+
+/// Waits (at most `within`) for a run of the ledger to end; the run as `GET /api/runs/{id}`
+/// shows it, with up to 100 of its tenants.
+pub async fn wait_run_end(id: &str, within: Duration) -> Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let r = get(&format!("/api/runs/{id}?limit=100")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        if r.body["status"] != "running" {
+            return r.body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run {id} still running after {within:?}: {}",
+            r.text
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A tenant's row in a run (`GET /api/runs/{id}` body).
+pub fn run_tenant<'a>(run: &'a Value, slug: &str) -> &'a Value {
+    run["tenants"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["slug"] == slug))
+        .unwrap_or_else(|| panic!("{slug} not in the run: {run}"))
+}
+
 /// A tenant's secret as the application reads it (`AWSCURRENT`), parsed. The stage is named
 /// (as AWS defaults to it): moto answers an unnamed one with the version the secret was made
 /// with, even after a rotation moved `AWSCURRENT`.

@@ -13,6 +13,7 @@ mod e2e {
     mod live_migrations;
     mod migrate_all;
     mod provisioning_faults;
+    mod queue;
     mod routes;
     mod runs;
     mod servers;

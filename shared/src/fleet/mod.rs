@@ -31,6 +31,7 @@ mod reconcile;
 mod report;
 mod tenant;
 mod upkeep;
+mod worker;
 
 use std::{
     collections::HashSet,
@@ -47,6 +48,7 @@ pub use report::{
     TenantOutcome, TenantReport,
 };
 pub use upkeep::{UpkeepAction, Upkept};
+pub use worker::{migrate_from_queue, Delivery};
 
 use crate::{
     config::MAX_MIGRATE_CONCURRENCY,
@@ -80,6 +82,60 @@ pub struct MigrateAllRequest {
     /// Open every tenant database, even those the registry records as current.
     #[serde(default)]
     pub verify: bool,
+    /// `true`: migrate the tenants in this invocation; `false`: send them to the queue;
+    /// unset: the queue when one is configured and the run has more tenants to open than
+    /// `MIGRATE_INLINE_MAX_TENANTS`.
+    #[serde(default)]
+    pub inline: Option<bool>,
+    /// The canary wave's size (0: none). Default: 1% of the tenants to open, at least 1 (none
+    /// in a verify run, which looks for every drifted tenant).
+    #[serde(default)]
+    pub canary: Option<usize>,
+    /// The brake: a count (`3`) or a share of the tenants to open (`"10%"`). The run halts
+    /// once more tenants than that have failed. Default: none.
+    #[serde(default)]
+    pub max_failures: Option<MaxFailures>,
+    /// Retry this run: its failed, halted, not started (and still pending) tenants, in it.
+    #[serde(default)]
+    pub retry_run: Option<Uuid>,
+}
+
+/// `max_failures`: a count, or a percentage of the tenants a run opens.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum MaxFailures {
+    Count(u32),
+    Share(String),
+}
+
+impl MaxFailures {
+    /// The percentage of a `Share` (0 to 100).
+    fn percent(&self) -> Result<Option<f64>, String> {
+        match self {
+            MaxFailures::Count(_) => Ok(None),
+            MaxFailures::Share(text) => text
+                .trim()
+                .strip_suffix('%')
+                .and_then(|n| n.trim().parse::<f64>().ok())
+                .filter(|p| (0.0..=100.0).contains(p))
+                .map(Some)
+                .ok_or_else(|| {
+                    format!(
+                        "max_failures must be a count (3) or a percentage (\"10%\"), got {:?}",
+                        text.chars().take(32).collect::<String>()
+                    )
+                }),
+        }
+    }
+
+    /// How many failures of `tenants` the brake tolerates.
+    pub(crate) fn of(&self, tenants: usize) -> usize {
+        match (self, self.percent()) {
+            (MaxFailures::Count(n), _) => *n as usize,
+            (_, Ok(Some(p))) => (tenants as f64 * p / 100.0).floor() as usize,
+            _ => 0,
+        }
+    }
 }
 
 impl MigrateAllRequest {
@@ -174,7 +230,7 @@ pub async fn migrate_all(
     inv: &Invocation,
 ) -> Result<MigrateAllReport, MigrateAllError> {
     let started = Instant::now();
-    let run_id = Uuid::new_v4();
+    let mut run_id = Uuid::new_v4();
     let config = db.config();
     let concurrency = req.concurrency.unwrap_or(config.migrate_concurrency);
     if !(1..=MAX_MIGRATE_CONCURRENCY).contains(&concurrency) {
@@ -182,23 +238,22 @@ pub async fn migrate_all(
             "concurrency must be from 1 to {MAX_MIGRATE_CONCURRENCY}, got {concurrency}"
         )));
     }
-    let slugs = parse_slugs(req.slugs.as_deref())?;
-    let reserve = RESERVE.min(inv.time_left() / RESERVE_SHARE);
+    let mut slugs = parse_slugs(req.slugs.as_deref())?;
+    check_rollout(req, config.migrate_queue_url.is_some())?;
     let plan = tenant::Plan {
-        ledger: None,
         dry_run: req.dry_run,
         verify: req.verify,
         concurrency,
-        lock_wait: config.lock_timeout,
-        tenant_timeout: config.migrate_tenant_timeout,
-        stop_at: inv.deadline.checked_sub(reserve).unwrap_or(inv.deadline),
-        answer_by: inv.deadline,
-        min_time: config.connect_timeout.min(Duration::from_secs(1)),
+        ..tenant::Plan::within(config, inv)
     };
     let latest_version = migrations::latest_tenant_version();
     let mut report = MigrateAllReport {
         run_id,
         status: RunStatus::Completed,
+        mode: "inline",
+        canary: 0,
+        max_failures: None,
+        error: None,
         dry_run: req.dry_run,
         latest_version,
         concurrency,
@@ -249,33 +304,63 @@ pub async fn migrate_all(
     };
 
     // The run ledger (real runs only: a dry run changes nothing, the ledger included).
-    let ledger_run = match &fleet_lock {
-        Some(_) => {
-            let options = serde_json::to_value(req).unwrap_or(Value::Null);
-            let expected = migrations::ExpectedHistory::tenant();
-            let opened = ledger::open(
-                &sys,
-                run_id,
-                &options,
-                expected.fingerprint(),
-                expected.latest(),
-                config.run_ledger_days,
-            )
-            .await;
-            if let Err(e) = opened {
+    let mut ledger_run = None;
+    if fleet_lock.is_some() {
+        let opened = open_run(&sys, req, run_id, config).await;
+        let busy = |report: &mut MigrateAllReport, alive: Uuid| {
+            info!(%run_id, running = %alive, "a queued run is still at work; this one stops here");
+            report.run_id = alive;
+            report.status = RunStatus::AlreadyRunning;
+            report.duration_ms = started.elapsed().as_millis() as u64;
+        };
+        match opened {
+            Ok(Opened::New) => ledger_run = Some(run_id),
+            Ok(Opened::Retry(id, retried)) => {
+                info!(run_id = %id, tenants = retried.len(), "retrying a run");
+                run_id = id;
+                report.run_id = id;
+                slugs = Some(retried);
+                ledger_run = Some(id);
+            }
+            Ok(Opened::Busy(alive)) => {
                 if let Some(lock) = fleet_lock {
                     lock.release().await;
                 }
-                return Err(e.into());
+                busy(&mut report, alive);
+                return Ok(report);
             }
-            Some(run_id)
+            Err(e) => {
+                if let Some(lock) = fleet_lock {
+                    lock.release().await;
+                }
+                return Err(e);
+            }
         }
-        None => None,
+    }
+    let waves = tenant::Waves {
+        // A retry takes its tenants at once: its run had its canary. A verify run looks for
+        // every tenant that drifted: one found first must not hide the others.
+        canary: if req.retry_run.is_some() || (req.verify && req.canary.is_none()) {
+            Some(0)
+        } else {
+            req.canary
+        },
+        max_failures: req.max_failures.clone(),
+        queue: match (req.dry_run, req.inline) {
+            (true, _) | (_, Some(true)) => None,
+            _ => config.migrate_queue_url.clone(),
+        },
+        inline_max: match req.inline {
+            Some(false) => 0,
+            _ => config.migrate_inline_max_tenants,
+        },
     };
     let plan = tenant::Plan {
         ledger: ledger_run,
+        waves,
         ..plan
     };
+    let mut went = tenant::Went::Inline;
     let result: Result<(), MigrateAllError> = async {
         // Each server: reachable or not, its template, its orphans.
         let mut servers = prepare::load(db, &sys).await?;
@@ -312,10 +397,7 @@ pub async fn migrate_all(
             server.handle.close_admin().await;
         }
         let tenants = tenant::list(&sys, slugs.as_deref()).await?;
-        if let Some(run) = plan.ledger {
-            ledger::plan(&sys, run, &tenant::ledger_rows(&tenants)).await?;
-        }
-        tenant::run(
+        went = tenant::run(
             db,
             &sys,
             &servers,
@@ -332,15 +414,25 @@ pub async fn migrate_all(
         report.status = RunStatus::Incomplete;
     }
     // Closed before the fleet lock is given back: the next run never takes it for a dead one.
-    if let Some(run) = ledger_run {
+    // A queued run is closed by its last worker (or, if it could not be queued, already is).
+    if let Some(run) = ledger_run.filter(|_| went == tenant::Went::Inline || result.is_err()) {
         let (status, error) = match &result {
-            Err(e) => ("failed", Some(e.error_type())),
-            Ok(()) if report.counts.failed > 0 => ("failed", report.error_type()),
-            Ok(()) if report.counts.not_started > 0 => ("incomplete", report.error_type()),
-            Ok(()) if report.failed() => ("failed", report.error_type()),
+            Err(e) => ("failed", Some(e.error_type().to_owned())),
+            Ok(()) if report.status == RunStatus::Halted => ("halted", report.error.clone()),
+            Ok(()) if report.counts.failed > 0 => {
+                ("failed", report.error_type().map(str::to_owned))
+            }
+            Ok(()) if report.counts.not_started > 0 => {
+                ("incomplete", report.error_type().map(str::to_owned))
+            }
+            Ok(()) if report.failed() => ("failed", report.error_type().map(str::to_owned)),
             Ok(()) => ("completed", None),
         };
-        ledger::close(&sys, run, status, &report.counts, error).await;
+        ledger::close(&sys, run, status, error.as_deref()).await;
+    } else if let (Some(run), Some(error)) = (ledger_run, report.error_type()) {
+        // A queued run whose planning failed somewhere (a template, a reconcile): its last
+        // worker closes it `failed`.
+        ledger::note_error(&sys, run, error).await;
     }
     if let Some(lock) = fleet_lock {
         lock.release().await;
@@ -352,6 +444,7 @@ pub async fn migrate_all(
     info!(
         %run_id,
         status = ?report.status,
+        mode = report.mode,
         migrated = c.migrated,
         up_to_date = c.up_to_date,
         pending = c.pending,
@@ -362,6 +455,68 @@ pub async fn migrate_all(
         "migrate-all finished"
     );
     Ok(report)
+}
+
+/// The rules between a run's options.
+fn check_rollout(req: &MigrateAllRequest, has_queue: bool) -> Result<(), MigrateAllError> {
+    let invalid = |m: &str| Err(MigrateAllError::InvalidRequest(m.into()));
+    if req.retry_run.is_some() && (req.slugs.is_some() || req.canary.is_some() || req.dry_run) {
+        return invalid(
+            "retry_run retries the run's own tenants: it takes no slugs, canary nor dry_run",
+        );
+    }
+    if req.dry_run && req.inline == Some(false) {
+        return invalid(
+            "a dry run is always inline: it changes nothing and answers with the report",
+        );
+    }
+    if req.inline == Some(false) && !has_queue {
+        return invalid("inline: false needs a queue, and MIGRATE_QUEUE_URL is not set");
+    }
+    if let Some(m) = &req.max_failures {
+        m.percent().map_err(MigrateAllError::InvalidRequest)?;
+    }
+    Ok(())
+}
+
+enum Opened {
+    New,
+    /// `retry_run`: the run, and its tenants to retry.
+    Retry(Uuid, Vec<String>),
+    /// A queued run is still at work.
+    Busy(Uuid),
+}
+
+/// Records the new run in the ledger, or reopens the run to retry.
+async fn open_run(
+    sys: &crate::db::Conn,
+    req: &MigrateAllRequest,
+    run_id: Uuid,
+    config: &crate::Config,
+) -> Result<Opened, MigrateAllError> {
+    if let Some(id) = req.retry_run {
+        return match ledger::reopen(sys, id, config.run_stall).await? {
+            ledger::Reopened::Tenants(slugs) => Ok(Opened::Retry(id, slugs)),
+            ledger::Reopened::Busy(alive) => Ok(Opened::Busy(alive)),
+            ledger::Reopened::NoSuchRun => Err(MigrateAllError::InvalidRequest(format!(
+                "retry_run: no run {id} in the run ledger"
+            ))),
+        };
+    }
+    let options = serde_json::to_value(req).unwrap_or(Value::Null);
+    let expected = migrations::ExpectedHistory::tenant();
+    let new = ledger::NewRun {
+        id: run_id,
+        options: &options,
+        fingerprint: expected.fingerprint(),
+        latest_version: expected.latest(),
+    };
+    Ok(
+        match ledger::open(sys, &new, config.run_ledger_days, config.run_stall).await? {
+            Ok(()) => Opened::New,
+            Err(alive) => Opened::Busy(alive),
+        },
+    )
 }
 
 async fn system_pending(db: &Database) -> Result<SystemReport, MigrateAllError> {
@@ -401,6 +556,59 @@ mod tests {
                 "{event}"
             );
         }
+    }
+
+    #[test]
+    fn canary_waves_and_the_brake_are_sized_from_the_tenants_to_open() {
+        // 1% of the tenants to open, at least one, at most all of them.
+        for (asked, work, canary) in [
+            (None, 0, 0),
+            (None, 1, 1),
+            (None, 100, 1),
+            (None, 101, 2),
+            (None, 250, 3),
+            (Some(0), 100, 0),
+            (Some(5), 3, 3),
+        ] {
+            assert_eq!(
+                tenant::canary_size(asked, work),
+                canary,
+                "{asked:?} of {work}"
+            );
+        }
+        let share = |s: &str| MaxFailures::Share(s.into());
+        assert_eq!(MaxFailures::Count(3).of(100), 3);
+        assert_eq!(share("10%").of(55), 5);
+        assert_eq!(share(" 2.5 % ").of(1000), 25);
+        assert_eq!(share("0%").of(1000), 0);
+        for bad in ["10", "ten%", "101%", "-1%", ""] {
+            assert!(share(bad).percent().is_err(), "{bad:?}");
+        }
+        let req = MigrateAllRequest::from_event(serde_json::json!({
+            "max_failures": "10%", "canary": 2, "inline": false
+        }))
+        .unwrap();
+        assert_eq!(req.max_failures, Some(share("10%")));
+        assert_eq!((req.canary, req.inline), (Some(2), Some(false)));
+        assert_eq!(
+            MigrateAllRequest::from_event(serde_json::json!({"max_failures": 4}))
+                .unwrap()
+                .max_failures,
+            Some(MaxFailures::Count(4))
+        );
+        // Options that contradict each other are refused before anything runs.
+        let retry = MigrateAllRequest {
+            retry_run: Some(Uuid::nil()),
+            canary: Some(1),
+            ..MigrateAllRequest::default()
+        };
+        assert!(check_rollout(&retry, true).is_err());
+        let queued_without_queue = MigrateAllRequest {
+            inline: Some(false),
+            ..MigrateAllRequest::default()
+        };
+        assert!(check_rollout(&queued_without_queue, false).is_err());
+        assert!(check_rollout(&queued_without_queue, true).is_ok());
     }
 
     #[test]

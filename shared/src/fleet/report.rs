@@ -28,6 +28,11 @@ pub enum TenantOutcome {
     Skipped,
     /// Not attempted: the invocation's deadline was near. The next run takes it.
     NotStarted,
+    /// Not attempted: the run halted first (its canary wave failed, or the brake).
+    Halted,
+    /// Sent to the queue: a `migrate-tenant` worker migrates it and records its outcome in
+    /// the run ledger (where it is `pending` until then). In migrate-all's answer only.
+    Queued,
 }
 
 impl TenantOutcome {
@@ -40,6 +45,9 @@ impl TenantOutcome {
             TenantOutcome::Failed => "failed",
             TenantOutcome::Skipped => "skipped",
             TenantOutcome::NotStarted => "not_started",
+            TenantOutcome::Halted => "halted",
+            // The ledger's name for a tenant whose outcome is still to come.
+            TenantOutcome::Queued => "pending",
         }
     }
 }
@@ -87,6 +95,14 @@ pub struct Counts {
     pub failed: usize,
     pub skipped: usize,
     pub not_started: usize,
+    pub halted: usize,
+    /// Sent to the queue (migrate-all's answer of a queued run only).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub queued: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Counts {
@@ -98,6 +114,8 @@ impl Counts {
             TenantOutcome::Failed => self.failed += 1,
             TenantOutcome::Skipped => self.skipped += 1,
             TenantOutcome::NotStarted => self.not_started += 1,
+            TenantOutcome::Halted => self.halted += 1,
+            TenantOutcome::Queued => self.queued += 1,
         }
     }
 }
@@ -109,8 +127,15 @@ pub enum RunStatus {
     Completed,
     /// The invocation's deadline came first: some tenants were not started (`not_started`).
     Incomplete,
-    /// Another run holds the fleet lock; this one did nothing.
+    /// Another run holds the fleet lock, or a queued run is still at work; this one did
+    /// nothing.
     AlreadyRunning,
+    /// The tenants went to the queue (`migrate-tenant` workers finish the run; follow it at
+    /// `GET /api/runs/{run_id}`).
+    Queued,
+    /// Halted before every tenant was attempted: the canary wave failed, or more tenants
+    /// failed than `max_failures`. The rest are `halted`; `{"retry_run": id}` takes them.
+    Halted,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -170,6 +195,16 @@ pub struct Reconciled {
 pub struct MigrateAllReport {
     pub run_id: Uuid,
     pub status: RunStatus,
+    /// `inline`: the tenants were migrated in this invocation; `queue`: they were sent to the
+    /// queue (their outcomes come in the run ledger).
+    pub mode: &'static str,
+    /// The canary wave's size (0: none) and the brake (`null`: none), as this run applies
+    /// them.
+    pub canary: usize,
+    pub max_failures: Option<usize>,
+    /// Why the run halted, or why its tenants could not all be queued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub dry_run: bool,
     pub latest_version: i64,
     pub concurrency: usize,
@@ -218,7 +253,11 @@ impl MigrateAllReport {
 
     /// The `errorType` of a failed invocation, the most serious cause first.
     pub fn error_type(&self) -> Option<&'static str> {
-        if self.counts.failed > 0 {
+        if self.status == RunStatus::Halted {
+            Some("RunHalted")
+        } else if self.status == RunStatus::Queued && self.error.is_some() {
+            Some("QueueUnavailable")
+        } else if self.counts.failed > 0 {
             Some("TenantMigrationsFailed")
         } else if self.counts.not_started > 0 {
             Some("RunIncomplete")
@@ -335,8 +374,12 @@ impl MigrateAllReport {
                 unreachable.join(", ")
             )
         };
+        let halted = match &self.error {
+            Some(e) => format!("{e}. "),
+            None => String::new(),
+        };
         format!(
-            "{unreachable}{template}{reconcile}{upkeep}{not_started}{} of {} tenants failed to migrate; migrated {}, \
+            "{halted}{unreachable}{template}{reconcile}{upkeep}{not_started}{} of {} tenants failed to migrate; migrated {}, \
              up to date {}, skipped {}; run {}. Failed: {}",
             c.failed,
             self.tenants.len() + self.tenants_omitted,
@@ -413,6 +456,10 @@ mod tests {
         MigrateAllReport {
             run_id: Uuid::nil(),
             status: RunStatus::Completed,
+            mode: "inline",
+            canary: 0,
+            max_failures: None,
+            error: None,
             dry_run: false,
             latest_version: 2,
             concurrency: 1,

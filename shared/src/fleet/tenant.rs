@@ -5,6 +5,7 @@
 
 use std::{
     collections::BTreeMap,
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -19,21 +20,23 @@ use super::{
 };
 use crate::{
     db::{Conn, Database, DbError, Server},
+    ledger,
     locks::{self, Lock},
     migrations::{self, history_rows, ExpectedHistory, HistoryCheck, HistoryRow, HISTORY_TABLE},
+    queue,
     session::RunFailure,
 };
 
 /// A tenant of the run, as the registry recorded it when the run listed the tenants.
 pub(super) struct TenantRow {
-    slug: String,
-    server: Option<String>,
-    database_name: String,
+    pub(super) slug: String,
+    pub(super) server: Option<String>,
+    pub(super) database_name: String,
     /// The proof of ownership (see `ownership`): the run touches a database only if its OID
     /// is this one.
-    database_oid: Option<i64>,
-    schema_version: i64,
-    schema_fingerprint: Option<String>,
+    pub(super) database_oid: Option<i64>,
+    pub(super) schema_version: i64,
+    pub(super) schema_fingerprint: Option<String>,
 }
 
 /// How the run treats each tenant.
@@ -54,6 +57,54 @@ pub(super) struct Plan {
     pub answer_by: Instant,
     /// A tenant is started only with at least this much time before `stop_at`.
     pub min_time: Duration,
+    /// A worker of the queue: a tenant whose server has no free slot, or whose lock is taken,
+    /// is given back (`None`) to be sent again later, instead of waited for.
+    pub give_back_when_busy: bool,
+    /// The rollout (inline runs and planning only).
+    pub waves: Waves,
+}
+
+impl Plan {
+    /// Real work within the invocation's deadline, with the configured limits: it starts no
+    /// tenant in the last tenth of the time left (at most the last 10 s), which is for
+    /// answering. No ledger, one tenant at a time, waits for what is busy, no waves.
+    pub fn within(config: &crate::Config, inv: &crate::Invocation) -> Plan {
+        let reserve = super::RESERVE.min(inv.time_left() / super::RESERVE_SHARE);
+        Plan {
+            ledger: None,
+            dry_run: false,
+            verify: false,
+            concurrency: 1,
+            lock_wait: config.lock_timeout,
+            tenant_timeout: config.migrate_tenant_timeout,
+            stop_at: inv.deadline.checked_sub(reserve).unwrap_or(inv.deadline),
+            answer_by: inv.deadline,
+            min_time: config.connect_timeout.min(Duration::from_secs(1)),
+            give_back_when_busy: false,
+            waves: Waves::default(),
+        }
+    }
+}
+
+/// How a run rolls out over the tenants it opens (see [`run`]).
+#[derive(Default)]
+pub(super) struct Waves {
+    /// The canary wave's size: `canary`, else 1% of the tenants to open, at least 1; 0: none.
+    pub canary: Option<usize>,
+    /// The brake, as asked: a count, or a share of the tenants to open.
+    pub max_failures: Option<super::MaxFailures>,
+    /// Fan the tenants out over this queue (`None`: inline)...
+    pub queue: Option<String>,
+    /// ... when the run has more tenants to open than this.
+    pub inline_max: usize,
+}
+
+/// Where the run's tenants went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Went {
+    Inline,
+    /// Sent to the queue: the workers close the run.
+    Queue,
 }
 
 /// The active tenants of the run: all of them, or those named in `slugs`.
@@ -96,18 +147,24 @@ pub(super) async fn list(sys: &Conn, slugs: Option<&[String]>) -> Result<Vec<Ten
         .map_err(DbError::from)
 }
 
-/// The run's tenants as the run ledger plans them: slug and server.
-pub(super) fn ledger_rows(tenants: &[TenantRow]) -> Vec<(String, Option<String>)> {
-    tenants
-        .iter()
-        .map(|t| (t.slug.clone(), t.server.clone()))
-        .collect()
+/// The canary wave's size for `work` tenants to open: as asked (at most all of them), else
+/// 1% of them, at least 1.
+pub(super) fn canary_size(asked: Option<usize>, work: usize) -> usize {
+    asked.unwrap_or_else(|| work.div_ceil(100).max(1)).min(work)
 }
 
-/// Migrates (or, in a dry run, inspects) every listed tenant and fills the report's tenants
-/// and counts. Each server's tenants run side by side with the others', at most its budget at
-/// once, and at most `plan.concurrency` over the fleet; a server that is down fails its own
-/// tenants without an attempt.
+/// Decides, migrates (inline) or queues every listed tenant, and fills the report's tenants
+/// and counts.
+///
+/// - Decided without work, and recorded at once: a tenant the registry vouches for (at this
+///   release's migrations), and one whose server is down or unknown (failed, not attempted).
+/// - The rest, the tenants to open, go in two waves: the canary (the first ones in registry
+///   order), then, only if no canary failed, the others. The brake halts the run once more
+///   of them failed than `max_failures`: the tenants not started yet are `halted`.
+/// - Inline, each server's tenants run side by side with the others', at most its budget at
+///   once, and at most `plan.concurrency` over the fleet. Queued, the ledger gets every
+///   tenant `pending` with its wave, then the first wave goes to the queue; the workers do
+///   the rest (see `worker`).
 pub(super) async fn run(
     db: &Database,
     sys: &Conn,
@@ -116,7 +173,8 @@ pub(super) async fn run(
     slugs: Option<&[String]>,
     plan: &Plan,
     report: &mut MigrateAllReport,
-) {
+) -> Went {
+    let waves = &plan.waves;
     let expected = ExpectedHistory::tenant();
     let fingerprint = expected.fingerprint();
     let latest = expected.latest();
@@ -132,6 +190,7 @@ pub(super) async fn run(
             .find(|s| Some(s.name.as_str()) == t.server.as_deref())
     };
     let mut results = Vec::new();
+    let mut work: Vec<&TenantRow> = Vec::new();
     for t in tenants {
         let failed = |why: String| TenantReport {
             server: t.server.clone(),
@@ -150,48 +209,143 @@ pub(super) async fn run(
                 to_version: Some(latest),
                 ..TenantReport::new(&t.slug, TenantOutcome::UpToDate)
             }),
-            Some(_) => {}
+            Some(_) => work.push(t),
         }
     }
-    // Decided without work (vouched for, server down or unknown): recorded now, at once.
+    // A dry run changes nothing: it has no waves and no brake.
+    let canary = if plan.dry_run {
+        0
+    } else {
+        canary_size(waves.canary, work.len())
+    };
+    let max_failures = match &waves.max_failures {
+        Some(m) if !plan.dry_run => Some(m.of(work.len())),
+        _ => None,
+    };
+    report.canary = canary;
+    report.max_failures = max_failures;
+    // Waves only when there is a rest to hold back.
+    let two_waves = canary > 0 && canary < work.len();
+    let went = if waves.queue.is_some() && work.len() > waves.inline_max {
+        Went::Queue
+    } else {
+        Went::Inline
+    };
+    report.mode = match went {
+        Went::Inline => "inline",
+        Went::Queue => "queue",
+    };
+
     let mut unrecorded = Vec::new();
     if let Some(run) = plan.ledger {
-        if !crate::ledger::record_all(sys, run, &results).await {
+        let wave_of = |i: usize| i64::from(two_waves && i >= canary);
+        let mut planned: Vec<ledger::Planned> = work
+            .iter()
+            .enumerate()
+            .map(|(i, t)| ledger::Planned {
+                slug: &t.slug,
+                server: t.server.as_deref(),
+                wave: Some(wave_of(i)),
+            })
+            .collect();
+        planned.extend(results.iter().map(|r| ledger::Planned {
+            slug: &r.slug,
+            server: r.server.as_deref(),
+            wave: None,
+        }));
+        let brake = max_failures.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
+        if let Err(e) = ledger::plan(sys, run, &planned, brake).await {
+            warn!(%run, error = %e, "could not plan the run in the run ledger");
+            if went == Went::Queue {
+                // A queued run lives in the ledger: without it, nothing is sent.
+                report.error =
+                    Some("the run ledger could not be written; nothing was queued".into());
+                report.status = super::RunStatus::Queued;
+                tally(report, results, tenants);
+                return Went::Queue;
+            }
+        }
+        // Decided without work (vouched for, server down or unknown): recorded now, at once.
+        if !ledger::record_all(sys, run, &results).await {
             unrecorded.extend(results.iter().cloned());
         }
     }
-    let fleet = Semaphore::new(plan.concurrency);
-    let per_server = servers.iter().filter(|s| s.down.is_none()).map(|server| {
-        let mine: Vec<&TenantRow> = tenants
+
+    if went == Went::Queue {
+        let first: Vec<String> = work
             .iter()
-            .filter(|t| t.server.as_deref() == Some(server.name.as_str()) && !vouched(t))
+            .take(if two_waves { canary } else { work.len() })
+            .map(|t| t.slug.clone())
             .collect();
-        let fleet = &fleet;
-        async move {
-            stream::iter(mine)
-                .map(|t| async move {
-                    // Closed never: the semaphore lives as long as the run.
-                    let _permit = fleet.acquire().await.ok();
-                    let report = migrate_tenant(db, sys, server, t, plan, expected).await;
-                    // Each outcome as soon as it is known: a run cut short keeps it.
-                    let recorded = match plan.ledger {
-                        Some(run) => crate::ledger::record(sys, run, &report).await,
-                        None => true,
-                    };
-                    (report, recorded)
-                })
-                .buffer_unordered(server.budget)
-                .collect::<Vec<(TenantReport, bool)>>()
-                .await
-        }
-    });
-    for checked in join_all(per_server).await {
-        for (report, recorded) in checked {
-            if !recorded {
-                unrecorded.push(report.clone());
+        let url = waves.queue.as_deref().unwrap_or_default();
+        if let Some(run) = plan.ledger {
+            let sent = match ledger::queue(sys, run, i64::from(!two_waves)).await {
+                Ok(()) => queue::send_tenants(url, run, &first)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(format!(
+                    "the run ledger could not be written ({})",
+                    sanitize_db(&e)
+                )),
+            };
+            if let Err(e) = sent {
+                // The run cannot finish as planned: closed at once, its tenants `not_started`
+                // (those already queued find it closed and do nothing). `retry_run` queues
+                // them again.
+                ledger::abandon(sys, run, &format!("could not queue the tenants: {e}")).await;
+                report.error = Some(format!(
+                    "could not queue the tenants: {e}; the run is closed, and {{\"retry_run\": \"{run}\"}} queues them again"
+                ));
             }
-            results.push(report);
         }
+        report.status = super::RunStatus::Queued;
+        results.extend(work.iter().map(|t| TenantReport {
+            server: t.server.clone(),
+            ..TenantReport::new(&t.slug, TenantOutcome::Queued)
+        }));
+        tally(report, results, tenants);
+        return Went::Queue;
+    }
+
+    // Inline: the canary wave, then the rest, with the brake.
+    let fleet = Semaphore::new(plan.concurrency);
+    let failures = AtomicUsize::new(0);
+    let brake = Brake {
+        failures: &failures,
+        max: max_failures,
+    };
+    let (first, rest) = work.split_at(if two_waves { canary } else { work.len() });
+    let mut done = migrate_wave(db, sys, servers, first, plan, expected, &fleet, &brake).await;
+    let canary_failed = two_waves && done.iter().any(|(r, _)| r.status == TenantOutcome::Failed);
+    if canary_failed {
+        let why = format!(
+            "halted: the canary wave failed ({} of {canary} tenants); the rest were not attempted",
+            done.iter()
+                .filter(|(r, _)| r.status == TenantOutcome::Failed)
+                .count()
+        );
+        for t in rest {
+            done.push((halted(t, "not attempted: the canary wave failed"), false));
+        }
+        report.error = Some(why);
+    } else {
+        done.extend(migrate_wave(db, sys, servers, rest, plan, expected, &fleet, &brake).await);
+    }
+    if report.error.is_none() && done.iter().any(|(r, _)| r.status == TenantOutcome::Halted) {
+        report.error = Some(format!(
+            "halted: {} tenants failed, more than max_failures ({})",
+            failures.load(Ordering::Relaxed),
+            max_failures.unwrap_or_default()
+        ));
+    }
+    if report.error.is_some() {
+        report.status = super::RunStatus::Halted;
+    }
+    for (report, recorded) in done {
+        if !recorded {
+            unrecorded.push(report.clone());
+        }
+        results.push(report);
     }
 
     // Named slugs that are not active tenants are reported, not silently dropped.
@@ -210,9 +364,86 @@ pub(super) async fn run(
     // Those, and any write that failed on the way (once more): in one statement.
     if let Some(run) = plan.ledger {
         unrecorded.extend(results[named_only..].iter().cloned());
-        crate::ledger::record_all(sys, run, &unrecorded).await;
+        ledger::record_all(sys, run, &unrecorded).await;
     }
-    // Report in registry order (oldest first), whatever order they finished in.
+    tally(report, results, tenants);
+    Went::Inline
+}
+
+/// The brake of an inline run: failures so far, and how many it tolerates.
+struct Brake<'a> {
+    failures: &'a AtomicUsize,
+    max: Option<usize>,
+}
+
+impl Brake<'_> {
+    fn pulled(&self) -> bool {
+        self.max
+            .is_some_and(|max| self.failures.load(Ordering::Relaxed) > max)
+    }
+}
+
+fn halted(t: &TenantRow, why: &str) -> TenantReport {
+    TenantReport {
+        server: t.server.clone(),
+        error: Some(why.into()),
+        ..TenantReport::new(&t.slug, TenantOutcome::Halted)
+    }
+}
+
+/// One wave, inline: each server's tenants side by side with the others', at most its budget
+/// at once and `plan.concurrency` over the fleet; each outcome recorded as it comes, and
+/// whether that worked. No tenant starts once the brake is pulled.
+#[allow(clippy::too_many_arguments)]
+async fn migrate_wave(
+    db: &Database,
+    sys: &Conn,
+    servers: &[FleetServer],
+    wave: &[&TenantRow],
+    plan: &Plan,
+    expected: &ExpectedHistory,
+    fleet: &Semaphore,
+    brake: &Brake<'_>,
+) -> Vec<(TenantReport, bool)> {
+    let per_server = servers.iter().filter(|s| s.down.is_none()).map(|server| {
+        let mine: Vec<&TenantRow> = wave
+            .iter()
+            .copied()
+            .filter(|t| t.server.as_deref() == Some(server.name.as_str()))
+            .collect();
+        async move {
+            stream::iter(mine)
+                .map(|t| async move {
+                    // Closed never: the semaphore lives as long as the run.
+                    let _permit = fleet.acquire().await.ok();
+                    if brake.pulled() {
+                        let why = "not attempted: the run was halted (max_failures)";
+                        return (halted(t, why), false);
+                    }
+                    let report = migrate_tenant(db, sys, server, t, plan, expected)
+                        .await
+                        .unwrap_or_else(|| halted(t, "busy"));
+                    if report.status == TenantOutcome::Failed {
+                        brake.failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Each outcome as soon as it is known: a run cut short keeps it.
+                    let recorded = match plan.ledger {
+                        Some(run) => ledger::record(sys, run, &report).await,
+                        None => true,
+                    };
+                    (report, recorded)
+                })
+                .buffer_unordered(server.budget)
+                .collect::<Vec<(TenantReport, bool)>>()
+                .await
+        }
+    });
+    join_all(per_server).await.into_iter().flatten().collect()
+}
+
+/// Counts the outcomes (the run's and each server's) and puts them in the report, in
+/// registry order (oldest first), whatever order they finished in.
+fn tally(report: &mut MigrateAllReport, mut results: Vec<TenantReport>, tenants: &[TenantRow]) {
     let order: BTreeMap<&str, usize> = tenants
         .iter()
         .enumerate()
@@ -232,15 +463,20 @@ pub(super) async fn run(
     report.tenants = results;
 }
 
-/// One tenant: its lock, its work within its time limit, its record in the registry.
-async fn migrate_tenant(
+/// One tenant: a slot of its server's budget, its lock, its work within its time limit,
+/// its record in the registry. `None` (only with `plan.give_back_when_busy`): the server's
+/// budget is full or the tenant's lock is taken, nothing was done, and the caller gives the
+/// tenant back for later.
+///
+/// The same code migrates a tenant inline and in a `migrate-tenant` worker.
+pub(super) async fn migrate_tenant(
     db: &Database,
     sys: &Conn,
     server: &FleetServer,
     tenant: &TenantRow,
     plan: &Plan,
     expected: &ExpectedHistory,
-) -> TenantReport {
+) -> Option<TenantReport> {
     let started = Instant::now();
     let limit = plan
         .stop_at
@@ -251,30 +487,56 @@ async fn migrate_tenant(
         ..TenantReport::new(&tenant.slug, status)
     };
     if limit < plan.min_time {
-        return new(TenantOutcome::NotStarted);
+        return Some(new(TenantOutcome::NotStarted));
     }
     let mut report = new(TenantOutcome::Failed);
     if !sys.is_usable() {
         report.error = Some(
             "the registry connection was lost (and the run's locks with it); not started".into(),
         );
-        return finish(report, started);
+        return Some(finish(report, started));
     }
-    let lock = if plan.dry_run {
-        None
+    // A dry run opens one connection per tenant and changes nothing: no slot, no lock.
+    let (slot, lock) = if plan.dry_run {
+        (None, None)
     } else {
-        let lock = Lock::Tenant(tenant.slug.clone());
-        match locks::acquire(sys, lock, plan.lock_wait.min(limit)).await {
-            Ok(Some(lock)) => Some(lock),
+        let wait = if plan.give_back_when_busy {
+            Duration::ZERO
+        } else {
+            plan.lock_wait.min(limit)
+        };
+        let slot = match take_slot(sys, server, wait).await {
+            Ok(Some(slot)) => slot,
+            Ok(None) if plan.give_back_when_busy => return None,
             Ok(None) => {
-                report.error = Some(
-                    "tenant is locked by another operation (create or delete); retry later".into(),
-                );
-                return finish(report, started);
+                report.error = Some(format!(
+                    "server '{}' has no free migration slot (its migrate_concurrency); retry later",
+                    server.name
+                ));
+                return Some(finish(report, started));
             }
             Err(e) => {
                 report.error = Some(sanitize_db(&e));
-                return finish(report, started);
+                return Some(finish(report, started));
+            }
+        };
+        let lock = Lock::Tenant(tenant.slug.clone());
+        match locks::acquire(sys, lock, wait).await {
+            Ok(Some(lock)) => (Some(slot), Some(lock)),
+            Ok(None) => {
+                slot.release().await;
+                if plan.give_back_when_busy {
+                    return None;
+                }
+                report.error = Some(
+                    "tenant is locked by another operation (create or delete); retry later".into(),
+                );
+                return Some(finish(report, started));
+            }
+            Err(e) => {
+                slot.release().await;
+                report.error = Some(sanitize_db(&e));
+                return Some(finish(report, started));
             }
         }
     };
@@ -320,7 +582,32 @@ async fn migrate_tenant(
     if let Some(lock) = lock {
         lock.release().await;
     }
-    finish(report, started)
+    if let Some(slot) = slot {
+        slot.release().await;
+    }
+    Some(finish(report, started))
+}
+
+/// A free slot of the server's budget (see `Lock::Slot`), waiting at most `wait` (zero: one
+/// look at each slot).
+async fn take_slot<'c>(
+    sys: &'c Conn,
+    server: &FleetServer,
+    wait: Duration,
+) -> Result<Option<locks::LockGuard<'c>>, DbError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        for n in 0..server.budget {
+            if let Some(slot) = locks::try_acquire(sys, Lock::slot(&server.name, n)).await? {
+                return Ok(Some(slot));
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(50).min(deadline - now)).await;
+    }
 }
 
 /// Resolves once the system connection is unusable (polled).

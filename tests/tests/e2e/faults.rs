@@ -928,3 +928,143 @@ async fn a_stopped_server_fails_only_its_own_tenants_and_the_next_run_catches_up
     let again = create_tenants_on(&mut cleanup, "fsec_back", 1, Some("secondary")).await;
     assert_invariants(&[all, created, again].concat()).await;
 }
+
+/// A TCP endpoint that accepts connections and never answers (what a network black hole
+/// looks like to a client), for as long as it lives.
+async fn black_hole() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn a_migrate_all_killed_while_queueing_is_finished_by_retry_run() {
+    let mut cleanup = Cleanup::holding_fleet().await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slugs = create_tenants_on(&mut cleanup, "fq", 3, Some("primary")).await;
+    for slug in &slugs {
+        undo_v4(slug).await;
+    }
+    // SQS does not answer: the run is planned, then the process dies while sending.
+    let (sqs_url, hole) = black_hole().await;
+    let api =
+        runtime::RuntimeApi::start(json!({"slugs": slugs, "inline": false, "canary": 0})).await;
+    let mut child = api.spawn("migrate-all", &[("AWS_ENDPOINT_URL_SQS", &sqs_url)]);
+    let planned = eventually(Duration::from_secs(30), || async {
+        let run = get("/api/runs?limit=1").await.body["runs"][0].clone();
+        run["mode"] == "queue" && run["status"] == "running"
+    })
+    .await;
+    assert!(planned, "the run was handed to the queue");
+    child.kill().await.expect("SIGKILL migrate-all");
+    hole.abort();
+    let run = get("/api/runs?limit=1").await.body["runs"][0].clone();
+    let id = run["id"].as_str().unwrap().to_owned();
+    // Nothing went out: its tenants wait, untouched.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = get(&format!("/api/runs/{id}?status=pending")).await;
+    assert_eq!(r.body["tenants"].as_array().unwrap().len(), 3, "{}", r.text);
+    for slug in &slugs {
+        assert_eq!(
+            history_versions(slug).await.len(),
+            3,
+            "{slug} not migrated yet"
+        );
+    }
+    // A plain run sees a queued run at work, and does not start a second one.
+    let (status, answer) = invoke_migrate_all(&json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["status"], "already_running", "{answer}");
+    assert_eq!(answer["run_id"], id.as_str(), "{answer}");
+    // retry_run queues its tenants (again: duplicates are harmless), and the run ends.
+    let (status, answer) = invoke_migrate_all(&json!({"retry_run": id, "inline": false})).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let run = wait_run_end(&id, Duration::from_secs(120)).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["counts"]["migrated"], 3, "{run}");
+    assert_invariants(&slugs).await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_migration_is_finished_by_the_redelivery() {
+    let mut cleanup = Cleanup::holding_fleet().await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slugs = create_tenants_on(&mut cleanup, "fw", 1, Some("primary")).await;
+    let slug = slugs[0].clone();
+    undo_v4(&slug).await;
+    // A queue of the test's own, which the local trigger does not deliver: the test hands
+    // the message to a worker it can kill.
+    let sqs = sqs().await;
+    let queue = sqs
+        .create_queue()
+        .queue_name(format!("dbtools-test-{}", uuid::Uuid::new_v4()))
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    let api = runtime::RuntimeApi::start(json!({"slugs": [slug], "inline": false})).await;
+    let _planner = api.spawn("migrate-all", &[("MIGRATE_QUEUE_URL", &queue)]);
+    let answer = api
+        .wait_response(Duration::from_secs(60))
+        .await
+        .expect("planned");
+    assert_eq!(answer["status"], "queued", "{answer}");
+    let id = answer["run_id"].as_str().unwrap().to_owned();
+    let received = sqs
+        .receive_message()
+        .queue_url(&queue)
+        .wait_time_seconds(5)
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value =
+        serde_json::from_str(received.messages()[0].body().unwrap()).unwrap();
+    assert_eq!(body, json!({"run_id": id, "slug": slug}));
+    let event = sqs_event(&[body]);
+
+    // The tenant's table is locked: V4 waits (and retries) until the worker is killed.
+    let tenant = connect_tenant(&slug).await;
+    tenant
+        .batch_execute("BEGIN; LOCK TABLE activity_log IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let worker_api = runtime::RuntimeApi::start(event.clone()).await;
+    let mut worker = worker_api.spawn("migrate-tenant", &[("MIGRATE_QUEUE_URL", &queue)]);
+    let waiting = eventually(Duration::from_secs(30), || async {
+        lock_waiters("primary", "migrate-tenant", "").await > 0
+    })
+    .await;
+    assert!(waiting, "the worker's migration waits on the table");
+    worker.kill().await.expect("SIGKILL migrate-tenant");
+    await_cancelled("primary", "migrate-tenant").await;
+    tenant.batch_execute("ROLLBACK").await.unwrap();
+    drop(tenant);
+    let r = get(&format!("/api/runs/{id}")).await;
+    assert_eq!(r.body["status"], "running", "{}", r.text);
+    assert_eq!(r.body["tenants"][0]["status"], "pending", "{}", r.text);
+
+    // SQS delivers the message again (here: straight to the worker under watch).
+    let redelivered = eventually(Duration::from_secs(30), || {
+        let event = event.clone();
+        async move {
+            let (status, answer) = invoke("migrate-tenant", &event).await;
+            status == StatusCode::OK && answer["batchItemFailures"] == json!([])
+        }
+    })
+    .await;
+    assert!(redelivered, "the redelivery is done with");
+    let run = wait_run_end(&id, Duration::from_secs(30)).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run_tenant(&run, &slug)["status"], "migrated", "{run}");
+    assert_eq!(history_versions(&slug).await, all_versions());
+    assert_invariants(&slugs).await;
+    sqs.delete_queue().queue_url(&queue).send().await.unwrap();
+}

@@ -1,0 +1,222 @@
+//! `migrate-tenant`: one tenant of a queued run per message (see `queue`), migrated by the
+//! same code as an inline run (`tenant::migrate_tenant`), its outcome recorded in the run
+//! ledger, and the run moved on (`ledger::next`: the brake, the canary, the end).
+//!
+//! SQS delivers at least once; every step is safe to repeat:
+//! - a message whose tenant is no longer `pending` in its run (a duplicate, or one delivered
+//!   after the run halted or closed) migrates nothing; it only moves its run on again, which
+//!   finishes a step a killed worker left half done (releasing the rest after the canary);
+//! - two copies at once: the tenant lock lets one work, the other is given back for later
+//!   and then finds the tenant done;
+//! - the outcome is written only over `pending` (or `halted`, for a tenant at work when its
+//!   run halted): the first one recorded is the one the run keeps.
+//!
+//! The server's budget: a worker migrates a tenant only while it holds one of its server's
+//! `migrate_concurrency` slots (advisory locks, see `Lock::Slot`). With none free, or the
+//! tenant's lock taken, the message is sent again with a delay and this delivery succeeds,
+//! so that waiting for room is never counted as a failure (nor moves the message towards the
+//! dead-letter queue).
+//!
+//! Fault table (each step can die; what happens next):
+//!
+//! | killed | state left | what finishes it |
+//! |---|---|---|
+//! | before the tenant lock | message in flight | redelivered after the visibility timeout |
+//! | mid-migration | tenant `pending`; refinery's transaction rolled back, or a concurrent index left invalid | redelivered; the migration resumes (an invalid index is rebuilt, see `session`) |
+//! | after the outcome, before `next` | outcome recorded | redelivered: not pending, so `next` only |
+//! | after releasing the rest (the canary passed), before sending it | run at wave 1, the rest `pending`, no messages | the canary tenant's message, redelivered, sends the rest (again: duplicates are harmless) |
+//! | before giving a busy message back | message in flight | redelivered |
+
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use super::{
+    prepare,
+    report::{TenantOutcome, TenantReport},
+    tenant::{self, Plan},
+};
+use crate::{
+    db::Database,
+    domain::Slug,
+    invocation::Invocation,
+    ledger::{self, Next},
+    migrations::ExpectedHistory,
+    queue::{self, TenantMessage},
+};
+
+/// What becomes of a delivered message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Done with (migrated, recorded, given back for later, or nothing to do): delete it.
+    Done,
+    /// Not done: reported as a batch item failure, SQS delivers it again after its visibility
+    /// timeout (and, after `maxReceiveCount` deliveries, moves it to the dead-letter queue).
+    Retry,
+}
+
+/// How long a message given back waits: a few seconds, spread so that the tenants given back
+/// together do not all come back together.
+fn later() -> Duration {
+    Duration::from_millis(2000 + rand::random_range(0..3000))
+}
+
+/// Handles one message of the queue at `queue_url`.
+pub async fn migrate_from_queue(
+    db: &Database,
+    inv: &Invocation,
+    queue_url: &str,
+    body: &str,
+) -> Delivery {
+    let Ok(msg) = serde_json::from_str::<TenantMessage>(body) else {
+        error!("a message of the queue is not a tenant of a run; left for the dead-letter queue");
+        return Delivery::Retry;
+    };
+    if Slug::parse(&msg.slug).is_err() {
+        error!(run_id = %msg.run_id, "a message names an invalid slug; left for the dead-letter queue");
+        return Delivery::Retry;
+    }
+    let (run_id, slug) = (msg.run_id, msg.slug.as_str());
+    let sys = match db.system().await {
+        Ok(sys) => sys,
+        Err(e) => {
+            warn!(%run_id, tenant.slug = %slug, error = %e, "registry unavailable; the message comes back");
+            return Delivery::Retry;
+        }
+    };
+    let assignment = match ledger::assignment(&sys, run_id, slug).await {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            info!(%run_id, tenant.slug = %slug, "no such tenant in the run (the run was forgotten); nothing to do");
+            return Delivery::Done;
+        }
+        Err(e) => {
+            warn!(%run_id, tenant.slug = %slug, error = %e, "could not read the run; the message comes back");
+            return Delivery::Retry;
+        }
+    };
+    if assignment.run_status != "running" {
+        info!(%run_id, tenant.slug = %slug, run_status = %assignment.run_status,
+            "the run is over; nothing to do");
+        return Delivery::Done;
+    }
+    if assignment.status != "pending" {
+        // A duplicate: only move the run on (a step a killed worker may have left).
+        info!(%run_id, tenant.slug = %slug, status = %assignment.status,
+            "the tenant already has its outcome in this run (a message delivered twice)");
+        return move_on(&sys, queue_url, run_id, assignment.wave, true).await;
+    }
+
+    let config = db.config();
+    let outcome = async {
+        let tenants = tenant::list(&sys, Some(&[slug.to_owned()])).await?;
+        let servers = prepare::load(db, &sys).await?;
+        Ok::<_, crate::db::DbError>((tenants, servers))
+    }
+    .await;
+    let (tenants, servers) = match outcome {
+        Ok(found) => found,
+        Err(e) => {
+            warn!(%run_id, tenant.slug = %slug, error = %e, "could not read the registry; the message comes back");
+            return Delivery::Retry;
+        }
+    };
+    let server = tenants.first().and_then(|t| {
+        servers
+            .iter()
+            .find(|s| t.server.as_deref() == Some(&s.name))
+    });
+    let report = match (tenants.first(), server) {
+        (None, _) => TenantReport {
+            error: Some("not an active tenant (deleted since the run was planned)".into()),
+            ..TenantReport::new(slug, TenantOutcome::Skipped)
+        },
+        (Some(t), None) => TenantReport {
+            server: t.server.clone(),
+            error: Some("the tenant's server is not registered".into()),
+            ..TenantReport::new(slug, TenantOutcome::Failed)
+        },
+        (Some(t), Some(server)) => {
+            let verify = assignment.options.get("verify") == Some(&serde_json::Value::Bool(true));
+            let plan = Plan {
+                ledger: Some(run_id),
+                verify,
+                give_back_when_busy: true,
+                ..Plan::within(config, inv)
+            };
+            let expected = ExpectedHistory::tenant();
+            match tenant::migrate_tenant(db, &sys, server, t, &plan, expected).await {
+                Some(r) if r.status != TenantOutcome::NotStarted => r,
+                // No room on the server, the tenant busy, or too little time left: later.
+                _ => return give_back(queue_url, run_id, slug, body).await,
+            }
+        }
+    };
+    match ledger::record_once(&sys, run_id, &report).await {
+        Ok(true) => {}
+        Ok(false) => info!(%run_id, tenant.slug = %slug,
+            "the tenant's outcome was recorded meanwhile (a message delivered twice); kept that one"),
+        Err(e) => {
+            warn!(%run_id, tenant.slug = %slug, error = %e,
+                "could not record the outcome; the message comes back (the migration is not repeated)");
+            return Delivery::Retry;
+        }
+    }
+    move_on(&sys, queue_url, run_id, assignment.wave, false).await
+}
+
+/// Sends the message again, for later; this delivery is then done.
+async fn give_back(queue_url: &str, run_id: uuid::Uuid, slug: &str, body: &str) -> Delivery {
+    let delay = later();
+    match queue::send_later(queue_url, body, delay).await {
+        Ok(()) => {
+            info!(%run_id, tenant.slug = %slug, delay_ms = delay.as_millis() as u64,
+                "the server's budget is full or the tenant is busy; given back for later");
+            Delivery::Done
+        }
+        Err(e) => {
+            warn!(%run_id, tenant.slug = %slug, error = %e,
+                "could not give the message back; it comes back after its visibility timeout");
+            Delivery::Retry
+        }
+    }
+}
+
+/// Moves the run on after an outcome (see `ledger::next`), sending the rest of the run when
+/// this worker released it.
+async fn move_on(
+    sys: &crate::db::Conn,
+    queue_url: &str,
+    run_id: uuid::Uuid,
+    wave: Option<i64>,
+    again: bool,
+) -> Delivery {
+    let started = Instant::now();
+    match ledger::next(sys, run_id, wave, again).await {
+        Ok(Next::Continue) => Delivery::Done,
+        Ok(Next::Closed) => {
+            info!(%run_id, "the run's last tenant is recorded; the run is closed");
+            Delivery::Done
+        }
+        Ok(Next::Halted(why)) => {
+            warn!(%run_id, reason = %why, "the run halted");
+            Delivery::Done
+        }
+        Ok(Next::Release(slugs)) => match queue::send_tenants(queue_url, run_id, &slugs).await {
+            Ok(()) => {
+                info!(%run_id, tenants = slugs.len(), duration_ms = started.elapsed().as_millis() as u64,
+                    "the canary wave passed; the rest of the run is queued");
+                Delivery::Done
+            }
+            Err(e) => {
+                // This message's next delivery sends them again.
+                warn!(%run_id, error = %e, "could not queue the rest of the run; the message comes back");
+                Delivery::Retry
+            }
+        },
+        Err(e) => {
+            warn!(%run_id, error = %e, "could not move the run on; the message comes back");
+            Delivery::Retry
+        }
+    }
+}

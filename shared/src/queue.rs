@@ -1,0 +1,178 @@
+//! The fan-out queue (SQS): migrate-all sends one message per tenant of a run, the
+//! `migrate-tenant` function consumes them through Lambda's event source mapping (locally,
+//! `scripts/queue_trigger.py`), and a worker that finds its server's budget full sends its
+//! message again, delayed.
+//!
+//! - Messages are sent in batches of ten (`SendMessageBatch`, SQS's maximum), many batches at
+//!   once; an entry SQS refuses for a passing reason is sent again, a few times.
+//! - Delivery is at least once: a message may arrive twice, or after a newer one. The worker
+//!   makes that harmless (see `fleet::worker`); the sender never needs to know whether an
+//!   earlier attempt got through, and simply sends again.
+//! - Every call is bounded (connect, attempt and operation timeouts). Errors name the kind of
+//!   failure and SQS's error code, never the queue's URL nor the endpoint.
+
+use std::time::Duration;
+
+use aws_sdk_sqs::{error::SdkError, types::SendMessageBatchRequestEntry, Client};
+use futures_util::{stream, FutureExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+use tracing::warn;
+use uuid::Uuid;
+
+/// SQS's largest batch.
+const BATCH: usize = 10;
+/// Batches in flight at once.
+const IN_FLIGHT: usize = 16;
+/// Attempts of an entry SQS refused for a passing reason (throttling, an internal error).
+const ATTEMPTS: usize = 3;
+
+/// One tenant of one run: the whole body of a message. The worker reads the rest (the run's
+/// options, the tenant's server and database) from the registry, as it is when the message
+/// arrives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantMessage {
+    pub run_id: Uuid,
+    pub slug: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// SQS could not be reached or did not answer in time.
+    #[error("the queue is unreachable ({0})")]
+    Unavailable(String),
+    /// SQS refused (permissions, no such queue, a bad request).
+    #[error("the queue refused the messages ({0})")]
+    Refused(String),
+}
+
+/// What an SDK error was, without its endpoint: the SDK's display of a dispatch failure names
+/// the URL it tried.
+fn classify<E, R>(e: &SdkError<E, R>) -> QueueError
+where
+    E: aws_sdk_sqs::error::ProvideErrorMetadata,
+{
+    match e {
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().unwrap_or("unknown error").to_owned();
+            if code.contains("Throttl") || code.contains("InternalError") {
+                QueueError::Unavailable(code)
+            } else {
+                QueueError::Refused(code)
+            }
+        }
+        SdkError::TimeoutError(_) => QueueError::Unavailable("timed out".into()),
+        SdkError::DispatchFailure(_) => QueueError::Unavailable("connection failed".into()),
+        SdkError::ResponseError(_) => QueueError::Unavailable("unreadable answer".into()),
+        SdkError::ConstructionFailure(_) => QueueError::Refused("bad request".into()),
+        _ => QueueError::Unavailable("unknown error".into()),
+    }
+}
+
+async fn make_client() -> Client {
+    Client::new(&crate::aws::config(Duration::from_secs(3), Duration::from_secs(8)).await)
+}
+
+/// The sandbox's SQS client, made on first use. Its futures are boxed, as the Secrets
+/// Manager client's are (see `secrets`).
+async fn client() -> &'static Client {
+    static CLIENT: OnceCell<Client> = OnceCell::const_new();
+    CLIENT.get_or_init(|| make_client().boxed()).await
+}
+
+/// Sends one message per slug of the run. Fails if any message could not be sent after its
+/// attempts (those that were sent stay sent: sending them again is harmless).
+pub async fn send_tenants(url: &str, run_id: Uuid, slugs: &[String]) -> Result<(), QueueError> {
+    let bodies: Vec<String> = slugs
+        .iter()
+        .map(|slug| {
+            serde_json::to_string(&TenantMessage {
+                run_id,
+                slug: slug.clone(),
+            })
+            .unwrap_or_default()
+        })
+        .collect();
+    let results: Vec<Result<(), QueueError>> = stream::iter(bodies.chunks(BATCH))
+        .map(|chunk| send_batch(url, chunk))
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    match results.into_iter().find_map(Result::err) {
+        None => Ok(()),
+        Some(first) => {
+            warn!(%run_id, batches_failed = failed, error = %first, "could not queue every tenant");
+            Err(first)
+        }
+    }
+}
+
+/// One batch, with its refused entries sent again (only those, a few times).
+async fn send_batch(url: &str, bodies: &[String]) -> Result<(), QueueError> {
+    let mut left: Vec<(String, &String)> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (i.to_string(), b))
+        .collect();
+    let mut last = QueueError::Unavailable("not sent".into());
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+        }
+        let entries = left
+            .iter()
+            .map(|(id, body)| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(id.as_str())
+                    .message_body(body.as_str())
+                    .build()
+                    .map_err(|_| QueueError::Refused("bad request".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = client()
+            .await
+            .send_message_batch()
+            .queue_url(url)
+            .set_entries(Some(entries))
+            .send()
+            .boxed()
+            .await;
+        match out {
+            Ok(out) => {
+                let failed = out.failed();
+                if failed.is_empty() {
+                    return Ok(());
+                }
+                if let Some(f) = failed.iter().find(|f| f.sender_fault()) {
+                    return Err(QueueError::Refused(f.code().to_owned()));
+                }
+                last = QueueError::Unavailable(failed[0].code().to_owned());
+                left.retain(|(id, _)| failed.iter().any(|f| f.id() == id));
+            }
+            Err(e) => {
+                last = classify(&e);
+                if matches!(last, QueueError::Refused(_)) {
+                    return Err(last);
+                }
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Sends one message again, visible after `delay` (at most 15 minutes, SQS's limit).
+pub async fn send_later(url: &str, body: &str, delay: Duration) -> Result<(), QueueError> {
+    let delay = i32::try_from(delay.as_secs().min(900)).unwrap_or(900);
+    client()
+        .await
+        .send_message()
+        .queue_url(url)
+        .message_body(body)
+        .delay_seconds(delay)
+        .send()
+        .boxed()
+        .await
+        .map(|_| ())
+        .map_err(|e| classify(&e))
+}
