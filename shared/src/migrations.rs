@@ -190,8 +190,11 @@ pub async fn migrate_system(db: &Database) -> Result<Vec<i64>, DbError> {
             .await
         {
             Ok(()) => info!(database = %system_db, "created the system database"),
-            // Somebody else created it in the meantime.
-            Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => {}
+            // Somebody else created it in the meantime (a creation racing ours fails on the
+            // catalog's unique index instead).
+            Err(e)
+                if e.code() == Some(&SqlState::DUPLICATE_DATABASE)
+                    || e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
             Err(e) => return Err(e),
         }
     }
