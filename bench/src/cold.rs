@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::table::{ms, Row, Stats, Table};
 
-const FUNCTIONS: [&str; 7] = [
+const FUNCTIONS: [&str; 8] = [
     "create-tenant",
     "list-tenants",
     "delete-tenant",
@@ -20,6 +20,7 @@ const FUNCTIONS: [&str; 7] = [
     "rotate-tenant-secret",
     "servers",
     "runs",
+    "migrate-tenant",
 ];
 const RSS_GOAL_MIB: f64 = 40.0;
 
@@ -31,6 +32,8 @@ enum Expect {
     Report,
     /// A function error of this type.
     Error(&'static str),
+    /// An SQS batch answer with no failure.
+    Batch,
 }
 
 /// The first request each function gets, and what it must answer.
@@ -66,6 +69,13 @@ fn first_request(function: &str, slug: &str) -> (Value, &'static str, Expect) {
             runtime::http_event("GET", "/api/runs", "", &[]),
             "GET the newest runs",
             Expect::Status(200),
+        ),
+        // A message of a run the ledger does not have: read, found done with, deleted.
+        "migrate-tenant" => (
+            e2e::sqs_event(&[json!({"run_id": "6f1c0000-0000-4000-8000-000000000000",
+                                    "slug": slug})]),
+            "a message of an unknown run",
+            Expect::Batch,
         ),
         "rotate-tenant-secret" => (
             json!({"Step": "testSecret", "SecretId": "dbtools/tenants/bench_never_created",
@@ -120,6 +130,10 @@ pub async fn measure(profile: &str, samples: usize, slug: &str, table: &mut Tabl
                 Expect::Error(kind) => ensure!(
                     answer["errorType"] == kind,
                     "{function}: expected {kind}, got {answer}"
+                ),
+                Expect::Batch => ensure!(
+                    answer["batchItemFailures"] == json!([]),
+                    "{function}: expected no batch item failure, got {answer}"
                 ),
             }
             times.push(took);

@@ -8,9 +8,11 @@
 //! `BENCH_TENANTS` (1000: the fleet, created through the API, which migrate-all runs over),
 //! `BENCH_LIST_TENANTS` (10000: registry rows for the list benchmark), `BENCH_FLOOR_SAMPLES`
 //! (50), `BENCH_LIST_SAMPLES` (200), `BENCH_COLD_SAMPLES` (5), and the live-migration
-//! benchmark's `BENCH_LIVE_TENANTS` (4) and `BENCH_LIVE_ROWS` (200000).
+//! benchmark's `BENCH_LIVE_TENANTS` (4) and `BENCH_LIVE_ROWS` (200000), and
+//! `BENCH_PLAN_ROWS` (100000: the registry rows a queued run is planned over).
 
 mod cold;
+mod fanout;
 mod floor;
 mod live;
 mod table;
@@ -36,6 +38,7 @@ struct Settings {
     floor_samples: usize,
     list_samples: usize,
     cold_samples: usize,
+    plan_rows: usize,
     profile: String,
 }
 
@@ -61,6 +64,7 @@ async fn main() -> Result<()> {
         floor_samples: env_usize("BENCH_FLOOR_SAMPLES", 50)?.max(1),
         list_samples: env_usize("BENCH_LIST_SAMPLES", 200)?.max(1),
         cold_samples: env_usize("BENCH_COLD_SAMPLES", 5)?.max(1),
+        plan_rows: env_usize("BENCH_PLAN_ROWS", 100_000)?.max(1),
         profile: std::env::var("DBTOOLS_BUILD_PROFILE").unwrap_or_else(|_| "unknown".into()),
     };
     if s.profile != "release" {
@@ -78,6 +82,14 @@ async fn main() -> Result<()> {
         cleanup().await?;
         warm_up().await?;
         live::measure(&mut table).await?;
+        println!("{}", table.render());
+        return Ok(());
+    }
+    // BENCH_ONLY=plan measures only the planning of a queued run.
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("plan") {
+        cleanup().await?;
+        warm_up().await?;
+        fanout::planning(s.plan_rows, &s.profile, &mut table).await?;
         println!("{}", table.render());
         return Ok(());
     }
@@ -183,7 +195,12 @@ async fn main() -> Result<()> {
     ));
 
     step("migrate-all with nothing pending, verifying every tenant database");
-    let (verify, _) = migrate_all(&json!({"verify": true}), s.tenants + 1, "up_to_date").await?;
+    let (verify, _) = migrate_all(
+        &json!({"verify": true, "inline": true}),
+        s.tenants + 1,
+        "up_to_date",
+    )
+    .await?;
     let verify_ms = verify.as_secs_f64() * 1000.0;
     table.push(Row::info(
         &format!(
@@ -198,9 +215,12 @@ async fn main() -> Result<()> {
         ),
     ));
 
-    step("migrate-all with one pending migration in every tenant");
+    step("migrate-all with one pending migration in every tenant, inline");
+    let budgets = fanout::budgets().await?;
     undo_latest(&placed).await?;
-    let (pending, report) = migrate_all(&json!({}), s.tenants, "migrated").await?;
+    let sampler = fanout::ConnSampler::start().await;
+    let (pending, report) = migrate_all(&json!({"inline": true}), s.tenants, "migrated").await?;
+    let inline_seen = sampler.stop().await;
     let pending_ms = pending.as_secs_f64() * 1000.0;
     table.push(Row::goal(
         &format!("migrate-all, {} tenants, one pending migration", s.tenants),
@@ -210,6 +230,27 @@ async fn main() -> Result<()> {
         pending_ms < 6000.0 * scale,
     ));
     per_server_runs(&report, &mut table)?;
+    table.push(fanout::connections_row(&inline_seen, &budgets));
+
+    step("the same, through the queue (migrate-tenant workers, the local trigger)");
+    undo_latest(&placed).await?;
+    let sampler = fanout::ConnSampler::start().await;
+    let (queued, _) = fanout::queued_run(s.tenants).await?;
+    let queued_seen = sampler.stop().await;
+    let queued_ms = queued.as_secs_f64() * 1000.0;
+    table.push(Row::info(
+        &format!(
+            "migrate-all, {} tenants, one pending migration, through the queue",
+            s.tenants
+        ),
+        format!("{} ms", ms(queued_ms)),
+        format!(
+            "{:.2}x inline; {} workers at once (QUEUE_MAX_CONCURRENCY), a 1% canary first",
+            queued_ms / pending_ms,
+            std::env::var("DBTOOLS_QUEUE_MAX_CONCURRENCY").unwrap_or_else(|_| "?".into())
+        ),
+    ));
+    table.push(fanout::connections_row(&queued_seen, &budgets));
 
     live::measure(&mut table).await?;
 
@@ -222,6 +263,12 @@ async fn main() -> Result<()> {
     step("cold starts: each function's release binary, started for one request");
     cold::measure(&s.profile, s.cold_samples, &slug(0), &mut table).await?;
     cold::watch_instances(&s.profile, &mut table)?;
+
+    step(&format!(
+        "planning a queued run over {} registry rows",
+        s.plan_rows
+    ));
+    fanout::planning(s.plan_rows, &s.profile, &mut table).await?;
 
     println!();
     println!("{machine}");
@@ -308,9 +355,14 @@ async fn cleanup() -> Result<()> {
     let registry = e2e::registry().await;
     let _ = registry
         .execute(
-            "DELETE FROM tenants WHERE slug LIKE 'bench\\_%' OR slug LIKE 'benchlist\\_%'",
+            "DELETE FROM tenants WHERE slug LIKE 'bench\\_%' OR slug LIKE 'benchlist\\_%' \
+             OR slug LIKE 'benchplan\\_%'",
             &[],
         )
+        .await;
+    // A queued run an interrupted bench left at work would make every run `already_running`.
+    let _ = registry
+        .execute("DELETE FROM runs WHERE status = 'running'", &[])
         .await;
     Ok(())
 }
