@@ -10,7 +10,13 @@ ALTER TABLE runs
     ADD COLUMN max_failures BIGINT,
     -- The last progress (a tenant recorded, a wave released): a queued run with none for
     -- RUN_STALL_SECS is stalled.
-    ADD COLUMN updated_at   TIMESTAMPTZ NOT NULL DEFAULT now();
+    ADD COLUMN updated_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    -- Raised by each retry_run: a message carries the attempt it was sent for, and a worker
+    -- ignores one of an earlier attempt (still in the queue, or at work when the retry came).
+    ADD COLUMN attempt      BIGINT NOT NULL DEFAULT 0,
+    -- Set once the rest of a run (after its canary wave) was sent: a canary message delivered
+    -- again sends the rest only while it is not (the worker that released it may have died).
+    ADD COLUMN rest_sent    BOOLEAN NOT NULL DEFAULT false;
 
 -- Each tenant's wave (0: the canary; 1: the rest); NULL for a tenant decided when the run was
 -- planned (up to date by the registry's record, or its server unreachable).

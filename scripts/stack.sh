@@ -211,11 +211,12 @@ start_secrets_manager() {
   create_queues
 }
 
-# The migrate queue and its dead-letter queue in moto (as the SAM template makes them; a
-# shorter visibility timeout, for local retries).
+# The migrate queue and its dead-letter queue in moto (as the SAM template makes them, with a
+# shorter visibility timeout, 120 s, so that a local retry comes back soon; still longer than
+# a local worker's invocation).
 create_queues() {
   QUEUE_URL=$(AWS_ENDPOINT_URL_SQS="$(sm_url)" "$VENV/bin/python" "$ROOT/scripts/queue_trigger.py" \
-    create "$MIGRATE_QUEUE" "$MIGRATE_DLQ" 5 60) || die "could not create the local SQS queues"
+    create "$MIGRATE_QUEUE" "$MIGRATE_DLQ" 5 120) || die "could not create the local SQS queues"
 }
 
 put_secret() {

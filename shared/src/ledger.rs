@@ -51,14 +51,35 @@ const COUNTS_SQL: &str = "(SELECT jsonb_build_object(\
     'halted', count(*) FILTER (WHERE t.status = 'halted')) \
     FROM run_tenants t WHERE t.run_id = r.id)";
 
-/// Closes the runs that can no longer progress (the caller holds the fleet lock): an inline
-/// run still `running` belonged to an invocation that died (it held the fleet lock until
-/// its end), a queued run without progress for `stall` is stalled. Their tenants still
-/// `pending` become `not_started`. Returns the queued run still alive, if any.
+/// Closes the runs that can no longer progress (the caller holds the fleet lock), with their
+/// counts:
+/// - an inline run still `running` belonged to an invocation that died (it held the fleet
+///   lock until its end): `failed` ("interrupted");
+/// - a queued run without progress for `stall` whose tenants all have their outcome (its last
+///   worker died before closing it): closed by its outcomes, as that worker would have;
+/// - any other queued run without progress for `stall`: `failed` ("stalled").
+///
+/// Tenants still `pending` become `not_started`. Returns the queued run still alive, if any.
 async fn close_dead(sys: &Conn, stall: Duration) -> Result<Option<Uuid>, DbError> {
     let stall_secs = stall.as_secs_f64();
     sys.long()
         .execute(
+            &format!(
+                "UPDATE runs r SET status = CASE WHEN r.error IS NOT NULL OR EXISTS \
+                   (SELECT 1 FROM run_tenants WHERE run_id = r.id AND status = 'failed') \
+                   THEN 'failed' ELSE 'completed' END, \
+                   counts = {COUNTS_SQL}, finished_at = now(), updated_at = now() \
+                 WHERE r.status = 'running' AND r.mode = 'queue' \
+                   AND r.updated_at < now() - make_interval(secs => $1) \
+                   AND NOT EXISTS (SELECT 1 FROM run_tenants \
+                     WHERE run_id = r.id AND status = 'pending')"
+            ),
+            &[&stall_secs],
+        )
+        .await?;
+    let dead: Vec<Uuid> = sys
+        .long()
+        .query(
             "WITH dead AS ( \
                UPDATE runs SET status = 'failed', finished_at = now(), updated_at = now(), \
                  error = CASE mode WHEN 'inline' \
@@ -66,12 +87,24 @@ async fn close_dead(sys: &Conn, stall: Duration) -> Result<Option<Uuid>, DbError
                    ELSE 'stalled: no progress for RUN_STALL_SECS; retry_run queues its tenants again' END \
                WHERE status = 'running' AND (mode = 'inline' \
                  OR updated_at < now() - make_interval(secs => $1)) \
-               RETURNING id) \
-             UPDATE run_tenants SET status = 'not_started' \
-             WHERE status = 'pending' AND run_id IN (SELECT id FROM dead)",
+               RETURNING id), \
+             t AS (UPDATE run_tenants SET status = 'not_started' \
+               WHERE status = 'pending' AND run_id IN (SELECT id FROM dead)) \
+             SELECT id FROM dead",
             &[&stall_secs],
         )
-        .await?;
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    if !dead.is_empty() {
+        sys.long()
+            .execute(
+                &format!("UPDATE runs r SET counts = {COUNTS_SQL} WHERE r.id = ANY($1)"),
+                &[&dead],
+            )
+            .await?;
+    }
     let alive = sys
         .query_opt(
             "SELECT id FROM runs WHERE status = 'running' ORDER BY started_at DESC LIMIT 1",
@@ -127,8 +160,11 @@ pub(crate) struct NewRun<'a> {
 
 /// What `{"retry_run": id}` found.
 pub(crate) enum Reopened {
-    /// Its failed, halted, not started and pending tenants, `pending` again.
-    Tenants(Vec<String>),
+    /// Its failed, halted, not started and pending tenants, `pending` again, and the run's new
+    /// attempt.
+    Tenants(i64, Vec<String>),
+    /// The run completed, or has no tenant to retry: nothing was changed.
+    Nothing(String),
     /// No such run (or forgotten).
     NoSuchRun,
     /// Another queued run is at work (its id).
@@ -137,26 +173,39 @@ pub(crate) enum Reopened {
 
 /// Reopens a run for `retry_run` (the caller holds the fleet lock): its tenants that did not
 /// end well (`failed`, `halted`, `not_started`, and `pending` ones, whose messages may be
-/// lost) are `pending` again, in the last wave, and the run `running` again with the brake
-/// the retry asks for.
+/// lost) are `pending` again, in the last wave, and the run is `running` again in a new
+/// attempt: the messages of earlier attempts, still queued or at work, change nothing more.
 pub(crate) async fn reopen(sys: &Conn, id: Uuid, stall: Duration) -> Result<Reopened, DbError> {
     if let Some(alive) = close_dead(sys, stall).await? {
         if alive != id {
             return Ok(Reopened::Busy(alive));
         }
     }
-    let tx = sys.begin().await?;
-    let found = tx
-        .execute(
-            "UPDATE runs SET status = 'running', mode = 'inline', wave = 1, error = NULL, \
-               finished_at = NULL, updated_at = now() WHERE id = $1",
+    let Some(row) = sys
+        .query_opt(
+            "SELECT status, EXISTS (SELECT 1 FROM run_tenants WHERE run_id = $1 \
+               AND status IN ('failed', 'halted', 'not_started', 'pending')) AS open \
+             FROM runs WHERE id = $1",
             &[&id],
         )
-        .await?;
-    if found == 0 {
-        tx.rollback().await;
+        .await?
+    else {
         return Ok(Reopened::NoSuchRun);
+    };
+    let status: String = row.try_get("status")?;
+    if status == "completed" || !row.try_get::<_, bool>("open")? {
+        return Ok(Reopened::Nothing(status));
     }
+    let tx = sys.begin().await?;
+    let attempt: i64 = tx
+        .query_one(
+            "UPDATE runs SET status = 'running', mode = 'inline', wave = 1, error = NULL, \
+               finished_at = NULL, rest_sent = false, attempt = attempt + 1, updated_at = now() \
+             WHERE id = $1 RETURNING attempt",
+            &[&id],
+        )
+        .await?
+        .try_get(0)?;
     let rows = tx
         .query(
             "UPDATE run_tenants SET status = 'pending', error = NULL, finished_at = NULL, \
@@ -171,7 +220,7 @@ pub(crate) async fn reopen(sys: &Conn, id: Uuid, stall: Duration) -> Result<Reop
         .iter()
         .map(|r| r.try_get(0))
         .collect::<Result<Vec<String>, _>>()?;
-    Ok(Reopened::Tenants(slugs))
+    Ok(Reopened::Tenants(attempt, slugs))
 }
 
 /// A tenant as a run plans it: its server, and its wave (`None`: decided at planning).
@@ -331,12 +380,26 @@ pub(crate) async fn note_error(sys: &Conn, run_id: Uuid, error: &str) {
 /// What a worker needs to know of its message's run and tenant. `None`: no such run (it was
 /// forgotten) or no such tenant in it.
 pub(crate) struct Assignment {
-    /// The run's status: only a `running` run's tenants are migrated.
+    /// The run's status: only a `running` run's tenants are migrated...
     pub run_status: String,
+    /// ... a queued one's...
+    pub mode: String,
+    /// ... in the attempt the message was sent for.
+    pub attempt: i64,
     pub options: Value,
     /// The tenant's status in the run: only a `pending` tenant is migrated.
     pub status: String,
     pub wave: Option<i64>,
+}
+
+impl Assignment {
+    /// Whether a message of `attempt` is to migrate this tenant now.
+    pub fn is_work(&self, attempt: i64) -> bool {
+        self.run_status == "running"
+            && self.mode == "queue"
+            && self.attempt == attempt
+            && self.status == "pending"
+    }
 }
 
 pub(crate) async fn assignment(
@@ -346,7 +409,7 @@ pub(crate) async fn assignment(
 ) -> Result<Option<Assignment>, DbError> {
     let row = sys
         .query_opt(
-            "SELECT r.status AS run_status, r.options, t.status, t.wave \
+            "SELECT r.status AS run_status, r.mode, r.attempt, r.options, t.status, t.wave \
              FROM runs r JOIN run_tenants t ON t.run_id = r.id \
              WHERE r.id = $1 AND t.slug = $2",
             &[&run_id, &slug],
@@ -355,29 +418,35 @@ pub(crate) async fn assignment(
     let Some(row) = row else { return Ok(None) };
     Ok(Some(Assignment {
         run_status: row.try_get("run_status")?,
+        mode: row.try_get("mode")?,
+        attempt: row.try_get("attempt")?,
         options: row.try_get("options")?,
         status: row.try_get("status")?,
         wave: row.try_get("wave")?,
     }))
 }
 
-/// Records a worker's outcome for a tenant still `pending` (or `halted` while it worked):
-/// the first outcome recorded is the one the run keeps, so that a message delivered twice
-/// records one. False when the tenant already had one.
+/// Records a worker's outcome for a tenant still `pending` (or `halted` while it worked), in
+/// the attempt the worker's message was sent for: the first outcome recorded is the one the
+/// run keeps, so that a message delivered twice records one, and a message of an earlier
+/// attempt none. False when nothing was written.
 pub(crate) async fn record_once(
     sys: &Conn,
     run_id: Uuid,
+    attempt: i64,
     t: &TenantReport,
 ) -> Result<bool, DbError> {
     let duration = i64::try_from(t.duration_ms).unwrap_or(i64::MAX);
     let n = sys
         .execute(
-            "UPDATE run_tenants SET server = $3, status = $4, from_version = $5, to_version = $6, \
-               error = $7, duration_ms = $8, finished_at = now() \
-             WHERE run_id = $1 AND slug = $2 AND status IN ('pending', 'halted')",
+            "UPDATE run_tenants t SET server = $4, status = $5, from_version = $6, \
+               to_version = $7, error = $8, duration_ms = $9, finished_at = now() \
+             FROM runs r WHERE r.id = t.run_id AND r.attempt = $3 \
+               AND t.run_id = $1 AND t.slug = $2 AND t.status IN ('pending', 'halted')",
             &[
                 &run_id,
                 &t.slug,
+                &attempt,
                 &t.server,
                 &t.status.as_str(),
                 &t.from_version,
@@ -393,15 +462,16 @@ pub(crate) async fn record_once(
 /// What a queued run does after a tenant's outcome is recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Next {
-    /// Nothing: other tenants are still at work.
+    /// Nothing: other tenants are still at work (or the message is of an earlier attempt).
     Continue,
-    /// This worker released the rest of the run: it sends these tenants' messages.
+    /// This worker released the rest of the run: it sends these tenants' messages, then
+    /// says so ([`note_rest_sent`]).
     Release(Vec<String>),
     /// The run halted (the canary wave failed, or the brake): its tenants still pending are
     /// `halted`.
     Halted(String),
-    /// That was the last tenant: the run is closed.
-    Closed,
+    /// That was the last tenant: the run is closed, with this status.
+    Closed(String),
 }
 
 /// After each recorded outcome of a queued run, in this order (each step a statement of its
@@ -414,44 +484,48 @@ pub(crate) enum Next {
 /// 3. the end: with no tenant pending, the run is closed, `failed` if a tenant failed.
 ///
 /// Only failures of tenants the run attempted count (not those decided at planning, such as
-/// an unreachable server's).
+/// an unreachable server's). A message of an earlier attempt moves nothing.
 ///
 /// `again`: the caller's tenant was already recorded (its message came twice). A canary
-/// tenant's message coming again after the rest was released sends the rest's pending
-/// tenants again: the worker that released them may have died before sending them, and
-/// a message sent twice is harmless.
+/// tenant's message coming again after the rest was released, but before the rest was sent,
+/// sends it: the worker that released it may have died first, and a message sent twice is
+/// harmless.
 pub(crate) async fn next(
     sys: &Conn,
     run_id: Uuid,
+    attempt: i64,
     wave: Option<i64>,
     again: bool,
 ) -> Result<Next, DbError> {
     let row = sys
         .query_opt(
-            "UPDATE runs SET updated_at = now() WHERE id = $1 AND status = 'running' \
-             RETURNING wave, max_failures, \
+            "UPDATE runs SET updated_at = now() \
+             WHERE id = $1 AND status = 'running' AND attempt = $2 \
+             RETURNING wave, max_failures, rest_sent, \
                (SELECT count(*) FROM run_tenants WHERE run_id = $1 AND status = 'failed' \
                   AND wave IS NOT NULL) AS failed, \
                (SELECT count(*) FROM run_tenants WHERE run_id = $1 AND status = 'failed' \
                   AND wave = 0) AS canary_failed, \
                EXISTS (SELECT 1 FROM run_tenants WHERE run_id = $1 AND status = 'pending' \
                   AND wave = 0) AS canary_pending",
-            &[&run_id],
+            &[&run_id, &attempt],
         )
         .await?;
     let Some(row) = row else {
         // Closed meanwhile (halted while this tenant worked): its counts take this outcome in.
         sys.execute(
             &format!(
-                "UPDATE runs r SET counts = {COUNTS_SQL} WHERE r.id = $1 AND r.status <> 'running'"
+                "UPDATE runs r SET counts = {COUNTS_SQL} \
+                 WHERE r.id = $1 AND r.status <> 'running' AND r.attempt = $2"
             ),
-            &[&run_id],
+            &[&run_id, &attempt],
         )
         .await?;
         return Ok(Next::Continue);
     };
     let run_wave: i64 = row.try_get("wave")?;
     let max_failures: Option<i64> = row.try_get("max_failures")?;
+    let rest_sent: bool = row.try_get("rest_sent")?;
     let failed: i64 = row.try_get("failed")?;
     let canary_failed: i64 = row.try_get("canary_failed")?;
     let canary_pending: bool = row.try_get("canary_pending")?;
@@ -461,7 +535,7 @@ pub(crate) async fn next(
             return halt(sys, run_id, &why).await;
         }
     }
-    if run_wave == 1 && wave == Some(0) && again {
+    if run_wave == 1 && wave == Some(0) && again && !rest_sent {
         let rest = pending_of_wave(sys, run_id, 1).await?;
         if !rest.is_empty() {
             return Ok(Next::Release(rest));
@@ -478,8 +552,8 @@ pub(crate) async fn next(
         let released = sys
             .execute(
                 "UPDATE runs SET wave = 1, updated_at = now() \
-                 WHERE id = $1 AND wave = 0 AND status = 'running'",
-                &[&run_id],
+                 WHERE id = $1 AND wave = 0 AND status = 'running' AND attempt = $2",
+                &[&run_id, &attempt],
             )
             .await?;
         if released == 1 {
@@ -490,23 +564,38 @@ pub(crate) async fn next(
         }
     }
     let closed = sys
-        .execute(
+        .query_opt(
             &format!(
                 "UPDATE runs r SET \
                    status = CASE WHEN r.error IS NOT NULL OR EXISTS (SELECT 1 FROM run_tenants \
                      WHERE run_id = r.id AND status = 'failed') THEN 'failed' ELSE 'completed' END, \
                    counts = {COUNTS_SQL}, finished_at = now(), updated_at = now() \
-                 WHERE r.id = $1 AND r.status = 'running' AND NOT EXISTS \
-                   (SELECT 1 FROM run_tenants WHERE run_id = r.id AND status = 'pending')"
+                 WHERE r.id = $1 AND r.status = 'running' AND r.attempt = $2 AND NOT EXISTS \
+                   (SELECT 1 FROM run_tenants WHERE run_id = r.id AND status = 'pending') \
+                 RETURNING r.status"
             ),
-            &[&run_id],
+            &[&run_id, &attempt],
         )
         .await?;
-    Ok(if closed == 1 {
-        Next::Closed
-    } else {
-        Next::Continue
+    Ok(match closed {
+        Some(row) => Next::Closed(row.try_get(0)?),
+        None => Next::Continue,
     })
+}
+
+/// Every tenant of the run's last wave was sent (by the planner, or by the worker that
+/// released the rest after the canary wave). Best effort: while it is not recorded, a canary
+/// message delivered again sends the rest again, which is harmless.
+pub(crate) async fn note_rest_sent(sys: &Conn, run_id: Uuid, attempt: i64) {
+    if let Err(e) = sys
+        .execute(
+            "UPDATE runs SET rest_sent = true WHERE id = $1 AND attempt = $2",
+            &[&run_id, &attempt],
+        )
+        .await
+    {
+        warn!(%run_id, error = %e, "could not note that the rest of the run was sent");
+    }
 }
 
 /// The run's tenants of `wave` still pending.

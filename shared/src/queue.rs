@@ -4,17 +4,18 @@
 //! message again, delayed.
 //!
 //! - Messages are sent in batches of ten (`SendMessageBatch`, SQS's maximum), many batches at
-//!   once; an entry SQS refuses for a passing reason is sent again, a few times.
+//!   once; an entry SQS refuses for a passing reason is sent again, a few times; the first
+//!   batch that cannot be sent, or the caller's deadline, ends the sending.
 //! - Delivery is at least once: a message may arrive twice, or after a newer one. The worker
 //!   makes that harmless (see `fleet::worker`); the sender never needs to know whether an
 //!   earlier attempt got through, and simply sends again.
 //! - Every call is bounded (connect, attempt and operation timeouts). Errors name the kind of
 //!   failure and SQS's error code, never the queue's URL nor the endpoint.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::{error::SdkError, types::SendMessageBatchRequestEntry, Client};
-use futures_util::{stream, FutureExt, StreamExt};
+use futures_util::{stream, FutureExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 use tracing::warn;
@@ -34,6 +35,9 @@ const ATTEMPTS: usize = 3;
 pub struct TenantMessage {
     pub run_id: Uuid,
     pub slug: String,
+    /// The run's attempt it was sent for (0, then one more per `retry_run`).
+    #[serde(default)]
+    pub attempt: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,32 +84,37 @@ async fn client() -> &'static Client {
     CLIENT.get_or_init(|| make_client().boxed()).await
 }
 
-/// Sends one message per slug of the run. Fails if any message could not be sent after its
-/// attempts (those that were sent stay sent: sending them again is harmless).
-pub async fn send_tenants(url: &str, run_id: Uuid, slugs: &[String]) -> Result<(), QueueError> {
+/// Sends one message per slug of the run's `attempt`, before `deadline`. Stops at the first
+/// batch that could not be sent after its attempts, or at the deadline, with an error (those
+/// that were sent stay sent: sending them again is harmless).
+pub async fn send_tenants(
+    url: &str,
+    run_id: Uuid,
+    attempt: i64,
+    slugs: &[String],
+    deadline: Instant,
+) -> Result<(), QueueError> {
     let bodies: Vec<String> = slugs
         .iter()
         .map(|slug| {
             serde_json::to_string(&TenantMessage {
                 run_id,
                 slug: slug.clone(),
+                attempt,
             })
             .unwrap_or_default()
         })
         .collect();
-    let results: Vec<Result<(), QueueError>> = stream::iter(bodies.chunks(BATCH))
-        .map(|chunk| send_batch(url, chunk))
-        .buffer_unordered(IN_FLIGHT)
-        .collect()
-        .await;
-    let failed = results.iter().filter(|r| r.is_err()).count();
-    match results.into_iter().find_map(Result::err) {
-        None => Ok(()),
-        Some(first) => {
-            warn!(%run_id, batches_failed = failed, error = %first, "could not queue every tenant");
-            Err(first)
-        }
+    let all = stream::iter(bodies.chunks(BATCH).map(Ok))
+        .try_for_each_concurrent(IN_FLIGHT, |chunk| send_batch(url, chunk));
+    let sent = match tokio::time::timeout_at(deadline.into(), all).await {
+        Ok(sent) => sent,
+        Err(_) => Err(QueueError::Unavailable("out of time".into())),
+    };
+    if let Err(e) = &sent {
+        warn!(%run_id, tenants = slugs.len(), error = %e, "could not queue every tenant");
     }
+    sent
 }
 
 /// One batch, with its refused entries sent again (only those, a few times).

@@ -102,7 +102,10 @@ pub struct MigrateAllRequest {
 
 /// `max_failures`: a count, or a percentage of the tenants a run opens.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "max_failures: a count of tenants (3) or a percentage (\"10%\")"
+)]
 pub enum MaxFailures {
     Count(u32),
     Share(String),
@@ -305,6 +308,7 @@ pub async fn migrate_all(
 
     // The run ledger (real runs only: a dry run changes nothing, the ledger included).
     let mut ledger_run = None;
+    let mut attempt = 0;
     if fleet_lock.is_some() {
         let opened = open_run(&sys, req, run_id, config).await;
         let busy = |report: &mut MigrateAllReport, alive: Uuid| {
@@ -315,12 +319,13 @@ pub async fn migrate_all(
         };
         match opened {
             Ok(Opened::New) => ledger_run = Some(run_id),
-            Ok(Opened::Retry(id, retried)) => {
-                info!(run_id = %id, tenants = retried.len(), "retrying a run");
+            Ok(Opened::Retry(id, again, retried)) => {
+                info!(run_id = %id, attempt = again, tenants = retried.len(), "retrying a run");
                 run_id = id;
                 report.run_id = id;
                 slugs = Some(retried);
                 ledger_run = Some(id);
+                attempt = again;
             }
             Ok(Opened::Busy(alive)) => {
                 if let Some(lock) = fleet_lock {
@@ -358,6 +363,7 @@ pub async fn migrate_all(
     let plan = tenant::Plan {
         ledger: ledger_run,
         waves,
+        attempt,
         ..plan
     };
     let mut went = tenant::Went::Inline;
@@ -396,6 +402,11 @@ pub async fn migrate_all(
         for server in &servers {
             server.handle.close_admin().await;
         }
+        // What failed so far (a template, a reconcile, lifecycle work) is in the ledger before
+        // any tenant is queued: the last worker then closes the run `failed`.
+        if let (Some(run), Some(error)) = (ledger_run, report.error_type()) {
+            ledger::note_error(&sys, run, error).await;
+        }
         let tenants = tenant::list(&sys, slugs.as_deref()).await?;
         went = tenant::run(
             db,
@@ -410,7 +421,7 @@ pub async fn migrate_all(
         Ok(())
     }
     .await;
-    if report.counts.not_started > 0 {
+    if report.counts.not_started > 0 && report.status == RunStatus::Completed {
         report.status = RunStatus::Incomplete;
     }
     // Closed before the fleet lock is given back: the next run never takes it for a dead one.
@@ -429,10 +440,6 @@ pub async fn migrate_all(
             Ok(()) => ("completed", None),
         };
         ledger::close(&sys, run, status, error.as_deref()).await;
-    } else if let (Some(run), Some(error)) = (ledger_run, report.error_type()) {
-        // A queued run whose planning failed somewhere (a template, a reconcile): its last
-        // worker closes it `failed`.
-        ledger::note_error(&sys, run, error).await;
     }
     if let Some(lock) = fleet_lock {
         lock.release().await;
@@ -460,9 +467,12 @@ pub async fn migrate_all(
 /// The rules between a run's options.
 fn check_rollout(req: &MigrateAllRequest, has_queue: bool) -> Result<(), MigrateAllError> {
     let invalid = |m: &str| Err(MigrateAllError::InvalidRequest(m.into()));
-    if req.retry_run.is_some() && (req.slugs.is_some() || req.canary.is_some() || req.dry_run) {
+    if req.retry_run.is_some()
+        && (req.slugs.is_some() || req.canary.is_some() || req.dry_run || req.verify)
+    {
         return invalid(
-            "retry_run retries the run's own tenants: it takes no slugs, canary nor dry_run",
+            "retry_run retries the run's own tenants: it takes no slugs, canary, verify nor \
+             dry_run",
         );
     }
     if req.dry_run && req.inline == Some(false) {
@@ -481,8 +491,8 @@ fn check_rollout(req: &MigrateAllRequest, has_queue: bool) -> Result<(), Migrate
 
 enum Opened {
     New,
-    /// `retry_run`: the run, and its tenants to retry.
-    Retry(Uuid, Vec<String>),
+    /// `retry_run`: the run, its new attempt, and its tenants to retry.
+    Retry(Uuid, i64, Vec<String>),
     /// A queued run is still at work.
     Busy(Uuid),
 }
@@ -496,7 +506,10 @@ async fn open_run(
 ) -> Result<Opened, MigrateAllError> {
     if let Some(id) = req.retry_run {
         return match ledger::reopen(sys, id, config.run_stall).await? {
-            ledger::Reopened::Tenants(slugs) => Ok(Opened::Retry(id, slugs)),
+            ledger::Reopened::Tenants(attempt, slugs) => Ok(Opened::Retry(id, attempt, slugs)),
+            ledger::Reopened::Nothing(status) => Err(MigrateAllError::InvalidRequest(format!(
+                "retry_run: run {id} is {status} and has no tenant to retry"
+            ))),
             ledger::Reopened::Busy(alive) => Ok(Opened::Busy(alive)),
             ledger::Reopened::NoSuchRun => Err(MigrateAllError::InvalidRequest(format!(
                 "retry_run: no run {id} in the run ledger"

@@ -27,6 +27,16 @@ pub(super) struct FleetServer {
     pub budget: usize,
     /// Why the run does not touch it (unreachable); `None` when it is usable.
     pub down: Option<String>,
+    /// The slots of its budget this process holds (see `tenant::take_slot`).
+    pub slots: std::sync::Mutex<std::collections::HashSet<usize>>,
+}
+
+impl FleetServer {
+    /// The slots of its budget this process holds.
+    pub fn held_slots(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<usize>> {
+        // Poisoned only by a panic while held, which nothing in it can cause.
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Every registered server, `primary` first.
@@ -50,6 +60,7 @@ pub(super) async fn load(db: &Database, sys: &Conn) -> Result<Vec<FleetServer>, 
             })?,
             budget: usize::try_from(budget).unwrap_or(1).max(1),
             down: None,
+            slots: Default::default(),
             name,
         });
     }

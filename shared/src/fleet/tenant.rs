@@ -62,6 +62,8 @@ pub(super) struct Plan {
     pub give_back_when_busy: bool,
     /// The rollout (inline runs and planning only).
     pub waves: Waves,
+    /// The run's attempt (0, then one more per `retry_run`): what its messages carry.
+    pub attempt: i64,
 }
 
 impl Plan {
@@ -82,6 +84,7 @@ impl Plan {
             min_time: config.connect_timeout.min(Duration::from_secs(1)),
             give_back_when_busy: false,
             waves: Waves::default(),
+            attempt: 0,
         }
     }
 }
@@ -236,9 +239,24 @@ pub(super) async fn run(
         Went::Queue => "queue",
     };
 
+    // Named slugs that are not active tenants (or, in a retry, tenants of the run deleted
+    // since) are reported, not silently dropped, and recorded with the decided ones.
+    if let Some(slugs) = slugs {
+        for slug in slugs {
+            if !tenants.iter().any(|t| &t.slug == slug) && !results.iter().any(|r| &r.slug == slug)
+            {
+                results.push(TenantReport {
+                    error: Some("not an active tenant".into()),
+                    ..TenantReport::new(slug, TenantOutcome::Skipped)
+                });
+            }
+        }
+    }
+
     let mut unrecorded = Vec::new();
     if let Some(run) = plan.ledger {
-        let wave_of = |i: usize| i64::from(two_waves && i >= canary);
+        // One wave without a canary: every tenant is in the last one.
+        let wave_of = |i: usize| i64::from(!two_waves || i >= canary);
         let mut planned: Vec<ledger::Planned> = work
             .iter()
             .enumerate()
@@ -254,20 +272,28 @@ pub(super) async fn run(
             wave: None,
         }));
         let brake = max_failures.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
-        if let Err(e) = ledger::plan(sys, run, &planned, brake).await {
-            warn!(%run, error = %e, "could not plan the run in the run ledger");
-            if went == Went::Queue {
-                // A queued run lives in the ledger: without it, nothing is sent.
-                report.error =
-                    Some("the run ledger could not be written; nothing was queued".into());
-                report.status = super::RunStatus::Queued;
-                tally(report, results, tenants);
-                return Went::Queue;
+        let planned = match ledger::plan(sys, run, &planned, brake).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(%run, error = %e, "could not plan the run in the run ledger");
+                false
             }
-        }
-        // Decided without work (vouched for, server down or unknown): recorded now, at once.
-        if !ledger::record_all(sys, run, &results).await {
+        };
+        // Decided without work (vouched for, server down or unknown, not active): recorded
+        // now, at once.
+        let decided = ledger::record_all(sys, run, &results).await;
+        if !decided {
             unrecorded.extend(results.iter().cloned());
+        }
+        if went == Went::Queue && !(planned && decided) {
+            // A queued run lives in the ledger: without its rows, nothing is sent, and the run
+            // is closed at once (`retry_run` takes it again).
+            let why = "the run ledger could not be written; nothing was queued";
+            ledger::abandon(sys, run, why).await;
+            report.error = Some(format!("{why}; {{\"retry_run\": \"{run}\"}} queues them"));
+            report.status = super::RunStatus::Queued;
+            tally(report, results, tenants);
+            return Went::Queue;
         }
     }
 
@@ -280,7 +306,7 @@ pub(super) async fn run(
         let url = waves.queue.as_deref().unwrap_or_default();
         if let Some(run) = plan.ledger {
             let sent = match ledger::queue(sys, run, i64::from(!two_waves)).await {
-                Ok(()) => queue::send_tenants(url, run, &first)
+                Ok(()) => queue::send_tenants(url, run, plan.attempt, &first, plan.stop_at)
                     .await
                     .map_err(|e| e.to_string()),
                 Err(e) => Err(format!(
@@ -296,6 +322,8 @@ pub(super) async fn run(
                 report.error = Some(format!(
                     "could not queue the tenants: {e}; the run is closed, and {{\"retry_run\": \"{run}\"}} queues them again"
                 ));
+            } else if !two_waves {
+                ledger::note_rest_sent(sys, run, plan.attempt).await;
             }
         }
         report.status = super::RunStatus::Queued;
@@ -331,7 +359,8 @@ pub(super) async fn run(
     } else {
         done.extend(migrate_wave(db, sys, servers, rest, plan, expected, &fleet, &brake).await);
     }
-    if report.error.is_none() && done.iter().any(|(r, _)| r.status == TenantOutcome::Halted) {
+    // Past the brake, even at the last tenant: halted, as a queued run would be.
+    if report.error.is_none() && brake.pulled() {
         report.error = Some(format!(
             "halted: {} tenants failed, more than max_failures ({})",
             failures.load(Ordering::Relaxed),
@@ -348,22 +377,8 @@ pub(super) async fn run(
         results.push(report);
     }
 
-    // Named slugs that are not active tenants are reported, not silently dropped.
-    let named_only = results.len();
-    if let Some(slugs) = slugs {
-        for slug in slugs {
-            if !tenants.iter().any(|t| &t.slug == slug) && !results.iter().any(|r| &r.slug == slug)
-            {
-                results.push(TenantReport {
-                    error: Some("not an active tenant".into()),
-                    ..TenantReport::new(slug, TenantOutcome::Skipped)
-                });
-            }
-        }
-    }
-    // Those, and any write that failed on the way (once more): in one statement.
+    // Any write that failed on the way, once more: in one statement.
     if let Some(run) = plan.ledger {
-        unrecorded.extend(results[named_only..].iter().cloned());
         ledger::record_all(sys, run, &unrecorded).await;
     }
     tally(report, results, tenants);
@@ -420,9 +435,11 @@ async fn migrate_wave(
                         let why = "not attempted: the run was halted (max_failures)";
                         return (halted(t, why), false);
                     }
-                    let report = migrate_tenant(db, sys, server, t, plan, expected)
-                        .await
-                        .unwrap_or_else(|| halted(t, "busy"));
+                    let report = match migrate_tenant(db, sys, server, t, plan, expected).await {
+                        Attempted::Done(r) | Attempted::Unrecorded(r) => r,
+                        // Inline runs wait for what is busy, and read no ledger first.
+                        Attempted::Busy | Attempted::NotPending => halted(t, "busy"),
+                    };
                     if report.status == TenantOutcome::Failed {
                         brake.failures.fetch_add(1, Ordering::Relaxed);
                     }
@@ -463,10 +480,28 @@ fn tally(report: &mut MigrateAllReport, mut results: Vec<TenantReport>, tenants:
     report.tenants = results;
 }
 
+/// What became of one tenant's attempt.
+pub(super) enum Attempted {
+    /// Its outcome (a queue worker's is in the run ledger, written before the tenant's locks
+    /// were given back).
+    Done(TenantReport),
+    /// A queue worker's: the server's budget was full or the tenant's lock taken; nothing was
+    /// done, and the tenant is given back for later.
+    Busy,
+    /// A queue worker's: once it held the tenant's lock, the tenant had its outcome already
+    /// (another copy of its message was first), or its run had moved on.
+    NotPending,
+    /// A queue worker's: the work was done but the outcome could not be written to the run
+    /// ledger (the message comes back; the migration is not repeated).
+    Unrecorded(TenantReport),
+}
+
 /// One tenant: a slot of its server's budget, its lock, its work within its time limit,
-/// its record in the registry. `None` (only with `plan.give_back_when_busy`): the server's
-/// budget is full or the tenant's lock is taken, nothing was done, and the caller gives the
-/// tenant back for later.
+/// its record in the registry. Inline, the answer is always `Done`. A queue worker
+/// (`plan.give_back_when_busy`) waits for nothing (`Busy`), checks once it holds the tenant's
+/// lock that the tenant is still pending in its run's attempt, and records the outcome in the
+/// run ledger before it gives the lock back, so that no other copy of the message can start
+/// in between.
 ///
 /// The same code migrates a tenant inline and in a `migrate-tenant` worker.
 pub(super) async fn migrate_tenant(
@@ -476,7 +511,7 @@ pub(super) async fn migrate_tenant(
     tenant: &TenantRow,
     plan: &Plan,
     expected: &ExpectedHistory,
-) -> Option<TenantReport> {
+) -> Attempted {
     let started = Instant::now();
     let limit = plan
         .stop_at
@@ -487,59 +522,121 @@ pub(super) async fn migrate_tenant(
         ..TenantReport::new(&tenant.slug, status)
     };
     if limit < plan.min_time {
-        return Some(new(TenantOutcome::NotStarted));
+        return Attempted::Done(new(TenantOutcome::NotStarted));
     }
     let mut report = new(TenantOutcome::Failed);
     if !sys.is_usable() {
         report.error = Some(
             "the registry connection was lost (and the run's locks with it); not started".into(),
         );
-        return Some(finish(report, started));
+        return Attempted::Done(finish(report, started));
     }
+    let worker = plan.give_back_when_busy;
     // A dry run opens one connection per tenant and changes nothing: no slot, no lock.
     let (slot, lock) = if plan.dry_run {
         (None, None)
     } else {
-        let wait = if plan.give_back_when_busy {
+        let wait = if worker {
             Duration::ZERO
         } else {
             plan.lock_wait.min(limit)
         };
         let slot = match take_slot(sys, server, wait).await {
             Ok(Some(slot)) => slot,
-            Ok(None) if plan.give_back_when_busy => return None,
+            Ok(None) if worker => return Attempted::Busy,
             Ok(None) => {
                 report.error = Some(format!(
                     "server '{}' has no free migration slot (its migrate_concurrency); retry later",
                     server.name
                 ));
-                return Some(finish(report, started));
+                return Attempted::Done(finish(report, started));
             }
             Err(e) => {
                 report.error = Some(sanitize_db(&e));
-                return Some(finish(report, started));
+                return Attempted::Done(finish(report, started));
             }
         };
         let lock = Lock::Tenant(tenant.slug.clone());
         match locks::acquire(sys, lock, wait).await {
             Ok(Some(lock)) => (Some(slot), Some(lock)),
             Ok(None) => {
-                slot.release().await;
-                if plan.give_back_when_busy {
-                    return None;
+                slot.release(server).await;
+                if worker {
+                    return Attempted::Busy;
                 }
                 report.error = Some(
                     "tenant is locked by another operation (create or delete); retry later".into(),
                 );
-                return Some(finish(report, started));
+                return Attempted::Done(finish(report, started));
             }
             Err(e) => {
-                slot.release().await;
+                slot.release(server).await;
                 report.error = Some(sanitize_db(&e));
-                return Some(finish(report, started));
+                return Attempted::Done(finish(report, started));
             }
         }
     };
+    let run = plan.ledger.filter(|_| worker);
+    let pending = match run {
+        Some(run) => match ledger::assignment(sys, run, &tenant.slug).await {
+            Ok(a) => a.is_some_and(|a| a.is_work(plan.attempt)),
+            Err(e) => {
+                report.error = Some(sanitize_db(&e));
+                false
+            }
+        },
+        None => true,
+    };
+    let attempted = if pending {
+        Attempted::Done(
+            work(
+                db, sys, server, tenant, plan, expected, started, limit, report,
+            )
+            .await,
+        )
+    } else if report.error.is_some() {
+        // The ledger could not be read: nothing done, the message comes back.
+        Attempted::Busy
+    } else {
+        Attempted::NotPending
+    };
+    // A worker's outcome goes to the ledger while it still holds the tenant's lock.
+    let attempted = match (run, attempted) {
+        (Some(run), Attempted::Done(report)) => {
+            match ledger::record_once(sys, run, plan.attempt, &report).await {
+                Ok(_) => Attempted::Done(report),
+                Err(e) => {
+                    warn!(%run, tenant.slug = %tenant.slug, error = %e,
+                        "could not record the outcome in the run ledger");
+                    Attempted::Unrecorded(report)
+                }
+            }
+        }
+        (_, other) => other,
+    };
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
+    if let Some(slot) = slot {
+        slot.release(server).await;
+    }
+    attempted
+}
+
+/// The work on one tenant once it is ours: its database migrated (or inspected) within its
+/// limit, and its version recorded in the registry.
+#[allow(clippy::too_many_arguments)]
+async fn work(
+    db: &Database,
+    sys: &Conn,
+    server: &FleetServer,
+    tenant: &TenantRow,
+    plan: &Plan,
+    expected: &ExpectedHistory,
+    started: Instant,
+    limit: Duration,
+    mut report: TenantReport,
+) -> TenantReport {
     // Only the work on the tenant's own connection is cut at the limit (refinery's run is
     // cancelled on the server, see `Conn::migrate`): the lock, on the shared system
     // connection, is always given back properly. Should that connection be lost meanwhile,
@@ -579,27 +676,48 @@ pub(super) async fn migrate_tenant(
         let wait = sys_lock_wait(sys, plan.answer_by);
         record(sys, wait, &tenant.slug, version, fingerprint.as_deref()).await;
     }
-    if let Some(lock) = lock {
-        lock.release().await;
+    finish(report, started)
+}
+
+/// One of a server's slots, held by this process.
+struct Slot<'c> {
+    n: usize,
+    guard: locks::LockGuard<'c>,
+}
+
+impl Slot<'_> {
+    async fn release(self, server: &FleetServer) {
+        self.guard.release().await;
+        server.held_slots().remove(&self.n);
     }
-    if let Some(slot) = slot {
-        slot.release().await;
-    }
-    Some(finish(report, started))
 }
 
 /// A free slot of the server's budget (see `Lock::Slot`), waiting at most `wait` (zero: one
-/// look at each slot).
+/// look at each slot). Advisory locks are re-entrant within a session, and an inline run's
+/// tenants share one: the slots this process already holds are skipped, so that each tenant
+/// at work holds a slot of its own.
 async fn take_slot<'c>(
     sys: &'c Conn,
     server: &FleetServer,
     wait: Duration,
-) -> Result<Option<locks::LockGuard<'c>>, DbError> {
+) -> Result<Option<Slot<'c>>, DbError> {
     let deadline = Instant::now() + wait;
     loop {
         for n in 0..server.budget {
-            if let Some(slot) = locks::try_acquire(sys, Lock::slot(&server.name, n)).await? {
-                return Ok(Some(slot));
+            // Claimed before the lock is tried, so that two tenants of this run never try the
+            // same slot at once.
+            if !server.held_slots().insert(n) {
+                continue;
+            }
+            match locks::try_acquire(sys, Lock::slot(&server.name, n)).await {
+                Ok(Some(guard)) => return Ok(Some(Slot { n, guard })),
+                Ok(None) => {
+                    server.held_slots().remove(&n);
+                }
+                Err(e) => {
+                    server.held_slots().remove(&n);
+                    return Err(e);
+                }
             }
         }
         let now = Instant::now();

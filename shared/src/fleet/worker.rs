@@ -34,7 +34,7 @@ use tracing::{error, info, warn};
 use super::{
     prepare,
     report::{TenantOutcome, TenantReport},
-    tenant::{self, Plan},
+    tenant::{self, Attempted, Plan},
 };
 use crate::{
     db::Database,
@@ -76,7 +76,7 @@ pub async fn migrate_from_queue(
         error!(run_id = %msg.run_id, "a message names an invalid slug; left for the dead-letter queue");
         return Delivery::Retry;
     }
-    let (run_id, slug) = (msg.run_id, msg.slug.as_str());
+    let (run_id, slug, attempt) = (msg.run_id, msg.slug.as_str(), msg.attempt);
     let sys = match db.system().await {
         Ok(sys) => sys,
         Err(e) => {
@@ -95,26 +95,31 @@ pub async fn migrate_from_queue(
             return Delivery::Retry;
         }
     };
+    if assignment.attempt != attempt || assignment.mode != "queue" {
+        info!(%run_id, tenant.slug = %slug, attempt, run_attempt = assignment.attempt,
+            "a message of an earlier attempt of the run (retry_run came since); nothing to do");
+        return Delivery::Done;
+    }
     if assignment.run_status != "running" {
         info!(%run_id, tenant.slug = %slug, run_status = %assignment.run_status,
             "the run is over; nothing to do");
         return Delivery::Done;
     }
-    if assignment.status != "pending" {
+    if !assignment.is_work(attempt) {
         // A duplicate: only move the run on (a step a killed worker may have left).
         info!(%run_id, tenant.slug = %slug, status = %assignment.status,
             "the tenant already has its outcome in this run (a message delivered twice)");
-        return move_on(&sys, queue_url, run_id, assignment.wave, true).await;
+        return move_on(&sys, queue_url, inv, &msg, assignment.wave, true).await;
     }
 
     let config = db.config();
-    let outcome = async {
+    let found = async {
         let tenants = tenant::list(&sys, Some(&[slug.to_owned()])).await?;
         let servers = prepare::load(db, &sys).await?;
         Ok::<_, crate::db::DbError>((tenants, servers))
     }
     .await;
-    let (tenants, servers) = match outcome {
+    let (tenants, servers) = match found {
         Ok(found) => found,
         Err(e) => {
             warn!(%run_id, tenant.slug = %slug, error = %e, "could not read the registry; the message comes back");
@@ -126,94 +131,115 @@ pub async fn migrate_from_queue(
             .iter()
             .find(|s| t.server.as_deref() == Some(&s.name))
     });
-    let report = match (tenants.first(), server) {
-        (None, _) => TenantReport {
-            error: Some("not an active tenant (deleted since the run was planned)".into()),
-            ..TenantReport::new(slug, TenantOutcome::Skipped)
-        },
-        (Some(t), None) => TenantReport {
-            server: t.server.clone(),
-            error: Some("the tenant's server is not registered".into()),
-            ..TenantReport::new(slug, TenantOutcome::Failed)
-        },
+    let decided = match (tenants.first(), server) {
         (Some(t), Some(server)) => {
             let verify = assignment.options.get("verify") == Some(&serde_json::Value::Bool(true));
             let plan = Plan {
                 ledger: Some(run_id),
                 verify,
                 give_back_when_busy: true,
+                attempt,
                 ..Plan::within(config, inv)
             };
             let expected = ExpectedHistory::tenant();
             match tenant::migrate_tenant(db, &sys, server, t, &plan, expected).await {
-                Some(r) if r.status != TenantOutcome::NotStarted => r,
-                // No room on the server, the tenant busy, or too little time left: later.
-                _ => return give_back(queue_url, run_id, slug, body).await,
+                Attempted::Done(r) if r.status == TenantOutcome::NotStarted => {
+                    // Too little time left in this invocation: later.
+                    return give_back(queue_url, &msg, body).await;
+                }
+                Attempted::Done(_) => None,
+                Attempted::Busy => return give_back(queue_url, &msg, body).await,
+                Attempted::NotPending => {
+                    info!(%run_id, tenant.slug = %slug,
+                        "another copy of the message recorded the tenant first; nothing to do");
+                    return Delivery::Done;
+                }
+                Attempted::Unrecorded(_) => return Delivery::Retry,
             }
         }
+        (None, _) => Some(TenantReport {
+            error: Some("not an active tenant (deleted since the run was planned)".into()),
+            ..TenantReport::new(slug, TenantOutcome::Skipped)
+        }),
+        (Some(t), None) => Some(TenantReport {
+            server: t.server.clone(),
+            error: Some("the tenant's server is not registered".into()),
+            ..TenantReport::new(slug, TenantOutcome::Failed)
+        }),
     };
-    match ledger::record_once(&sys, run_id, &report).await {
-        Ok(true) => {}
-        Ok(false) => info!(%run_id, tenant.slug = %slug,
-            "the tenant's outcome was recorded meanwhile (a message delivered twice); kept that one"),
-        Err(e) => {
+    // Decided without work: recorded here (a migrated one was, under its lock).
+    if let Some(report) = decided {
+        if let Err(e) = ledger::record_once(&sys, run_id, attempt, &report).await {
             warn!(%run_id, tenant.slug = %slug, error = %e,
-                "could not record the outcome; the message comes back (the migration is not repeated)");
+                "could not record the outcome; the message comes back");
             return Delivery::Retry;
         }
     }
-    move_on(&sys, queue_url, run_id, assignment.wave, false).await
+    move_on(&sys, queue_url, inv, &msg, assignment.wave, false).await
 }
 
 /// Sends the message again, for later; this delivery is then done.
-async fn give_back(queue_url: &str, run_id: uuid::Uuid, slug: &str, body: &str) -> Delivery {
+async fn give_back(queue_url: &str, msg: &TenantMessage, body: &str) -> Delivery {
     let delay = later();
     match queue::send_later(queue_url, body, delay).await {
         Ok(()) => {
-            info!(%run_id, tenant.slug = %slug, delay_ms = delay.as_millis() as u64,
+            info!(run_id = %msg.run_id, tenant.slug = %msg.slug, delay_ms = delay.as_millis() as u64,
                 "the server's budget is full or the tenant is busy; given back for later");
             Delivery::Done
         }
         Err(e) => {
-            warn!(%run_id, tenant.slug = %slug, error = %e,
+            warn!(run_id = %msg.run_id, tenant.slug = %msg.slug, error = %e,
                 "could not give the message back; it comes back after its visibility timeout");
             Delivery::Retry
         }
     }
 }
 
+/// What the alarm on queued runs looks for (the SAM template's metric filter): a queued run
+/// that ended `failed` or `halted`.
+pub const RUN_ENDED_BADLY: &str = "a queued run ended without success";
+
 /// Moves the run on after an outcome (see `ledger::next`), sending the rest of the run when
 /// this worker released it.
 async fn move_on(
     sys: &crate::db::Conn,
     queue_url: &str,
-    run_id: uuid::Uuid,
+    inv: &Invocation,
+    msg: &TenantMessage,
     wave: Option<i64>,
     again: bool,
 ) -> Delivery {
+    let (run_id, attempt) = (msg.run_id, msg.attempt);
     let started = Instant::now();
-    match ledger::next(sys, run_id, wave, again).await {
+    match ledger::next(sys, run_id, attempt, wave, again).await {
         Ok(Next::Continue) => Delivery::Done,
-        Ok(Next::Closed) => {
-            info!(%run_id, "the run's last tenant is recorded; the run is closed");
+        Ok(Next::Closed(status)) if status == "completed" => {
+            info!(%run_id, "the run's last tenant is recorded; the run completed");
+            Delivery::Done
+        }
+        Ok(Next::Closed(status)) => {
+            error!(%run_id, %status, "{RUN_ENDED_BADLY}: a tenant failed (see GET /api/runs/{{id}})");
             Delivery::Done
         }
         Ok(Next::Halted(why)) => {
-            warn!(%run_id, reason = %why, "the run halted");
+            error!(%run_id, status = "halted", reason = %why, "{RUN_ENDED_BADLY}");
             Delivery::Done
         }
-        Ok(Next::Release(slugs)) => match queue::send_tenants(queue_url, run_id, &slugs).await {
-            Ok(()) => {
-                info!(%run_id, tenants = slugs.len(), duration_ms = started.elapsed().as_millis() as u64,
-                    "the canary wave passed; the rest of the run is queued");
-                Delivery::Done
+        Ok(Next::Release(slugs)) => {
+            match queue::send_tenants(queue_url, run_id, attempt, &slugs, inv.deadline).await {
+                Ok(()) => {
+                    ledger::note_rest_sent(sys, run_id, attempt).await;
+                    info!(%run_id, tenants = slugs.len(), duration_ms = started.elapsed().as_millis() as u64,
+                        "the canary wave passed; the rest of the run is queued");
+                    Delivery::Done
+                }
+                Err(e) => {
+                    // This message's next delivery sends them again.
+                    warn!(%run_id, error = %e, "could not queue the rest of the run; the message comes back");
+                    Delivery::Retry
+                }
             }
-            Err(e) => {
-                // This message's next delivery sends them again.
-                warn!(%run_id, error = %e, "could not queue the rest of the run; the message comes back");
-                Delivery::Retry
-            }
-        },
+        }
         Err(e) => {
             warn!(%run_id, error = %e, "could not move the run on; the message comes back");
             Delivery::Retry

@@ -982,13 +982,82 @@ async fn a_migrate_all_killed_while_queueing_is_finished_by_retry_run() {
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["status"], "already_running", "{answer}");
     assert_eq!(answer["run_id"], id.as_str(), "{answer}");
-    // retry_run queues its tenants (again: duplicates are harmless), and the run ends.
-    let (status, answer) = invoke_migrate_all(&json!({"retry_run": id, "inline": false})).await;
+    // retry_run queues its tenants again, in a new attempt. (Its messages go to a queue of
+    // the test's own, so that the test delivers them: the rule below is about timing.)
+    let own = own_queue().await;
+    let api = runtime::RuntimeApi::start(json!({"retry_run": id, "inline": false})).await;
+    let _planner = api.spawn("migrate-all", &[("MIGRATE_QUEUE_URL", &own)]);
+    let answer = api
+        .wait_response(Duration::from_secs(60))
+        .await
+        .expect("retried");
+    assert_eq!(answer["status"], "queued", "{answer}");
+    assert_eq!(answer["run_id"], id.as_str(), "{answer}");
+    // A message of the first attempt (had it gone out, and come now) changes nothing.
+    let stale: Vec<serde_json::Value> = slugs
+        .iter()
+        .map(|s| json!({"run_id": id, "slug": s, "attempt": 0}))
+        .collect();
+    let (status, answer) = invoke("migrate-tenant", &sqs_event(&stale)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
+    let r = get(&format!("/api/runs/{id}?status=pending")).await;
+    assert_eq!(r.body["tenants"].as_array().unwrap().len(), 3, "{}", r.text);
+    for slug in &slugs {
+        assert_eq!(history_versions(slug).await.len(), 3, "{slug} untouched");
+    }
+    // The retry's own messages finish the run.
+    let fresh = receive_all(&own, slugs.len()).await;
+    assert!(fresh.iter().all(|m| m["attempt"] == 1), "{fresh:?}");
+    let (status, answer) = invoke("migrate-tenant", &sqs_event(&fresh)).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     let run = wait_run_end(&id, Duration::from_secs(120)).await;
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["counts"]["migrated"], 3, "{run}");
     assert_invariants(&slugs).await;
+    sqs()
+        .await
+        .delete_queue()
+        .queue_url(&own)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// A queue of the test's own in the local SQS, which the local trigger does not deliver.
+async fn own_queue() -> String {
+    sqs()
+        .await
+        .create_queue()
+        .queue_name(format!("dbtools-test-{}", uuid::Uuid::new_v4()))
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned()
+}
+
+/// The bodies of `n` messages of `queue` (waiting at most 20 s for them).
+async fn receive_all(queue: &str, n: usize) -> Vec<serde_json::Value> {
+    let sqs = sqs().await;
+    let mut bodies = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while bodies.len() < n && Instant::now() < deadline {
+        let got = sqs
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        for m in got.messages() {
+            bodies.push(serde_json::from_str(m.body().unwrap()).unwrap());
+        }
+    }
+    assert_eq!(bodies.len(), n, "{bodies:?}");
+    bodies
 }
 
 #[tokio::test]
@@ -998,18 +1067,8 @@ async fn a_worker_killed_mid_migration_is_finished_by_the_redelivery() {
     let slugs = create_tenants_on(&mut cleanup, "fw", 1, Some("primary")).await;
     let slug = slugs[0].clone();
     undo_v4(&slug).await;
-    // A queue of the test's own, which the local trigger does not deliver: the test hands
-    // the message to a worker it can kill.
-    let sqs = sqs().await;
-    let queue = sqs
-        .create_queue()
-        .queue_name(format!("dbtools-test-{}", uuid::Uuid::new_v4()))
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned();
+    // A queue of the test's own: the test hands the message to a worker it can kill.
+    let queue = own_queue().await;
     let api = runtime::RuntimeApi::start(json!({"slugs": [slug], "inline": false})).await;
     let _planner = api.spawn("migrate-all", &[("MIGRATE_QUEUE_URL", &queue)]);
     let answer = api
@@ -1018,16 +1077,8 @@ async fn a_worker_killed_mid_migration_is_finished_by_the_redelivery() {
         .expect("planned");
     assert_eq!(answer["status"], "queued", "{answer}");
     let id = answer["run_id"].as_str().unwrap().to_owned();
-    let received = sqs
-        .receive_message()
-        .queue_url(&queue)
-        .wait_time_seconds(5)
-        .send()
-        .await
-        .unwrap();
-    let body: serde_json::Value =
-        serde_json::from_str(received.messages()[0].body().unwrap()).unwrap();
-    assert_eq!(body, json!({"run_id": id, "slug": slug}));
+    let body = receive_all(&queue, 1).await.remove(0);
+    assert_eq!(body, json!({"run_id": id, "slug": slug, "attempt": 0}));
     let event = sqs_event(&[body]);
 
     // The tenant's table is locked: V4 waits (and retries) until the worker is killed.
@@ -1066,5 +1117,11 @@ async fn a_worker_killed_mid_migration_is_finished_by_the_redelivery() {
     assert_eq!(run_tenant(&run, &slug)["status"], "migrated", "{run}");
     assert_eq!(history_versions(&slug).await, all_versions());
     assert_invariants(&slugs).await;
-    sqs.delete_queue().queue_url(&queue).send().await.unwrap();
+    sqs()
+        .await
+        .delete_queue()
+        .queue_url(&queue)
+        .send()
+        .await
+        .unwrap();
 }

@@ -256,6 +256,50 @@ async fn workers_never_migrate_more_tenants_on_a_server_than_its_budget() {
     for slug in &slugs {
         assert_eq!(history_versions(slug).await, all_versions(), "{slug}");
     }
+
+    // Inline, the run's tenants share one registry session, where advisory locks are
+    // re-entrant: each tenant at work still holds a slot of its own (two at once here).
+    for slug in &slugs {
+        undo_v4(slug).await;
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let (server, registry) = (admin_on("secondary").await, registry().await);
+            let (mut tenants, mut slots) = (0, 0);
+            while !done.load(Ordering::Relaxed) {
+                tenants = tenants.max(busy_tenants(&server, "qb").await);
+                slots = slots.max(slot_locks(&registry).await);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (tenants, slots)
+        })
+    };
+    let (status, report) =
+        invoke_migrate_all(&json!({"slugs": slugs, "inline": true, "canary": 0})).await;
+    done.store(true, Ordering::Relaxed);
+    let (tenants, slots) = sampler.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["counts"]["migrated"], 8, "{report}");
+    assert!(tenants <= 2, "{tenants} tenants at once inline, budget 2");
+    assert_eq!(
+        slots, 2,
+        "two slots held at once, each by a tenant of its own"
+    );
+}
+
+/// Slot locks (`Lock::Slot`, see `shared/src/locks.rs`) held now in the registry.
+async fn slot_locks(registry: &tokio_postgres::Client) -> i64 {
+    registry
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid::bigint = $1 \
+             AND granted",
+            &[&0x6462_7403_i64],
+        )
+        .await
+        .expect("sample pg_locks")
+        .get(0)
 }
 
 #[tokio::test]
@@ -338,10 +382,18 @@ async fn the_brake_halts_a_run_and_retry_run_finishes_it_once_fixed() {
     for slug in &slugs {
         assert_eq!(history_versions(slug).await, all_versions(), "{slug}");
     }
-    // A completed run has nothing left to retry.
+    // A completed run has nothing left to retry: refused, and left as it was.
     let (status, answer) = invoke_migrate_all(&json!({"retry_run": id})).await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(answer["counts"]["migrated"], 0, "{answer}");
+    assert!(!status.is_success(), "{answer}");
+    assert_eq!(answer["errorType"], "InvalidRequest", "{answer}");
+    assert!(
+        answer["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("completed"),
+        "{answer}"
+    );
+    assert_eq!(get(&format!("/api/runs/{id}?limit=100")).await.body, run);
 }
 
 #[tokio::test]
