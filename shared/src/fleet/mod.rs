@@ -25,10 +25,22 @@
 //! refinery runs only when something is pending. `{"verify": true}` opens every tenant
 //! database, to catch changes made behind the registry's back (a restored backup, a
 //! hand-edited history); the SAM template schedules one such run a week.
+//!
+//! Rollout (`rollout`): the tenants to open go in a canary wave, then the rest only if no
+//! canary failed; the brake (`max_failures`) halts the run once passed. A run with more
+//! tenants to open than `MIGRATE_INLINE_MAX_TENANTS` is not migrated here: it is written to
+//! the run ledger and queued on SQS, one message per tenant, and the `migrate-tenant` workers
+//! (`worker`) migrate each with the same code (`tenant`) and close the run. `retry_run`
+//! reopens a run for its unfinished tenants, in a new attempt.
+//!
+//! Modules: `prepare` (the servers: admin connection, template, orphans), `reconcile` (dead
+//! provisionings), `upkeep` (lifecycle work), `rollout` (the run over its tenants), `tenant`
+//! (one tenant), `worker` (one message), `report` (what the run answers).
 
 mod prepare;
 mod reconcile;
 mod report;
+mod rollout;
 mod tenant;
 mod upkeep;
 mod worker;
@@ -342,7 +354,7 @@ pub async fn migrate_all(
             }
         }
     }
-    let waves = tenant::Waves {
+    let waves = rollout::Waves {
         // A retry takes its tenants at once: its run had its canary. A verify run looks for
         // every tenant that drifted: one found first must not hide the others.
         canary: if req.retry_run.is_some() || (req.verify && req.canary.is_none()) {
@@ -366,7 +378,7 @@ pub async fn migrate_all(
         attempt,
         ..plan
     };
-    let mut went = tenant::Went::Inline;
+    let mut went = rollout::Went::Inline;
     let result: Result<(), MigrateAllError> = async {
         // Each server: reachable or not, its template, its orphans.
         let mut servers = prepare::load(db, &sys).await?;
@@ -408,7 +420,7 @@ pub async fn migrate_all(
             ledger::note_error(&sys, run, error).await;
         }
         let tenants = tenant::list(&sys, slugs.as_deref()).await?;
-        went = tenant::run(
+        went = rollout::run(
             db,
             &sys,
             &servers,
@@ -426,7 +438,7 @@ pub async fn migrate_all(
     }
     // Closed before the fleet lock is given back: the next run never takes it for a dead one.
     // A queued run is closed by its last worker (or, if it could not be queued, already is).
-    if let Some(run) = ledger_run.filter(|_| went == tenant::Went::Inline || result.is_err()) {
+    if let Some(run) = ledger_run.filter(|_| went == rollout::Went::Inline || result.is_err()) {
         let (status, error) = match &result {
             Err(e) => ("failed", Some(e.error_type().to_owned())),
             Ok(()) if report.status == RunStatus::Halted => ("halted", report.error.clone()),
@@ -584,7 +596,7 @@ mod tests {
             (Some(5), 3, 3),
         ] {
             assert_eq!(
-                tenant::canary_size(asked, work),
+                rollout::canary_size(asked, work),
                 canary,
                 "{asked:?} of {work}"
             );

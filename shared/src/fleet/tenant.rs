@@ -1,29 +1,21 @@
-//! One tenant's migration in a run, and the run over the selected tenants: bounded
-//! concurrency (over the fleet, and per server its `migrate_concurrency`), a time limit per
-//! tenant, no tenant started once the invocation's deadline is near, and each tenant's outcome
-//! written to the registry as it finishes.
+//! One tenant's migration, the same inline and in a `migrate-tenant` worker: a slot of its
+//! server's budget, its lock, a time limit, no start once the invocation's deadline is near,
+//! and its version written to the registry as soon as it is known.
 
-use std::{
-    collections::BTreeMap,
-    sync::atomic::{AtomicUsize, Ordering},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use futures_util::{future::join_all, stream, StreamExt};
-use tokio::sync::Semaphore;
 use tokio_postgres::{error::SqlState, SimpleQueryMessage};
 use tracing::{info, warn};
 
 use super::{
     prepare::FleetServer,
-    report::{sanitize_db, sanitize_refinery, MigrateAllReport, TenantOutcome, TenantReport},
+    report::{sanitize_db, sanitize_refinery, TenantOutcome, TenantReport},
 };
 use crate::{
     db::{Conn, Database, DbError, Server},
     ledger,
     locks::{self, Lock},
     migrations::{self, history_rows, ExpectedHistory, HistoryCheck, HistoryRow, HISTORY_TABLE},
-    queue,
     session::RunFailure,
 };
 
@@ -61,7 +53,7 @@ pub(super) struct Plan {
     /// is given back (`None`) to be sent again later, instead of waited for.
     pub give_back_when_busy: bool,
     /// The rollout (inline runs and planning only).
-    pub waves: Waves,
+    pub waves: super::rollout::Waves,
     /// The run's attempt (0, then one more per `retry_run`): what its messages carry.
     pub attempt: i64,
 }
@@ -83,31 +75,10 @@ impl Plan {
             answer_by: inv.deadline,
             min_time: config.connect_timeout.min(Duration::from_secs(1)),
             give_back_when_busy: false,
-            waves: Waves::default(),
+            waves: Default::default(),
             attempt: 0,
         }
     }
-}
-
-/// How a run rolls out over the tenants it opens (see [`run`]).
-#[derive(Default)]
-pub(super) struct Waves {
-    /// The canary wave's size: `canary`, else 1% of the tenants to open, at least 1; 0: none.
-    pub canary: Option<usize>,
-    /// The brake, as asked: a count, or a share of the tenants to open.
-    pub max_failures: Option<super::MaxFailures>,
-    /// Fan the tenants out over this queue (`None`: inline)...
-    pub queue: Option<String>,
-    /// ... when the run has more tenants to open than this.
-    pub inline_max: usize,
-}
-
-/// Where the run's tenants went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Went {
-    Inline,
-    /// Sent to the queue: the workers close the run.
-    Queue,
 }
 
 /// The active tenants of the run: all of them, or those named in `slugs`.
@@ -148,336 +119,6 @@ pub(super) async fn list(sys: &Conn, slugs: Option<&[String]>) -> Result<Vec<Ten
         })
         .collect::<Result<_, tokio_postgres::Error>>()
         .map_err(DbError::from)
-}
-
-/// The canary wave's size for `work` tenants to open: as asked (at most all of them), else
-/// 1% of them, at least 1.
-pub(super) fn canary_size(asked: Option<usize>, work: usize) -> usize {
-    asked.unwrap_or_else(|| work.div_ceil(100).max(1)).min(work)
-}
-
-/// Decides, migrates (inline) or queues every listed tenant, and fills the report's tenants
-/// and counts.
-///
-/// - Decided without work, and recorded at once: a tenant the registry vouches for (at this
-///   release's migrations), and one whose server is down or unknown (failed, not attempted).
-/// - The rest, the tenants to open, go in two waves: the canary (the first ones in registry
-///   order), then, only if no canary failed, the others. The brake halts the run once more
-///   of them failed than `max_failures`: the tenants not started yet are `halted`.
-/// - Inline, each server's tenants run side by side with the others', at most its budget at
-///   once, and at most `plan.concurrency` over the fleet. Queued, the ledger gets every
-///   tenant `pending` with its wave, then the first wave goes to the queue; the workers do
-///   the rest (see `worker`).
-pub(super) async fn run(
-    db: &Database,
-    sys: &Conn,
-    servers: &[FleetServer],
-    tenants: &[TenantRow],
-    slugs: Option<&[String]>,
-    plan: &Plan,
-    report: &mut MigrateAllReport,
-) -> Went {
-    let waves = &plan.waves;
-    let expected = ExpectedHistory::tenant();
-    let fingerprint = expected.fingerprint();
-    let latest = expected.latest();
-    // The registry vouches for tenants recorded at this release's migrations.
-    let vouched = |t: &TenantRow| {
-        !plan.verify
-            && t.schema_version == latest
-            && t.schema_fingerprint.as_deref() == Some(fingerprint)
-    };
-    let server_of = |t: &TenantRow| {
-        servers
-            .iter()
-            .find(|s| Some(s.name.as_str()) == t.server.as_deref())
-    };
-    let mut results = Vec::new();
-    let mut work: Vec<&TenantRow> = Vec::new();
-    for t in tenants {
-        let failed = |why: String| TenantReport {
-            server: t.server.clone(),
-            error: Some(why),
-            ..TenantReport::new(&t.slug, TenantOutcome::Failed)
-        };
-        match server_of(t) {
-            None => results.push(failed("the tenant's server is not registered".into())),
-            Some(s) if s.down.is_some() => results.push(failed(format!(
-                "server '{}' unreachable: not attempted; the next run retries",
-                s.name
-            ))),
-            Some(_) if vouched(t) => results.push(TenantReport {
-                server: t.server.clone(),
-                from_version: Some(latest),
-                to_version: Some(latest),
-                ..TenantReport::new(&t.slug, TenantOutcome::UpToDate)
-            }),
-            Some(_) => work.push(t),
-        }
-    }
-    // A dry run changes nothing: it has no waves and no brake.
-    let canary = if plan.dry_run {
-        0
-    } else {
-        canary_size(waves.canary, work.len())
-    };
-    let max_failures = match &waves.max_failures {
-        Some(m) if !plan.dry_run => Some(m.of(work.len())),
-        _ => None,
-    };
-    report.canary = canary;
-    report.max_failures = max_failures;
-    // Waves only when there is a rest to hold back.
-    let two_waves = canary > 0 && canary < work.len();
-    let went = if waves.queue.is_some() && work.len() > waves.inline_max {
-        Went::Queue
-    } else {
-        Went::Inline
-    };
-    report.mode = match went {
-        Went::Inline => "inline",
-        Went::Queue => "queue",
-    };
-
-    // Named slugs that are not active tenants (or, in a retry, tenants of the run deleted
-    // since) are reported, not silently dropped, and recorded with the decided ones.
-    if let Some(slugs) = slugs {
-        for slug in slugs {
-            if !tenants.iter().any(|t| &t.slug == slug) && !results.iter().any(|r| &r.slug == slug)
-            {
-                results.push(TenantReport {
-                    error: Some("not an active tenant".into()),
-                    ..TenantReport::new(slug, TenantOutcome::Skipped)
-                });
-            }
-        }
-    }
-
-    let mut unrecorded = Vec::new();
-    if let Some(run) = plan.ledger {
-        // One wave without a canary: every tenant is in the last one.
-        let wave_of = |i: usize| i64::from(!two_waves || i >= canary);
-        let mut planned: Vec<ledger::Planned> = work
-            .iter()
-            .enumerate()
-            .map(|(i, t)| ledger::Planned {
-                slug: &t.slug,
-                server: t.server.as_deref(),
-                wave: Some(wave_of(i)),
-            })
-            .collect();
-        planned.extend(results.iter().map(|r| ledger::Planned {
-            slug: &r.slug,
-            server: r.server.as_deref(),
-            wave: None,
-        }));
-        let brake = max_failures.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
-        let planned = match ledger::plan(sys, run, &planned, brake).await {
-            Ok(()) => true,
-            Err(e) => {
-                warn!(%run, error = %e, "could not plan the run in the run ledger");
-                false
-            }
-        };
-        // Decided without work (vouched for, server down or unknown, not active): recorded
-        // now, at once.
-        let decided = ledger::record_all(sys, run, &results).await;
-        if !decided {
-            unrecorded.extend(results.iter().cloned());
-        }
-        if went == Went::Queue && !(planned && decided) {
-            // A queued run lives in the ledger: without its rows, nothing is sent, and the run
-            // is closed at once (`retry_run` takes it again).
-            let why = "the run ledger could not be written; nothing was queued";
-            ledger::abandon(sys, run, why).await;
-            report.error = Some(format!("{why}; {{\"retry_run\": \"{run}\"}} queues them"));
-            report.status = super::RunStatus::Queued;
-            tally(report, results, tenants);
-            return Went::Queue;
-        }
-    }
-
-    if went == Went::Queue {
-        let first: Vec<String> = work
-            .iter()
-            .take(if two_waves { canary } else { work.len() })
-            .map(|t| t.slug.clone())
-            .collect();
-        let url = waves.queue.as_deref().unwrap_or_default();
-        if let Some(run) = plan.ledger {
-            let sent = match ledger::queue(sys, run, i64::from(!two_waves)).await {
-                Ok(()) => queue::send_tenants(url, run, plan.attempt, &first, plan.stop_at)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(format!(
-                    "the run ledger could not be written ({})",
-                    sanitize_db(&e)
-                )),
-            };
-            if let Err(e) = sent {
-                // The run cannot finish as planned: closed at once, its tenants `not_started`
-                // (those already queued find it closed and do nothing). `retry_run` queues
-                // them again.
-                ledger::abandon(sys, run, &format!("could not queue the tenants: {e}")).await;
-                report.error = Some(format!(
-                    "could not queue the tenants: {e}; the run is closed, and {{\"retry_run\": \"{run}\"}} queues them again"
-                ));
-            } else if !two_waves {
-                ledger::note_rest_sent(sys, run, plan.attempt).await;
-            }
-        }
-        report.status = super::RunStatus::Queued;
-        results.extend(work.iter().map(|t| TenantReport {
-            server: t.server.clone(),
-            ..TenantReport::new(&t.slug, TenantOutcome::Queued)
-        }));
-        tally(report, results, tenants);
-        return Went::Queue;
-    }
-
-    // Inline: the canary wave, then the rest, with the brake.
-    let fleet = Semaphore::new(plan.concurrency);
-    let failures = AtomicUsize::new(0);
-    let brake = Brake {
-        failures: &failures,
-        max: max_failures,
-    };
-    let (first, rest) = work.split_at(if two_waves { canary } else { work.len() });
-    let mut done = migrate_wave(db, sys, servers, first, plan, expected, &fleet, &brake).await;
-    let canary_failed = two_waves && done.iter().any(|(r, _)| r.status == TenantOutcome::Failed);
-    if canary_failed {
-        let why = format!(
-            "halted: the canary wave failed ({} of {canary} tenants); the rest were not attempted",
-            done.iter()
-                .filter(|(r, _)| r.status == TenantOutcome::Failed)
-                .count()
-        );
-        for t in rest {
-            done.push((halted(t, "not attempted: the canary wave failed"), false));
-        }
-        report.error = Some(why);
-    } else {
-        done.extend(migrate_wave(db, sys, servers, rest, plan, expected, &fleet, &brake).await);
-    }
-    // Past the brake, even at the last tenant: halted, as a queued run would be.
-    if report.error.is_none() && brake.pulled() {
-        report.error = Some(format!(
-            "halted: {} tenants failed, more than max_failures ({})",
-            failures.load(Ordering::Relaxed),
-            max_failures.unwrap_or_default()
-        ));
-    }
-    if report.error.is_some() {
-        report.status = super::RunStatus::Halted;
-    }
-    for (report, recorded) in done {
-        if !recorded {
-            unrecorded.push(report.clone());
-        }
-        results.push(report);
-    }
-
-    // Any write that failed on the way, once more: in one statement.
-    if let Some(run) = plan.ledger {
-        ledger::record_all(sys, run, &unrecorded).await;
-    }
-    tally(report, results, tenants);
-    Went::Inline
-}
-
-/// The brake of an inline run: failures so far, and how many it tolerates.
-struct Brake<'a> {
-    failures: &'a AtomicUsize,
-    max: Option<usize>,
-}
-
-impl Brake<'_> {
-    fn pulled(&self) -> bool {
-        self.max
-            .is_some_and(|max| self.failures.load(Ordering::Relaxed) > max)
-    }
-}
-
-fn halted(t: &TenantRow, why: &str) -> TenantReport {
-    TenantReport {
-        server: t.server.clone(),
-        error: Some(why.into()),
-        ..TenantReport::new(&t.slug, TenantOutcome::Halted)
-    }
-}
-
-/// One wave, inline: each server's tenants side by side with the others', at most its budget
-/// at once and `plan.concurrency` over the fleet; each outcome recorded as it comes, and
-/// whether that worked. No tenant starts once the brake is pulled.
-#[allow(clippy::too_many_arguments)]
-async fn migrate_wave(
-    db: &Database,
-    sys: &Conn,
-    servers: &[FleetServer],
-    wave: &[&TenantRow],
-    plan: &Plan,
-    expected: &ExpectedHistory,
-    fleet: &Semaphore,
-    brake: &Brake<'_>,
-) -> Vec<(TenantReport, bool)> {
-    let per_server = servers.iter().filter(|s| s.down.is_none()).map(|server| {
-        let mine: Vec<&TenantRow> = wave
-            .iter()
-            .copied()
-            .filter(|t| t.server.as_deref() == Some(server.name.as_str()))
-            .collect();
-        async move {
-            stream::iter(mine)
-                .map(|t| async move {
-                    // Closed never: the semaphore lives as long as the run.
-                    let _permit = fleet.acquire().await.ok();
-                    if brake.pulled() {
-                        let why = "not attempted: the run was halted (max_failures)";
-                        return (halted(t, why), false);
-                    }
-                    let report = match migrate_tenant(db, sys, server, t, plan, expected).await {
-                        Attempted::Done(r) | Attempted::Unrecorded(r) => r,
-                        // Inline runs wait for what is busy, and read no ledger first.
-                        Attempted::Busy | Attempted::NotPending => halted(t, "busy"),
-                    };
-                    if report.status == TenantOutcome::Failed {
-                        brake.failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // Each outcome as soon as it is known: a run cut short keeps it.
-                    let recorded = match plan.ledger {
-                        Some(run) => ledger::record(sys, run, &report).await,
-                        None => true,
-                    };
-                    (report, recorded)
-                })
-                .buffer_unordered(server.budget)
-                .collect::<Vec<(TenantReport, bool)>>()
-                .await
-        }
-    });
-    join_all(per_server).await.into_iter().flatten().collect()
-}
-
-/// Counts the outcomes (the run's and each server's) and puts them in the report, in
-/// registry order (oldest first), whatever order they finished in.
-fn tally(report: &mut MigrateAllReport, mut results: Vec<TenantReport>, tenants: &[TenantRow]) {
-    let order: BTreeMap<&str, usize> = tenants
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.slug.as_str(), i))
-        .collect();
-    results.sort_by_key(|r| order.get(r.slug.as_str()).copied().unwrap_or(usize::MAX));
-    for r in &results {
-        report.counts.add(r.status);
-        if let Some(s) = report
-            .servers
-            .iter_mut()
-            .find(|s| Some(s.name.as_str()) == r.server.as_deref())
-        {
-            s.counts.add(r.status);
-        }
-    }
-    report.tenants = results;
 }
 
 /// What became of one tenant's attempt.
