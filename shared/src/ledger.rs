@@ -387,9 +387,12 @@ pub(crate) struct Assignment {
     /// ... in the attempt the message was sent for.
     pub attempt: i64,
     pub options: Value,
-    /// The tenant's status in the run: only a `pending` tenant is migrated.
+    /// The tenant's status in the run: only a `pending` tenant is migrated...
     pub status: String,
     pub wave: Option<i64>,
+    /// ... and none once the brake is passed (the run halts at the next `next`).
+    pub failed: i64,
+    pub max_failures: Option<i64>,
 }
 
 impl Assignment {
@@ -399,6 +402,7 @@ impl Assignment {
             && self.mode == "queue"
             && self.attempt == attempt
             && self.status == "pending"
+            && self.max_failures.is_none_or(|max| self.failed <= max)
     }
 }
 
@@ -409,7 +413,9 @@ pub(crate) async fn assignment(
 ) -> Result<Option<Assignment>, DbError> {
     let row = sys
         .query_opt(
-            "SELECT r.status AS run_status, r.mode, r.attempt, r.options, t.status, t.wave \
+            "SELECT r.status AS run_status, r.mode, r.attempt, r.options, t.status, t.wave, \
+               r.max_failures, (SELECT count(*) FROM run_tenants f WHERE f.run_id = r.id \
+                 AND f.status = 'failed' AND f.wave IS NOT NULL) AS failed \
              FROM runs r JOIN run_tenants t ON t.run_id = r.id \
              WHERE r.id = $1 AND t.slug = $2",
             &[&run_id, &slug],
@@ -423,6 +429,8 @@ pub(crate) async fn assignment(
         options: row.try_get("options")?,
         status: row.try_get("status")?,
         wave: row.try_get("wave")?,
+        failed: row.try_get("failed")?,
+        max_failures: row.try_get("max_failures")?,
     }))
 }
 

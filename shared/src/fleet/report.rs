@@ -68,6 +68,9 @@ pub struct TenantReport {
     /// vouched for it (recorded at this release's migrations).
     pub verified: bool,
     pub duration_ms: u64,
+    /// Failed because a server or a connection could not be reached (not in the answer).
+    #[serde(skip)]
+    pub(crate) unavailable: bool,
 }
 
 impl TenantReport {
@@ -83,6 +86,7 @@ impl TenantReport {
             error: None,
             verified: false,
             duration_ms: 0,
+            unavailable: false,
         }
     }
 }

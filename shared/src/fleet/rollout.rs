@@ -331,7 +331,9 @@ async fn migrate_wave(
                         return (halted(t, why), false);
                     }
                     let report = match migrate_tenant(db, sys, server, t, plan, expected).await {
-                        Attempted::Done(r) | Attempted::Unrecorded(r) => r,
+                        Attempted::Done(r)
+                        | Attempted::Unrecorded(r)
+                        | Attempted::Unavailable(r) => r,
                         // Inline runs wait for what is busy, and read no ledger first.
                         Attempted::Busy | Attempted::NotPending => halted(t, "busy"),
                     };

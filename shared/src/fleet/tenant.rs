@@ -135,6 +135,10 @@ pub(super) enum Attempted {
     /// A queue worker's: the work was done but the outcome could not be written to the run
     /// ledger (the message comes back; the migration is not repeated).
     Unrecorded(TenantReport),
+    /// A queue worker's: the tenant's server (or the registry) could not be reached or did not
+    /// answer. Not recorded: the message comes back after its visibility timeout, and after
+    /// too many deliveries goes to the dead-letter queue.
+    Unavailable(TenantReport),
 }
 
 /// One tenant: a slot of its server's budget, its lock, its work within its time limit,
@@ -243,6 +247,7 @@ pub(super) async fn migrate_tenant(
     };
     // A worker's outcome goes to the ledger while it still holds the tenant's lock.
     let attempted = match (run, attempted) {
+        (Some(_), Attempted::Done(report)) if report.unavailable => Attempted::Unavailable(report),
         (Some(run), Attempted::Done(report)) => {
             match ledger::record_once(sys, run, plan.attempt, &report).await {
                 Ok(_) => Attempted::Done(report),
@@ -294,8 +299,11 @@ async fn work(
     );
     let outcome = tokio::select! {
         outcome = work => outcome,
-        () = lost(sys) => Err("the registry connection was lost (and the tenant's lock with it); \
-            the migration was stopped and the next run retries".into()),
+        () = lost(sys) => Err(Failure {
+            message: "the registry connection was lost (and the tenant's lock with it); the \
+                migration was stopped and the next run retries".into(),
+            unavailable: true,
+        }),
     };
     // What the registry should say now: the version found, and the fingerprint only when the
     // history is known to match the released migrations.
@@ -304,9 +312,10 @@ async fn work(
             report.to_version.unwrap_or(tenant.schema_version),
             current.then(|| expected.fingerprint().to_owned()),
         ),
-        Err(message) => {
+        Err(failure) => {
             report.status = TenantOutcome::Failed;
-            report.error = Some(message.clone());
+            report.error = Some(failure.message.clone());
+            report.unavailable = failure.unavailable;
             (report.to_version.unwrap_or(tenant.schema_version), None)
         }
     };
@@ -455,9 +464,39 @@ async fn read_tenant(conn: &Conn) -> Result<(Option<i64>, Vec<HistoryRow>), DbEr
     }
 }
 
+/// Why a tenant's work failed: the sanitised reason, and whether the cause was a server or a
+/// connection that could not be reached or did not answer (a queue worker lets the message
+/// come back for those, rather than record a failure that is nobody's migration's).
+struct Failure {
+    message: String,
+    unavailable: bool,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            message,
+            unavailable: false,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        Failure::from(message.to_owned())
+    }
+}
+
+fn db_failure(e: &DbError) -> Failure {
+    Failure {
+        message: sanitize_db(e),
+        unavailable: e.is_unavailable(),
+    }
+}
+
 /// The body of one tenant's migration. `Ok(true)` when the database ends at the released
-/// migrations, `Ok(false)` when it does not (dry run with pending migrations); `Err` is the
-/// sanitised reason it failed.
+/// migrations, `Ok(false)` when it does not (dry run with pending migrations); `Err` is why it
+/// failed.
 async fn migrate_one(
     db: &Database,
     server: &Server,
@@ -466,16 +505,16 @@ async fn migrate_one(
     expected: &ExpectedHistory,
     until: Instant,
     report: &mut TenantReport,
-) -> Result<bool, String> {
+) -> Result<bool, Failure> {
     let mut conn = match server.connect(db, &tenant.database_name).await {
         Ok(c) => c,
         Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
             return Err("tenant database does not exist".into())
         }
-        Err(e) => return Err(sanitize_db(&e)),
+        Err(e) => return Err(db_failure(&e)),
     };
     // One cheap read decides whether this is our database and whether refinery is needed.
-    let (oid, history) = read_tenant(&conn).await.map_err(|e| sanitize_db(&e))?;
+    let (oid, history) = read_tenant(&conn).await.map_err(|e| db_failure(&e))?;
     if oid.is_none() || oid != tenant.database_oid {
         return Err(
             "the database of this name is not the one this registry made (its OID differs \
@@ -488,7 +527,7 @@ async fn migrate_one(
     report.from_version = Some(from);
     report.to_version = Some(from);
     match expected.check(&history) {
-        HistoryCheck::Diverged(reason) => return Err(reason),
+        HistoryCheck::Diverged(reason) => return Err(reason.into()),
         HistoryCheck::Current => {
             report.status = TenantOutcome::UpToDate;
             return Ok(true);
@@ -507,7 +546,7 @@ async fn migrate_one(
             until,
         )
         .await
-        .map_err(|e| sanitize_db(&e))?;
+        .map_err(|e| db_failure(&e))?;
     // Each migration commits on its own: the database is at the last one applied.
     report.applied = applied;
     let now_at = report.applied.iter().copied().fold(from, i64::max);
@@ -523,8 +562,8 @@ async fn migrate_one(
             // is the released one.
             Ok(now_at == expected.latest())
         }
-        Err(RunFailure::Refinery(e)) => Err(sanitize_refinery(&e)),
-        Err(e) => Err(sanitize_db(&migrations::run_failure(
+        Err(RunFailure::Refinery(e)) => Err(sanitize_refinery(&e).into()),
+        Err(e) => Err(db_failure(&migrations::run_failure(
             &e,
             "tenant migrations failed",
         ))),

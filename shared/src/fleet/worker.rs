@@ -26,6 +26,11 @@
 //! | after the outcome, before `next` | outcome recorded | redelivered: not pending, so `next` only |
 //! | after releasing the rest (the canary passed), before sending it | run at wave 1, the rest `pending`, no messages | the canary tenant's message, redelivered, sends the rest (again: duplicates are harmless) |
 //! | before giving a busy message back | message in flight | redelivered |
+//!
+//! A tenant whose server (or the registry) cannot be reached is not recorded `failed`: that
+//! is nobody's migration failing, and it would trip the canary or the brake. Its message
+//! comes back after the visibility timeout (five deliveries, then the dead-letter queue and
+//! its alarm; `retry_run` once the server is back). Inline runs record it failed, as before.
 
 use std::time::{Duration, Instant};
 
@@ -106,9 +111,11 @@ pub async fn migrate_from_queue(
         return Delivery::Done;
     }
     if !assignment.is_work(attempt) {
-        // A duplicate: only move the run on (a step a killed worker may have left).
+        // A duplicate, or the brake passed: only move the run on (a step a killed worker may
+        // have left).
         info!(%run_id, tenant.slug = %slug, status = %assignment.status,
-            "the tenant already has its outcome in this run (a message delivered twice)");
+            "the tenant is no longer to migrate in this run (a message delivered twice, or the \
+             brake passed)");
         return move_on(&sys, queue_url, inv, &msg, assignment.wave, true).await;
     }
 
@@ -150,11 +157,18 @@ pub async fn migrate_from_queue(
                 Attempted::Done(_) => None,
                 Attempted::Busy => return give_back(queue_url, &msg, body).await,
                 Attempted::NotPending => {
+                    // Another copy recorded the tenant first, or the brake was passed
+                    // meanwhile: only move the run on (it halts, if that is still to do).
                     info!(%run_id, tenant.slug = %slug,
-                        "another copy of the message recorded the tenant first; nothing to do");
-                    return Delivery::Done;
+                        "the tenant is no longer to migrate in this run; moving the run on");
+                    return move_on(&sys, queue_url, inv, &msg, assignment.wave, true).await;
                 }
                 Attempted::Unrecorded(_) => return Delivery::Retry,
+                Attempted::Unavailable(r) => {
+                    warn!(%run_id, tenant.slug = %slug, error = r.error.as_deref().unwrap_or(""),
+                        "unreachable; not recorded, the message comes back");
+                    return Delivery::Retry;
+                }
             }
         }
         (None, _) => Some(TenantReport {
