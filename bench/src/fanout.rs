@@ -266,8 +266,7 @@ impl Drop for Sink {
 /// The floor: `n` messages of the planner's size sent to the sink with the planner's batching
 /// (ten per call, sixteen calls at once), through the same SDK.
 async fn floor(sink: &Sink, n: usize) -> Result<Duration> {
-    let conf = aws_config_for(&sink.url).await;
-    let client = aws_sdk_sqs::Client::new(&conf);
+    let client = aws_sdk_sqs::Client::new(&e2e::local_aws(&sink.url).await);
     let queue = format!("{}/123456789012/bench-plan", sink.url);
     let bodies: Vec<String> = (0..n)
         .map(|i| {
@@ -307,17 +306,6 @@ async fn floor(sink: &Sink, n: usize) -> Result<Duration> {
     let took = started.elapsed();
     results.into_iter().collect::<Result<Vec<()>>>()?;
     Ok(took)
-}
-
-async fn aws_config_for(url: &str) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(url)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "local", "local", None, None, "bench",
-        ))
-        .load()
-        .await
 }
 
 /// Plans a queued run over `rows` registry rows (active tenants of `primary` with their

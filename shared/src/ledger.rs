@@ -51,6 +51,21 @@ const COUNTS_SQL: &str = "(SELECT jsonb_build_object(\
     'halted', count(*) FILTER (WHERE t.status = 'halted')) \
     FROM run_tenants t WHERE t.run_id = r.id)";
 
+/// The statement that closes the running runs (`r`) meeting `condition` whose tenants all have
+/// their outcome, as their last worker does: `failed` if a tenant failed or their planning did
+/// (`error`), else `completed`; with their counts.
+fn close_by_outcomes(condition: &str) -> String {
+    format!(
+        "UPDATE runs r SET status = CASE WHEN r.error IS NOT NULL OR EXISTS \
+           (SELECT 1 FROM run_tenants WHERE run_id = r.id AND status = 'failed') \
+           THEN 'failed' ELSE 'completed' END, \
+           counts = {COUNTS_SQL}, finished_at = now(), updated_at = now() \
+         WHERE r.status = 'running' AND NOT EXISTS \
+           (SELECT 1 FROM run_tenants WHERE run_id = r.id AND status = 'pending') \
+           AND {condition}"
+    )
+}
+
 /// Closes the runs that can no longer progress (the caller holds the fleet lock), with their
 /// counts:
 /// - an inline run still `running` belonged to an invocation that died (it held the fleet
@@ -64,15 +79,8 @@ async fn close_dead(sys: &Conn, stall: Duration) -> Result<Option<Uuid>, DbError
     let stall_secs = stall.as_secs_f64();
     sys.long()
         .execute(
-            &format!(
-                "UPDATE runs r SET status = CASE WHEN r.error IS NOT NULL OR EXISTS \
-                   (SELECT 1 FROM run_tenants WHERE run_id = r.id AND status = 'failed') \
-                   THEN 'failed' ELSE 'completed' END, \
-                   counts = {COUNTS_SQL}, finished_at = now(), updated_at = now() \
-                 WHERE r.status = 'running' AND r.mode = 'queue' \
-                   AND r.updated_at < now() - make_interval(secs => $1) \
-                   AND NOT EXISTS (SELECT 1 FROM run_tenants \
-                     WHERE run_id = r.id AND status = 'pending')"
+            &close_by_outcomes(
+                "r.mode = 'queue' AND r.updated_at < now() - make_interval(secs => $1)",
             ),
             &[&stall_secs],
         )
@@ -574,13 +582,8 @@ pub(crate) async fn next(
     let closed = sys
         .query_opt(
             &format!(
-                "UPDATE runs r SET \
-                   status = CASE WHEN r.error IS NOT NULL OR EXISTS (SELECT 1 FROM run_tenants \
-                     WHERE run_id = r.id AND status = 'failed') THEN 'failed' ELSE 'completed' END, \
-                   counts = {COUNTS_SQL}, finished_at = now(), updated_at = now() \
-                 WHERE r.id = $1 AND r.status = 'running' AND r.attempt = $2 AND NOT EXISTS \
-                   (SELECT 1 FROM run_tenants WHERE run_id = r.id AND status = 'pending') \
-                 RETURNING r.status"
+                "{} RETURNING r.status",
+                close_by_outcomes("r.id = $1 AND r.attempt = $2")
             ),
             &[&run_id, &attempt],
         )

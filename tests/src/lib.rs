@@ -359,40 +359,33 @@ pub async fn databases_like(fragment: &str) -> Vec<String> {
     out
 }
 
-/// The local Secrets Manager (moto), through the real AWS SDK (what an application would use).
-/// A client per call: the tests run on several runtimes (cleanup has one of its own), and a
-/// client's pooled connections belong to the runtime that made them.
-pub async fn secrets() -> aws_sdk_secretsmanager::Client {
+/// The AWS SDK's configuration for a local endpoint (moto, or the bench's SQS sink): fixed
+/// credentials and region, every call bounded.
+pub async fn local_aws(endpoint: &str) -> aws_config::SdkConfig {
     let timeouts = aws_config::timeout::TimeoutConfig::builder()
         .operation_timeout(Duration::from_secs(10))
         .build();
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
         .timeout_config(timeouts)
-        .endpoint_url(var("AWS_ENDPOINT_URL_SECRETS_MANAGER"))
+        .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
             "local", "local", None, None, "tests",
         ))
         .load()
-        .await;
-    aws_sdk_secretsmanager::Client::new(&conf)
+        .await
+}
+
+/// The local Secrets Manager (moto), through the real AWS SDK (what an application would use).
+/// A client per call: the tests run on several runtimes (cleanup has one of its own), and a
+/// client's pooled connections belong to the runtime that made them.
+pub async fn secrets() -> aws_sdk_secretsmanager::Client {
+    aws_sdk_secretsmanager::Client::new(&local_aws(&var("AWS_ENDPOINT_URL_SECRETS_MANAGER")).await)
 }
 
 /// The local SQS (moto), through the real AWS SDK; a client per call, as [`secrets`].
 pub async fn sqs() -> aws_sdk_sqs::Client {
-    let timeouts = aws_config::timeout::TimeoutConfig::builder()
-        .operation_timeout(Duration::from_secs(10))
-        .build();
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .timeout_config(timeouts)
-        .endpoint_url(var("AWS_ENDPOINT_URL_SQS"))
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "local", "local", None, None, "tests",
-        ))
-        .load()
-        .await;
-    aws_sdk_sqs::Client::new(&conf)
+    aws_sdk_sqs::Client::new(&local_aws(&var("AWS_ENDPOINT_URL_SQS")).await)
 }
 
 /// The migrate queue of the local stack.
@@ -694,6 +687,58 @@ impl Drop for Cleanup {
             let _template = test_lock(TEMPLATE_LOCK, false).await;
             for slug in &slugs {
                 purge_tenant(slug).await;
+            }
+        });
+    }
+}
+
+/// `PATCH /api/servers/{name}` with `body`.
+pub async fn patch_server(name: &str, body: &Value) -> Reply {
+    request(
+        Method::PATCH,
+        &format!("/api/servers/{name}"),
+        Some(body.to_string().into_bytes()),
+    )
+    .await
+}
+
+/// `GET /api/servers/{name}`, which must answer 200.
+pub async fn server(name: &str) -> Value {
+    let r = get(&format!("/api/servers/{name}")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    r.body
+}
+
+/// Puts the servers' state, capacity and budget back as they were, when dropped (even when
+/// the test panicked). A test that changes a server holds the template test lock exclusively
+/// meanwhile.
+pub struct Restore(Vec<(String, Value)>);
+
+impl Restore {
+    pub async fn save(names: &[&str]) -> Restore {
+        let mut saved = Vec::new();
+        for name in names {
+            saved.push(((*name).to_owned(), server(name).await));
+        }
+        Restore(saved)
+    }
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let saved = std::mem::take(&mut self.0);
+        block_on_own_thread(async move {
+            for (name, was) in saved {
+                let body = serde_json::json!({"state": was["state"],
+                    "max_tenants": was["max_tenants"],
+                    "migrate_concurrency": was["migrate_concurrency"]});
+                let r = request_on_own_client(
+                    Method::PATCH,
+                    &format!("/api/servers/{name}"),
+                    Some(body.to_string().into_bytes()),
+                )
+                .await;
+                assert_eq!(r.status, StatusCode::OK, "restore {name}: {}", r.text);
             }
         });
     }

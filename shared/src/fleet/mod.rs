@@ -322,14 +322,7 @@ pub async fn migrate_all(
     let mut ledger_run = None;
     let mut attempt = 0;
     if fleet_lock.is_some() {
-        let opened = open_run(&sys, req, run_id, config).await;
-        let busy = |report: &mut MigrateAllReport, alive: Uuid| {
-            info!(%run_id, running = %alive, "a queued run is still at work; this one stops here");
-            report.run_id = alive;
-            report.status = RunStatus::AlreadyRunning;
-            report.duration_ms = started.elapsed().as_millis() as u64;
-        };
-        match opened {
+        match open_run(&sys, req, run_id, config).await {
             Ok(Opened::New) => ledger_run = Some(run_id),
             Ok(Opened::Retry(id, again, retried)) => {
                 info!(run_id = %id, attempt = again, tenants = retried.len(), "retrying a run");
@@ -343,7 +336,10 @@ pub async fn migrate_all(
                 if let Some(lock) = fleet_lock {
                     lock.release().await;
                 }
-                busy(&mut report, alive);
+                info!(%run_id, running = %alive, "a queued run is still at work; this one stops here");
+                report.run_id = alive;
+                report.status = RunStatus::AlreadyRunning;
+                report.duration_ms = started.elapsed().as_millis() as u64;
                 return Ok(report);
             }
             Err(e) => {

@@ -50,7 +50,7 @@ pub(super) struct Plan {
     /// A tenant is started only with at least this much time before `stop_at`.
     pub min_time: Duration,
     /// A worker of the queue: a tenant whose server has no free slot, or whose lock is taken,
-    /// is given back (`None`) to be sent again later, instead of waited for.
+    /// is given back (`Attempted::Busy`) to be sent again later, instead of waited for.
     pub give_back_when_busy: bool,
     /// The rollout (inline runs and planning only).
     pub waves: super::rollout::Waves,
@@ -222,28 +222,26 @@ pub(super) async fn migrate_tenant(
         }
     };
     let run = plan.ledger.filter(|_| worker);
+    // A worker's tenant is still to migrate, now that the worker holds its lock?
     let pending = match run {
-        Some(run) => match ledger::assignment(sys, run, &tenant.slug).await {
-            Ok(a) => a.is_some_and(|a| a.is_work(plan.attempt)),
-            Err(e) => {
-                report.error = Some(sanitize_db(&e));
-                false
-            }
-        },
-        None => true,
+        Some(run) => ledger::assignment(sys, run, &tenant.slug)
+            .await
+            .map(|a| a.is_some_and(|a| a.is_work(plan.attempt))),
+        None => Ok(true),
     };
-    let attempted = if pending {
-        Attempted::Done(
+    let attempted = match pending {
+        Ok(true) => Attempted::Done(
             work(
                 db, sys, server, tenant, plan, expected, started, limit, report,
             )
             .await,
-        )
-    } else if report.error.is_some() {
-        // The ledger could not be read: nothing done, the message comes back.
-        Attempted::Busy
-    } else {
-        Attempted::NotPending
+        ),
+        Ok(false) => Attempted::NotPending,
+        Err(e) => {
+            // Nothing done: the tenant comes back later.
+            warn!(tenant.slug = %tenant.slug, error = %e, "could not read the run ledger");
+            Attempted::Busy
+        }
     };
     // A worker's outcome goes to the ledger while it still holds the tenant's lock.
     let attempted = match (run, attempted) {

@@ -12,51 +12,18 @@ use std::{
 };
 
 use e2e::*;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 /// Long enough for a run of a few tenants with tenants given back (a few seconds each time).
 const RUN_WITHIN: Duration = Duration::from_secs(120);
 
-/// Sets a server's `migrate_concurrency` for the test and puts it back when dropped (even
-/// when the test panicked). Hold the template test lock exclusively with it, as the servers
-/// tests do when they change a server.
-struct Budget {
-    server: &'static str,
-    was: Value,
-}
-
-impl Budget {
-    async fn set(server: &'static str, budget: i64) -> Budget {
-        let was = get(&format!("/api/servers/{server}")).await.body["migrate_concurrency"].clone();
-        let r = request(
-            Method::PATCH,
-            &format!("/api/servers/{server}"),
-            Some(
-                json!({"migrate_concurrency": budget})
-                    .to_string()
-                    .into_bytes(),
-            ),
-        )
-        .await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-        Budget { server, was }
-    }
-}
-
-impl Drop for Budget {
-    fn drop(&mut self) {
-        let (server, was) = (self.server, self.was.clone());
-        block_on_own_thread(async move {
-            let r = request_on_own_client(
-                Method::PATCH,
-                &format!("/api/servers/{server}"),
-                Some(json!({"migrate_concurrency": was}).to_string().into_bytes()),
-            )
-            .await;
-            assert_eq!(r.status, StatusCode::OK, "restore {server}: {}", r.text);
-        });
-    }
+/// Sets a server's `migrate_concurrency` for the test; `Restore` puts it back.
+async fn set_budget(server: &str, budget: i64) -> Restore {
+    let restore = Restore::save(&[server]).await;
+    let r = patch_server(server, &json!({"migrate_concurrency": budget})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    restore
 }
 
 /// Starts a queued run; its answer.
@@ -225,27 +192,13 @@ async fn workers_never_migrate_more_tenants_on_a_server_than_its_budget() {
             .await
             .unwrap();
     }
-    let _budget = Budget::set("secondary", 2).await;
+    let _budget = set_budget("secondary", 2).await;
     // Sampled from the server itself while the queue (6 workers at once) delivers.
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let done = done.clone();
-        tokio::spawn(async move {
-            let admin = admin_on("secondary").await;
-            let (mut max, mut samples) = (0, 0);
-            while !done.load(Ordering::Relaxed) {
-                max = max.max(busy_tenants(&admin, "qb").await);
-                samples += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            (max, samples)
-        })
-    };
+    let sampler = Sampler::start("qb").await;
     let answer = queue_run(json!({"slugs": slugs, "inline": false, "canary": 0})).await;
     let id = answer["run_id"].as_str().unwrap().to_owned();
     let run = wait_run_end(&id, RUN_WITHIN).await;
-    done.store(true, Ordering::Relaxed);
-    let (max, samples) = sampler.await.unwrap();
+    let (max, slots, samples) = sampler.stop().await;
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["counts"]["migrated"], 8, "{run}");
     assert!(
@@ -253,6 +206,7 @@ async fn workers_never_migrate_more_tenants_on_a_server_than_its_budget() {
         "{max} tenants at once on a server with a budget of 2 ({samples} samples)"
     );
     assert!(max >= 1, "the sampler saw the work ({samples} samples)");
+    assert!(slots <= 2, "{slots} slot locks at once, budget 2");
     for slug in &slugs {
         assert_eq!(history_versions(slug).await, all_versions(), "{slug}");
     }
@@ -262,24 +216,10 @@ async fn workers_never_migrate_more_tenants_on_a_server_than_its_budget() {
     for slug in &slugs {
         undo_v4(slug).await;
     }
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let done = done.clone();
-        tokio::spawn(async move {
-            let (server, registry) = (admin_on("secondary").await, registry().await);
-            let (mut tenants, mut slots) = (0, 0);
-            while !done.load(Ordering::Relaxed) {
-                tenants = tenants.max(busy_tenants(&server, "qb").await);
-                slots = slots.max(slot_locks(&registry).await);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            (tenants, slots)
-        })
-    };
+    let sampler = Sampler::start("qb").await;
     let (status, report) =
         invoke_migrate_all(&json!({"slugs": slugs, "inline": true, "canary": 0})).await;
-    done.store(true, Ordering::Relaxed);
-    let (tenants, slots) = sampler.await.unwrap();
+    let (tenants, slots, _) = sampler.stop().await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["counts"]["migrated"], 8, "{report}");
     assert!(tenants <= 2, "{tenants} tenants at once inline, budget 2");
@@ -287,6 +227,37 @@ async fn workers_never_migrate_more_tenants_on_a_server_than_its_budget() {
         slots, 2,
         "two slots held at once, each by a tenant of its own"
     );
+}
+
+/// The most tenants (of this test, by prefix) with a backend open on `secondary`, and slot
+/// locks held in the registry, sampled every 5 ms until stopped; and how many samples.
+struct Sampler {
+    done: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(i64, i64, u32)>,
+}
+
+impl Sampler {
+    async fn start(prefix: &'static str) -> Sampler {
+        let (server, registry) = (admin_on("secondary").await, registry().await);
+        let done = Arc::new(AtomicBool::new(false));
+        let stop = done.clone();
+        let task = tokio::spawn(async move {
+            let (mut tenants, mut slots, mut samples) = (0, 0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                tenants = tenants.max(busy_tenants(&server, prefix).await);
+                slots = slots.max(slot_locks(&registry).await);
+                samples += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (tenants, slots, samples)
+        });
+        Sampler { done, task }
+    }
+
+    async fn stop(self) -> (i64, i64, u32) {
+        self.done.store(true, Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
 }
 
 /// Slot locks (`Lock::Slot`, see `shared/src/locks.rs`) held now in the registry.
@@ -350,7 +321,7 @@ async fn the_brake_halts_a_run_and_retry_run_finishes_it_once_fixed() {
         undo_to_v1(slug).await;
     }
     // One tenant at a time: the brake is pulled at the second failure, before the rest.
-    let budget = Budget::set("secondary", 1).await;
+    let budget = set_budget("secondary", 1).await;
     let answer =
         queue_run(json!({"slugs": slugs, "inline": false, "canary": 0, "max_failures": 1})).await;
     assert_eq!(answer["max_failures"], 1, "{answer}");
