@@ -193,9 +193,13 @@ impl CredentialProvider {
                     .read(id)
                     .await
                     .map_err(|e| match e {
-                        SecretsError::Unavailable(m) | SecretsError::Refused(m) => {
-                            CredentialsError::Unavailable(m)
-                        }
+                        SecretsError::Unavailable(m) => CredentialsError::Unavailable(m),
+                        // Access denied, a KMS key it may not use, a secret scheduled for
+                        // deletion: the operator's to fix (a 500 with the cause in the log),
+                        // not a server that is away (a 503 that marks it down).
+                        SecretsError::Refused(m) => CredentialsError::Invalid(format!(
+                            "Secrets Manager refused the secret {id}: {m}"
+                        )),
                     })?
                     .ok_or_else(|| CredentialsError::Invalid(format!("secret {id} not found")))?;
                 parse_secret(&text, &self.overrides)

@@ -37,7 +37,7 @@ use postgres_native_tls::MakeTlsConnector;
 use secrecy::ExposeSecret;
 use tokio::{
     sync::{MappedMutexGuard, Mutex, MutexGuard},
-    task::AbortHandle,
+    task::{AbortHandle, JoinHandle},
 };
 use tokio_postgres::{error::SqlState, types::ToSql, Client, Row, SimpleQueryMessage, ToStatement};
 use tracing::{debug, warn};
@@ -47,6 +47,7 @@ use crate::{
     credentials::{parse_secret, ConnectParams, CredentialProvider, CredentialsError},
     secrets::{Secrets, SecretsError},
     session::{self, Policy, RunFailure},
+    transport::{self, Guarded, GuardedTls},
 };
 
 /// Why an operation could not talk to PostgreSQL the way it needed to.
@@ -64,12 +65,20 @@ pub enum DbError {
     /// names the migration and the attempts; no host).
     #[error("{0}")]
     LockTimeout(String),
+    /// Work that ran out of the time it was given (a tenant's migrations past their limit): it
+    /// was cancelled on the server. Nothing failed; the next attempt goes on from there.
+    #[error("{0}")]
+    TimedOut(String),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
 
 impl From<tokio_postgres::Error> for DbError {
     fn from(e: tokio_postgres::Error) -> Self {
+        if let Some(refused) = transport::insecure_auth(&e) {
+            // Not a server that is away: one that must be reconfigured (or is not ours).
+            return DbError::Other(anyhow::anyhow!("{refused}"));
+        }
         if is_unavailable(&e) {
             DbError::Unavailable(error_chain(&e))
         } else {
@@ -110,6 +119,18 @@ impl DbError {
 
     pub fn is_unavailable(&self) -> bool {
         matches!(self, DbError::Unavailable(_))
+    }
+
+    /// Work cut at its time limit (see [`DbError::TimedOut`]).
+    pub fn is_timed_out(&self) -> bool {
+        matches!(self, DbError::TimedOut(_))
+    }
+
+    /// Nothing is wrong with the work itself: the server could not be reached, a lock stayed
+    /// taken, or the time ran out. Trying again later is the answer, and nothing may be undone
+    /// over it.
+    pub fn is_transient(&self) -> bool {
+        self.is_unavailable() || self.is_lock_timeout() || self.is_timed_out()
     }
 
     /// A wait for a row or table lock that ran out (SQLSTATE 55P03): the resource is busy.
@@ -200,22 +221,85 @@ pub struct Conn {
     client: Client,
     /// The task that drives the socket: aborting it closes the socket.
     task: AbortHandle,
+    /// The same task, to wait for its end in [`Conn::close`].
+    ended: std::sync::Mutex<Option<JoinHandle<()>>>,
     broken: AtomicBool,
     /// Calls started and not finished; above 0 when the connection is dropped, a call was
     /// abandoned mid-way.
     in_flight: AtomicUsize,
-    /// For cancel requests (`None` with `DB_SSLMODE=disable`).
-    tls: Option<MakeTlsConnector>,
+    /// Where cancel requests go.
+    canceller: Canceller,
     query_timeout: Duration,
     lock_timeout: Duration,
     long_timeout: Duration,
 }
 
+/// What a cancel request needs: the session's key, and the server's address and TLS.
+#[derive(Clone)]
+struct Canceller {
+    token: tokio_postgres::CancelToken,
+    host: String,
+    port: u16,
+    /// `None` with `DB_SSLMODE=disable`.
+    tls: Option<MakeTlsConnector>,
+}
+
+impl Canceller {
+    /// Asks the server to cancel what the session is running, within `limit`. True when the
+    /// request was delivered.
+    async fn cancel(&self, limit: Duration) -> bool {
+        let sent = async {
+            let tcp = transport::connect_tcp(&self.host, self.port).await.ok()?;
+            let result = match &self.tls {
+                Some(tls) => {
+                    let tls = GuardedTls::new(tls, &self.host).ok()?;
+                    self.token.cancel_query_raw(tcp, tls).await
+                }
+                None => {
+                    self.token
+                        .cancel_query_raw(tcp, tokio_postgres::NoTls)
+                        .await
+                }
+            };
+            result.ok()
+        };
+        matches!(tokio::time::timeout(limit, sent).await, Ok(Some(())))
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            // An answer is still due: close the socket now rather than wait for it.
-            self.task.abort();
+            // An answer is still due (a migration cut short, say): cancel the statement and
+            // close the socket now rather than wait for it.
+            self.abandon();
+        }
+    }
+}
+
+/// A call in flight on a [`Conn`]. Dropped before it was finished (its caller gave up, at a
+/// deadline), the statement is cancelled on the server and the connection discarded: work we
+/// abandoned must not go on, and commit, behind our back.
+struct InFlight<'c> {
+    conn: &'c Conn,
+    finished: bool,
+}
+
+impl<'c> InFlight<'c> {
+    fn start(conn: &'c Conn) -> InFlight<'c> {
+        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight {
+            conn,
+            finished: false,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if !self.finished {
+            self.conn.abandon();
         }
     }
 }
@@ -261,21 +345,50 @@ impl Conn {
 
     /// Asks the server to cancel what this session is running, within a query timeout.
     async fn cancel_running(&self) {
-        let token = self.client.cancel_token();
-        let sent = match &self.tls {
-            Some(tls) => {
-                tokio::time::timeout(self.query_timeout, token.cancel_query(tls.clone())).await
-            }
-            None => {
-                tokio::time::timeout(
-                    self.query_timeout,
-                    token.cancel_query(tokio_postgres::NoTls),
-                )
-                .await
-            }
-        };
-        if !matches!(sent, Ok(Ok(()))) {
+        if !self.canceller.cancel(self.query_timeout).await {
             warn!("could not send a cancel request; the server ends the statement when it sees the session closed");
+        }
+    }
+
+    /// A call was abandoned mid-way: its statement is cancelled on the server (from a task of
+    /// its own, as this runs in a `Drop`) and the connection discarded.
+    fn abandon(&self) {
+        if self.broken.load(Ordering::Acquire) {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let canceller = self.canceller.clone();
+            let limit = self.query_timeout;
+            runtime.spawn(async move {
+                if !canceller.cancel(limit).await {
+                    warn!("could not cancel an abandoned statement; the server ends it at its statement timeout");
+                }
+            });
+        }
+        self.discard();
+    }
+
+    /// Closes the connection and waits until the server has ended its session (see
+    /// [`crate::transport`]), at most [`transport::CLOSE_WAIT`] and a little. True when it
+    /// did: the backend no longer exists. A connection that cannot close cleanly is discarded.
+    pub(crate) async fn close(self) -> bool {
+        let ended = self.ended.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let usable = self.is_usable();
+        let abort = self.task.clone();
+        // Dropping the client sends Terminate; the task then shuts the socket and reads until
+        // the server's end of file.
+        drop(self);
+        let Some(ended) = ended.filter(|_| usable) else {
+            abort.abort();
+            return false;
+        };
+        let limit = transport::CLOSE_WAIT + Duration::from_millis(500);
+        match tokio::time::timeout(limit, ended).await {
+            Ok(_) => true,
+            Err(_) => {
+                abort.abort();
+                false
+            }
         }
     }
 
@@ -368,8 +481,9 @@ impl Conn {
             Err(_) => {
                 self.cancel_running().await;
                 self.discard();
-                Err(DbError::Unavailable(format!(
-                    "migrations did not finish within {} s; cancelled",
+                Err(DbError::TimedOut(format!(
+                    "the migrations did not finish within their time limit ({} s) and were \
+                     cancelled; the next run goes on from there",
                     limit.as_secs()
                 )))
             }
@@ -389,9 +503,10 @@ impl Timed<'_> {
             ));
         }
         let limit = self.limit;
-        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        let mut call = InFlight::start(conn);
         let outcome = tokio::time::timeout(limit, fut).await;
-        conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+        call.finished = true;
+        drop(call);
         let Ok(outcome) = outcome else {
             conn.discard();
             return Err(DbError::Unavailable(format!(
@@ -672,11 +787,12 @@ impl Server {
         })
     }
 
-    /// Closes the cached admin connection, if any (migrate-all, before it opens its budget of
-    /// tenant connections on the server).
+    /// Closes the cached admin connection, if any, and waits until its session has ended on
+    /// the server (migrate-all, before it opens its budget of tenant connections there).
     pub(crate) async fn close_admin(&self) {
-        if let Some(conn) = self.admin.lock().await.take() {
-            conn.discard();
+        let conn = self.admin.lock().await.take();
+        if let Some(conn) = conn {
+            conn.close().await;
         }
     }
 }
@@ -737,12 +853,33 @@ impl Database {
     }
 
     /// The cached connection to the system database, reconnecting if it was closed or
-    /// discarded (a frozen sandbox often finds its connection gone).
+    /// discarded (a frozen sandbox often finds its connection gone). The first use in a
+    /// sandbox brings the registry to this release's system migrations.
     pub async fn system(&self) -> Result<SystemConn<'_>, DbError> {
+        self.system_conn(true).await
+    }
+
+    /// The same connection, the registry as it is: nothing applied, nothing created (a dry
+    /// run changes nothing). Fails with SQLSTATE 3D000 when there is no registry yet.
+    pub async fn system_as_is(&self) -> Result<SystemConn<'_>, DbError> {
+        self.system_conn(false).await
+    }
+
+    async fn system_conn(&self, current: bool) -> Result<SystemConn<'_>, DbError> {
         let guard = self.system.lock().await;
         let mut guard =
             match MutexGuard::try_map(guard, |slot| slot.as_mut().filter(|c| c.is_usable())) {
-                Ok(live) => return Ok(live),
+                Ok(live) => {
+                    // Opened as it was by a dry run: brought current on first real use.
+                    if current && self.registry_current.get().is_none() {
+                        self.registry_current
+                            .get_or_try_init(|| {
+                                crate::migrations::bring_registry_current(self, Some(&*live))
+                            })
+                            .await?;
+                    }
+                    return Ok(live);
+                }
                 Err(guard) => guard,
             };
         if guard.is_some() {
@@ -750,7 +887,7 @@ impl Database {
         }
         *guard = None;
         let conn = match self.connect(&self.config.system_db).await {
-            Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
+            Err(e) if current && e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
                 // A new deployment: the registry does not exist yet.
                 self.registry_current
                     .get_or_try_init(|| crate::migrations::bring_registry_current(self, None))
@@ -759,9 +896,11 @@ impl Database {
             }
             other => other?,
         };
-        self.registry_current
-            .get_or_try_init(|| crate::migrations::bring_registry_current(self, Some(&conn)))
-            .await?;
+        if current {
+            self.registry_current
+                .get_or_try_init(|| crate::migrations::bring_registry_current(self, Some(&conn)))
+                .await?;
+        }
         Ok(MutexGuard::map(guard, |slot| slot.insert(conn)))
     }
 
@@ -877,27 +1016,21 @@ impl Database {
             .await
             .map_err(|_| {
                 DbError::Unavailable(format!("no connection within {} ms", limit.as_millis()))
-            })
+            })?
     }
 
+    /// The outer error: no TCP connection (refused, no such host); the inner one: what the
+    /// server said. The caller bounds the whole of it.
     async fn open(
         &self,
         params: &ConnectParams,
         dbname: &str,
-    ) -> Result<Conn, tokio_postgres::Error> {
+    ) -> Result<Result<Conn, tokio_postgres::Error>, DbError> {
         let mut cfg = tokio_postgres::Config::new();
-        cfg.host(&params.host)
-            .port(params.port)
-            .user(&params.user)
+        cfg.user(&params.user)
             .password(params.password.expose_secret())
             .dbname(dbname)
             .application_name(&self.application_name)
-            .connect_timeout(self.config.connect_timeout)
-            .tcp_user_timeout(Duration::from_secs(15))
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(10))
-            .keepalives_interval(Duration::from_secs(5))
-            .keepalives_retries(3)
             .ssl_mode(match self.config.ssl_mode {
                 SslMode::Disable => tokio_postgres::config::SslMode::Disable,
                 // Never `prefer`: that would silently fall back to plaintext.
@@ -908,6 +1041,9 @@ impl Database {
         cfg.options(format!(
             "-c statement_timeout={stmt} -c lock_timeout={lock}"
         ));
+        let tcp = transport::connect_tcp(&params.host, params.port)
+            .await
+            .map_err(|e| DbError::Unavailable(format!("no TCP connection: {e}")))?;
         let db = dbname.to_owned();
         let log_end = move |result: Result<(), tokio_postgres::Error>| {
             if let Err(e) = result {
@@ -916,26 +1052,47 @@ impl Database {
         };
         let (client, task) = match &self.tls {
             Some(tls) => {
-                let (client, connection) = cfg.connect(tls.clone()).await?;
-                let task = tokio::spawn(async move { log_end(connection.await) });
-                (client, task.abort_handle())
+                let tls = GuardedTls::new(tls, &params.host)
+                    .map_err(|e| DbError::Other(anyhow::anyhow!("TLS: {e}")))?;
+                let (client, connection) = match cfg.connect_raw(tcp, tls).await {
+                    Ok(pair) => pair,
+                    Err(e) => return Ok(Err(e)),
+                };
+                (
+                    client,
+                    tokio::spawn(async move { log_end(connection.await) }),
+                )
             }
             None => {
-                let (client, connection) = cfg.connect(tokio_postgres::NoTls).await?;
-                let task = tokio::spawn(async move { log_end(connection.await) });
-                (client, task.abort_handle())
+                let (client, connection) = match cfg
+                    .connect_raw(Guarded::new(tcp), tokio_postgres::NoTls)
+                    .await
+                {
+                    Ok(pair) => pair,
+                    Err(e) => return Ok(Err(e)),
+                };
+                (
+                    client,
+                    tokio::spawn(async move { log_end(connection.await) }),
+                )
             }
         };
-        Ok(Conn {
+        Ok(Ok(Conn {
+            canceller: Canceller {
+                token: client.cancel_token(),
+                host: params.host.clone(),
+                port: params.port,
+                tls: self.tls.clone(),
+            },
             client,
-            task,
+            task: task.abort_handle(),
+            ended: std::sync::Mutex::new(Some(task)),
             broken: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
-            tls: self.tls.clone(),
             query_timeout: self.config.query_timeout,
             lock_timeout: self.config.lock_timeout,
             long_timeout: self.config.long_statement_timeout(),
-        })
+        }))
     }
 }
 

@@ -11,6 +11,7 @@ pub(crate) mod credentials;
 pub mod db;
 pub mod domain;
 pub mod fleet;
+pub(crate) mod hardening;
 pub mod invocation;
 pub mod ledger;
 pub mod lifecycle;
@@ -26,6 +27,7 @@ pub mod servers;
 pub mod session;
 pub(crate) mod template;
 pub mod tenants;
+pub(crate) mod transport;
 
 pub use config::Config;
 pub use db::Database;
