@@ -244,11 +244,11 @@ pub(crate) async fn disable(admin: &Conn, access: &Access) -> Result<(), DbError
 /// a recovery window for a purge).
 pub(crate) async fn remove(
     db: &Database,
-    admin: &Conn,
+    admin: &Admin<'_>,
     access: &Access,
     deletion: Deletion,
 ) -> Result<(), DbError> {
-    logins::drop_if_ours(admin, &access.role, access.tenant_id).await?;
+    logins::drop_if_ours(db, admin, &access.role, access.tenant_id).await?;
     match db
         .secrets()
         .state(&access.secret_name, access.tenant_id)

@@ -204,7 +204,7 @@ impl From<NoRoom> for ApiError {
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         match e {
-            DbError::Unavailable(m) => ApiError::unavailable(&m),
+            DbError::Unavailable(m) | DbError::TimedOut(m) => ApiError::unavailable(&m),
             e if e.is_lock_timeout() => ApiError::unavailable(&e.to_string()),
             other => ApiError::internal(&anyhow::Error::new(other), "Unexpected error"),
         }
@@ -220,11 +220,11 @@ impl From<ServersError> for ApiError {
             }
             ServersError::NotFound(None) => ApiError::new(ErrorCode::NotFound, "Server not found"),
             ServersError::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
-            ServersError::Refused(message) => ApiError::validation(
+            ServersError::Refused { field, message } => ApiError::validation(
                 message,
                 vec![FieldError::new(
-                    "secret_arn",
-                    "the server refused or cannot be used",
+                    field,
+                    "the server or its secret cannot be used",
                 )],
             ),
             ServersError::Unreachable(m) => {

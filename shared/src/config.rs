@@ -26,6 +26,8 @@
 //! | `RUN_STALL_SECS` | a queued run with no progress for this long is stalled: the next migrate-all closes it (`failed`) instead of answering `already_running` | `900` |
 //! | `TENANT_CONNECTION_LIMIT` | `CONNECTION LIMIT` of each tenant login (1-10000) | `20` |
 //! | `TENANT_SECRET_PREFIX` | tenant secrets are `{prefix}{slug}` | `dbtools/tenants/` |
+//! | `TENANT_NAMES` | `slug`: a tenant's database and login are `dbtools_tenant_{slug}`; `opaque`: `dbtools_tenant_0{its id's 32 hex digits}`, so that the catalogs every login can read (`pg_database`, `pg_roles`) name no customer | `slug` |
+//! | `SERVER_SECRET_PREFIX` | the admin secrets of registered servers must be named `{prefix}...` (and never the registry's own, nor another server's) | `dbtools/servers/` |
 //! | `TENANT_SECRET_KMS_KEY_ID` | KMS key of the tenant secrets | unset: `aws/secretsmanager` |
 //! | `TENANT_SECRET_RECOVERY_DAYS` | recovery window of a purged tenant's secret (7-30) | `7` |
 //! | `PURGE_AFTER_DAYS` | migrate-all purges tenants deleted this long ago (0: never) | `30` |
@@ -115,6 +117,8 @@ pub struct Config {
     /// A queued run without progress for this long is stalled.
     pub run_stall: Duration,
     pub tenants: TenantSettings,
+    /// The admin secrets of registered servers are named `{prefix}...`.
+    pub server_secret_prefix: String,
 }
 
 /// What tenant logins and secrets are made with, and when deleted tenants are purged.
@@ -127,6 +131,17 @@ pub struct TenantSettings {
     /// 0: never.
     pub purge_after_days: i64,
     pub rotation: Option<Rotation>,
+    /// What a new tenant's database and login are named after.
+    pub names: TenantNames,
+}
+
+/// What a new tenant's database and login are named after (`TENANT_NAMES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantNames {
+    /// `dbtools_tenant_{slug}`: readable, and every login of the server can read them.
+    Slug,
+    /// `dbtools_tenant_0{id's hex digits}`: names no customer.
+    Opaque,
 }
 
 /// Rotation of new tenant secrets.
@@ -228,6 +243,7 @@ impl Config {
                 as usize,
             run_stall: secs(&get, "RUN_STALL_SECS", 900)?,
             tenants: tenant_settings(&get)?,
+            server_secret_prefix: secret_prefix(&get, "SERVER_SECRET_PREFIX", "dbtools/servers/")?,
         };
         config.check()?;
         Ok(config)
@@ -332,18 +348,17 @@ fn secs(
 }
 
 fn tenant_settings(get: &impl Fn(&str) -> Option<String>) -> Result<TenantSettings, ConfigError> {
-    let secret_prefix = get("TENANT_SECRET_PREFIX").unwrap_or_else(|| "dbtools/tenants/".into());
-    // Secrets Manager's name alphabet; room left for a 48-character slug in its 512.
-    if secret_prefix.len() > 400
-        || !secret_prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/_+=.@-".contains(c))
-    {
-        return Err(ConfigError::Invalid {
-            var: "TENANT_SECRET_PREFIX",
-            reason: "may hold only letters, digits and /_+=.@- (at most 400)".into(),
-        });
-    }
+    let secret_prefix = secret_prefix(get, "TENANT_SECRET_PREFIX", "dbtools/tenants/")?;
+    let names = match get("TENANT_NAMES").as_deref() {
+        None | Some("slug") => TenantNames::Slug,
+        Some("opaque") => TenantNames::Opaque,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                var: "TENANT_NAMES",
+                reason: format!("must be `slug` or `opaque`, got {other:?}"),
+            })
+        }
+    };
     let rotation = match (
         get("TENANT_ROTATION_DAYS"),
         get("TENANT_ROTATION_FUNCTION_ARN"),
@@ -362,7 +377,29 @@ fn tenant_settings(get: &impl Fn(&str) -> Option<String>) -> Result<TenantSettin
         secret_recovery_days: whole(get, "TENANT_SECRET_RECOVERY_DAYS", 7, 7..=30)? as i64,
         purge_after_days: whole(get, "PURGE_AFTER_DAYS", 30, 0..=36_500)? as i64,
         rotation,
+        names,
     })
+}
+
+/// A prefix of secret names: Secrets Manager's name alphabet, not empty (a prefix that matched
+/// every secret would bound nothing), with room left for a 48-character slug in its 512.
+fn secret_prefix(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: &str,
+) -> Result<String, ConfigError> {
+    let prefix = get(var).unwrap_or_else(|| default.into());
+    if prefix.len() > 400
+        || !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/_+=.@-".contains(c))
+    {
+        return Err(ConfigError::Invalid {
+            var,
+            reason: "may hold only letters, digits and /_+=.@- (at most 400)".into(),
+        });
+    }
+    Ok(prefix)
 }
 
 fn whole(
@@ -529,8 +566,16 @@ mod tests {
                 secret_recovery_days: 7,
                 purge_after_days: 30,
                 rotation: None,
+                names: TenantNames::Slug,
             }
         );
+        assert_eq!(c.server_secret_prefix, "dbtools/servers/");
+        let opaque = config(&[("DB_SECRET_ID", "x"), ("TENANT_NAMES", "opaque")]).unwrap();
+        assert_eq!(opaque.tenants.names, TenantNames::Opaque);
+        let e = config(&[("DB_SECRET_ID", "x"), ("TENANT_NAMES", "uuid")]).unwrap_err();
+        assert!(e.to_string().contains("TENANT_NAMES"), "{e}");
+        let e = config(&[("DB_SECRET_ID", "x"), ("SERVER_SECRET_PREFIX", "a b")]).unwrap_err();
+        assert!(e.to_string().contains("SERVER_SECRET_PREFIX"), "{e}");
         let e = config(&[("DB_SECRET_ID", "x"), ("TENANT_ROTATION_DAYS", "30")]).unwrap_err();
         assert_eq!(e, ConfigError::Missing("TENANT_ROTATION_FUNCTION_ARN"));
         let c = config(&[

@@ -64,6 +64,14 @@ impl Slug {
     }
 }
 
+impl DatabaseName {
+    /// The opaque name of tenant `id` (`TENANT_NAMES=opaque`): the prefix, `0`, and the id's 32
+    /// hex digits. A slug starts with a letter, so no slug's name is ever an opaque one.
+    pub fn opaque(id: uuid::Uuid) -> DatabaseName {
+        DatabaseName(format!("{DATABASE_PREFIX}0{}", id.simple()))
+    }
+}
+
 impl fmt::Display for Slug {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -299,6 +307,13 @@ mod tests {
 
     #[test]
     fn database_name_is_prefixed_and_quoted() {
+        let opaque = DatabaseName::opaque(uuid::Uuid::nil());
+        assert_eq!(
+            opaque.as_str(),
+            "dbtools_tenant_000000000000000000000000000000000"
+        );
+        assert!(opaque.as_str().len() <= 63);
+        assert!(Slug::parse(&opaque.as_str()["dbtools_tenant_".len()..]).is_err());
         let slug = Slug::parse("acme").unwrap();
         assert_eq!(slug.database_name().as_str(), "dbtools_tenant_acme");
         assert_eq!(slug.database_name().quoted(), "\"dbtools_tenant_acme\"");

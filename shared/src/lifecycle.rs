@@ -52,7 +52,7 @@ pub enum LifecycleError {
 impl From<DbError> for LifecycleError {
     fn from(e: DbError) -> Self {
         match e {
-            DbError::Unavailable(m) => LifecycleError::Unavailable(m),
+            DbError::Unavailable(m) | DbError::TimedOut(m) => LifecycleError::Unavailable(m),
             other => LifecycleError::Unexpected(anyhow::Error::new(other)),
         }
     }
@@ -235,13 +235,14 @@ pub async fn restore_tenant(db: &Database, slug: &Slug) -> Result<Tenant, Lifecy
         }
         logins::ensure_group(&admin).await?;
         let mut tenant_db = server.connect(db, &entry.access.database).await?;
-        migrations::migrate_tenant_to_latest(
+        let migrated = migrations::migrate_tenant_to_latest(
             db,
             &mut tenant_db,
             db.config().migrate_tenant_timeout,
         )
-        .await?;
-        drop(tenant_db);
+        .await;
+        tenant_db.close().await;
+        migrated?;
         let arn = access::ensure(db, &admin, &entry.access, false, true).await?;
         let expected = ExpectedHistory::tenant();
         let version = i32::try_from(expected.latest()).unwrap_or(i32::MAX);

@@ -4,8 +4,18 @@
 //!   limit (`TENANT_CONNECTION_LIMIT`), member of the NOLOGIN group role
 //!   [`GROUP_ROLE`], which every tenant database grants read and write on its tables (tenant
 //!   migration V3; no DDL: `public` takes no `CREATE` from them, PostgreSQL 15's default).
-//!   `CONNECT` on its own database, granted to the login alone (`PUBLIC` has none), is what
-//!   keeps a tenant out of the others' databases.
+//! - **`CONNECT` is the boundary between tenants**, and it holds at every instant: a tenant
+//!   database is made closed (`ALLOW_CONNECTIONS false`, see [`crate::ownership::create_sql`])
+//!   and opened in the very transaction that revokes `PUBLIC`'s privileges on it and grants
+//!   `CONNECT` to its own login ([`Login::create`]). No other login can ever open it, so no
+//!   session of another tenant can be in it, and the group's table grants reach only the
+//!   tenant's own login. The group stays (rather than grants to each login) because the
+//!   tables come ready-granted in the template copy: a create needs no connection to the new
+//!   database, and the tenants made by earlier releases need no conversion.
+//! - What every login can reach besides its own database: the maintenance databases where the
+//!   server's admin could not revoke `PUBLIC`'s `CONNECT` (see [`crate::hardening`]). What a
+//!   login makes there (a large object needs no privilege) would block `DROP ROLE`; dropping a
+//!   login therefore drops what it owns in every database first ([`drop_if_ours`]).
 //! - Its password: 32 random bytes (a CSPRNG), set as a SCRAM-SHA-256 verifier computed here,
 //!   so the password itself never reaches the server (nor its statement logs); it is only ever
 //!   in the tenant's secret.
@@ -20,8 +30,9 @@ use tracing::info;
 use uuid::Uuid;
 
 use crate::{
-    db::{Conn, DbError},
+    db::{Admin, Conn, Database, DbError},
     domain::quote_ident,
+    ownership,
 };
 
 /// The NOLOGIN role every tenant login is a member of (tenant migration V3 grants it the
@@ -158,18 +169,21 @@ impl Login<'_> {
         )
     }
 
+    /// Membership of the group, then the database opened to its login alone (`PUBLIC`'s
+    /// privileges revoked, `CONNECT` granted, connections allowed): the caller's transaction
+    /// makes all of it true at once.
     fn grants(&self) -> String {
         let (r, d) = (quote_ident(self.role), quote_ident(self.database));
         format!(
-            "GRANT {g} TO {r}; REVOKE ALL ON DATABASE {d} FROM PUBLIC; \
-             GRANT CONNECT ON DATABASE {d} TO {r}",
-            g = quote_ident(GROUP_ROLE)
+            "GRANT {g} TO {r}; {open}; GRANT CONNECT ON DATABASE {d} TO {r}",
+            g = quote_ident(GROUP_ROLE),
+            open = ownership::open_sql(self.database),
         )
     }
 
-    /// Makes the login with `password`, marks it, makes it a member of the group and gives it
-    /// `CONNECT` on its database: one transaction (one round trip). `Ok(false)` when a role of
-    /// that name exists already (the caller looks at [`state`]).
+    /// Makes the login with `password`, marks it, makes it a member of the group, gives it
+    /// `CONNECT` on its database and opens that database: one transaction (one round trip).
+    /// `Ok(false)` when a role of that name exists already (the caller looks at [`state`]).
     pub(crate) async fn create(
         &self,
         conn: &Conn,
@@ -229,36 +243,106 @@ pub(crate) async fn set_login(conn: &Conn, role: &str, can_login: bool) -> Resul
     .await
 }
 
-/// Ends every session of a login (on this server). Returns how many there were.
+/// Ends every session of a login (on this server) and waits, at most a query timeout, until
+/// they are gone (a terminated backend still holds its temporary objects while it exits).
+/// Returns how many there were.
 pub(crate) async fn end_sessions(conn: &Conn, role: &str) -> Result<i64, DbError> {
     let row = conn
+        .long()
         .query_one(
-            "SELECT count(pg_terminate_backend(pid)) AS ended FROM pg_stat_activity \
+            "SELECT count(pg_terminate_backend(pid, $2)) AS ended FROM pg_stat_activity \
              WHERE usename = $1",
-            &[&role],
+            &[&role, &SESSION_EXIT_WAIT_MS],
         )
         .await?;
     Ok(row.try_get("ended")?)
 }
 
-/// Drops a login of ours (ending its sessions first). `Ok(false)` when there is no such role
-/// or it is not ours (left untouched).
+/// How long [`end_sessions`] waits for each backend to exit.
+const SESSION_EXIT_WAIT_MS: i64 = 1000;
+
+/// Drops a login of ours (ending its sessions first), and whatever it owns or was granted in
+/// any database of the server: what a login made where every login may connect (a large
+/// object in `postgres`, say) must not keep its purge from finishing. `Ok(false)` when there
+/// is no such role or it is not ours (left untouched).
 pub(crate) async fn drop_if_ours(
-    conn: &Conn,
+    db: &Database,
+    admin: &Admin<'_>,
     role: &str,
     tenant_id: Uuid,
 ) -> Result<bool, DbError> {
-    match state(conn, role, tenant_id).await? {
+    match state(admin, role, tenant_id).await? {
         RoleState::Ours { .. } => {
-            set_login(conn, role, false).await?;
-            end_sessions(conn, role).await?;
-            conn.batch_execute(&format!("DROP ROLE IF EXISTS {}", quote_ident(role)))
-                .await?;
+            set_login(admin, role, false).await?;
+            end_sessions(admin, role).await?;
+            let drop_role = format!("DROP ROLE IF EXISTS {}", quote_ident(role));
+            match admin.batch_execute(&drop_role).await {
+                Err(e) if e.code() == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST) => {
+                    drop_owned_everywhere(db, admin, role).await?;
+                    admin.batch_execute(&drop_role).await?;
+                }
+                other => other?,
+            }
             info!(role = %role, "dropped a tenant login this registry made");
             Ok(true)
         }
         RoleState::Absent | RoleState::NotOurs => Ok(false),
     }
+}
+
+/// `DROP OWNED BY role` in each database where the role owns something or holds a privilege
+/// (`pg_shdepend`, the shared catalog that records both). The admin takes the role's
+/// privileges first where it lacks them (PostgreSQL requires them; a `CREATEROLE` admin may
+/// grant itself a role it made).
+async fn drop_owned_everywhere(
+    db: &Database,
+    admin: &Admin<'_>,
+    role: &str,
+) -> Result<(), DbError> {
+    let rows = admin
+        .query(
+            "SELECT DISTINCT d.datname::text AS name, d.datallowconn, \
+               d.datname = current_database() AS here \
+             FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid \
+             WHERE s.refclassid = 'pg_authid'::regclass \
+               AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = $1)",
+            &[&role],
+        )
+        .await?;
+    let r = quote_ident(role);
+    let has: bool = admin
+        .query_one(
+            "SELECT pg_has_role(current_user, $1, 'USAGE') AS has",
+            &[&role],
+        )
+        .await?
+        .try_get("has")?;
+    if !has {
+        admin
+            .batch_execute(&format!("GRANT {r} TO CURRENT_USER"))
+            .await?;
+    }
+    for row in rows {
+        let name: String = row.try_get("name")?;
+        let here: bool = row.try_get("here")?;
+        let drop_owned = format!("DROP OWNED BY {r}");
+        if here {
+            admin.batch_execute(&drop_owned).await?;
+            continue;
+        }
+        if !row.try_get::<_, bool>("datallowconn")? {
+            return Err(DbError::Other(anyhow::anyhow!(
+                "login {role} owns objects in database {name}, which allows no connection: \
+                 they cannot be dropped"
+            )));
+        }
+        let there = admin.server().connect(db, &name).await?;
+        let dropped = there.batch_execute(&drop_owned).await;
+        there.close().await;
+        dropped?;
+        info!(role = %role, database = %name, "dropped what a tenant login owned outside its database");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -110,7 +110,7 @@ pub(crate) async fn bring_registry_current(
     }
     let applied = migrate_system(db).await.map_err(|e| match e {
         // The registry is busy (its tables held by other sessions): retry the request.
-        DbError::LockTimeout(m) => DbError::Unavailable(m),
+        DbError::LockTimeout(m) | DbError::TimedOut(m) => DbError::Unavailable(m),
         other => other,
     })?;
     info!(
@@ -124,12 +124,21 @@ pub(crate) async fn bring_registry_current(
 /// migrations did not fail: retry later, never undo anything over it); anything else is the
 /// migrations' own failure.
 pub(crate) fn refinery_failure(e: &refinery::Error, what: &str) -> DbError {
-    if let Some(pg) = crate::session::pg_error(e) {
+    let pg = crate::session::pg_error(e);
+    if let Some(pg) = pg {
         if crate::db::is_unavailable(pg) {
             return DbError::Unavailable(format!("{what}: {}", crate::db::error_chain(pg)));
         }
     }
-    DbError::Other(anyhow::anyhow!("{what}: {e}"))
+    // refinery says only "db error": the server's own message (it names objects, never hosts).
+    match pg.and_then(tokio_postgres::Error::as_db_error) {
+        Some(d) => DbError::Other(anyhow::anyhow!(
+            "{what}: {e}: {} ({})",
+            d.message(),
+            d.code().code()
+        )),
+        None => DbError::Other(anyhow::anyhow!("{what}: {e}")),
+    }
 }
 
 /// How a migration run ended, as a [`DbError`]: a lock that stayed taken is
@@ -278,6 +287,9 @@ pub(crate) enum HistoryCheck {
     Current,
     Pending(Vec<i64>),
     Diverged(String),
+    /// Every released migration applied as released, and these newer ones besides: a newer
+    /// release's (a deploy in progress, its run and an older one's side by side).
+    Ahead(Vec<i64>),
 }
 
 impl ExpectedHistory {
@@ -323,8 +335,15 @@ impl ExpectedHistory {
     }
 
     pub fn check(&self, applied: &[HistoryRow]) -> HistoryCheck {
+        let latest = self.latest();
+        let newer: Vec<i64> = applied
+            .iter()
+            .map(|r| r.version)
+            .filter(|v| *v > latest)
+            .collect();
         for row in applied {
             match self.rows.iter().find(|e| e.version == row.version) {
+                None if row.version > latest => {}
                 None => {
                     return HistoryCheck::Diverged(format!(
                         "applied migration V{} ({}) is not among the released migrations",
@@ -346,6 +365,16 @@ impl ExpectedHistory {
             .map(|e| e.version)
             .filter(|v| !applied.iter().any(|a| a.version == *v))
             .collect();
+        if !newer.is_empty() {
+            return if pending.is_empty() {
+                HistoryCheck::Ahead(newer)
+            } else {
+                HistoryCheck::Diverged(format!(
+                    "migrations {newer:?} are applied, newer than this release's, but not \
+                     {pending:?}"
+                ))
+            };
+        }
         if pending.is_empty() {
             HistoryCheck::Current
         } else {
@@ -389,9 +418,20 @@ mod tests {
             expected.check(&[row(1, "x", "11")]),
             HistoryCheck::Diverged(_)
         ));
-        assert!(
-            matches!(expected.check(&[row(7, "z", "77")]), HistoryCheck::Diverged(m) if m.contains("V7"))
+        // A newer release's migrations on top of every released one: ahead, not diverged.
+        let all = [row(1, "a", "11"), row(2, "b", "22"), row(3, "c", "33")];
+        assert_eq!(
+            expected.check(&[&all[..], &[row(4, "d", "44"), row(5, "e", "55")]].concat()),
+            HistoryCheck::Ahead(vec![4, 5])
         );
+        assert!(
+            matches!(expected.check(&[row(7, "z", "77")]), HistoryCheck::Diverged(m) if m.contains("[7]")),
+            "newer ones without every released one"
+        );
+        assert!(matches!(
+            expected.check(&[row(1, "a", "11"), row(9, "z", "99"), row(3, "c", "33")]),
+            HistoryCheck::Diverged(_)
+        ));
     }
 
     #[test]

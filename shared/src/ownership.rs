@@ -28,13 +28,35 @@ pub(crate) fn new_oid() -> i64 {
     rand::random_range(FIRST_OID..=LAST_OID)
 }
 
-/// `CREATE DATABASE name OID = oid TEMPLATE template`.
+/// `CREATE DATABASE name OID = oid TEMPLATE template ALLOW_CONNECTIONS false`.
+///
+/// A new database is closed: `CREATE DATABASE` does not copy the template's ACL, so it starts
+/// with `PUBLIC` allowed to connect, and any login of the server could enter it and stay
+/// (a later `REVOKE` ends no session). Closed, nobody can (not even a superuser) until the
+/// transaction that revokes `PUBLIC`'s privileges also opens it ([`open_sql`]).
 pub(crate) fn create_sql(name: &str, oid: i64, template: &str) -> String {
     format!(
-        "CREATE DATABASE {} OID = {oid} TEMPLATE {}",
+        "CREATE DATABASE {} OID = {oid} TEMPLATE {} ALLOW_CONNECTIONS false",
         quote_ident(name),
         quote_ident(template)
     )
+}
+
+/// Statements that take `PUBLIC`'s privileges on a database of ours away, then open it: run in
+/// one transaction, the database is never open to `PUBLIC`. Only its owner (the admin that
+/// made it) and superusers may connect afterwards, and whoever is granted `CONNECT` in the
+/// same transaction (a tenant's login). Safe to repeat.
+pub(crate) fn open_sql(name: &str) -> String {
+    let d = quote_ident(name);
+    format!(
+        "REVOKE ALL ON DATABASE {d} FROM PUBLIC; ALTER DATABASE {d} WITH ALLOW_CONNECTIONS true"
+    )
+}
+
+/// Opens a database of ours that [`create_sql`] made (see [`open_sql`]).
+pub(crate) async fn open(conn: &Conn, name: &str) -> Result<(), DbError> {
+    conn.batch_execute(&format!("BEGIN; {}; COMMIT", open_sql(name)))
+        .await
 }
 
 /// A database of a given name, as `pg_database` shows it.
@@ -129,7 +151,12 @@ mod tests {
         assert!(!found.is(None), "no proof recorded: not ours");
         assert_eq!(
             create_sql("dbtools_tenant_a\"b", 7, "t"),
-            "CREATE DATABASE \"dbtools_tenant_a\"\"b\" OID = 7 TEMPLATE \"t\""
+            "CREATE DATABASE \"dbtools_tenant_a\"\"b\" OID = 7 TEMPLATE \"t\" \
+             ALLOW_CONNECTIONS false"
+        );
+        assert_eq!(
+            open_sql("d"),
+            "REVOKE ALL ON DATABASE \"d\" FROM PUBLIC; ALTER DATABASE \"d\" WITH ALLOW_CONNECTIONS true"
         );
     }
 }

@@ -62,8 +62,9 @@ use uuid::Uuid;
 
 use crate::{
     access::{self, Access, AccessError},
+    config::TenantNames,
     db::{error_chain, Admin, Conn, Database, DbError, Server},
-    domain::{NewTenant, Slug, Tenant, TenantStatus},
+    domain::{DatabaseName, NewTenant, Slug, Tenant, TenantStatus},
     invocation::Invocation,
     locks::{self, Lock},
     logins,
@@ -146,7 +147,7 @@ pub enum CreateTenantError {
 impl From<DbError> for CreateTenantError {
     fn from(e: DbError) -> Self {
         match e {
-            DbError::Unavailable(m) => CreateTenantError::Unavailable(m),
+            DbError::Unavailable(m) | DbError::TimedOut(m) => CreateTenantError::Unavailable(m),
             // A lock wait that ran out (the server's row, held by concurrent placements): busy.
             e if e.is_lock_timeout() => CreateTenantError::Unavailable(e.to_string()),
             other => CreateTenantError::Unexpected(anyhow::Error::new(other)),
@@ -172,7 +173,15 @@ pub async fn create_tenant(
     let sys = db.system().await?;
     let fp = fingerprint(new);
     let scope = inv.caller.as_deref().unwrap_or("");
+    // The id is chosen here: an opaque database name is made of it (`TENANT_NAMES`).
+    let id = Uuid::new_v4();
+    let database = match db.config().tenants.names {
+        TenantNames::Slug => new.slug.database_name(),
+        TenantNames::Opaque => DatabaseName::opaque(id),
+    };
     let row = NewRow {
+        id,
+        database: database.as_str(),
         new,
         scope,
         key,
@@ -189,7 +198,7 @@ pub async fn create_tenant(
                 });
             }
         }
-        let (server, template, oid, id, started) = match place(db, &sys, &row).await {
+        let (server, template, oid, id, started) = match place(db, &sys, &row, inv.deadline).await {
             Ok(placed) => placed,
             Err(PlaceError::Db(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                 if constraint(&e) == Some("tenants_idempotency_key_key") {
@@ -210,13 +219,22 @@ pub async fn create_tenant(
             Err(e) => return Err(e.into()),
         };
         // Never past the lease (nor the invocation's deadline): abandoned there, the work is
-        // what a dead process leaves, and reconcile takes it from there.
-        let deadline = inv.deadline.min(started + db.config().provisioning_lease);
+        // what a dead process leaves, and reconcile takes it from there. A query timeout is
+        // kept before the lease ends, so that what was on its way when the work was abandoned
+        // (a statement being cancelled, a Secrets Manager call) has landed before reconcile
+        // may look; the server itself ends our DDL by then (see `provision`).
+        let config = db.config();
+        let lease_end = started + config.provisioning_lease;
+        let deadline = inv.deadline.min(
+            lease_end
+                .checked_sub(config.query_timeout)
+                .unwrap_or(lease_end),
+        );
         let access = Access {
             tenant_id: id,
             slug: new.slug.to_string(),
-            database: new.slug.database_name().to_string(),
-            role: new.slug.database_name().to_string(),
+            database: row.database.to_owned(),
+            role: row.database.to_owned(),
             secret_name: secret_name(db, &new.slug),
         };
         let work = async {
@@ -227,7 +245,12 @@ pub async fn create_tenant(
                     return Err(e.into());
                 }
             };
-            provision(db, &sys, &admin, oid, &access, &new.slug, &template).await
+            let made = Made {
+                oid,
+                template: &template,
+                deadline,
+            };
+            provision(db, &sys, &admin, &access, &new.slug, &made).await
         };
         return match tokio::time::timeout_at(deadline.into(), work).await {
             Ok(result) => result.map(|tenant| Created {
@@ -247,6 +270,9 @@ pub async fn create_tenant(
 
 /// What the registry row of a new tenant is made of.
 struct NewRow<'a> {
+    id: Uuid,
+    /// Its database's name, and its login's.
+    database: &'a str,
     new: &'a NewTenant,
     scope: &'a str,
     key: Option<&'a IdempotencyKey>,
@@ -263,6 +289,7 @@ async fn place(
     db: &Database,
     sys: &Conn,
     row: &NewRow<'_>,
+    until: Instant,
 ) -> Result<(Arc<Server>, Template, i64, Uuid, Instant), PlaceError> {
     let requested = row.new.server.as_ref();
     let candidates = match servers::candidates(sys, requested).await? {
@@ -278,7 +305,7 @@ async fn place(
     servers.sort_by_key(|s| s.seems_down());
     let mut passed_over: Option<CreateTenantError> = None;
     for server in servers {
-        let template = match ready_template(db, sys, &server).await {
+        let template = match ready_template(db, sys, &server, until).await {
             Ok(template) => template,
             Err(e) if requested.is_some() => return Err(e.into()),
             Err(e) => {
@@ -312,9 +339,14 @@ async fn place(
 }
 
 /// The server's template, built first when it has none (see [`template::ensure`]).
-async fn ready_template(db: &Database, sys: &Conn, server: &Server) -> Result<Template, DbError> {
+async fn ready_template(
+    db: &Database,
+    sys: &Conn,
+    server: &Server,
+    until: Instant,
+) -> Result<Template, DbError> {
     let admin = server.admin(db).await?;
-    template::ensure(db, sys, &admin).await
+    template::ensure(db, sys, &admin, until).await
 }
 
 /// Inserts the row as `provisioning` on `server` if the server can take it: one transaction
@@ -337,17 +369,17 @@ async fn insert_row(
         }
         let inserted = tx
             .query_one(
-                "INSERT INTO tenants (name, slug, database_name, database_oid, role_name, \
+                "INSERT INTO tenants (id, name, slug, database_name, database_oid, role_name, \
                    secret_name, status, lease_expires_at, idempotency_scope, idempotency_key, \
                    request_fingerprint, idempotency_expires_at, server) \
-                 VALUES ($1, $2, $3, $4, $3, $10, 'provisioning', \
+                 VALUES ($12, $1, $2, $3, $4, $3, $10, 'provisioning', \
                    now() + make_interval(secs => $5), $6, $7, $8, now() + make_interval(secs => $9), \
                    $11) \
                  RETURNING id",
                 &[
                     &new.name.as_str(),
                     &new.slug.as_str(),
-                    &new.slug.database_name().as_str(),
+                    &row.database,
                     &oid,
                     &config.provisioning_lease.as_secs_f64(),
                     &key.map(|_| row.scope),
@@ -356,6 +388,7 @@ async fn insert_row(
                     &ttl,
                     &secret_name(db, &new.slug),
                     &server,
+                    &row.id,
                 ],
             )
             .await?;
@@ -503,19 +536,26 @@ async fn replay(
     }
 }
 
-/// Steps 2 to 6 for the row that this request inserted, whose database gets `oid`.
+/// How the new database is made: its OID, its template, and the create's deadline.
+struct Made<'a> {
+    oid: i64,
+    template: &'a Template,
+    deadline: Instant,
+}
+
+/// Steps 2 to 6 for the row that this request inserted.
 async fn provision(
     db: &Database,
     sys: &Conn,
     admin: &Admin<'_>,
-    oid: i64,
     access: &Access,
     slug: &Slug,
-    template: &Template,
+    made: &Made<'_>,
 ) -> Result<Tenant, CreateTenantError> {
+    let (oid, template) = (made.oid, made.template);
     let started = Instant::now();
     let id = access.tenant_id;
-    let db_name = slug.database_name();
+    let db_name = &access.database;
     let lock = match locks::acquire(
         sys,
         Lock::Tenant(slug.to_string()),
@@ -534,8 +574,9 @@ async fn provision(
         }
     };
 
-    let create = ownership::create_sql(db_name.as_str(), oid, &template.name);
-    if let Err(e) = admin.long().batch_execute(&create).await {
+    let create = ownership::create_sql(db_name, oid, &template.name);
+    let answer = db.config().query_timeout;
+    if let Err(e) = create_database(admin, &create, made.deadline, answer).await {
         // Nothing of ours exists, unless the answer was lost on the way: then the connection
         // is gone, and the row stays for reconcile to decide.
         if !e.is_unavailable() {
@@ -579,6 +620,38 @@ async fn provision(
     result
 }
 
+/// Runs `CREATE DATABASE` with a server-side statement timeout that ends by the create's
+/// `deadline`: a statement the create abandoned (and could not cancel: the server did not
+/// answer) can never commit after the lease, when reconcile may have decided over the row.
+/// `answer` is the time an answer takes to arrive once the server has finished.
+async fn create_database(
+    admin: &Conn,
+    create: &str,
+    deadline: Instant,
+    answer: Duration,
+) -> Result<(), DbError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left < Duration::from_millis(100) {
+        return Err(DbError::Unavailable(
+            "no time left to make the database within the lease".into(),
+        ));
+    }
+    admin
+        .batch_execute(&format!("SET statement_timeout = {}", left.as_millis()))
+        .await?;
+    let created = admin.within(left + answer).batch_execute(create).await;
+    // The admin connection is the server's shared one: its setting goes back (a connection
+    // that cannot is discarded, and the next one starts with the configured timeout).
+    if admin
+        .batch_execute("RESET statement_timeout")
+        .await
+        .is_err()
+    {
+        admin.discard();
+    }
+    created
+}
+
 /// Applies the pending migrations, makes or repairs the login and the secret (re-keyed
 /// together), marks the row `active`. Every step is safe to repeat. For a database of ours
 /// whose provisioning died (a copy of the template: nothing is pending).
@@ -589,10 +662,15 @@ async fn finish_provisioning(
     access: &Access,
 ) -> Result<Tenant, AccessError> {
     logins::ensure_group(admin).await?;
+    // A create that died before its login left the database closed: opened to nobody but us
+    // (its login gets CONNECT below).
+    ownership::open(admin, &access.database).await?;
     let mut tenant = admin.server().connect(db, &access.database).await?;
-    migrations::migrate_tenant_to_latest(db, &mut tenant, db.config().migrate_tenant_timeout)
-        .await?;
-    drop(tenant); // closes our connection to the new database
+    let migrated =
+        migrations::migrate_tenant_to_latest(db, &mut tenant, db.config().migrate_tenant_timeout)
+            .await;
+    tenant.close().await;
+    migrated?;
     let arn = access::ensure(db, admin, access, true, true).await?;
     let expected = ExpectedHistory::tenant();
     Ok(activate(
@@ -718,10 +796,27 @@ pub async fn reconcile_slug(
     sys: &Conn,
     slug: &Slug,
 ) -> Result<ReconcileAction, DbError> {
+    let far = Instant::now() + Duration::from_secs(24 * 3600);
+    reconcile_slug_until(db, sys, slug, far).await
+}
+
+/// [`reconcile_slug`], its work cut at `until` (what it was doing is cancelled: each step is
+/// safe to repeat, and the next attempt decides again): `DbError::TimedOut` then.
+pub(crate) async fn reconcile_slug_until(
+    db: &Database,
+    sys: &Conn,
+    slug: &Slug,
+    until: Instant,
+) -> Result<ReconcileAction, DbError> {
     let Some(lock) = locks::try_acquire(sys, Lock::Tenant(slug.to_string())).await? else {
         return Ok(ReconcileAction::Skipped);
     };
-    let outcome = reconcile_row(db, sys, slug).await;
+    let outcome = match tokio::time::timeout_at(until.into(), reconcile_row(db, sys, slug)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(DbError::TimedOut(
+            "out of time: the next run reconciles it".into(),
+        )),
+    };
     lock.release().await;
     outcome
 }
@@ -769,10 +864,10 @@ async fn reconcile_row(db: &Database, sys: &Conn, slug: &Slug) -> Result<Reconci
         }
         Some(_) => match finish_provisioning(db, sys, admin, &access).await {
             Ok(_) => ReconcileAction::RolledForward,
-            Err(AccessError::Db(DbError::Unavailable(m))) => return Err(DbError::Unavailable(m)),
-            // Busy (a migration or a catalog lock that stayed taken): the database is ours and
-            // may be in use; the next attempt finishes it. Never a rollback over a busy lock.
-            Err(AccessError::Db(e)) if e.is_lock_timeout() => return Err(e),
+            // Unreachable, busy (a migration or a catalog lock that stayed taken) or out of
+            // time: the database is ours and may be in use; the next attempt finishes it.
+            // Never a rollback over what did not fail.
+            Err(AccessError::Db(e)) if e.is_transient() => return Err(e),
             Err(e) => {
                 error!(error = %error_chain(&e), "could not finish a dead provisioning; rolling back");
                 match (roll_back(db, sys, admin, &access, recorded).await, e) {

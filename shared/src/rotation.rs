@@ -11,21 +11,25 @@
 //!    pending credentials (their host and port: the tenant's server);
 //! 4. `finishSecret`: `AWSCURRENT` moves to the new version.
 //!
-//! Only a secret this product made for a tenant (its tag names a registry row), of an
-//! `active` tenant, whose login is ours, is rotated. Secrets Manager creates the pending
-//! version's entry before `createSecret`; called without one (by hand, or by the local tests
-//! that play Secrets Manager's part), `createSecret` creates it.
+//! Only a secret the registry records as a tenant's (its `credentials_secret_arn`), of an
+//! `active` tenant, whose login is ours, is rotated. The secret's tags are never trusted for
+//! this: whoever may tag their own secret could otherwise have a neighbour's login re-keyed.
+//! `setSecret` works under the tenant's lock and reads the tenant again there, so that a
+//! delete (which disables the login under the same lock) is never undone by a rotation: a
+//! tenant deleted meanwhile is refused, its login left disabled. Secrets Manager creates the
+//! pending version's entry before `createSecret`; called without one (by hand, or by the local
+//! tests that play Secrets Manager's part), `createSecret` creates it.
 
 use secrecy::{ExposeSecret, SecretString};
 use tracing::info;
-use uuid::Uuid;
 
 use crate::{
     config::ConnOverrides,
     credentials::parse_secret,
-    db::{Database, DbError},
+    db::{Conn, Database, DbError},
     domain::TenantStatus,
     lifecycle::Entry,
+    locks::{self, Lock},
     logins::{self, Login, RoleState},
     secrets::SecretsError,
     tenants::TENANT_COLUMNS,
@@ -59,7 +63,7 @@ impl RotationError {
 impl From<DbError> for RotationError {
     fn from(e: DbError) -> Self {
         match e {
-            DbError::Unavailable(m) => RotationError::Unavailable(m),
+            DbError::Unavailable(m) | DbError::TimedOut(m) => RotationError::Unavailable(m),
             other => RotationError::Failed(crate::db::error_chain(&other)),
         }
     }
@@ -108,11 +112,6 @@ pub async fn rotate(
         .versions(arn)
         .await?
         .ok_or_else(|| RotationError::Invalid("no such secret".into()))?;
-    let tenant_id = versions
-        .tenant_id
-        .as_deref()
-        .and_then(|t| Uuid::parse_str(t).ok())
-        .ok_or_else(|| RotationError::Invalid("not a tenant secret of this product".into()))?;
     let stages = versions.stages.get(token);
     if stages.is_some_and(|s| s.iter().any(|l| l == CURRENT)) {
         info!(?step, "this version is current already; nothing to do");
@@ -125,7 +124,8 @@ pub async fn rotate(
             clip(token)
         )));
     }
-    let entry = tenant(db, tenant_id).await?;
+    let entry = tenant(db, &versions.arn).await?;
+    let tenant_id = entry.tenant.id;
     match step {
         Step::Create => {
             if secrets.value(arn, Some(token), PENDING).await?.is_some() {
@@ -142,21 +142,36 @@ pub async fn rotate(
         Step::Set => {
             let password = pending_params(db, arn, token).await?.password;
             let sys = db.system().await?;
-            let server = entry.server(db, &sys).await?;
-            drop(sys);
-            let admin = server.admin(db).await?;
-            if logins::state(&admin, &entry.access.role, tenant_id).await? == RoleState::NotOurs {
-                return Err(RotationError::Failed(
-                    "the login of this tenant's name is not ours".into(),
-                ));
-            }
-            let login = Login {
-                role: &entry.access.role,
-                database: &entry.access.database,
-                tenant_id,
-                connection_limit: db.config().tenants.connection_limit,
+            let lock = Lock::Tenant(entry.tenant.slug.clone());
+            let Some(guard) = locks::acquire(&sys, lock, db.config().lock_timeout).await? else {
+                return Err(RotationError::Unavailable(format!(
+                    "tenant '{}' is being changed by another operation",
+                    entry.tenant.slug
+                )));
             };
-            login.rekey(&admin, &password, true).await?;
+            let set = async {
+                // Under the lock: still the active tenant of this secret?
+                let entry = tenant_on(db, &sys, &versions.arn).await?;
+                let server = entry.server(db, &sys).await?;
+                let admin = server.admin(db).await?;
+                if logins::state(&admin, &entry.access.role, tenant_id).await? == RoleState::NotOurs
+                {
+                    return Err(RotationError::Failed(
+                        "the login of this tenant's name is not ours".into(),
+                    ));
+                }
+                let login = Login {
+                    role: &entry.access.role,
+                    database: &entry.access.database,
+                    tenant_id,
+                    connection_limit: db.config().tenants.connection_limit,
+                };
+                login.rekey(&admin, &password, true).await?;
+                Ok(())
+            }
+            .await;
+            guard.release().await;
+            set?;
             info!(tenant.slug = %entry.access.slug, "set the tenant login's new password");
         }
         Step::Test => {
@@ -185,20 +200,25 @@ pub async fn rotate(
     Ok(())
 }
 
-/// The active tenant the secret belongs to.
-async fn tenant(db: &Database, id: Uuid) -> Result<Entry, RotationError> {
+/// The active tenant whose secret the registry records at `arn`.
+async fn tenant(db: &Database, arn: &str) -> Result<Entry, RotationError> {
     let sys = db.system().await?;
+    tenant_on(db, &sys, arn).await
+}
+
+/// [`tenant`], on the caller's registry connection.
+async fn tenant_on(db: &Database, sys: &Conn, arn: &str) -> Result<Entry, RotationError> {
     let row = sys
         .query_opt(
             &format!(
-                "SELECT {TENANT_COLUMNS}, {} FROM tenants WHERE id = $1",
+                "SELECT {TENANT_COLUMNS}, {} FROM tenants WHERE credentials_secret_arn = $1",
                 Entry::COLUMNS
             ),
-            &[&id],
+            &[&arn],
         )
         .await?
         .ok_or_else(|| {
-            RotationError::Invalid("the secret's tenant is not in the registry".into())
+            RotationError::Invalid("not a tenant secret of this product's registry".into())
         })?;
     let entry = Entry::from_row(&row, &db.config().tenants.secret_prefix)?;
     if entry.tenant.status != TenantStatus::Active {

@@ -101,6 +101,29 @@ pub(crate) struct NewSecret<'a> {
     pub credentials: TenantCredentials<'a>,
 }
 
+/// A secret read by [`Secrets::read_named`].
+pub(crate) struct NamedSecret {
+    pub name: String,
+    pub arn: String,
+    pub text: SecretString,
+}
+
+/// The name a secret id designates: the id itself, or the name in an ARN (less the six
+/// characters Secrets Manager appends to it, when they are there).
+pub(crate) fn name_of(id: &str) -> &str {
+    let Some((_, name)) = id.split_once(":secret:") else {
+        return id;
+    };
+    match name.rsplit_once('-') {
+        Some((base, suffix))
+            if suffix.len() == 6 && suffix.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            base
+        }
+        _ => name,
+    }
+}
+
 /// How [`Secrets::delete`] deletes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Deletion {
@@ -110,9 +133,9 @@ pub(crate) enum Deletion {
     After(i64),
 }
 
-/// The versions of a secret and their staging labels, and whose it is.
+/// The versions of a secret and their staging labels, and its ARN.
 pub(crate) struct Versions {
-    pub tenant_id: Option<String>,
+    pub arn: String,
     pub stages: HashMap<String, Vec<String>>,
 }
 
@@ -136,6 +159,30 @@ impl Secrets {
             .await
         {
             Ok(out) => Ok(Some(out.secret_string().unwrap_or_default().to_owned())),
+            Err(SdkError::ServiceError(se)) if se.err().is_resource_not_found_exception() => {
+                Ok(None)
+            }
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    /// A secret's text with its name and ARN, as Secrets Manager resolved the id:
+    /// `Ok(None)` when it does not exist.
+    pub(crate) async fn read_named(&self, id: &str) -> Result<Option<NamedSecret>, SecretsError> {
+        match self
+            .client()
+            .await
+            .get_secret_value()
+            .secret_id(id)
+            .send()
+            .boxed()
+            .await
+        {
+            Ok(out) => Ok(Some(NamedSecret {
+                name: out.name().unwrap_or_default().to_owned(),
+                arn: out.arn().unwrap_or_default().to_owned(),
+                text: SecretString::from(out.secret_string().unwrap_or_default().to_owned()),
+            })),
             Err(SdkError::ServiceError(se)) if se.err().is_resource_not_found_exception() => {
                 Ok(None)
             }
@@ -273,7 +320,8 @@ impl Secrets {
         Ok(())
     }
 
-    /// The rotation protocol's view of a secret: its versions' labels, and its tenant tag.
+    /// The rotation protocol's view of a secret: its versions' labels, and its ARN (whose tenant
+    /// it is, the registry says: never a tag, which whoever may tag the secret could change).
     pub(crate) async fn versions(&self, id: &str) -> Result<Option<Versions>, SecretsError> {
         let out = match self
             .client()
@@ -291,12 +339,7 @@ impl Secrets {
             Err(e) => return Err(classify(e)),
         };
         Ok(Some(Versions {
-            tenant_id: out
-                .tags()
-                .iter()
-                .find(|t| t.key() == Some(TENANT_ID_TAG))
-                .and_then(|t| t.value())
-                .map(str::to_owned),
+            arn: out.arn().unwrap_or_default().to_owned(),
             stages: out.version_ids_to_stages().cloned().unwrap_or_default(),
         }))
     }
@@ -379,6 +422,21 @@ async fn make_client() -> Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_is_named_by_its_id_or_its_arn() {
+        assert_eq!(name_of("dbtools/servers/a"), "dbtools/servers/a");
+        assert_eq!(
+            name_of(
+                "arn:aws:secretsmanager:eu-west-1:123456789012:secret:dbtools/servers/a-Ab12Cd"
+            ),
+            "dbtools/servers/a"
+        );
+        assert_eq!(
+            name_of("arn:aws:secretsmanager:eu-west-1:123456789012:secret:dbtools/x"),
+            "dbtools/x"
+        );
+    }
 
     #[test]
     fn credentials_are_in_the_rds_format() {

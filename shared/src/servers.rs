@@ -25,13 +25,16 @@ use tracing::{info, instrument, warn};
 pub use crate::domain::ServerName;
 use tokio_postgres::error::SqlState;
 
+use secrecy::ExposeSecret;
+
 use crate::{
-    config::ConnOverrides,
+    config::{ConnOverrides, CredentialSource},
     credentials::parse_secret,
     db::{error_chain, Conn, Database, DbError, ServerSource, Tx},
-    ownership,
-    secrets::SecretsError,
+    hardening, ownership,
+    secrets::{self, NamedSecret, SecretsError},
     tenants::FieldError,
+    transport,
 };
 
 /// The server that holds the registry.
@@ -134,10 +137,13 @@ pub enum ServersError {
     NotFound(Option<String>),
     #[error("{0}")]
     Conflict(String),
-    /// The server (or its secret) cannot be used: the reason, for the client (it names no host
-    /// and no secret value).
-    #[error("{0}")]
-    Refused(String),
+    /// The server (or its secret) cannot be used: the field at fault and the reason, for the
+    /// client (it names no host and no secret value).
+    #[error("{message}")]
+    Refused {
+        field: &'static str,
+        message: String,
+    },
     /// The server to register did not answer (the cause, for the log only: it names hosts).
     #[error("server unreachable")]
     Unreachable(String),
@@ -151,7 +157,7 @@ pub enum ServersError {
 impl From<DbError> for ServersError {
     fn from(e: DbError) -> Self {
         match e {
-            DbError::Unavailable(m) => ServersError::Unavailable(m),
+            DbError::Unavailable(m) | DbError::TimedOut(m) => ServersError::Unavailable(m),
             // A lock wait that ran out (the server's row, held by a placement): retry.
             e if e.is_lock_timeout() => ServersError::Unavailable(e.to_string()),
             other => ServersError::Unexpected(anyhow::Error::new(other)),
@@ -461,39 +467,40 @@ async fn system_identifier(conn: &Conn) -> Result<Option<i64>, DbError> {
     }
 }
 
-/// Connects to the server with its secret and checks what the product needs there. Returns
-/// its system identifier, where the secret's role may read it.
+/// Connects to the server with its secret and checks what the product needs there, then
+/// takes `PUBLIC`'s privileges away on its shared databases where it may (see
+/// [`crate::hardening`]). Returns its system identifier, where the secret's role may read it.
+///
+/// The secret is the operator's for this server, never anything else the functions can read:
+/// its name is under `SERVER_SECRET_PREFIX`, it is not the registry's own admin secret, nor
+/// another registered server's (a caller of this API must not be able to send a secret it can
+/// name to a host it chooses). And its password goes only to a server that authenticates with
+/// SCRAM-SHA-256 (see [`crate::transport`]).
 async fn verify(db: &Database, new: &NewServer) -> Result<Option<i64>, ServersError> {
-    let text = match db.secrets().read(&new.secret_arn).await {
-        Ok(Some(text)) => text,
-        Ok(None) => {
-            return Err(ServersError::Refused(
-                "The secret_arn names no secret in this account and region".into(),
-            ))
-        }
-        Err(SecretsError::Refused(cause)) => {
-            warn!(cause = %cause, "Secrets Manager refused the server's secret");
-            return Err(ServersError::Refused(
-                "Secrets Manager refused to give this function the secret (the functions read \
-                 server secrets under the stack's ServerSecretPrefix only)"
-                    .into(),
-            ));
-        }
-        Err(e) => return Err(DbError::from(e).into()),
-    };
+    let secret = own_secret(db, new).await?;
     let overrides = ConnOverrides {
         host: Some(new.host.clone()),
         port: Some(new.port),
         dbname: None,
     };
-    let params = parse_secret(&text, &overrides).map_err(|_| {
-        ServersError::Refused(
-            "The secret is not in the RDS format (username and password at least)".into(),
+    let params = parse_secret(secret.text.expose_secret(), &overrides).map_err(|_| {
+        refused(
+            "secret_arn",
+            "The secret is not in the RDS format (username and password at least)",
         )
     })?;
     let conn = match db.try_connect_as(&params, &params.maintenance_db).await {
         Ok(Ok(conn)) => conn,
         Err(e) => return Err(ServersError::Unreachable(e.to_string())),
+        Ok(Err(e)) if transport::insecure_auth(&e).is_some() => {
+            warn!(error = %e, "the server to register asked for a password in cleartext or MD5");
+            return Err(refused(
+                "host",
+                "The server asks for the secret's credentials in cleartext or as an MD5 hash: \
+                 the product authenticates only by SCRAM-SHA-256 (configure the server to \
+                 authenticate the secret's user with scram-sha-256)",
+            ));
+        }
         Ok(Err(e)) => match e.code().map(|c| c.code().to_owned()) {
             // The server answered, and refused.
             Some(code)
@@ -502,29 +509,115 @@ async fn verify(db: &Database, new: &NewServer) -> Result<Option<i64>, ServersEr
                     && !code.starts_with("57") =>
             {
                 warn!(sqlstate = %code, "the server refused the secret");
-                return Err(ServersError::Refused(
+                return Err(refused(
+                    "secret_arn",
                     match code.as_str() {
                         "3D000" => "The secret's dbname does not exist on the server",
                         c if c.starts_with("28") => {
                             "The server refused the secret's credentials (authentication failed)"
                         }
                         _ => "The server refused a connection with the secret",
-                    }
-                    .into(),
+                    },
                 ));
             }
             _ => return Err(ServersError::Unreachable(error_chain(&e))),
         },
     };
+    let checked = check_server(&conn).await;
+    conn.close().await;
+    checked
+}
+
+/// The secret the request names, once it is known to be one made for a server of this
+/// product (see [`verify`]).
+async fn own_secret(db: &Database, new: &NewServer) -> Result<NamedSecret, ServersError> {
+    let prefix = db.config().server_secret_prefix.as_str();
+    // The prefix is not named: the answer tells nothing of what else the functions may read.
+    let outside = || {
+        refused(
+            "secret_arn",
+            "secret_arn must name a secret under the stack's server secret prefix \
+             (SERVER_SECRET_PREFIX, ServerSecretPrefix), made for this server",
+        )
+    };
+    // Before anything is read: the functions never read a secret outside the prefix for this.
+    if !secrets::name_of(&new.secret_arn).starts_with(prefix) {
+        return Err(outside());
+    }
+    let secret = match db.secrets().read_named(&new.secret_arn).await {
+        Ok(Some(secret)) => secret,
+        Ok(None) => {
+            return Err(refused(
+                "secret_arn",
+                "The secret_arn names no secret in this account and region",
+            ))
+        }
+        Err(SecretsError::Refused(cause)) => {
+            warn!(cause = %cause, "Secrets Manager refused the server's secret");
+            return Err(refused(
+                "secret_arn",
+                "Secrets Manager refused to give this function the secret (the functions read \
+                 server secrets under the stack's ServerSecretPrefix only)",
+            ));
+        }
+        Err(e) => return Err(DbError::from(e).into()),
+    };
+    // What Secrets Manager resolved the id to, checked again (an ARN's name part can be
+    // spelled in more than one way).
+    if !secret.name.starts_with(prefix) {
+        return Err(outside());
+    }
+    if let CredentialSource::Secret(own) = &db.config().credentials {
+        let own = db.secrets().read_named(own).await.map_err(DbError::from)?;
+        if own.is_some_and(|own| own.arn == secret.arn) {
+            return Err(refused(
+                "secret_arn",
+                "secret_arn names the registry's own admin secret: register each server with an \
+                 admin secret of its own",
+            ));
+        }
+    }
+    let sys = db.system().await?;
+    let rows = sys
+        .query(
+            "SELECT name, secret_arn FROM servers WHERE secret_arn IS NOT NULL ORDER BY name",
+            &[],
+        )
+        .await?;
+    for row in rows {
+        let stored: String = row.try_get("secret_arn").map_err(DbError::from)?;
+        if stored == secret.arn || secrets::name_of(&stored) == secret.name {
+            let name: String = row.try_get("name").map_err(DbError::from)?;
+            return Err(refused(
+                "secret_arn",
+                &format!(
+                    "secret_arn is the admin secret of server '{name}' already: register each \
+                     server with an admin secret of its own"
+                ),
+            ));
+        }
+    }
+    Ok(secret)
+}
+
+/// What the product needs of the server, checked on the secret's connection; then its shared
+/// databases hardened. Returns its system identifier, where the role may read it.
+async fn check_server(conn: &Conn) -> Result<Option<i64>, ServersError> {
     let row = conn
         .query_one(
             "SELECT current_setting('server_version_num')::int AS version, r.rolsuper, \
-                    r.rolcreatedb, r.rolcreaterole, \
+                    r.rolcreatedb, r.rolcreaterole, pg_is_in_recovery() AS standby, \
                     pg_has_role(current_user, 'pg_signal_backend', 'MEMBER') AS can_signal \
              FROM pg_roles r WHERE r.rolname = current_user",
             &[],
         )
         .await?;
+    if row.try_get::<_, bool>("standby").map_err(DbError::from)? {
+        return Err(refused(
+            "host",
+            "The server is a read-only standby (pg_is_in_recovery()): register its primary",
+        ));
+    }
     let version: i32 = row.try_get("version").map_err(DbError::from)?;
     let superuser: bool = row.try_get("rolsuper").map_err(DbError::from)?;
     let mut missing = Vec::new();
@@ -543,12 +636,23 @@ async fn verify(db: &Database, new: &NewServer) -> Result<Option<i64>, ServersEr
         }
     }
     if !missing.is_empty() {
-        return Err(ServersError::Refused(format!(
-            "The server or the secret's user lacks what the product needs: {}",
-            missing.join(", ")
-        )));
+        return Err(refused(
+            "secret_arn",
+            &format!(
+                "The server or the secret's user lacks what the product needs: {}",
+                missing.join(", ")
+            ),
+        ));
     }
-    Ok(system_identifier(&conn).await?)
+    hardening::harden(conn).await?;
+    Ok(system_identifier(conn).await?)
+}
+
+fn refused(field: &'static str, message: &str) -> ServersError {
+    ServersError::Refused {
+        field,
+        message: message.to_owned(),
+    }
 }
 
 /// Changes a server's state, capacity or budget.
@@ -581,10 +685,15 @@ pub async fn update_server(
     view(&sys, name).await
 }
 
-/// Removes a server that holds no tenant (purged ones hold no database). The templates this
-/// registry built there are dropped first, while the registry still records them (best effort:
-/// a server being decommissioned may be gone already; they are then logged and left, and a
-/// cluster registered again later meets them as databases it cannot prove it made).
+/// Removes a server that holds no tenant (purged ones hold no database), then drops the
+/// templates this registry built there (best effort: a server being decommissioned may be gone
+/// already; they are then logged and left, and a cluster registered again later meets them as
+/// databases it cannot prove it made).
+///
+/// The check and the removal are one transaction that holds the server's row, as a placement
+/// does until its tenant is committed: a tenant placed meanwhile is counted, and the answer is a
+/// conflict that changed nothing (the templates stay). Only once the row is gone are its
+/// templates dropped, by the proof (name and OID) read in that transaction.
 #[instrument(skip_all, fields(server = %name))]
 pub async fn remove_server(db: &Database, name: &ServerName) -> Result<ServerView, ServersError> {
     if name.as_str() == PRIMARY {
@@ -599,23 +708,67 @@ pub async fn remove_server(db: &Database, name: &ServerName) -> Result<ServerVie
     };
     let sys = db.system().await?;
     let before = view(&sys, name).await?;
-    if before.tenants.total > 0 {
-        return Err(holds_tenants());
+    let tx = sys.begin().await?;
+    let removed = async {
+        let Some(server) = tx
+            .locking()
+            .query_opt(
+                "SELECT host, port, secret_arn FROM servers WHERE name = $1 FOR UPDATE",
+                &[&name.as_str()],
+            )
+            .await?
+        else {
+            return Ok(Err(ServersError::NotFound(Some(name.to_string()))));
+        };
+        let source = ServerSource::from_row(&server)?;
+        let tenants: i64 = tx
+            .query_one(
+                "SELECT count(*) AS n FROM tenants WHERE server = $1 AND status <> 'purged'",
+                &[&name.as_str()],
+            )
+            .await?
+            .try_get("n")?;
+        if tenants > 0 {
+            return Ok(Err(holds_tenants()));
+        }
+        let templates: Vec<(String, i64)> = tx
+            .query(
+                "SELECT name, database_oid FROM tenant_templates WHERE server = $1",
+                &[&name.as_str()],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("name")?, r.try_get("database_oid")?)))
+            .collect::<Result<_, tokio_postgres::Error>>()?;
+        // Its templates' records go with it (ON DELETE CASCADE); purged tenants keep no server.
+        tx.locking()
+            .execute("DELETE FROM servers WHERE name = $1", &[&name.as_str()])
+            .await?;
+        Ok::<_, DbError>(Ok((source, templates)))
     }
-    let templates: Vec<(String, i64)> = sys
-        .query(
-            "SELECT name, database_oid FROM tenant_templates WHERE server = $1",
-            &[&name.as_str()],
-        )
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get("name")?, r.try_get("database_oid")?)))
-        .collect::<Result<_, tokio_postgres::Error>>()
-        .map_err(DbError::from)?;
-    let server = db.server(&sys, name.as_str()).await;
+    .await;
+    let (source, templates) = match removed {
+        Ok(Ok(found)) => {
+            tx.commit().await?;
+            found
+        }
+        Ok(Err(refusal)) => {
+            tx.rollback().await;
+            return Err(refusal);
+        }
+        Err(e) => {
+            tx.rollback().await;
+            // A tenant committed under our snapshot: its server cannot be set to null.
+            if e.code() == Some(&SqlState::CHECK_VIOLATION) {
+                return Err(holds_tenants());
+            }
+            return Err(e.into());
+        }
+    };
     drop(sys);
+    info!("removed a server");
+    let server = db.server_at(name.as_str(), source).await;
     let dropped = async {
-        let server = server?;
         let admin = server.admin(db).await?;
         for (template, oid) in &templates {
             ownership::drop_if_ours(&admin, template, Some(*oid)).await?;
@@ -626,26 +779,6 @@ pub async fn remove_server(db: &Database, name: &ServerName) -> Result<ServerVie
     if let Err(e) = dropped {
         warn!(error = %error_chain(&e), "could not drop the removed server's templates; left there");
     }
-    // One statement: the count and the delete see the same tenants. A placement holds the
-    // server's row until its tenant is committed; the delete waits for it, and the tenant,
-    // committed after the delete's snapshot, then fails the delete (its server cannot be set
-    // to null while it is not purged): a conflict either way.
-    let sys = db.system().await?;
-    let deleted = sys
-        .locking()
-        .execute(
-            "DELETE FROM servers s WHERE s.name = $1 AND NOT EXISTS \
-               (SELECT 1 FROM tenants t WHERE t.server = s.name AND t.status <> 'purged')",
-            &[&name.as_str()],
-        )
-        .await;
-    match deleted {
-        Ok(0) => return Err(holds_tenants()),
-        Ok(_) => {}
-        Err(e) if e.code() == Some(&SqlState::CHECK_VIOLATION) => return Err(holds_tenants()),
-        Err(e) => return Err(e.into()),
-    }
-    info!("removed a server");
     db.forget_server(name.as_str()).await;
     Ok(before)
 }

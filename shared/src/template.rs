@@ -8,23 +8,31 @@
 //!   release with other migrations builds and uses its own template, two versions deployed side
 //!   by side never copy each other's, and two registries on one server (staging and production,
 //!   say) each have theirs: neither could prove the other's.
-//! - Each server has its own, built from its `template1`, under an advisory lock of the
-//!   registry (one per server), by whichever comes first: migrate-all (every run checks every
-//!   server) or a create placed on a server that has none.
-//! - Its OID is chosen and recorded in the registry (`tenant_templates`, per server) before it is made
-//!   (see [`crate::ownership`]): only a template with the recorded name and OID is used,
-//!   rebuilt or dropped. A database that merely carries a template's name is left alone, and
-//!   the build reports it.
-//! - `ALLOW_CONNECTIONS false` is set last and marks it ready. Nobody can connect to it
-//!   afterwards, which is also what `CREATE DATABASE` needs of a template (no other session in
-//!   it). A build that died half-way left a database that still allows connections: the next
-//!   build drops it and starts again.
+//! - Each server has its own, built under an advisory lock of the registry (one per server), by
+//!   whichever comes first: migrate-all (every run checks every server) or a create placed on a
+//!   server that has none.
+//! - **Built from a clean source**, `template0`, never `template1`: every login of a server may
+//!   connect to `template1` where the admin cannot revoke that (RDS's belongs to `rdsadmin`),
+//!   and what a tenant left there (a large object needs no privilege) would be copied into
+//!   every later tenant. Extensions a tenant needs belong in a tenant migration.
+//! - **Closed to every login at every instant**: made with `ALLOW_CONNECTIONS false`, opened
+//!   only after `PUBLIC`'s privileges are revoked (the admin alone may connect while it is
+//!   migrated), and closed again once built. No session of anybody else's can plant rows in it
+//!   nor hold it open (which would fail every `CREATE DATABASE ... TEMPLATE`).
+//! - Its OID is chosen and recorded in the registry (`tenant_templates`, per server) before it
+//!   is made (see [`crate::ownership`]), and the record says when it was ready: only a template
+//!   with the recorded name and OID, recorded ready and taking no connection, is used; only
+//!   one with the recorded name and OID is rebuilt or dropped. A database that merely carries a
+//!   template's name is left alone, and the build reports it. A build that died half-way left
+//!   a template not recorded ready: the next build drops it and starts again.
 //! - It is owned by the role that built it; PostgreSQL lets the owner copy a database that is
 //!   not marked `IS_TEMPLATE`, which keeps the template droppable and needs no superuser (RDS).
-//! - migrate-all drops the recorded templates of other fingerprints (older releases). A create
-//!   of an older release still running would rebuild its own, once.
-//! - Changes made to `template1` after a template was built reach new tenants only with the
-//!   next template (the next release's migrations, or dropping the template by hand).
+//! - migrate-all drops the recorded templates of *older* releases (a lower migration version);
+//!   those of a newer release (a deploy in progress: the old release's run still going) are
+//!   kept, with their records. A create of an older release still running would rebuild its
+//!   own, once.
+//! - Changes made to `template0` never happen; changes an operator wants in every tenant are a
+//!   tenant migration.
 
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
@@ -40,6 +48,9 @@ use crate::{
 
 /// Every template's name starts with this (never a tenant's: those start `dbtools_tenant_`).
 pub const PREFIX: &str = "dbtools_template_";
+
+/// What a template is copied from: PostgreSQL's pristine database, which nobody can connect to.
+const CLEAN_SOURCE: &str = "template0";
 
 /// The template of this release: what new tenants are copied from.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -76,32 +87,44 @@ pub fn expected(system_db: &str) -> Template {
 
 /// The OID the registry recorded for a template on a server, if any.
 async fn recorded_oid(sys: &Conn, server: &str, name: &str) -> Result<Option<i64>, DbError> {
+    Ok(recorded(sys, server, name).await?.map(|(oid, _)| oid))
+}
+
+/// The OID the registry recorded for a template on a server, and whether its build finished.
+async fn recorded(sys: &Conn, server: &str, name: &str) -> Result<Option<(i64, bool)>, DbError> {
     let row = sys
         .query_opt(
-            "SELECT database_oid FROM tenant_templates WHERE server = $1 AND name = $2",
+            "SELECT database_oid, ready_at IS NOT NULL AS ready FROM tenant_templates \
+             WHERE server = $1 AND name = $2",
             &[&server, &name],
         )
         .await?;
     Ok(match row {
-        Some(r) => Some(r.try_get("database_oid")?),
+        Some(r) => Some((r.try_get("database_oid")?, r.try_get("ready")?)),
         None => None,
     })
 }
 
-/// True when the server's template is the one this registry recorded there and its build
-/// finished (it takes no connections). One query on each side.
+/// True when the server's template is the one this registry recorded there, its build
+/// finished, and it takes no connection. One query on each side.
 pub async fn is_ready(sys: &Conn, admin: &Admin<'_>, name: &str) -> Result<bool, DbError> {
-    let Some(recorded) = recorded_oid(sys, admin.server().name(), name).await? else {
+    let Some((oid, true)) = recorded(sys, admin.server().name(), name).await? else {
         return Ok(false);
     };
     Ok(ownership::find(admin, name)
         .await?
-        .is_some_and(|f| f.is(Some(recorded)) && !f.invalid && !f.allows_connections))
+        .is_some_and(|f| f.is(Some(oid)) && !f.invalid && !f.allows_connections))
 }
 
 /// The ready template of this release on the admin connection's server, built first when
-/// there is none. Two queries when it exists.
-pub async fn ensure(db: &Database, sys: &Conn, admin: &Admin<'_>) -> Result<Template, DbError> {
+/// there is none, by `until` (a build cut there is cancelled, and the next one starts again).
+/// Two queries when it exists.
+pub async fn ensure(
+    db: &Database,
+    sys: &Conn,
+    admin: &Admin<'_>,
+    until: std::time::Instant,
+) -> Result<Template, DbError> {
     let mut template = expected(&db.config().system_db);
     if is_ready(sys, admin, &template.name).await? {
         return Ok(template);
@@ -120,7 +143,13 @@ pub async fn ensure(db: &Database, sys: &Conn, admin: &Admin<'_>) -> Result<Temp
         if is_ready(sys, admin, &template.name).await? {
             return Ok(false);
         }
-        build(db, sys, admin, &template).await.map(|()| true)
+        match tokio::time::timeout_at(until.into(), build(db, sys, admin, &template)).await {
+            Ok(built) => built.map(|()| true),
+            Err(_) => Err(DbError::TimedOut(format!(
+                "the tenant template of server {server} could not be built in the time left; \
+                 the next run (or create) builds it"
+            ))),
+        }
     }
     .await;
     lock.release().await;
@@ -153,7 +182,7 @@ async fn build(
         "INSERT INTO tenant_templates (server, name, database_oid, version) \
          VALUES ($1, $2, $3, $4) \
          ON CONFLICT (server, name) DO UPDATE SET database_oid = $3, version = $4, \
-           created_at = now()",
+           created_at = now(), ready_at = NULL",
         &[
             &server,
             &name,
@@ -162,25 +191,37 @@ async fn build(
         ],
     )
     .await?;
+    // Closed at birth, from the pristine template0 (see the module documentation).
     admin
         .long()
-        .batch_execute(&ownership::create_sql(name, oid, "template1"))
+        .batch_execute(&ownership::create_sql(name, oid, CLEAN_SOURCE))
         .await?;
     let quoted = quote_ident(name);
     let outcome = async {
-        admin
-            .batch_execute(&format!("REVOKE CONNECT ON DATABASE {quoted} FROM PUBLIC"))
-            .await?;
+        // Opened to its owner (us) alone.
+        ownership::open(admin, name).await?;
         // Tenant migrations grant the tables to the tenant logins' group role.
         logins::ensure_group(admin).await?;
         let mut client = admin.server().connect(db, name).await?;
-        migrations::migrate_tenant_to_latest(db, &mut client, db.config().migrate_tenant_timeout)
-            .await?;
-        drop(client);
-        // The ready mark: nobody connects from now on.
+        let migrated = migrations::migrate_tenant_to_latest(
+            db,
+            &mut client,
+            db.config().migrate_tenant_timeout,
+        )
+        .await;
+        // Gone from the server before the template is closed and copied.
+        client.close().await;
+        migrated?;
         admin
             .batch_execute(&format!("ALTER DATABASE {quoted} ALLOW_CONNECTIONS false"))
             .await?;
+        // The ready mark, in the registry.
+        sys.execute(
+            "UPDATE tenant_templates SET ready_at = now() \
+             WHERE server = $1 AND name = $2 AND database_oid = $3",
+            &[&server, &name, &oid],
+        )
+        .await?;
         Ok(())
     }
     .await;
@@ -202,16 +243,23 @@ async fn build(
     outcome
 }
 
-/// Drops the recorded templates of other migration fingerprints (older releases) on the
-/// admin connection's server. Best effort: a template being copied right now is skipped and
-/// dropped by a later run.
-pub async fn drop_stale(sys: &Conn, admin: &Admin<'_>, keep: &str) -> Result<Vec<String>, DbError> {
+/// Drops the recorded templates of older releases (a lower migration version than `keep`'s)
+/// on the admin connection's server. A template of a newer release, or of this version with
+/// other migrations, is another release's that may be serving creates right now (a deploy in
+/// progress): kept, with its record. Best effort: a template being copied right now is skipped
+/// and dropped by a later run.
+pub async fn drop_stale(
+    sys: &Conn,
+    admin: &Admin<'_>,
+    keep: &Template,
+) -> Result<Vec<String>, DbError> {
     let server = admin.server().name();
+    let version = i32::try_from(keep.version).unwrap_or(i32::MAX);
     let rows = sys
         .query(
             "SELECT name, database_oid FROM tenant_templates \
-             WHERE server = $1 AND name <> $2 ORDER BY name",
-            &[&server, &keep],
+             WHERE server = $1 AND name <> $2 AND version < $3 ORDER BY name",
+            &[&server, &keep.name, &version],
         )
         .await?;
     let mut dropped = Vec::new();

@@ -68,7 +68,7 @@ pub(crate) enum GetTenantError {
 impl From<DbError> for GetTenantError {
     fn from(e: DbError) -> Self {
         match e {
-            DbError::Unavailable(m) => GetTenantError::Unavailable(m),
+            DbError::Unavailable(m) | DbError::TimedOut(m) => GetTenantError::Unavailable(m),
             other => GetTenantError::Unexpected(anyhow::Error::new(other)),
         }
     }
@@ -172,7 +172,7 @@ pub enum ListTenantsError {
 impl From<DbError> for ListTenantsError {
     fn from(e: DbError) -> Self {
         match e {
-            DbError::Unavailable(m) => ListTenantsError::Unavailable(m),
+            DbError::Unavailable(m) | DbError::TimedOut(m) => ListTenantsError::Unavailable(m),
             other => ListTenantsError::Unexpected(anyhow::Error::new(other)),
         }
     }
