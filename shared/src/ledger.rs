@@ -30,11 +30,12 @@ use crate::{
 };
 
 /// The statuses of a tenant in a run.
-pub const TENANT_STATUSES: [&str; 7] = [
+pub const TENANT_STATUSES: [&str; 8] = [
     "pending",
     "migrated",
     "up_to_date",
     "failed",
+    "deferred",
     "skipped",
     "not_started",
     "halted",
@@ -46,6 +47,7 @@ const COUNTS_SQL: &str = "(SELECT jsonb_build_object(\
     'up_to_date', count(*) FILTER (WHERE t.status = 'up_to_date'), \
     'pending', count(*) FILTER (WHERE t.status = 'pending'), \
     'failed', count(*) FILTER (WHERE t.status = 'failed'), \
+    'deferred', count(*) FILTER (WHERE t.status = 'deferred'), \
     'skipped', count(*) FILTER (WHERE t.status = 'skipped'), \
     'not_started', count(*) FILTER (WHERE t.status = 'not_started'), \
     'halted', count(*) FILTER (WHERE t.status = 'halted')) \
@@ -53,12 +55,15 @@ const COUNTS_SQL: &str = "(SELECT jsonb_build_object(\
 
 /// The statement that closes the running runs (`r`) meeting `condition` whose tenants all have
 /// their outcome, as their last worker does: `failed` if a tenant failed or their planning did
-/// (`error`), else `completed`; with their counts.
+/// (`error`), else `incomplete` if a tenant was deferred or not started, else `completed`;
+/// with their counts.
 fn close_by_outcomes(condition: &str) -> String {
     format!(
         "UPDATE runs r SET status = CASE WHEN r.error IS NOT NULL OR EXISTS \
            (SELECT 1 FROM run_tenants WHERE run_id = r.id AND status = 'failed') \
-           THEN 'failed' ELSE 'completed' END, \
+           THEN 'failed' WHEN EXISTS (SELECT 1 FROM run_tenants WHERE run_id = r.id \
+             AND status IN ('deferred', 'not_started')) \
+           THEN 'incomplete' ELSE 'completed' END, \
            counts = {COUNTS_SQL}, finished_at = now(), updated_at = now() \
          WHERE r.status = 'running' AND NOT EXISTS \
            (SELECT 1 FROM run_tenants WHERE run_id = r.id AND status = 'pending') \
@@ -158,6 +163,45 @@ pub(crate) async fn open(
     Ok(Ok(()))
 }
 
+/// Records a run that did nothing because another was at work (`alive`, when known):
+/// `skipped`, with why. Best effort (logged): the answer and the log say it too.
+pub(crate) async fn record_skipped(sys: &Conn, run: &NewRun<'_>, alive: Option<Uuid>) {
+    let why = match alive {
+        Some(id) => format!("skipped: run {id} was still at work; this one did nothing"),
+        None => "skipped: another run was still at work; this one did nothing".to_owned(),
+    };
+    if let Err(e) = sys
+        .execute(
+            "INSERT INTO runs (id, status, options, fingerprint, latest_version, error, \
+               finished_at) VALUES ($1, 'skipped', $2, $3, $4, $5, now())",
+            &[
+                &run.id,
+                run.options,
+                &run.fingerprint,
+                &run.latest_version,
+                &why,
+            ],
+        )
+        .await
+    {
+        warn!(run_id = %run.id, error = %e, "could not record the skipped run in the run ledger");
+    }
+}
+
+/// The queued run at work, if any.
+pub(crate) async fn alive(sys: &Conn) -> Result<Option<Uuid>, DbError> {
+    let row = sys
+        .query_opt(
+            "SELECT id FROM runs WHERE status = 'running' ORDER BY started_at DESC LIMIT 1",
+            &[],
+        )
+        .await?;
+    Ok(match row {
+        Some(row) => Some(row.try_get(0)?),
+        None => None,
+    })
+}
+
 /// A run about to be recorded.
 pub(crate) struct NewRun<'a> {
     pub id: Uuid,
@@ -168,8 +212,8 @@ pub(crate) struct NewRun<'a> {
 
 /// What `{"retry_run": id}` found.
 pub(crate) enum Reopened {
-    /// Its failed, halted, not started and pending tenants, `pending` again, and the run's new
-    /// attempt.
+    /// Its failed, deferred, halted, not started and pending tenants, `pending` again, and the
+    /// run's new attempt.
     Tenants(i64, Vec<String>),
     /// The run completed, or has no tenant to retry: nothing was changed.
     Nothing(String),
@@ -180,8 +224,8 @@ pub(crate) enum Reopened {
 }
 
 /// Reopens a run for `retry_run` (the caller holds the fleet lock): its tenants that did not
-/// end well (`failed`, `halted`, `not_started`, and `pending` ones, whose messages may be
-/// lost) are `pending` again, in the last wave, and the run is `running` again in a new
+/// end well (`failed`, `deferred`, `halted`, `not_started`, and `pending` ones, whose messages
+/// may be lost) are `pending` again, in the last wave, and the run is `running` again in a new
 /// attempt: the messages of earlier attempts, still queued or at work, change nothing more.
 pub(crate) async fn reopen(sys: &Conn, id: Uuid, stall: Duration) -> Result<Reopened, DbError> {
     if let Some(alive) = close_dead(sys, stall).await? {
@@ -192,7 +236,7 @@ pub(crate) async fn reopen(sys: &Conn, id: Uuid, stall: Duration) -> Result<Reop
     let Some(row) = sys
         .query_opt(
             "SELECT status, EXISTS (SELECT 1 FROM run_tenants WHERE run_id = $1 \
-               AND status IN ('failed', 'halted', 'not_started', 'pending')) AS open \
+               AND status IN ('failed', 'deferred', 'halted', 'not_started', 'pending')) AS open \
              FROM runs WHERE id = $1",
             &[&id],
         )
@@ -218,7 +262,8 @@ pub(crate) async fn reopen(sys: &Conn, id: Uuid, stall: Duration) -> Result<Reop
         .query(
             "UPDATE run_tenants SET status = 'pending', error = NULL, finished_at = NULL, \
                duration_ms = NULL, wave = 1 \
-             WHERE run_id = $1 AND status IN ('failed', 'halted', 'not_started', 'pending') \
+             WHERE run_id = $1 \
+               AND status IN ('failed', 'deferred', 'halted', 'not_started', 'pending') \
              RETURNING slug",
             &[&id],
         )
@@ -239,16 +284,17 @@ pub(crate) struct Planned<'a> {
 }
 
 /// Records the run's tenants, `pending`, in one statement (a tenant reopened by `retry_run`
-/// keeps its row, in its new wave), and the run's brake.
+/// keeps its row, in its new wave), the run's brake and its canary wave's size.
 pub(crate) async fn plan(
     sys: &Conn,
     run_id: Uuid,
     tenants: &[Planned<'_>],
     max_failures: Option<i64>,
+    canary: i64,
 ) -> Result<(), DbError> {
     sys.execute(
-        "UPDATE runs SET max_failures = $2, updated_at = now() WHERE id = $1",
-        &[&run_id, &max_failures],
+        "UPDATE runs SET max_failures = $2, canary = $3, updated_at = now() WHERE id = $1",
+        &[&run_id, &max_failures, &canary],
     )
     .await?;
     let slugs: Vec<&str> = tenants.iter().map(|t| t.slug).collect();
@@ -475,11 +521,26 @@ pub(crate) async fn record_once(
     Ok(n == 1)
 }
 
+/// What a worker's message did before its run is moved on ([`next`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Moved {
+    /// Its tenant's outcome was recorded.
+    Recorded,
+    /// Its tenant was recorded deferred (in the canary wave, another takes its place).
+    Deferred,
+    /// Its tenant had its outcome already (the message came twice, or came back after a
+    /// worker died), or the run moved on; `deferred` when that outcome is `deferred`.
+    Again { deferred: bool },
+}
+
 /// What a queued run does after a tenant's outcome is recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Next {
     /// Nothing: other tenants are still at work (or the message is of an earlier attempt).
     Continue,
+    /// The worker sends these tenants' messages: in the canary wave now, in place of a deferred
+    /// one (or again: a canary message delivered twice while the wave is open).
+    Send(Vec<String>),
     /// This worker released the rest of the run: it sends these tenants' messages, then
     /// says so ([`note_rest_sent`]).
     Release(Vec<String>),
@@ -494,25 +555,31 @@ pub(crate) enum Next {
 /// own, after the outcome committed, so that of two workers finishing together the later one
 /// sees both outcomes):
 /// 1. the brake: more failures than `max_failures` halt the run;
-/// 2. the canary: once its wave has no tenant pending, a failure in it halts the run, and
-///    otherwise exactly one worker (the one whose update moves the run to wave 1) releases
-///    the rest;
-/// 3. the end: with no tenant pending, the run is closed, `failed` if a tenant failed.
+/// 2. the canary: a canary tenant deferred (busy, out of time, unreachable: it says nothing of
+///    the migrations) is replaced by a pending tenant of the rest, moved into the canary wave;
+///    once the wave has no tenant pending, a failure in it halts the run, and otherwise
+///    exactly one worker (the one whose update moves the run to wave 1) releases the rest;
+/// 3. the end: with no tenant pending, the run is closed: `failed` if a tenant failed,
+///    `incomplete` if one was deferred or not started, `completed` otherwise.
 ///
 /// Only failures of tenants the run attempted count (not those decided at planning, such as
-/// an unreachable server's). A message of an earlier attempt moves nothing.
+/// a tenant whose server is not registered); deferred ones never do. A message of an earlier
+/// attempt moves nothing.
 ///
-/// `again`: the caller's tenant was already recorded (its message came twice). A canary
-/// tenant's message coming again after the rest was released, but before the rest was sent,
-/// sends it: the worker that released it may have died first, and a message sent twice is
-/// harmless.
+/// `Moved::Again`: the caller's tenant was already recorded (its message came twice). A
+/// deferred canary tenant's message coming again while the canary wave is open sends the
+/// wave's pending tenants again (the worker that promoted its replacement may have died before
+/// sending it); a canary tenant's message coming again after the rest was released, but before
+/// it was sent, sends the rest (the worker that released it may have died first). A message
+/// sent twice is harmless.
 pub(crate) async fn next(
     sys: &Conn,
     run_id: Uuid,
     attempt: i64,
     wave: Option<i64>,
-    again: bool,
+    moved: Moved,
 ) -> Result<Next, DbError> {
+    let again = matches!(moved, Moved::Again { .. });
     let row = sys
         .query_opt(
             "UPDATE runs SET updated_at = now() \
@@ -557,6 +624,29 @@ pub(crate) async fn next(
             return Ok(Next::Release(rest));
         }
     }
+    let deferred_again = moved == (Moved::Again { deferred: true });
+    if run_wave == 0 && wave == Some(0) && (moved == Moved::Deferred || deferred_again) {
+        let promoted = replace_deferred_canaries(sys, run_id, attempt).await?;
+        // Again: the wave's pending tenants, whose messages a dead worker may not have sent.
+        let send = if deferred_again {
+            pending_of_wave(sys, run_id, 0).await?
+        } else {
+            promoted
+        };
+        if !send.is_empty() {
+            return Ok(Next::Send(send));
+        }
+    }
+    // Read again: a replacement may be pending in the canary wave now.
+    let canary_pending = canary_pending
+        && sys
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM run_tenants WHERE run_id = $1 \
+                   AND status = 'pending' AND wave = 0) AS pending",
+                &[&run_id],
+            )
+            .await?
+            .try_get::<_, bool>("pending")?;
     if run_wave == 0 && wave == Some(0) && !canary_pending {
         if canary_failed > 0 {
             let why = format!(
@@ -592,6 +682,58 @@ pub(crate) async fn next(
         Some(row) => Next::Closed(row.try_get(0)?),
         None => Next::Continue,
     })
+}
+
+/// Moves pending tenants of the rest into the canary wave until it holds the run's `canary`
+/// tenants that were not deferred (none when the rest is empty), under the run's row lock so
+/// that workers deferred together promote no more than needed. Safe to repeat. Returns the
+/// tenants promoted now.
+async fn replace_deferred_canaries(
+    sys: &Conn,
+    run_id: Uuid,
+    attempt: i64,
+) -> Result<Vec<String>, DbError> {
+    let tx = sys.begin().await?;
+    let promoted = async {
+        let locked = tx
+            .locking()
+            .query_opt(
+                "SELECT canary FROM runs WHERE id = $1 AND attempt = $2 AND status = 'running' \
+                   AND wave = 0 FOR UPDATE",
+                &[&run_id, &attempt],
+            )
+            .await?;
+        let Some(run) = locked else {
+            return Ok(Vec::new());
+        };
+        let canary: i64 = run.try_get("canary")?;
+        let rows = tx
+            .query(
+                "UPDATE run_tenants SET wave = 0 WHERE run_id = $1 AND slug IN \
+                   (SELECT slug FROM run_tenants WHERE run_id = $1 AND wave = 1 \
+                      AND status = 'pending' ORDER BY slug LIMIT greatest(0, $2 - \
+                        (SELECT count(*) FROM run_tenants WHERE run_id = $1 AND wave = 0 \
+                           AND status <> 'deferred'))) \
+                 RETURNING slug",
+                &[&run_id, &canary],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get("slug"))
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(DbError::from)
+    }
+    .await;
+    match promoted {
+        Ok(promoted) => {
+            tx.commit().await?;
+            Ok(promoted)
+        }
+        Err(e) => {
+            tx.rollback().await;
+            Err(e)
+        }
+    }
 }
 
 /// Every tenant of the run's last wave was sent (by the planner, or by the worker that
@@ -664,6 +806,8 @@ pub struct Run {
     pub mode: String,
     /// The last wave released: 0 while the canary wave runs, then 1.
     pub wave: i64,
+    /// The canary wave's size (tenants really attempted: a deferred one is replaced).
+    pub canary: i64,
     /// The brake: the run halts once more tenants than this have failed (`null`: never).
     pub max_failures: Option<i64>,
     pub options: Value,
@@ -723,7 +867,7 @@ pub fn decode_slug_cursor(raw: &str) -> Option<String> {
 
 fn run_columns() -> String {
     format!(
-        "r.id, r.status, r.mode, r.wave, r.max_failures, r.options, r.fingerprint, \
+        "r.id, r.status, r.mode, r.wave, r.canary, r.max_failures, r.options, r.fingerprint, \
          r.latest_version, CASE WHEN r.status = 'running' THEN {COUNTS_SQL} ELSE r.counts END \
          AS counts, r.error, r.started_at, r.updated_at, r.finished_at"
     )
@@ -735,6 +879,7 @@ fn run_from_row(row: &tokio_postgres::Row) -> Result<Run, tokio_postgres::Error>
         status: row.try_get("status")?,
         mode: row.try_get("mode")?,
         wave: row.try_get("wave")?,
+        canary: row.try_get("canary")?,
         max_failures: row.try_get("max_failures")?,
         options: row.try_get("options")?,
         fingerprint: row.try_get("fingerprint")?,

@@ -38,6 +38,14 @@ pub struct TenantMessage {
     /// The run's attempt it was sent for (0, then one more per `retry_run`).
     #[serde(default)]
     pub attempt: i64,
+    /// How many times a worker gave it back because the tenant's server could not be
+    /// reached (see `fleet::worker`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tries: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +109,7 @@ pub async fn send_tenants(
                 run_id,
                 slug: slug.clone(),
                 attempt,
+                tries: 0,
             })
             .unwrap_or_default()
         })

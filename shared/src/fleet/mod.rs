@@ -195,7 +195,7 @@ pub enum MigrateAllError {
 impl From<DbError> for MigrateAllError {
     fn from(e: DbError) -> Self {
         match e {
-            DbError::Unavailable(m) => MigrateAllError::Unavailable(m),
+            DbError::Unavailable(m) | DbError::TimedOut(m) => MigrateAllError::Unavailable(m),
             other => MigrateAllError::Unexpected(error_chain(&other)),
         }
     }
@@ -283,16 +283,29 @@ pub async fn migrate_all(
         tenants: Vec::new(),
         tenants_omitted: 0,
         duration_ms: 0,
+        registry_lost: false,
     };
     info!(%run_id, dry_run = req.dry_run, concurrency, latest_version,
         time_left_ms = inv.time_left().as_millis() as u64, "migrate-all started");
 
-    // The system database first. A dry run only reports what is pending.
+    // The system database first. A dry run only reports what is pending, and stops there when
+    // something is: the registry of a later release cannot be read as this one reads it.
     let system = if req.dry_run {
-        system_pending(db).await?
+        let system = system_pending(db).await?;
+        if !system.pending.is_empty() {
+            report.error = Some(format!(
+                "the registry lacks this release's system migrations {:?}: a dry run reports \
+                 them and stops (a real run applies them first)",
+                system.pending
+            ));
+            report.system = Some(system);
+            report.duration_ms = started.elapsed().as_millis() as u64;
+            return Ok(report);
+        }
+        system
     } else {
         let applied = migrations::migrate_system(db).await.map_err(|e| match e {
-            DbError::Unavailable(m) => MigrateAllError::Unavailable(m),
+            DbError::Unavailable(m) | DbError::TimedOut(m) => MigrateAllError::Unavailable(m),
             other => MigrateAllError::SystemMigration(error_chain(&other)),
         })?;
         SystemReport {
@@ -302,7 +315,12 @@ pub async fn migrate_all(
     };
     report.system = Some(system);
 
-    let sys = db.system().await?;
+    // A dry run reads the registry as it is (it is current: see above) and changes nothing.
+    let sys = if req.dry_run {
+        db.system_as_is().await?
+    } else {
+        db.system().await?
+    };
     // One run per fleet. A dry run changes nothing and needs no lock.
     let fleet_lock = if req.dry_run {
         None
@@ -310,8 +328,9 @@ pub async fn migrate_all(
         match locks::try_acquire(&sys, Lock::Fleet).await? {
             Some(lock) => Some(lock),
             None => {
+                let alive = ledger::alive(&sys).await.unwrap_or(None);
                 info!(%run_id, "another migrate-all run is in progress; this one stops here");
-                report.status = RunStatus::AlreadyRunning;
+                skipped(&sys, req, run_id, alive, &mut report).await;
                 report.duration_ms = started.elapsed().as_millis() as u64;
                 return Ok(report);
             }
@@ -333,12 +352,12 @@ pub async fn migrate_all(
                 attempt = again;
             }
             Ok(Opened::Busy(alive)) => {
+                info!(%run_id, running = %alive, "a queued run is still at work; this one stops here");
+                skipped(&sys, req, run_id, Some(alive), &mut report).await;
                 if let Some(lock) = fleet_lock {
                     lock.release().await;
                 }
-                info!(%run_id, running = %alive, "a queued run is still at work; this one stops here");
                 report.run_id = alive;
-                report.status = RunStatus::AlreadyRunning;
                 report.duration_ms = started.elapsed().as_millis() as u64;
                 return Ok(report);
             }
@@ -379,7 +398,7 @@ pub async fn migrate_all(
         // Each server: reachable or not, its template, its orphans.
         let mut servers = prepare::load(db, &sys).await?;
         for server in &mut servers {
-            let prepared = prepare::prepare(db, &sys, server, req.dry_run).await;
+            let prepared = prepare::prepare(db, &sys, server, req.dry_run, plan.stop_at).await;
             report
                 .orphan_databases
                 .extend(prepared.orphan_databases.iter().cloned());
@@ -429,7 +448,10 @@ pub async fn migrate_all(
         Ok(())
     }
     .await;
-    if report.counts.not_started > 0 && report.status == RunStatus::Completed {
+    report.registry_lost = !sys.is_usable();
+    if (report.counts.not_started > 0 || report.counts.deferred > 0)
+        && report.status == RunStatus::Completed
+    {
         report.status = RunStatus::Incomplete;
     }
     // Closed before the fleet lock is given back: the next run never takes it for a dead one.
@@ -441,10 +463,10 @@ pub async fn migrate_all(
             Ok(()) if report.counts.failed > 0 => {
                 ("failed", report.error_type().map(str::to_owned))
             }
-            Ok(()) if report.counts.not_started > 0 => {
+            Ok(()) if report.failed() => ("failed", report.error_type().map(str::to_owned)),
+            Ok(()) if report.counts.not_started > 0 || report.counts.deferred > 0 => {
                 ("incomplete", report.error_type().map(str::to_owned))
             }
-            Ok(()) if report.failed() => ("failed", report.error_type().map(str::to_owned)),
             Ok(()) => ("completed", None),
         };
         ledger::close(&sys, run, status, error.as_deref()).await;
@@ -464,6 +486,7 @@ pub async fn migrate_all(
         up_to_date = c.up_to_date,
         pending = c.pending,
         failed = c.failed,
+        deferred = c.deferred,
         skipped = c.skipped,
         not_started = c.not_started,
         duration_ms = report.duration_ms,
@@ -540,8 +563,55 @@ async fn open_run(
     )
 }
 
+/// The run did nothing: another was at work (`alive`, when known). Recorded in the ledger
+/// (`skipped`); a `verify` run says so as an error, so that the weekly check cannot vanish
+/// unseen (the next `verify` is a week away).
+async fn skipped(
+    sys: &crate::db::Conn,
+    req: &MigrateAllRequest,
+    run_id: Uuid,
+    alive: Option<Uuid>,
+    report: &mut MigrateAllReport,
+) {
+    report.status = RunStatus::AlreadyRunning;
+    let options = serde_json::to_value(req).unwrap_or(Value::Null);
+    let expected = migrations::ExpectedHistory::tenant();
+    let run = ledger::NewRun {
+        id: run_id,
+        options: &options,
+        fingerprint: expected.fingerprint(),
+        latest_version: expected.latest(),
+    };
+    ledger::record_skipped(sys, &run, alive).await;
+    if req.verify {
+        report.error = Some(format!(
+            "the verify run was skipped: {} was still at work; invoke migrate-all with \
+             {{\"verify\": true}} once it has finished",
+            alive.map_or_else(|| "another run".to_owned(), |id| format!("run {id}"))
+        ));
+    }
+}
+
+/// The system migrations the registry lacks, read without applying any (a registry that does
+/// not exist yet lacks them all).
 async fn system_pending(db: &Database) -> Result<SystemReport, MigrateAllError> {
-    let client = db.system().await?;
+    let all = || {
+        migrations::system_runner()
+            .get_migrations()
+            .iter()
+            .map(|m| i64::from(m.version()))
+            .collect::<Vec<i64>>()
+    };
+    let client = match db.system_as_is().await {
+        Ok(client) => client,
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) => {
+            return Ok(SystemReport {
+                applied: Vec::new(),
+                pending: all(),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
     let history = read_history(&client).await?;
     let applied: Vec<i64> = history.iter().map(|h| h.version).collect();
     let pending = migrations::system_runner()

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     db::{error_chain, Admin, Conn, Database, DbError, Server, ServerSource},
-    logins,
+    hardening, logins,
     servers::ServerState,
     template,
 };
@@ -74,6 +74,7 @@ pub(super) async fn prepare(
     sys: &Conn,
     server: &mut FleetServer,
     dry_run: bool,
+    until: std::time::Instant,
 ) -> ServerReport {
     let mut report = ServerReport {
         name: server.name.clone(),
@@ -84,6 +85,7 @@ pub(super) async fn prepare(
         template: None,
         orphan_databases: Vec::new(),
         invalid_databases: Vec::new(),
+        open_to_every_login: Vec::new(),
         counts: Counts::default(),
     };
     let admin = match server.handle.admin(db).await {
@@ -104,8 +106,10 @@ pub(super) async fn prepare(
         if !dry_run {
             // Tenant migrations grant the tables to the tenant logins' group role.
             logins::ensure_group(&admin).await?;
+            report.open_to_every_login = hardening::harden(&admin).await?;
         }
-        report.template = Some(check_template(db, sys, &admin, dry_run, server.state).await?);
+        report.template =
+            Some(check_template(db, sys, &admin, dry_run, server.state, until).await?);
         (report.orphan_databases, report.invalid_databases) =
             reconcile::find_orphans(sys, &admin).await?;
         Ok::<_, DbError>(())
@@ -130,6 +134,7 @@ async fn check_template(
     admin: &Admin<'_>,
     dry_run: bool,
     state: ServerState,
+    until: std::time::Instant,
 ) -> Result<TemplateReport, DbError> {
     let expected = template::expected(&db.config().system_db);
     let report = |ready, error| TemplateReport {
@@ -144,11 +149,11 @@ async fn check_template(
         let ready = template::is_ready(sys, admin, &expected.name).await?;
         let mut r = report(ready, None);
         if !dry_run {
-            r.dropped = template::drop_stale(sys, admin, &expected.name).await?;
+            r.dropped = template::drop_stale(sys, admin, &expected).await?;
         }
         return Ok(r);
     }
-    let t = match template::ensure(db, sys, admin).await {
+    let t = match template::ensure(db, sys, admin, until).await {
         Ok(t) => t,
         Err(DbError::Unavailable(m)) => return Err(DbError::Unavailable(m)),
         Err(e) => {
@@ -156,7 +161,7 @@ async fn check_template(
             return Ok(report(false, Some(sanitize_db(&e))));
         }
     };
-    let dropped = template::drop_stale(sys, admin, &t.name).await?;
+    let dropped = template::drop_stale(sys, admin, &t).await?;
     Ok(TemplateReport {
         name: t.name,
         version: t.version,

@@ -47,8 +47,10 @@ pub(super) async fn reconcile_expired(
             // The invocation's deadline is near: the next run takes it.
             (ReconcileAction::Skipped, None)
         } else {
-            match provision::reconcile_slug(db, sys, &slug).await {
+            match provision::reconcile_slug_until(db, sys, &slug, stop_at).await {
                 Ok(action) => (action, None),
+                // The invocation's deadline is near: the next run takes it.
+                Err(e) if e.is_timed_out() => (ReconcileAction::Skipped, Some(sanitize_db(&e))),
                 Err(e) => {
                     warn!(tenant.slug = %slug, error = %e, "could not reconcile a dead provisioning");
                     (ReconcileAction::Failed, Some(sanitize_db(&e)))

@@ -22,8 +22,15 @@ pub enum TenantOutcome {
     UpToDate,
     /// Dry run: migrations are pending (listed in `pending`).
     Pending,
-    /// Could not be migrated (see `error`); left at its last good version.
+    /// Its migrations' own SQL failed, or its database is not the one the registry made, or
+    /// its history differs from the released migrations (see `error`); left at its last good
+    /// version. Counted by the canary and the brake.
     Failed,
+    /// Not migrated, and nothing is wrong with its migrations: it was busy (its tables stayed
+    /// locked through every lock attempt, or another operation held it), out of time, or its
+    /// server could not be reached (see `error`). Recorded, never counted by the canary or the
+    /// brake; the next run (or `retry_run`) takes it.
+    Deferred,
     /// Not migrated by design: named in `slugs` but not active, or unknown.
     Skipped,
     /// Not attempted: the invocation's deadline was near. The next run takes it.
@@ -43,6 +50,7 @@ impl TenantOutcome {
             TenantOutcome::UpToDate => "up_to_date",
             TenantOutcome::Pending => "pending",
             TenantOutcome::Failed => "failed",
+            TenantOutcome::Deferred => "deferred",
             TenantOutcome::Skipped => "skipped",
             TenantOutcome::NotStarted => "not_started",
             TenantOutcome::Halted => "halted",
@@ -68,9 +76,21 @@ pub struct TenantReport {
     /// vouched for it (recorded at this release's migrations).
     pub verified: bool,
     pub duration_ms: u64,
-    /// Failed because a server or a connection could not be reached (not in the answer).
+    /// Why it was deferred (not in the answer: `error` says it in words).
     #[serde(skip)]
-    pub(crate) unavailable: bool,
+    pub(crate) deferral: Option<Deferral>,
+}
+
+/// Why a tenant was deferred.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Deferral {
+    /// Its tables stayed locked through every lock attempt, its lock was held by another
+    /// operation, or its server's budget had no free slot.
+    Busy,
+    /// Its migrations ran past their time limit (and were cancelled).
+    OutOfTime,
+    /// Its server (or the registry) could not be reached, or the connection was lost.
+    Unreachable,
 }
 
 impl TenantReport {
@@ -86,7 +106,16 @@ impl TenantReport {
             error: None,
             verified: false,
             duration_ms: 0,
-            unavailable: false,
+            deferral: None,
+        }
+    }
+
+    /// A tenant deferred, for `why` (in words: `error`).
+    pub(crate) fn deferred(slug: &str, why: Deferral, error: impl Into<String>) -> TenantReport {
+        TenantReport {
+            error: Some(error.into()),
+            deferral: Some(why),
+            ..TenantReport::new(slug, TenantOutcome::Deferred)
         }
     }
 }
@@ -97,6 +126,7 @@ pub struct Counts {
     pub up_to_date: usize,
     pub pending: usize,
     pub failed: usize,
+    pub deferred: usize,
     pub skipped: usize,
     pub not_started: usize,
     pub halted: usize,
@@ -116,6 +146,7 @@ impl Counts {
             TenantOutcome::UpToDate => self.up_to_date += 1,
             TenantOutcome::Pending => self.pending += 1,
             TenantOutcome::Failed => self.failed += 1,
+            TenantOutcome::Deferred => self.deferred += 1,
             TenantOutcome::Skipped => self.skipped += 1,
             TenantOutcome::NotStarted => self.not_started += 1,
             TenantOutcome::Halted => self.halted += 1,
@@ -127,12 +158,14 @@ impl Counts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
-    /// Every tenant of the run was attempted.
+    /// Every tenant of the run was attempted and none was deferred.
     Completed,
-    /// The invocation's deadline came first: some tenants were not started (`not_started`).
+    /// Some tenants were deferred (busy, out of time, unreachable) or not started (the
+    /// invocation's deadline came first): the next run takes them.
     Incomplete,
     /// Another run holds the fleet lock, or a queued run is still at work; this one did
-    /// nothing.
+    /// nothing. The run ledger records it `skipped`; a skipped `verify` run fails the
+    /// invocation (`RunSkipped`), so that the weekly check cannot vanish unseen.
     AlreadyRunning,
     /// The tenants went to the queue (`migrate-tenant` workers finish the run; follow it at
     /// `GET /api/runs/{run_id}`).
@@ -182,6 +215,10 @@ pub struct ServerReport {
     /// name and OID). Reported, never dropped.
     pub orphan_databases: Vec<String>,
     pub invalid_databases: Vec<String>,
+    /// Databases every tenant login may still connect to (`postgres`, `template1`), because
+    /// the admin may not revoke `PUBLIC`'s privileges there (it does not own them: RDS's
+    /// `template1`, say). See `hardening`.
+    pub open_to_every_login: Vec<String>,
     /// Its tenants' outcomes in this run.
     pub counts: Counts,
 }
@@ -206,7 +243,8 @@ pub struct MigrateAllReport {
     /// them.
     pub canary: usize,
     pub max_failures: Option<usize>,
-    /// Why the run halted, or why its tenants could not all be queued.
+    /// Why the run halted, why its tenants could not all be queued, why a `verify` run was
+    /// skipped, or why a dry run stopped at the system migrations.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub dry_run: bool,
@@ -234,6 +272,10 @@ pub struct MigrateAllReport {
     /// Tenants of the run left out of `tenants` (0: none).
     pub tenants_omitted: usize,
     pub duration_ms: u64,
+    /// The registry's connection was lost during the run (and the fleet lock with it): its
+    /// outcomes may not all be recorded, and the invocation fails.
+    #[serde(skip)]
+    pub registry_lost: bool,
 }
 
 impl MigrateAllReport {
@@ -257,8 +299,12 @@ impl MigrateAllReport {
 
     /// The `errorType` of a failed invocation, the most serious cause first.
     pub fn error_type(&self) -> Option<&'static str> {
-        if self.status == RunStatus::Halted {
+        if self.registry_lost {
+            Some("DatabaseUnavailable")
+        } else if self.status == RunStatus::Halted {
             Some("RunHalted")
+        } else if self.status == RunStatus::AlreadyRunning && self.error.is_some() {
+            Some("RunSkipped")
         } else if self.status == RunStatus::Queued && self.error.is_some() {
             Some("QueueUnavailable")
         } else if self.counts.failed > 0 {
@@ -382,13 +428,22 @@ impl MigrateAllReport {
             Some(e) => format!("{e}. "),
             None => String::new(),
         };
+        let halted = if self.registry_lost {
+            format!(
+                "The registry's connection was lost during the run: its outcomes may not all be \
+                 recorded (the next run takes every tenant not recorded current). {halted}"
+            )
+        } else {
+            halted
+        };
         format!(
             "{halted}{unreachable}{template}{reconcile}{upkeep}{not_started}{} of {} tenants failed to migrate; migrated {}, \
-             up to date {}, skipped {}; run {}. Failed: {}",
+             up to date {}, deferred {}, skipped {}; run {}. Failed: {}",
             c.failed,
             self.tenants.len() + self.tenants_omitted,
             c.migrated,
             c.up_to_date,
+            c.deferred,
             c.skipped,
             self.run_id,
             if failed.is_empty() {
@@ -417,7 +472,7 @@ pub(crate) fn sanitize_db(e: &DbError) -> String {
             "tenant database unreachable or not answering".into()
         }
         DbError::Postgres(pg) => sanitize_pg(pg),
-        DbError::LockTimeout(what) => what.clone(),
+        DbError::LockTimeout(what) | DbError::TimedOut(what) => what.clone(),
         // Our own messages (the outermost context only): they name objects, never hosts.
         DbError::Other(e) => e.to_string(),
     }
@@ -478,6 +533,7 @@ mod tests {
             tenants: Vec::new(),
             tenants_omitted: 0,
             duration_ms: 0,
+            registry_lost: false,
         }
     }
 

@@ -14,7 +14,7 @@ use tracing::warn;
 
 use super::{
     prepare::FleetServer,
-    report::{sanitize_db, MigrateAllReport, TenantOutcome, TenantReport},
+    report::{sanitize_db, Deferral, MigrateAllReport, TenantOutcome, TenantReport},
     tenant::{migrate_tenant, Attempted, Plan, TenantRow},
 };
 use crate::{
@@ -97,10 +97,18 @@ pub(super) async fn run(
         };
         match server_of(t) {
             None => results.push(failed("the tenant's server is not registered".into())),
-            Some(s) if s.down.is_some() => results.push(failed(format!(
-                "server '{}' unreachable: not attempted; the next run retries",
-                s.name
-            ))),
+            // A server down hurts only its own tenants, and halts nothing: deferred.
+            Some(s) if s.down.is_some() => results.push(TenantReport {
+                server: t.server.clone(),
+                ..TenantReport::deferred(
+                    &t.slug,
+                    Deferral::Unreachable,
+                    format!(
+                        "server '{}' unreachable: not attempted; the next run retries",
+                        s.name
+                    ),
+                )
+            }),
             Some(_) if vouched(t) => results.push(TenantReport {
                 server: t.server.clone(),
                 from_version: Some(latest),
@@ -167,7 +175,8 @@ pub(super) async fn run(
             wave: None,
         }));
         let brake = max_failures.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
-        let planned = match ledger::plan(sys, run, &planned, brake).await {
+        let canary_size = if two_waves { canary as i64 } else { 0 };
+        let planned = match ledger::plan(sys, run, &planned, brake, canary_size).await {
             Ok(()) => true,
             Err(e) => {
                 warn!(%run, error = %e, "could not plan the run in the run ledger");
@@ -231,15 +240,24 @@ pub(super) async fn run(
     }
 
     // Inline: the canary wave, then the rest, with the brake.
-    let fleet = Semaphore::new(plan.concurrency);
-    let failures = AtomicUsize::new(0);
-    let brake = Brake {
-        failures: &failures,
-        max: max_failures,
+    let wave = Wave {
+        db,
+        sys,
+        servers,
+        plan,
+        expected,
+        fleet: Semaphore::new(plan.concurrency),
+        brake: Brake {
+            failures: AtomicUsize::new(0),
+            max: max_failures,
+        },
     };
-    let (first, rest) = work.split_at(if two_waves { canary } else { work.len() });
-    let mut done = migrate_wave(db, sys, servers, first, plan, expected, &fleet, &brake).await;
-    let canary_failed = two_waves && done.iter().any(|(r, _)| r.status == TenantOutcome::Failed);
+    let (mut done, rest) = if two_waves {
+        wave.canary(&work, canary).await
+    } else {
+        (Vec::new(), &work[..])
+    };
+    let canary_failed = done.iter().any(|(r, _)| r.status == TenantOutcome::Failed);
     if canary_failed {
         let why = format!(
             "halted: the canary wave failed ({} of {canary} tenants); the rest were not attempted",
@@ -252,13 +270,14 @@ pub(super) async fn run(
         }
         report.error = Some(why);
     } else {
-        done.extend(migrate_wave(db, sys, servers, rest, plan, expected, &fleet, &brake).await);
+        done.extend(wave.migrate(rest).await);
     }
+    let brake = &wave.brake;
     // Past the brake, even at the last tenant: halted, as a queued run would be.
     if report.error.is_none() && brake.pulled() {
         report.error = Some(format!(
             "halted: {} tenants failed, more than max_failures ({})",
-            failures.load(Ordering::Relaxed),
+            brake.failures.load(Ordering::Relaxed),
             max_failures.unwrap_or_default()
         ));
     }
@@ -280,13 +299,14 @@ pub(super) async fn run(
     Went::Inline
 }
 
-/// The brake of an inline run: failures so far, and how many it tolerates.
-struct Brake<'a> {
-    failures: &'a AtomicUsize,
+/// The brake of an inline run: failures so far, and how many it tolerates. Only `failed`
+/// tenants count: a deferred one (busy, out of time, unreachable) never pulls it.
+struct Brake {
+    failures: AtomicUsize,
     max: Option<usize>,
 }
 
-impl Brake<'_> {
+impl Brake {
     fn pulled(&self) -> bool {
         self.max
             .is_some_and(|max| self.failures.load(Ordering::Relaxed) > max)
@@ -301,58 +321,104 @@ fn halted(t: &TenantRow, why: &str) -> TenantReport {
     }
 }
 
-/// One wave, inline: each server's tenants side by side with the others', at most its budget
-/// at once and `plan.concurrency` over the fleet; each outcome recorded as it comes, and
-/// whether that worked. No tenant starts once the brake is pulled.
-#[allow(clippy::too_many_arguments)]
-async fn migrate_wave(
-    db: &Database,
-    sys: &Conn,
-    servers: &[FleetServer],
-    wave: &[&TenantRow],
-    plan: &Plan,
-    expected: &ExpectedHistory,
-    fleet: &Semaphore,
-    brake: &Brake<'_>,
-) -> Vec<(TenantReport, bool)> {
-    let per_server = servers.iter().filter(|s| s.down.is_none()).map(|server| {
-        let mine: Vec<&TenantRow> = wave
-            .iter()
-            .copied()
-            .filter(|t| t.server.as_deref() == Some(server.name.as_str()))
-            .collect();
-        async move {
-            stream::iter(mine)
-                .map(|t| async move {
-                    // Closed never: the semaphore lives as long as the run.
-                    let _permit = fleet.acquire().await.ok();
-                    if brake.pulled() {
-                        let why = "not attempted: the run was halted (max_failures)";
-                        return (halted(t, why), false);
-                    }
-                    let report = match migrate_tenant(db, sys, server, t, plan, expected).await {
-                        Attempted::Done(r)
-                        | Attempted::Unrecorded(r)
-                        | Attempted::Unavailable(r) => r,
-                        // Inline runs wait for what is busy, and read no ledger first.
-                        Attempted::Busy | Attempted::NotPending => halted(t, "busy"),
-                    };
-                    if report.status == TenantOutcome::Failed {
-                        brake.failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // Each outcome as soon as it is known: a run cut short keeps it.
-                    let recorded = match plan.ledger {
-                        Some(run) => ledger::record(sys, run, &report).await,
-                        None => true,
-                    };
-                    (report, recorded)
-                })
-                .buffer_unordered(server.budget)
-                .collect::<Vec<(TenantReport, bool)>>()
-                .await
+/// What an inline run's waves share: the fleet's concurrency and the brake.
+struct Wave<'a> {
+    db: &'a Database,
+    sys: &'a Conn,
+    servers: &'a [FleetServer],
+    plan: &'a Plan,
+    expected: &'a ExpectedHistory,
+    fleet: Semaphore,
+    brake: Brake,
+}
+
+impl Wave<'_> {
+    /// The canary wave: the first `size` tenants, and for each one deferred (busy, out of
+    /// time, unreachable: it says nothing about the migrations) the next tenant in its place,
+    /// until `size` tenants were really attempted or none is left. Returns their outcomes and
+    /// the tenants left for the rest.
+    async fn canary<'t>(
+        &self,
+        work: &'t [&'t TenantRow],
+        size: usize,
+    ) -> (Vec<(TenantReport, bool)>, &'t [&'t TenantRow]) {
+        let mut done = Vec::new();
+        let mut next = 0;
+        let mut wanted = size;
+        while wanted > 0 && next < work.len() {
+            let batch = &work[next..(next + wanted).min(work.len())];
+            next += batch.len();
+            let results = self.migrate(batch).await;
+            let attempted = results
+                .iter()
+                .filter(|(r, _)| !matches!(r.status, TenantOutcome::Deferred))
+                .count();
+            let out_of_time = results
+                .iter()
+                .any(|(r, _)| r.status == TenantOutcome::NotStarted);
+            done.extend(results);
+            if out_of_time {
+                break;
+            }
+            wanted -= attempted.min(wanted);
         }
-    });
-    join_all(per_server).await.into_iter().flatten().collect()
+        (done, &work[next..])
+    }
+
+    /// Tenants inline: each server's side by side with the others', at most its budget at
+    /// once and `plan.concurrency` over the fleet; each outcome recorded as it comes, and
+    /// whether that worked. No tenant starts once the brake is pulled.
+    async fn migrate(&self, wave: &[&TenantRow]) -> Vec<(TenantReport, bool)> {
+        let (db, sys, plan, expected) = (self.db, self.sys, self.plan, self.expected);
+        let (fleet, brake) = (&self.fleet, &self.brake);
+        let per_server = self
+            .servers
+            .iter()
+            .filter(|s| s.down.is_none())
+            .map(|server| {
+                let mine: Vec<&TenantRow> = wave
+                    .iter()
+                    .copied()
+                    .filter(|t| t.server.as_deref() == Some(server.name.as_str()))
+                    .collect();
+                async move {
+                    stream::iter(mine)
+                        .map(|t| async move {
+                            // Closed never: the semaphore lives as long as the run.
+                            let _permit = fleet.acquire().await.ok();
+                            if brake.pulled() {
+                                let why = "not attempted: the run was halted (max_failures)";
+                                return (halted(t, why), false);
+                            }
+                            let report =
+                                match migrate_tenant(db, sys, server, t, plan, expected).await {
+                                    Attempted::Done(r) => r,
+                                    // Inline runs wait for what is busy and read no ledger first:
+                                    // none of these happens to them.
+                                    Attempted::GiveBack { .. }
+                                    | Attempted::NotPending
+                                    | Attempted::Unrecorded => TenantReport {
+                                        server: t.server.clone(),
+                                        ..TenantReport::deferred(&t.slug, Deferral::Busy, "busy")
+                                    },
+                                };
+                            if report.status == TenantOutcome::Failed {
+                                brake.failures.fetch_add(1, Ordering::Relaxed);
+                            }
+                            // Each outcome as soon as it is known: a run cut short keeps it.
+                            let recorded = match plan.ledger {
+                                Some(run) => ledger::record(sys, run, &report).await,
+                                None => true,
+                            };
+                            (report, recorded)
+                        })
+                        .buffer_unordered(server.budget)
+                        .collect::<Vec<(TenantReport, bool)>>()
+                        .await
+                }
+            });
+        join_all(per_server).await.into_iter().flatten().collect()
+    }
 }
 
 /// Counts the outcomes (the run's and each server's) and puts them in the report, in

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::{
     prepare::FleetServer,
-    report::{sanitize_db, sanitize_refinery, TenantOutcome, TenantReport},
+    report::{sanitize_db, sanitize_refinery, Deferral, TenantOutcome, TenantReport},
 };
 use crate::{
     db::{Conn, Database, DbError, Server},
@@ -50,8 +50,11 @@ pub(super) struct Plan {
     /// A tenant is started only with at least this much time before `stop_at`.
     pub min_time: Duration,
     /// A worker of the queue: a tenant whose server has no free slot, or whose lock is taken,
-    /// is given back (`Attempted::Busy`) to be sent again later, instead of waited for.
+    /// is given back (`Attempted::GiveBack`) to be sent again later, instead of waited for.
     pub give_back_when_busy: bool,
+    /// A worker of the queue whose message has tries left: a tenant whose server cannot be
+    /// reached is given back rather than recorded deferred.
+    pub give_back_unreachable: bool,
     /// The rollout (inline runs and planning only).
     pub waves: super::rollout::Waves,
     /// The run's attempt (0, then one more per `retry_run`): what its messages carry.
@@ -75,6 +78,7 @@ impl Plan {
             answer_by: inv.deadline,
             min_time: config.connect_timeout.min(Duration::from_secs(1)),
             give_back_when_busy: false,
+            give_back_unreachable: false,
             waves: Default::default(),
             attempt: 0,
         }
@@ -123,30 +127,31 @@ pub(super) async fn list(sys: &Conn, slugs: Option<&[String]>) -> Result<Vec<Ten
 
 /// What became of one tenant's attempt.
 pub(super) enum Attempted {
-    /// Its outcome (a queue worker's is in the run ledger, written before the tenant's locks
-    /// were given back).
+    /// Its outcome. A queue worker's is in the run ledger already, written before the tenant's
+    /// locks were given back.
     Done(TenantReport),
-    /// A queue worker's: the server's budget was full or the tenant's lock taken; nothing was
-    /// done, and the tenant is given back for later.
-    Busy,
+    /// A queue worker's: nothing was done, for now (the server's budget was full, the tenant's
+    /// lock taken, or its server unreachable with tries left: `unreachable`): the message is
+    /// given back, to come again later.
+    GiveBack { unreachable: bool },
     /// A queue worker's: once it held the tenant's lock, the tenant had its outcome already
     /// (another copy of its message was first), or its run had moved on.
     NotPending,
-    /// A queue worker's: the work was done but the outcome could not be written to the run
-    /// ledger (the message comes back; the migration is not repeated).
-    Unrecorded(TenantReport),
-    /// A queue worker's: the tenant's server (or the registry) could not be reached or did not
-    /// answer. Not recorded: the message comes back after its visibility timeout, and after
-    /// too many deliveries goes to the dead-letter queue.
-    Unavailable(TenantReport),
+    /// A queue worker's: the registry failed it (taking a slot or a lock, reading or writing
+    /// the run ledger), so its outcome, if any, is not recorded. The message comes back after
+    /// its visibility timeout (and after five deliveries goes to the dead-letter queue and its
+    /// alarm); a migration done is not repeated, only found done.
+    Unrecorded,
 }
 
 /// One tenant: a slot of its server's budget, its lock, its work within its time limit,
 /// its record in the registry. Inline, the answer is always `Done`. A queue worker
-/// (`plan.give_back_when_busy`) waits for nothing (`Busy`), checks once it holds the tenant's
-/// lock that the tenant is still pending in its run's attempt, and records the outcome in the
-/// run ledger before it gives the lock back, so that no other copy of the message can start
-/// in between.
+/// (`plan.give_back_when_busy`) waits for nothing (`GiveBack`), checks once it holds the
+/// tenant's lock that the tenant is still pending in its run's attempt, and records the
+/// outcome in the run ledger before it gives the lock back, so that no other copy of the
+/// message can start in between. Every way out of a worker's attempt is one of: recorded
+/// (`Done`), given back, not pending, or left for the message's redelivery (`Unrecorded`):
+/// never a message deleted with its tenant still pending.
 ///
 /// The same code migrates a tenant inline and in a `migrate-tenant` worker.
 pub(super) async fn migrate_tenant(
@@ -162,21 +167,28 @@ pub(super) async fn migrate_tenant(
         .stop_at
         .saturating_duration_since(started)
         .min(plan.tenant_timeout);
-    let new = |status| TenantReport {
-        server: Some(server.name.clone()),
-        ..TenantReport::new(&tenant.slug, status)
+    let on_server = |mut report: TenantReport| {
+        report.server = Some(server.name.clone());
+        report
     };
     if limit < plan.min_time {
-        return Attempted::Done(new(TenantOutcome::NotStarted));
-    }
-    let mut report = new(TenantOutcome::Failed);
-    if !sys.is_usable() {
-        report.error = Some(
-            "the registry connection was lost (and the run's locks with it); not started".into(),
-        );
-        return Attempted::Done(finish(report, started));
+        return Attempted::Done(on_server(TenantReport::new(
+            &tenant.slug,
+            TenantOutcome::NotStarted,
+        )));
     }
     let worker = plan.give_back_when_busy;
+    if !sys.is_usable() {
+        if worker {
+            return Attempted::Unrecorded;
+        }
+        let report = TenantReport::deferred(
+            &tenant.slug,
+            Deferral::Unreachable,
+            "the registry connection was lost (and the run's locks with it); not started",
+        );
+        return Attempted::Done(finish(on_server(report), started));
+    }
     // A dry run opens one connection per tenant and changes nothing: no slot, no lock.
     let (slot, lock) = if plan.dry_run {
         (None, None)
@@ -186,38 +198,39 @@ pub(super) async fn migrate_tenant(
         } else {
             plan.lock_wait.min(limit)
         };
-        let slot = match take_slot(sys, server, wait).await {
-            Ok(Some(slot)) => slot,
-            Ok(None) if worker => return Attempted::Busy,
-            Ok(None) => {
-                report.error = Some(format!(
-                    "server '{}' has no free migration slot (its migrate_concurrency); retry later",
+        let held = take_slot_and_lock(sys, server, tenant, wait).await;
+        match held {
+            Ok(Held::Both(slot, lock)) => (Some(slot), Some(lock)),
+            Ok(Held::NoSlot | Held::Locked) if worker => {
+                return Attempted::GiveBack { unreachable: false }
+            }
+            Ok(Held::NoSlot) => {
+                let why = format!(
+                    "server '{}' had no free migration slot (its migrate_concurrency) in time",
                     server.name
-                ));
-                return Attempted::Done(finish(report, started));
-            }
-            Err(e) => {
-                report.error = Some(sanitize_db(&e));
-                return Attempted::Done(finish(report, started));
-            }
-        };
-        let lock = Lock::Tenant(tenant.slug.clone());
-        match locks::acquire(sys, lock, wait).await {
-            Ok(Some(lock)) => (Some(slot), Some(lock)),
-            Ok(None) => {
-                slot.release(server).await;
-                if worker {
-                    return Attempted::Busy;
-                }
-                report.error = Some(
-                    "tenant is locked by another operation (create or delete); retry later".into(),
                 );
-                return Attempted::Done(finish(report, started));
+                let report = TenantReport::deferred(&tenant.slug, Deferral::Busy, why);
+                return Attempted::Done(finish(on_server(report), started));
+            }
+            Ok(Held::Locked) => {
+                let why = "the tenant was locked by another operation (a create, a delete, a \
+                           rotation) the whole time";
+                let report = TenantReport::deferred(&tenant.slug, Deferral::Busy, why);
+                return Attempted::Done(finish(on_server(report), started));
             }
             Err(e) => {
-                slot.release(server).await;
-                report.error = Some(sanitize_db(&e));
-                return Attempted::Done(finish(report, started));
+                warn!(tenant.slug = %tenant.slug, error = %e, "could not take the tenant's slot or lock");
+                if worker {
+                    return Attempted::Unrecorded;
+                }
+                let report = match Failure::of(&e).deferral {
+                    Some(why) => TenantReport::deferred(&tenant.slug, why, sanitize_db(&e)),
+                    None => TenantReport {
+                        error: Some(sanitize_db(&e)),
+                        ..TenantReport::new(&tenant.slug, TenantOutcome::Failed)
+                    },
+                };
+                return Attempted::Done(finish(on_server(report), started));
             }
         }
     };
@@ -229,30 +242,32 @@ pub(super) async fn migrate_tenant(
             .map(|a| a.is_some_and(|a| a.is_work(plan.attempt))),
         None => Ok(true),
     };
+    let report = on_server(TenantReport::new(&tenant.slug, TenantOutcome::Failed));
     let attempted = match pending {
-        Ok(true) => Attempted::Done(
-            work(
-                db, sys, server, tenant, plan, expected, started, limit, report,
-            )
-            .await,
-        ),
+        Ok(true) => Attempted::Done(work(db, sys, server, tenant, plan, expected, report).await),
         Ok(false) => Attempted::NotPending,
         Err(e) => {
-            // Nothing done: the tenant comes back later.
             warn!(tenant.slug = %tenant.slug, error = %e, "could not read the run ledger");
-            Attempted::Busy
+            Attempted::Unrecorded
         }
     };
-    // A worker's outcome goes to the ledger while it still holds the tenant's lock.
+    // A worker's outcome goes to the ledger while it still holds the tenant's lock; one whose
+    // server could not be reached is first given back a few times (a blip is not worth a
+    // deferral), then recorded deferred.
     let attempted = match (run, attempted) {
-        (Some(_), Attempted::Done(report)) if report.unavailable => Attempted::Unavailable(report),
+        (Some(_), Attempted::Done(report))
+            if report.deferral == Some(Deferral::Unreachable) && plan.give_back_unreachable =>
+        {
+            Attempted::GiveBack { unreachable: true }
+        }
+        (Some(_), Attempted::Done(_)) if !sys.is_usable() => Attempted::Unrecorded,
         (Some(run), Attempted::Done(report)) => {
             match ledger::record_once(sys, run, plan.attempt, &report).await {
                 Ok(_) => Attempted::Done(report),
                 Err(e) => {
                     warn!(%run, tenant.slug = %tenant.slug, error = %e,
                         "could not record the outcome in the run ledger");
-                    Attempted::Unrecorded(report)
+                    Attempted::Unrecorded
                 }
             }
         }
@@ -267,9 +282,41 @@ pub(super) async fn migrate_tenant(
     attempted
 }
 
+/// What a tenant's attempt holds before it works.
+enum Held<'c> {
+    Both(Slot<'c>, locks::LockGuard<'c>),
+    /// The server's budget had no free slot within the wait.
+    NoSlot,
+    /// The tenant's lock stayed taken within the wait.
+    Locked,
+}
+
+/// A slot of the tenant's server's budget, then the tenant's lock, each within `wait` (zero:
+/// one try). What was taken is given back when the rest cannot be.
+async fn take_slot_and_lock<'c>(
+    sys: &'c Conn,
+    server: &FleetServer,
+    tenant: &TenantRow,
+    wait: Duration,
+) -> Result<Held<'c>, DbError> {
+    let Some(slot) = take_slot(sys, server, wait).await? else {
+        return Ok(Held::NoSlot);
+    };
+    match locks::acquire(sys, Lock::Tenant(tenant.slug.clone()), wait).await {
+        Ok(Some(lock)) => Ok(Held::Both(slot, lock)),
+        Ok(None) => {
+            slot.release(server).await;
+            Ok(Held::Locked)
+        }
+        Err(e) => {
+            slot.release(server).await;
+            Err(e)
+        }
+    }
+}
+
 /// The work on one tenant once it is ours: its database migrated (or inspected) within its
-/// limit, and its version recorded in the registry.
-#[allow(clippy::too_many_arguments)]
+/// limit, and its version recorded in the registry. `report` is its report so far.
 async fn work(
     db: &Database,
     sys: &Conn,
@@ -277,10 +324,13 @@ async fn work(
     tenant: &TenantRow,
     plan: &Plan,
     expected: &ExpectedHistory,
-    started: Instant,
-    limit: Duration,
     mut report: TenantReport,
 ) -> TenantReport {
+    let started = Instant::now();
+    let limit = plan
+        .stop_at
+        .saturating_duration_since(started)
+        .min(plan.tenant_timeout);
     // Only the work on the tenant's own connection is cut at the limit (refinery's run is
     // cancelled on the server, see `Conn::migrate`): the lock, on the shared system
     // connection, is always given back properly. Should that connection be lost meanwhile,
@@ -300,7 +350,7 @@ async fn work(
         () = lost(sys) => Err(Failure {
             message: "the registry connection was lost (and the tenant's lock with it); the \
                 migration was stopped and the next run retries".into(),
-            unavailable: true,
+            deferral: Some(Deferral::Unreachable),
         }),
     };
     // What the registry should say now: the version found, and the fingerprint only when the
@@ -311,14 +361,18 @@ async fn work(
             current.then(|| expected.fingerprint().to_owned()),
         ),
         Err(failure) => {
-            report.status = TenantOutcome::Failed;
+            report.status = match failure.deferral {
+                Some(_) => TenantOutcome::Deferred,
+                None => TenantOutcome::Failed,
+            };
             report.error = Some(failure.message.clone());
-            report.unavailable = failure.unavailable;
+            report.deferral = failure.deferral;
             (report.to_version.unwrap_or(tenant.schema_version), None)
         }
     };
     if !plan.dry_run
         && report.verified
+        && report.status != TenantOutcome::Skipped
         && (version != tenant.schema_version || fingerprint != tenant.schema_fingerprint)
     {
         let wait = sys_lock_wait(sys, plan.answer_by);
@@ -344,6 +398,9 @@ impl Slot<'_> {
 /// look at each slot). Advisory locks are re-entrant within a session, and an inline run's
 /// tenants share one: the slots this process already holds are skipped, so that each tenant
 /// at work holds a slot of its own.
+///
+/// A slot is given back only once its tenant's connection has closed on the server (see
+/// `Conn::close`): the budget counts backends, not promises.
 async fn take_slot<'c>(
     sys: &'c Conn,
     server: &FleetServer,
@@ -415,7 +472,7 @@ async fn record(sys: &Conn, wait: Duration, slug: &str, version: i64, fingerprin
 fn finish(mut report: TenantReport, started: Instant) -> TenantReport {
     report.duration_ms = started.elapsed().as_millis() as u64;
     let r = &report;
-    if r.status == TenantOutcome::Failed {
+    if matches!(r.status, TenantOutcome::Failed | TenantOutcome::Deferred) {
         warn!(
             tenant.slug = %r.slug, status = ?r.status, from_version = ?r.from_version,
             to_version = ?r.to_version, applied = ?r.applied, error = r.error.as_deref().unwrap_or(""),
@@ -462,19 +519,19 @@ async fn read_tenant(conn: &Conn) -> Result<(Option<i64>, Vec<HistoryRow>), DbEr
     }
 }
 
-/// Why a tenant's work failed: the sanitised reason, and whether the cause was a server or a
-/// connection that could not be reached or did not answer (a queue worker lets the message
-/// come back for those, rather than record a failure that is nobody's migration's).
+/// Why a tenant's work did not end well: the sanitised reason, and whether it is to be
+/// deferred (busy, out of time, unreachable: nothing is wrong with its migrations) rather than
+/// failed.
 struct Failure {
     message: String,
-    unavailable: bool,
+    deferral: Option<Deferral>,
 }
 
 impl From<String> for Failure {
     fn from(message: String) -> Failure {
         Failure {
             message,
-            unavailable: false,
+            deferral: None,
         }
     }
 }
@@ -485,16 +542,30 @@ impl From<&str> for Failure {
     }
 }
 
-fn db_failure(e: &DbError) -> Failure {
-    Failure {
-        message: sanitize_db(e),
-        unavailable: e.is_unavailable(),
+impl Failure {
+    /// What an error of the database means for the tenant: unreachable, busy and out of time
+    /// are deferrals; anything else a failure.
+    fn of(e: &DbError) -> Failure {
+        let deferral = if e.is_unavailable() {
+            Some(Deferral::Unreachable)
+        } else if e.is_lock_timeout() {
+            Some(Deferral::Busy)
+        } else if e.is_timed_out() {
+            Some(Deferral::OutOfTime)
+        } else {
+            None
+        };
+        Failure {
+            message: sanitize_db(e),
+            deferral,
+        }
     }
 }
 
 /// The body of one tenant's migration. `Ok(true)` when the database ends at the released
-/// migrations, `Ok(false)` when it does not (dry run with pending migrations); `Err` is why it
-/// failed.
+/// migrations, `Ok(false)` when it does not (a dry run with pending migrations, or a database
+/// a newer release migrated); `Err` is why it did not end well. The tenant's connection is
+/// closed on the server before this returns (see `take_slot`).
 async fn migrate_one(
     db: &Database,
     server: &Server,
@@ -509,10 +580,24 @@ async fn migrate_one(
         Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
             return Err("tenant database does not exist".into())
         }
-        Err(e) => return Err(db_failure(&e)),
+        Err(e) => return Err(Failure::of(&e)),
     };
+    let outcome = migrate_on(db, &mut conn, tenant, dry_run, expected, until, report).await;
+    conn.close().await;
+    outcome
+}
+
+async fn migrate_on(
+    db: &Database,
+    conn: &mut Conn,
+    tenant: &TenantRow,
+    dry_run: bool,
+    expected: &ExpectedHistory,
+    until: Instant,
+    report: &mut TenantReport,
+) -> Result<bool, Failure> {
     // One cheap read decides whether this is our database and whether refinery is needed.
-    let (oid, history) = read_tenant(&conn).await.map_err(|e| db_failure(&e))?;
+    let (oid, history) = read_tenant(conn).await.map_err(|e| Failure::of(&e))?;
     if oid.is_none() || oid != tenant.database_oid {
         return Err(
             "the database of this name is not the one this registry made (its OID differs \
@@ -526,6 +611,29 @@ async fn migrate_one(
     report.to_version = Some(from);
     match expected.check(&history) {
         HistoryCheck::Diverged(reason) => return Err(reason.into()),
+        // Newer migrations than this release's, which the registry knows of: a newer release's
+        // run migrated it (a deploy in progress), not ours to judge. Unknown to the registry,
+        // they were put there behind its back: reported as any other divergence.
+        HistoryCheck::Ahead(newer)
+            if newer.iter().max().copied().unwrap_or(i64::MAX) > tenant.schema_version =>
+        {
+            let shown: Vec<String> = newer.iter().map(|v| format!("V{v}")).collect();
+            return Err(format!(
+                "applied migration {} is not among the released migrations, and the registry \
+                 knows of no release that made it (it records version {})",
+                shown.join(", "),
+                tenant.schema_version
+            )
+            .into());
+        }
+        HistoryCheck::Ahead(newer) => {
+            report.status = TenantOutcome::Skipped;
+            report.error = Some(format!(
+                "migrated by a newer release (its migrations {newer:?} are not in this one); \
+                 left as it is"
+            ));
+            return Ok(false);
+        }
         HistoryCheck::Current => {
             report.status = TenantOutcome::UpToDate;
             return Ok(true);
@@ -544,7 +652,7 @@ async fn migrate_one(
             until,
         )
         .await
-        .map_err(|e| db_failure(&e))?;
+        .map_err(|e| Failure::of(&e))?;
     // Each migration commits on its own: the database is at the last one applied.
     report.applied = applied;
     let now_at = report.applied.iter().copied().fold(from, i64::max);
@@ -560,8 +668,12 @@ async fn migrate_one(
             // is the released one.
             Ok(now_at == expected.latest())
         }
-        Err(RunFailure::Refinery(e)) => Err(sanitize_refinery(&e).into()),
-        Err(e) => Err(db_failure(&migrations::run_failure(
+        // A connection lost on the way (a failover) is no failed migration: deferred.
+        Err(RunFailure::Refinery(e)) => match migrations::refinery_failure(&e, "") {
+            lost if lost.is_unavailable() => Err(Failure::of(&lost)),
+            _ => Err(sanitize_refinery(&e).into()),
+        },
+        Err(e) => Err(Failure::of(&migrations::run_failure(
             &e,
             "tenant migrations failed",
         ))),

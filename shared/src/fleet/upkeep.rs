@@ -142,8 +142,10 @@ pub(super) async fn run(
                 // The invocation's deadline is near: the next run takes it.
                 (UpkeepAction::Skipped, None)
             } else {
-                match one(db, sys, task, &entry).await {
+                match one(db, sys, task, &entry, stop_at).await {
                     Ok(action) => (action, None),
+                    // The invocation's deadline came: the next run takes it.
+                    Err(e) if e.is_timed_out() => (UpkeepAction::Skipped, Some(sanitize_db(&e))),
                     Err(e) => {
                         warn!(tenant.slug = %entry.tenant.slug, task = task.name(), error = %e, "lifecycle upkeep failed");
                         (UpkeepAction::Failed, Some(sanitize_db(&e)))
@@ -216,14 +218,21 @@ async fn can_still_log_in(
         .collect())
 }
 
+/// One task for one tenant, under its lock, its work cut at `until` (`DbError::TimedOut`:
+/// every step is safe to repeat, and the next run does).
 async fn one(
     db: &Database,
     sys: &Conn,
     task: Task,
     entry: &Entry,
+    until: Instant,
 ) -> Result<UpkeepAction, DbError> {
     let lock = Lock::Tenant(entry.tenant.slug.clone());
-    let Some(guard) = locks::acquire(sys, lock, db.config().lock_timeout).await? else {
+    let wait = db
+        .config()
+        .lock_timeout
+        .min(until.saturating_duration_since(Instant::now()));
+    let Some(guard) = locks::acquire(sys, lock, wait).await? else {
         return Ok(UpkeepAction::Skipped);
     };
     let done = async {
@@ -279,8 +288,13 @@ async fn one(
                 UpkeepAction::CredentialsMade
             }
         })
-    }
-    .await;
+    };
+    let done = match tokio::time::timeout_at(until.into(), done).await {
+        Ok(done) => done,
+        Err(_) => Err(DbError::TimedOut(
+            "out of time: the next run does it".into(),
+        )),
+    };
     guard.release().await;
     done
 }

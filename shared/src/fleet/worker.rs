@@ -27,10 +27,15 @@
 //! | after releasing the rest (the canary passed), before sending it | run at wave 1, the rest `pending`, no messages | the canary tenant's message, redelivered, sends the rest (again: duplicates are harmless) |
 //! | before giving a busy message back | message in flight | redelivered |
 //!
-//! A tenant whose server (or the registry) cannot be reached is not recorded `failed`: that
-//! is nobody's migration failing, and it would trip the canary or the brake. Its message
-//! comes back after the visibility timeout (five deliveries, then the dead-letter queue and
-//! its alarm; `retry_run` once the server is back). Inline runs record it failed, as before.
+//! Outcomes say what happened. A tenant that was busy (its tables stayed locked through every
+//! lock attempt), out of time (its migrations ran past `MIGRATE_TENANT_TIMEOUT_SECS`, and were
+//! cancelled) or unreachable is recorded `deferred`, once: never counted by the canary or the
+//! brake, taken by the next run or `retry_run`. A deferred canary tenant is replaced by the
+//! next pending tenant of the run (`ledger::next`). An unreachable server gets two more
+//! chances first (the message given back, a few seconds later, `tries` counting them), so a
+//! blip costs no deferral. Only the registry failing the worker (it cannot record anything)
+//! leaves the message to come back after its visibility timeout, and after five deliveries
+//! the dead-letter queue and its alarm.
 
 use std::time::{Duration, Instant};
 
@@ -45,7 +50,7 @@ use crate::{
     db::Database,
     domain::Slug,
     invocation::Invocation,
-    ledger::{self, Next},
+    ledger::{self, Moved, Next},
     migrations::ExpectedHistory,
     queue::{self, TenantMessage},
 };
@@ -59,6 +64,10 @@ pub enum Delivery {
     /// timeout (and, after `maxReceiveCount` deliveries, moves it to the dead-letter queue).
     Retry,
 }
+
+/// How many times a message is given back because its tenant's server could not be reached,
+/// before the tenant is recorded deferred.
+const UNREACHABLE_TRIES: u32 = 2;
 
 /// How long a message given back waits: a few seconds, spread so that the tenants given back
 /// together do not all come back together.
@@ -116,7 +125,10 @@ pub async fn migrate_from_queue(
         info!(%run_id, tenant.slug = %slug, status = %assignment.status,
             "the tenant is no longer to migrate in this run (a message delivered twice, or the \
              brake passed)");
-        return move_on(&sys, queue_url, inv, &msg, assignment.wave, true).await;
+        let moved = Moved::Again {
+            deferred: assignment.status == "deferred",
+        };
+        return move_on(&sys, queue_url, inv, &msg, assignment.wave, moved).await;
     }
 
     let config = db.config();
@@ -145,6 +157,7 @@ pub async fn migrate_from_queue(
                 ledger: Some(run_id),
                 verify,
                 give_back_when_busy: true,
+                give_back_unreachable: msg.tries < UNREACHABLE_TRIES,
                 attempt,
                 ..Plan::within(config, inv)
             };
@@ -152,21 +165,27 @@ pub async fn migrate_from_queue(
             match tenant::migrate_tenant(db, &sys, server, t, &plan, expected).await {
                 Attempted::Done(r) if r.status == TenantOutcome::NotStarted => {
                     // Too little time left in this invocation: later.
-                    return give_back(queue_url, &msg, body).await;
+                    return give_back(queue_url, &msg, false).await;
+                }
+                Attempted::Done(r) if r.status == TenantOutcome::Deferred => {
+                    return move_on(&sys, queue_url, inv, &msg, assignment.wave, Moved::Deferred)
+                        .await;
                 }
                 Attempted::Done(_) => None,
-                Attempted::Busy => return give_back(queue_url, &msg, body).await,
+                Attempted::GiveBack { unreachable } => {
+                    return give_back(queue_url, &msg, unreachable).await
+                }
                 Attempted::NotPending => {
                     // Another copy recorded the tenant first, or the brake was passed
                     // meanwhile: only move the run on (it halts, if that is still to do).
                     info!(%run_id, tenant.slug = %slug,
                         "the tenant is no longer to migrate in this run; moving the run on");
-                    return move_on(&sys, queue_url, inv, &msg, assignment.wave, true).await;
+                    let moved = Moved::Again { deferred: false };
+                    return move_on(&sys, queue_url, inv, &msg, assignment.wave, moved).await;
                 }
-                Attempted::Unrecorded(_) => return Delivery::Retry,
-                Attempted::Unavailable(r) => {
-                    warn!(%run_id, tenant.slug = %slug, error = r.error.as_deref().unwrap_or(""),
-                        "unreachable; not recorded, the message comes back");
+                Attempted::Unrecorded => {
+                    warn!(%run_id, tenant.slug = %slug,
+                        "the registry failed the worker; nothing recorded, the message comes back");
                     return Delivery::Retry;
                 }
             }
@@ -189,13 +208,19 @@ pub async fn migrate_from_queue(
             return Delivery::Retry;
         }
     }
-    move_on(&sys, queue_url, inv, &msg, assignment.wave, false).await
+    move_on(&sys, queue_url, inv, &msg, assignment.wave, Moved::Recorded).await
 }
 
-/// Sends the message again, for later; this delivery is then done.
-async fn give_back(queue_url: &str, msg: &TenantMessage, body: &str) -> Delivery {
+/// Sends the message again, for later (one more try counted when its tenant's server was
+/// `unreachable`); this delivery is then done.
+async fn give_back(queue_url: &str, msg: &TenantMessage, unreachable: bool) -> Delivery {
     let delay = later();
-    match queue::send_later(queue_url, body, delay).await {
+    let again = TenantMessage {
+        tries: msg.tries + u32::from(unreachable),
+        ..msg.clone()
+    };
+    let body = serde_json::to_string(&again).unwrap_or_default();
+    match queue::send_later(queue_url, &body, delay).await {
         Ok(()) => {
             info!(run_id = %msg.run_id, tenant.slug = %msg.slug, delay_ms = delay.as_millis() as u64,
                 "the server's budget is full or the tenant is busy; given back for later");
@@ -214,18 +239,18 @@ async fn give_back(queue_url: &str, msg: &TenantMessage, body: &str) -> Delivery
 pub const RUN_ENDED_BADLY: &str = "a queued run ended without success";
 
 /// Moves the run on after an outcome (see `ledger::next`), sending the rest of the run when
-/// this worker released it.
+/// this worker released it, or the tenants it put in the canary wave.
 async fn move_on(
     sys: &crate::db::Conn,
     queue_url: &str,
     inv: &Invocation,
     msg: &TenantMessage,
     wave: Option<i64>,
-    again: bool,
+    moved: Moved,
 ) -> Delivery {
     let (run_id, attempt) = (msg.run_id, msg.attempt);
     let started = Instant::now();
-    match ledger::next(sys, run_id, attempt, wave, again).await {
+    match ledger::next(sys, run_id, attempt, wave, moved).await {
         Ok(Next::Continue) => Delivery::Done,
         Ok(Next::Closed(status)) if status == "completed" => {
             info!(%run_id, "the run's last tenant is recorded; the run completed");
@@ -238,6 +263,19 @@ async fn move_on(
         Ok(Next::Halted(why)) => {
             error!(%run_id, status = "halted", reason = %why, "{RUN_ENDED_BADLY}");
             Delivery::Done
+        }
+        Ok(Next::Send(slugs)) => {
+            match queue::send_tenants(queue_url, run_id, attempt, &slugs, inv.deadline).await {
+                Ok(()) => {
+                    info!(%run_id, tenants = ?slugs, "sent the canary wave's tenants (a deferred canary replaced)");
+                    Delivery::Done
+                }
+                Err(e) => {
+                    // This message's next delivery sends them again.
+                    warn!(%run_id, error = %e, "could not queue the canary's tenants; the message comes back");
+                    Delivery::Retry
+                }
+            }
         }
         Ok(Next::Release(slugs)) => {
             match queue::send_tenants(queue_url, run_id, attempt, &slugs, inv.deadline).await {
