@@ -6,7 +6,7 @@ export SM_PORT ?= 5000
 export LAMBDA_PORT ?= 9000
 export RELEASE ?=
 
-.PHONY: bench fuzz dev test test-faults test-unit check fmt nextest tools lint lint-migrations build deploy clean
+.PHONY: bench fuzz dev reset test test-faults test-unit check fmt nextest tools lint lint-migrations build deploy clean
 
 # Offline template checks. cfn-lint is pinned to 1.51.0 (newer releases stopped flagging
 # invalid runtimes and architectures); aws-sam-cli pins a newer cfn-lint of its own, so each
@@ -25,6 +25,11 @@ ZIG_VERSION := 0.13.0.post1
 ## Ctrl-C stops all
 dev:
 	scripts/stack.sh dev
+
+## reset: stop the local stack (if running) and delete its clusters, for a fresh `make dev`
+## (the logs in .local stay)
+reset:
+	scripts/stack.sh wipe
 
 # The fault tests stop PostgreSQL, rotate its password and kill functions: they run alone.
 FAULTS := test(/^e2e::faults::/)
