@@ -610,6 +610,13 @@ pub async fn purge_tenant(slug: &str) {
         let _ = admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
             .await;
+        // What the login may have left where every login may connect (isolation tests).
+        for shared in ["postgres", "template1"] {
+            let _ = connect_on(server, shared)
+                .await
+                .batch_execute(&format!("DROP OWNED BY \"{db}\""))
+                .await;
+        }
         let _ = admin
             .batch_execute(&format!("DROP ROLE IF EXISTS \"{db}\""))
             .await;
@@ -773,6 +780,49 @@ fn harness_runtime() -> &'static tokio::runtime::Runtime {
             .build()
             .expect("harness runtime")
     })
+}
+
+/// A connection of a test that holds something on a server (a lock, a transaction) until
+/// dropped. It lives on a runtime of its own, so that dropping it ends the session even while
+/// the test's runtime is blocked (a `Cleanup` that would otherwise wait for what it holds).
+pub struct Held {
+    client: Option<Client>,
+}
+
+impl Held {
+    /// Runs `sql` (`BEGIN; LOCK ...`, say) as the superuser on `dbname` of `server`, keeping the
+    /// session.
+    pub async fn on(server: &str, dbname: &str, sql: &str) -> Held {
+        let (server, dbname, sql) = (server.to_owned(), dbname.to_owned(), sql.to_owned());
+        let client = harness_runtime()
+            .spawn(async move {
+                let client = connect_on(&server, &dbname).await;
+                client
+                    .batch_execute(&sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                client
+            })
+            .await
+            .expect("held");
+        Held {
+            client: Some(client),
+        }
+    }
+
+    /// The held session, for more statements.
+    pub fn client(&self) -> &Client {
+        self.client.as_ref().expect("held")
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Dropped on the harness runtime, which drives its connection: the session ends now.
+        if let Some(client) = self.client.take() {
+            harness_runtime().spawn(async move { drop(client) });
+        }
+    }
 }
 
 /// Takes a test lock; waits at most 10 minutes (a stuck test, not a deadlock, is the only
@@ -1072,6 +1122,55 @@ impl ThrowawayCluster {
         }
     }
 
+    /// A hot standby of this cluster (a base backup streaming from it), on a port of its
+    /// own: read-only, `pg_is_in_recovery()`.
+    pub fn standby(&self) -> ThrowawayCluster {
+        let dir =
+            std::env::temp_dir().join(format!("dbtools-standby-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("a directory");
+        let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        if is_root() {
+            run_ok(std::process::Command::new("chown").args(["-R", "postgres:", &d("")]));
+        }
+        run_ok(
+            pg_command("pg_basebackup")
+                .env("PGPASSWORD", &self.password)
+                .args([
+                    "-D",
+                    &d("data"),
+                    "-R",
+                    "--checkpoint=fast",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                ]),
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("a free port")
+            .local_addr()
+            .expect("its address")
+            .port();
+        let opts = format!("-p {port} -c listen_addresses=127.0.0.1 -k {}", d(""));
+        run_ok(pg_command("pg_ctl").args([
+            "-D",
+            &d("data"),
+            "-l",
+            &d("log"),
+            "-w",
+            "-o",
+            &opts,
+            "start",
+        ]));
+        ThrowawayCluster {
+            dir,
+            port,
+            password: self.password.clone(),
+        }
+    }
+
     /// A file in the cluster's directory.
     pub fn path(&self, file: &str) -> String {
         self.dir.join(file).to_string_lossy().into_owned()
@@ -1100,5 +1199,64 @@ impl Drop for ThrowawayCluster {
             .args(["-D", &data, "-m", "immediate", "-w", "stop"])
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A throwaway cluster registered as a server of the stack (`{prefix}-{id}`, a secret of its
+/// own under `dbtools/servers/`, room for `max_tenants`), removed from the stack when dropped,
+/// then stopped and deleted. Declare it after a `Cleanup::holding_fleet()`: a whole-fleet run
+/// must not meet a server that comes and goes.
+pub struct RegisteredCluster {
+    pub name: String,
+    pub cluster: ThrowawayCluster,
+}
+
+impl RegisteredCluster {
+    pub async fn start(prefix: &str, max_tenants: i64) -> RegisteredCluster {
+        let cluster = ThrowawayCluster::start();
+        let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+        let name = format!("{prefix}-{id}");
+        let secret = format!("dbtools/servers/{name}");
+        put_secret(
+            &secret,
+            &json!({"username": "postgres", "password": "throwaway"}),
+        )
+        .await;
+        let r = request(
+            Method::POST,
+            "/api/servers",
+            Some(
+                json!({"name": name, "host": "127.0.0.1", "port": cluster.port,
+                       "secret_arn": secret, "max_tenants": max_tenants,
+                       "migrate_concurrency": 2})
+                .to_string()
+                .into_bytes(),
+            ),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "register {name}: {}", r.text);
+        RegisteredCluster { name, cluster }
+    }
+}
+
+impl Drop for RegisteredCluster {
+    /// Removes the server; should a failed test have left tenants there, their rows go first
+    /// (their databases go with the cluster), so that no later run meets a server that is gone.
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        block_on_own_thread(async move {
+            let path = format!("/api/servers/{name}");
+            let mut r = request_on_own_client(Method::DELETE, &path, None).await;
+            if r.status == StatusCode::CONFLICT {
+                let _ = registry()
+                    .await
+                    .execute("DELETE FROM tenants WHERE server = $1", &[&name])
+                    .await;
+                r = request_on_own_client(Method::DELETE, &path, None).await;
+            }
+            if r.status != StatusCode::OK && r.status != StatusCode::NOT_FOUND {
+                eprintln!("could not remove the server {name}: {}", r.text);
+            }
+        });
     }
 }

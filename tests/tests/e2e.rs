@@ -10,6 +10,7 @@ mod e2e {
     mod credentials;
     mod faults;
     mod idempotency;
+    mod isolation;
     mod live_migrations;
     mod migrate_all;
     mod provisioning_faults;
@@ -17,4 +18,5 @@ mod e2e {
     mod routes;
     mod runs;
     mod servers;
+    mod template;
 }

@@ -166,3 +166,36 @@ async fn a_delete_that_cannot_get_its_row_in_time_is_a_409_and_changes_nothing()
     assert_eq!(registry_row(&slug).await, Some(("active".into(), latest())));
     assert_eq!(role_can_login(&database_name(&slug)).await, Some(true));
 }
+
+#[tokio::test]
+async fn a_refused_admin_secret_is_the_operators_500_not_a_server_down() {
+    // A sandbox of its own whose admin secret Secrets Manager refuses to give (scheduled for
+    // deletion; as an access denied or a KMS key it may not use would be).
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let secret = format!("dbtools/refused-{id}");
+    put_secret(
+        &secret,
+        &json!({"username": "postgres", "password": "postgres"}),
+    )
+    .await;
+    secrets()
+        .await
+        .delete_secret()
+        .secret_id(&secret)
+        .recovery_window_in_days(7)
+        .send()
+        .await
+        .unwrap();
+    let api = runtime::RuntimeApi::start(runtime::http_event("GET", "/api/tenants", "", &[])).await;
+    let _child = api.spawn("list-tenants", &[("DB_SECRET_ID", secret.as_str())]);
+    let answer = api
+        .wait_response(std::time::Duration::from_secs(30))
+        .await
+        .expect("an answer");
+    // Not a 503 (retry: the server is away) that would also mark `primary` down in the
+    // sandbox: the operator's to fix, with the cause in the log only.
+    assert_eq!(answer["statusCode"], 500, "{answer}");
+    let body: serde_json::Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "INTERNAL_ERROR", "{body}");
+    assert!(!answer.to_string().contains(&secret), "{answer}");
+}

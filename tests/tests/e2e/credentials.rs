@@ -484,3 +484,104 @@ async fn a_full_rotation_gives_the_login_a_new_password_and_the_old_one_stops_wo
         "no credentials in the answer: {error}"
     );
 }
+
+/// Sets the `dbtools:tenant-id` tag of a secret (what whoever may tag their own secret can do).
+async fn retag(arn: &str, tenant_id: &str) {
+    secrets()
+        .await
+        .tag_resource()
+        .secret_id(arn)
+        .tags(
+            aws_sdk_secretsmanager::types::Tag::builder()
+                .key("dbtools:tenant-id")
+                .value(tenant_id)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn rotation_goes_by_the_registry_never_by_a_tag_a_tenant_can_edit() {
+    let mut cleanup = Cleanup::new();
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slugs = create_tenants_on(&mut cleanup, "rtag", 2, Some("secondary")).await;
+    let (attacker, victim) = (&slugs[0], &slugs[1]);
+    let tenant = |slug: String| async move { get(&format!("/api/tenants/{slug}")).await.body };
+    let (a, v) = (tenant(attacker.clone()).await, tenant(victim.clone()).await);
+    let a_arn = a["credentials_secret_arn"].as_str().unwrap().to_owned();
+    let v_secret = read_secret(v["credentials_secret_arn"].as_str().unwrap()).await;
+    // The attacker tags its own secret with its neighbour's id, then has it rotated.
+    retag(&a_arn, v["id"].as_str().unwrap()).await;
+    let token = uuid::Uuid::new_v4().to_string();
+    for step in ["createSecret", "setSecret", "testSecret", "finishSecret"] {
+        let (status, answer) = rotation_step(step, &a_arn, &token).await;
+        assert_eq!(status, StatusCode::OK, "{step}: {answer}");
+    }
+    // Its own login was re-keyed (the registry says whose secret that is); the neighbour's
+    // password still opens the neighbour's database.
+    let a_secret = read_secret(&a_arn).await;
+    connect_as(&a_secret, None)
+        .await
+        .expect("the attacker's rotated secret opens its own database");
+    connect_as(&v_secret, None)
+        .await
+        .expect("the neighbour's password is unchanged");
+
+    // A secret the registry does not know (a copy, tagged with the neighbour's id) is refused.
+    let copy = format!("dbtools/tenants/{attacker}-copy");
+    put_secret(&copy, &v_secret).await;
+    let copy_arn = secrets()
+        .await
+        .describe_secret()
+        .secret_id(&copy)
+        .send()
+        .await
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_owned();
+    retag(&copy_arn, v["id"].as_str().unwrap()).await;
+    let (status, error) = rotation_step("setSecret", &copy_arn, &token).await;
+    assert!(!status.is_success(), "{error}");
+    assert_eq!(error["errorType"], "InvalidRequest", "{error}");
+    connect_as(&v_secret, None)
+        .await
+        .expect("still the neighbour's password");
+    secrets()
+        .await
+        .delete_secret()
+        .secret_id(&copy)
+        .force_delete_without_recovery(true)
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_rotation_never_opens_the_login_of_a_tenant_deleted_meanwhile() {
+    let mut cleanup = Cleanup::new();
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slug = create_tenants_on(&mut cleanup, "rdel", 1, Some("primary"))
+        .await
+        .remove(0);
+    let arn = get(&format!("/api/tenants/{slug}")).await.body["credentials_secret_arn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = uuid::Uuid::new_v4().to_string();
+    let (status, answer) = rotation_step("createSecret", &arn, &token).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    // Deleted between two steps of the rotation.
+    let r = delete(&format!("/api/tenants/{slug}")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let (status, error) = rotation_step("setSecret", &arn, &token).await;
+    assert!(!status.is_success(), "{error}");
+    assert_eq!(error["errorType"], "RotationFailed", "{error}");
+    assert_eq!(
+        role_can_login(&database_name(&slug)).await,
+        Some(false),
+        "the deleted tenant's login stays disabled"
+    );
+}

@@ -574,13 +574,26 @@ async fn a_run_near_its_deadline_stops_starting_tenants_and_keeps_what_it_did() 
         .await
         .expect("the run answered before its deadline");
     drop(lock);
-    // Not a timeout: an answer with the counts and what happened.
-    assert_eq!(answer["errorType"], "TenantMigrationsFailed", "{answer}");
+    // Not a timeout: an answer with the counts and what happened. The locked tenant was
+    // deferred (busy: not a failed migration), the last two not started.
+    assert_eq!(answer["errorType"], "RunIncomplete", "{answer}");
     let message = answer["errorMessage"].as_str().unwrap();
     assert!(message.contains("2 tenants were not started"), "{message}");
+    assert!(message.contains("deferred 1"), "{message}");
+    let run_id = message
+        .split("; run ")
+        .nth(1)
+        .and_then(|rest| rest.get(..36))
+        .expect("the message names its run");
+    let run = get(&format!("/api/runs/{run_id}")).await.body;
+    let locked = run_tenant(&run, &slugs[2]);
+    assert_eq!(locked["status"], "deferred", "{run}");
     assert!(
-        message.contains(&format!("{} (tenant is locked", slugs[2])),
-        "{message}"
+        locked["error"]
+            .as_str()
+            .unwrap()
+            .contains("locked by another operation"),
+        "{run}"
     );
     // What it finished is in the registry, what it did not start is untouched.
     for slug in &slugs[..2] {
@@ -672,4 +685,220 @@ async fn a_run_reconciles_dead_provisionings_and_reports_orphans() {
     }
     assert!(!orphans.iter().any(|d| d == database_name(&half).as_str()));
     assert_squatter_untouched(&database_name(&squat)).await;
+}
+
+#[tokio::test]
+async fn a_run_whose_oldest_tenant_is_busy_migrates_every_other_tenant_and_defers_that_one() {
+    let mut cleanup = Cleanup::holding_fleet().await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    // One server: the canary is the oldest tenant, and its table is held by the application.
+    let slugs = create_tenants_on(&mut cleanup, "busyc", 4, Some("primary")).await;
+    for slug in &slugs {
+        undo_v4(slug).await;
+    }
+    let holder = connect_tenant(&slugs[0]).await;
+    holder
+        .batch_execute("BEGIN; SELECT count(*) FROM activity_log")
+        .await
+        .unwrap();
+    // A canary of one and no failure tolerated: before deferrals, this halted the fleet.
+    let (status, report) =
+        invoke_migrate_all(&json!({"slugs": slugs, "canary": 1, "max_failures": 0})).await;
+    drop(holder);
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["status"], "incomplete", "{report}");
+    assert_eq!(report["canary"], 1, "{report}");
+    assert_eq!(
+        slugs_with(&report, "deferred"),
+        [slugs[0].clone()],
+        "{report}"
+    );
+    assert_eq!(slugs_with(&report, "migrated").len(), 3, "{report}");
+    assert_eq!(report["counts"]["halted"], 0, "{report}");
+    let busy = report_row(&report, &slugs[0]).unwrap();
+    assert!(
+        busy["error"]
+            .as_str()
+            .unwrap()
+            .contains("gave up waiting for a lock"),
+        "{report}"
+    );
+    // In the ledger too, and the next run (or retry_run) takes it.
+    let run = get(&format!("/api/runs/{}", report["run_id"].as_str().unwrap()))
+        .await
+        .body;
+    assert_eq!(run["status"], "incomplete", "{run}");
+    assert_eq!(run_tenant(&run, &slugs[0])["status"], "deferred", "{run}");
+    assert_eq!(run["counts"]["deferred"], 1, "{run}");
+    for slug in &slugs[1..] {
+        assert_eq!(history_versions(slug).await, all_versions(), "{slug}");
+    }
+    let (status, retry) = invoke_migrate_all(&json!({"retry_run": report["run_id"]})).await;
+    assert_eq!(status, StatusCode::OK, "{retry}");
+    assert_eq!(history_versions(&slugs[0]).await, all_versions());
+    let run = get(&format!("/api/runs/{}", report["run_id"].as_str().unwrap()))
+        .await
+        .body;
+    assert_eq!(run["status"], "completed", "{run}");
+}
+
+/// Holds the product's fleet lock (one migrate-all at a time), as a run at work does.
+async fn hold_fleet_lock() -> tokio_postgres::Client {
+    let c = registry().await;
+    c.execute("SELECT pg_advisory_lock(1684173824, 1)", &[])
+        .await
+        .unwrap();
+    c
+}
+
+#[tokio::test]
+async fn a_run_that_finds_another_at_work_says_so_and_a_skipped_verify_fails() {
+    let _cleanup = Cleanup::holding_fleet().await;
+    let lock = hold_fleet_lock().await;
+    let (status, report) = invoke_migrate_all(&json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["status"], "already_running", "{report}");
+    let skipped = report["run_id"].as_str().unwrap().to_owned();
+    // The weekly verify must not vanish unseen: the invocation fails.
+    let (status, verify) = invoke_migrate_all(&json!({"verify": true})).await;
+    drop(lock);
+    assert!(!status.is_success(), "{verify}");
+    assert_eq!(verify["errorType"], "RunSkipped", "{verify}");
+    assert!(
+        verify["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("verify run was skipped"),
+        "{verify}"
+    );
+    // Both are in the run ledger, skipped, with why.
+    let runs = get("/api/runs?limit=5").await.body;
+    let listed: Vec<&Value> = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == "skipped")
+        .collect();
+    assert!(listed.len() >= 2, "{runs}");
+    let first = listed.iter().find(|r| r["id"] == skipped.as_str()).unwrap();
+    assert!(
+        first["error"]
+            .as_str()
+            .unwrap()
+            .contains("was still at work"),
+        "{runs}"
+    );
+    assert!(
+        listed.iter().any(|r| r["options"]["verify"] == true),
+        "{runs}"
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_applies_no_system_migration_and_makes_no_registry() {
+    // A migrate-all of its own, its registry one that does not exist yet.
+    let registry_name = format!(
+        "dbtools_dry_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
+    let api = runtime::RuntimeApi::start(json!({"dry_run": true})).await;
+    let _child = api.spawn("migrate-all", &[("SYSTEM_DB_NAME", &registry_name)]);
+    let answer = api
+        .wait_response(std::time::Duration::from_secs(60))
+        .await
+        .expect("an answer");
+    assert_eq!(answer["dry_run"], true, "{answer}");
+    let pending: Vec<i64> = answer["system"]["pending"]
+        .as_array()
+        .expect("the system migrations it would apply")
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(pending, migration_versions::<i64>("migrations_system"));
+    assert!(
+        answer["error"].as_str().unwrap().contains("dry run"),
+        "{answer}"
+    );
+    assert!(
+        !database_exists(&registry_name).await,
+        "a dry run made no registry"
+    );
+}
+
+#[tokio::test]
+async fn a_run_keeps_the_templates_of_a_newer_release() {
+    let _cleanup = Cleanup::holding_fleet().await;
+    // Exclusive: templates come and go.
+    let _template = test_lock(TEMPLATE_LOCK, true).await;
+    // A newer release's template on primary (a deploy in progress: its creates copy it while
+    // this release's nightly run goes on), and an older one's.
+    let oid_newer: i64 = 3_900_000_000 + (uuid::Uuid::new_v4().as_u128() % 100_000_000) as i64;
+    let oid_older = oid_newer + 1;
+    let admin = admin_on("primary").await;
+    let registry = registry().await;
+    // The registry's part of this release's template names.
+    let current: String = registry
+        .query_one(
+            "SELECT name FROM tenant_templates WHERE ready_at IS NOT NULL LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let suffix = current.rsplit('_').next().unwrap().to_owned();
+    let newer = format!("dbtools_template_{:016x}_{suffix}", oid_newer);
+    let older = format!("dbtools_template_{:016x}_{suffix}", oid_older);
+    for (name, oid, version) in [(&newer, oid_newer, latest() + 1), (&older, oid_older, 1)] {
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE \"{name}\" OID = {oid} ALLOW_CONNECTIONS false"
+            ))
+            .await
+            .unwrap();
+        registry
+            .execute(
+                "INSERT INTO tenant_templates (server, name, database_oid, version, ready_at) \
+                 VALUES ('primary', $1, $2, $3, now())",
+                &[name, &oid, &version],
+            )
+            .await
+            .unwrap();
+    }
+    let (status, report) = invoke_migrate_all(&json!({"slugs": []})).await;
+    let recorded = |name: String| {
+        let registry = &registry;
+        async move {
+            registry
+                .query_opt("SELECT 1 FROM tenant_templates WHERE name = $1", &[&name])
+                .await
+                .unwrap()
+                .is_some()
+        }
+    };
+    let (newer_kept, newer_recorded) =
+        (database_exists(&newer).await, recorded(newer.clone()).await);
+    let (older_kept, older_recorded) =
+        (database_exists(&older).await, recorded(older.clone()).await);
+    // Cleaned up before asserting: a newer template must not outlive the test.
+    let _ = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{newer}\""))
+        .await;
+    let _ = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{older}\""))
+        .await;
+    let _ = registry
+        .execute(
+            "DELETE FROM tenant_templates WHERE name = ANY($1)",
+            &[&vec![newer.clone(), older.clone()]],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert!(
+        newer_kept && newer_recorded,
+        "the newer release's template stays: {report}"
+    );
+    assert!(
+        !older_kept && !older_recorded,
+        "the older one goes: {report}"
+    );
 }

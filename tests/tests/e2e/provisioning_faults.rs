@@ -1,23 +1,47 @@
 use e2e::*;
 use reqwest::StatusCode;
 
-/// Puts an object into `template1` of every server (what the tenant templates are built from)
-/// that makes migration V2 fail, and drops the tenant templates so that the next create must
-/// build one; removes the object when dropped.
-struct TemplateFault;
+/// Makes tenant migration V2 fail in every database made from the cluster's `template0`
+/// (what tenant templates are built from): an event trigger there refuses `activity_log`.
+/// Only a superuser can touch `template0`; the cluster is the test's own.
+async fn poison_template0(cluster: &ThrowawayCluster) {
+    cluster
+        .connect("postgres")
+        .await
+        .batch_execute("ALTER DATABASE template0 ALLOW_CONNECTIONS true")
+        .await
+        .unwrap();
+    cluster
+        .connect("template0")
+        .await
+        .batch_execute(
+            "CREATE FUNCTION refuse_activity_log() RETURNS event_trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() \
+               WHERE object_identity = 'public.activity_log') \
+             THEN RAISE EXCEPTION 'no activity_log here'; END IF; END $$; \
+             CREATE EVENT TRIGGER refuse_activity_log ON ddl_command_end \
+               EXECUTE FUNCTION refuse_activity_log()",
+        )
+        .await
+        .unwrap();
+}
 
-impl TemplateFault {
-    async fn install() -> TemplateFault {
-        for server in SERVERS {
-            connect_on(server, "template1")
-                .await
-                .batch_execute("CREATE VIEW activity_log AS SELECT 1 AS squatter")
-                .await
-                .expect("install the template fault");
-        }
-        drop_templates().await;
-        TemplateFault
-    }
+/// Takes the fault away again.
+async fn cure_template0(cluster: &ThrowawayCluster) {
+    cluster
+        .connect("template0")
+        .await
+        .batch_execute(
+            "DROP EVENT TRIGGER refuse_activity_log; DROP FUNCTION refuse_activity_log()",
+        )
+        .await
+        .unwrap();
+    cluster
+        .connect("postgres")
+        .await
+        .batch_execute("ALTER DATABASE template0 ALLOW_CONNECTIONS false")
+        .await
+        .unwrap();
 }
 
 /// Drops the tenant templates of the stack's registry, on every server.
@@ -57,29 +81,17 @@ async fn tenant_templates() -> Vec<(String, String)> {
     existing
 }
 
-impl Drop for TemplateFault {
-    fn drop(&mut self) {
-        block_on_own_thread(async {
-            for server in SERVERS {
-                connect_on(server, "template1")
-                    .await
-                    .batch_execute("DROP VIEW IF EXISTS activity_log")
-                    .await
-                    .expect("remove the template fault");
-            }
-        });
-    }
-}
-
 #[tokio::test]
 async fn a_failing_migration_leaves_nothing_behind_and_the_slug_can_be_retried() {
-    // Exclusive: every other provisioning test would copy the fault too.
-    let mut cleanup = Cleanup::new();
-    let _template = test_lock(TEMPLATE_LOCK, true).await;
+    // A server of the test's own, whose template0 makes a migration fail; the fleet lock
+    // exclusive: no whole-fleet run prepares it while it comes and goes.
+    let mut cleanup = Cleanup::holding_fleet().await;
+    let server = RegisteredCluster::start("faulty", 5).await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slug = cleanup.add(&unique_slug("fault"));
-
-    let fault = TemplateFault::install().await;
-    let reply = post_tenant(&json!({"name": "Faulty", "slug": slug})).await;
+    poison_template0(&server.cluster).await;
+    let body = json!({"name": "Faulty", "slug": slug, "server": server.name});
+    let reply = post_tenant(&body).await;
     assert!(
         reply.status.is_server_error(),
         "{}: {}",
@@ -91,32 +103,78 @@ async fn a_failing_migration_leaves_nothing_behind_and_the_slug_can_be_retried()
     reply.assert_no_internals();
     assert!(!reply.text.contains("activity_log"), "{}", reply.text);
     // Nothing left: no database, no row, no half-built template.
-    assert!(databases_like(&slug).await.is_empty(), "database dropped");
+    let on_server = |sql: &'static str| {
+        let cluster = &server.cluster;
+        async move {
+            cluster
+                .connect("postgres")
+                .await
+                .query_one(sql, &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(
+        on_server("SELECT count(*) FROM pg_database WHERE datname LIKE 'dbtools\\_%'").await,
+        0,
+        "no database, and no template, on the server"
+    );
     assert_eq!(registry_row(&slug).await, None, "row removed");
-    assert_eq!(tenant_templates().await, Vec::<(String, String)>::new());
-    drop(fault);
+    let recorded = |name: String| async move {
+        registry()
+            .await
+            .query(
+                "SELECT name FROM tenant_templates WHERE server = $1 AND ready_at IS NOT NULL",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<String>>()
+    };
+    assert_eq!(
+        recorded(server.name.clone()).await,
+        Vec::<String>::new(),
+        "no template ready there"
+    );
+    cure_template0(&server.cluster).await;
 
     // Once the fault is gone, the same slug provisions.
-    let retry = post_tenant(&json!({"name": "Faulty", "slug": slug})).await;
+    let retry = post_tenant(&body).await;
     assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.text);
     assert_eq!(registry_row(&slug).await, Some(("active".into(), latest())));
-    assert_eq!(history_versions(&slug).await, all_versions());
-    assert!(has_table(&slug, "activity_log").await);
-    // The template was rebuilt on the tenant's server, ready (closed to connections), and is
-    // not a tenant.
-    let templates = tenant_templates().await;
+    let history: Vec<i32> = server
+        .cluster
+        .connect(&database_name(&slug))
+        .await
+        .query(
+            "SELECT version FROM refinery_schema_history ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(history, all_versions());
+    // The template was built on the tenant's server, ready (closed to connections).
+    let templates = recorded(server.name.clone()).await;
     assert_eq!(templates.len(), 1, "{templates:?}");
-    assert_eq!(Some(&templates[0].0), tenant_server(&slug).await.as_ref());
-    let allows: bool = admin_on(&templates[0].0)
+    let allows: bool = server
+        .cluster
+        .connect("postgres")
         .await
         .query_one(
             "SELECT datallowconn FROM pg_database WHERE datname = $1",
-            &[&templates[0].1],
+            &[&templates[0]],
         )
         .await
         .unwrap()
         .get(0);
     assert!(!allows, "a ready template takes no connections");
+    purge_tenant(&slug).await;
 }
 
 #[tokio::test]

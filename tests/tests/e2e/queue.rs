@@ -162,11 +162,12 @@ async fn every_message_delivered_twice_changes_nothing() {
     assert_eq!(after["finished_at"], run["finished_at"]);
 }
 
-/// Tenants on `server` (this test's, by prefix) with a backend open now.
+/// Backends open now on the server in this test's tenants' databases (by prefix): what a
+/// server's budget bounds, each one counted (a backend still exiting too).
 async fn busy_tenants(admin: &tokio_postgres::Client, prefix: &str) -> i64 {
     admin
         .query_one(
-            "SELECT count(DISTINCT datname) FROM pg_stat_activity WHERE datname LIKE $1",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE $1",
             &[&format!("{}%", database_name(prefix))],
         )
         .await
@@ -203,7 +204,7 @@ async fn workers_never_migrate_more_tenants_on_a_server_than_its_budget() {
     assert_eq!(run["counts"]["migrated"], 8, "{run}");
     assert!(
         max <= 2,
-        "{max} tenants at once on a server with a budget of 2 ({samples} samples)"
+        "{max} backends at once on a server with a budget of 2 ({samples} samples)"
     );
     assert!(max >= 1, "the sampler saw the work ({samples} samples)");
     assert!(slots <= 2, "{slots} slot locks at once, budget 2");
@@ -222,7 +223,11 @@ async fn workers_never_migrate_more_tenants_on_a_server_than_its_budget() {
     let (tenants, slots, _) = sampler.stop().await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["counts"]["migrated"], 8, "{report}");
-    assert!(tenants <= 2, "{tenants} tenants at once inline, budget 2");
+    assert!(
+        tenants <= 2,
+        "{tenants} backends at once inline, budget 2 (a slot is free only once its tenant's \
+         backend is gone)"
+    );
     assert_eq!(
         slots, 2,
         "two slots held at once, each by a tenant of its own"
@@ -397,4 +402,137 @@ async fn bad_rollout_options_are_refused_and_change_nothing() {
     let (status, answer) = invoke_migrate_all(&json!({"retry_run": uuid::Uuid::new_v4()})).await;
     assert!(!status.is_success(), "{answer}");
     assert_eq!(answer["errorType"], "InvalidRequest", "{answer}");
+}
+
+#[tokio::test]
+async fn a_busy_canary_is_replaced_and_the_queued_run_goes_on() {
+    let mut cleanup = Cleanup::holding_fleet().await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    // One server: the canary is the oldest tenant, whose table the application holds.
+    let slugs = create_tenants_on(&mut cleanup, "qbc", 4, Some("primary")).await;
+    for slug in &slugs {
+        undo_v4(slug).await;
+    }
+    let holder = connect_tenant(&slugs[0]).await;
+    holder
+        .batch_execute("BEGIN; SELECT count(*) FROM activity_log")
+        .await
+        .unwrap();
+    let answer =
+        queue_run(json!({"slugs": slugs, "inline": false, "canary": 1, "max_failures": 0})).await;
+    let id = answer["run_id"].as_str().unwrap().to_owned();
+    let run = wait_run_end(&id, RUN_WITHIN).await;
+    drop(holder);
+    assert_eq!(run["status"], "incomplete", "{run}");
+    assert_eq!(statuses(&run, "deferred"), vec![slugs[0].clone()], "{run}");
+    let mut rest = slugs[1..].to_vec();
+    rest.sort();
+    assert_eq!(statuses(&run, "migrated"), rest, "{run}");
+    // The deferred canary's place was taken: two tenants ran in the canary wave.
+    let canary: Vec<&Value> = run["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["wave"] == 0)
+        .collect();
+    assert_eq!(canary.len(), 2, "{run}");
+    for slug in &slugs[1..] {
+        assert_eq!(history_versions(slug).await, all_versions(), "{slug}");
+    }
+}
+
+#[tokio::test]
+async fn a_worker_the_registry_fails_leaves_its_message_to_come_back() {
+    let mut cleanup = Cleanup::holding_fleet().await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slug = create_tenants_on(&mut cleanup, "qerr", 1, Some("primary"))
+        .await
+        .remove(0);
+    undo_v4(&slug).await;
+    // A queued run of one tenant, whose message the test hands to a worker of its own.
+    let queue = sqs()
+        .await
+        .create_queue()
+        .queue_name(format!("dbtools-test-{}", uuid::Uuid::new_v4()))
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    let api = runtime::RuntimeApi::start(json!({"slugs": [slug], "inline": false})).await;
+    let _planner = api.spawn("migrate-all", &[("MIGRATE_QUEUE_URL", &queue)]);
+    let answer = api
+        .wait_response(Duration::from_secs(60))
+        .await
+        .expect("planned");
+    let id = answer["run_id"].as_str().unwrap().to_owned();
+    let got = sqs()
+        .await
+        .receive_message()
+        .queue_url(&queue)
+        .wait_time_seconds(5)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_str(got.messages()[0].body().unwrap()).unwrap();
+
+    // The worker's registry role may not take advisory locks (a statement's own error, not a
+    // connection's): it can take no slot of the tenant's server.
+    let role = format!("worker_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let registry_admin = registry().await;
+    registry_admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'worker'; \
+             GRANT CONNECT ON DATABASE dbtools TO {role}; \
+             GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {role}; \
+             REVOKE EXECUTE ON FUNCTION pg_try_advisory_lock(integer, integer) FROM PUBLIC"
+        ))
+        .await
+        .unwrap();
+    let pg: tokio_postgres::Config = pg_url().parse().unwrap();
+    let url = format!(
+        "postgres://{role}:worker@127.0.0.1:{}/postgres",
+        pg.get_ports()[0]
+    );
+    let worker_api = runtime::RuntimeApi::start(sqs_event(&[body])).await;
+    let _worker = worker_api.spawn(
+        "migrate-tenant",
+        &[
+            ("MIGRATE_QUEUE_URL", queue.as_str()),
+            ("DB_SECRET_ID", ""),
+            ("DATABASE_URL", url.as_str()),
+        ],
+    );
+    let answer = worker_api.wait_response(Duration::from_secs(60)).await;
+    registry_admin
+        .batch_execute(&format!(
+            "GRANT EXECUTE ON FUNCTION pg_try_advisory_lock(integer, integer) TO PUBLIC; \
+             REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}; \
+             REVOKE CONNECT ON DATABASE dbtools FROM {role}; DROP ROLE {role}"
+        ))
+        .await
+        .unwrap();
+    // Not "done" with the tenant still pending (its message deleted, its run stalled): the
+    // message is a batch item failure, and comes back.
+    let answer = answer.expect("the worker answered");
+    assert_eq!(
+        answer["batchItemFailures"].as_array().map(Vec::len),
+        Some(1),
+        "{answer}"
+    );
+    let run = get(&format!("/api/runs/{id}")).await.body;
+    assert_eq!(run_tenant(&run, &slug)["status"], "pending", "{run}");
+    assert_eq!(history_versions(&slug).await, [1, 2, 3]);
+    // Redelivered to a worker the registry serves, it is finished.
+    let retried = invoke_migrate_all(&json!({"retry_run": id, "inline": true})).await;
+    assert_eq!(retried.0, StatusCode::OK, "{}", retried.1);
+    assert_eq!(history_versions(&slug).await, all_versions());
+    sqs()
+        .await
+        .delete_queue()
+        .queue_url(&queue)
+        .send()
+        .await
+        .unwrap();
 }

@@ -3,6 +3,8 @@
 //! Placement, capacity, draining, the tenant's secret naming its own server, and the
 //! servers API with its real checks.
 
+use std::time::Duration;
+
 use e2e::*;
 use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
@@ -313,14 +315,26 @@ async fn registering_a_server_checks_it_for_real_and_removing_one_needs_it_empty
         .local_addr()
         .unwrap()
         .port();
-    let r = post_server(&body(&name, closed, "dbtools/servers/secondary")).await;
+    let r = post_server(&body(&name, closed, &wrong)).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
     r.assert_no_internals();
-    // A cluster registered already, under any name, is refused.
-    let r = post_server(&body(&name, pg_port, "dbtools/admin")).await;
+    // A cluster registered already, under any name and with a secret of its own, is refused.
+    let again = format!("dbtools/servers/again-{id}");
+    put_secret(
+        &again,
+        &json!({"username": "postgres", "password": "postgres"}),
+    )
+    .await;
+    let r = post_server(&body(&name, pg_port, &again)).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     assert!(r.text.contains("'primary'"), "{}", r.text);
-    let r = post_server(&body(&name, pg2_port, "dbtools/servers/secondary")).await;
+    let again2 = format!("dbtools/servers/again2-{id}");
+    put_secret(
+        &again2,
+        &json!({"username": "dbtools_admin", "password": "secondary-admin"}),
+    )
+    .await;
+    let r = post_server(&body(&name, pg2_port, &again2)).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     assert!(r.text.contains("'secondary'"), "{}", r.text);
     assert_eq!(
@@ -443,4 +457,218 @@ async fn registering_a_server_checks_it_for_real_and_removing_one_needs_it_empty
     }
     let r = get("/api/servers?state=open").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+}
+
+/// A server that is no PostgreSQL of ours: it answers a client's startup message with a
+/// request for the password, in cleartext (`code` 3) or as MD5 (5), and keeps whatever the
+/// client sends after that. Answers its port, and the bytes it was sent after its request.
+async fn password_sniffer(code: u32) -> (u16, tokio::task::JoinHandle<Vec<u8>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut got = Vec::new();
+        // The product may connect more than once (a retry): every connection is heard.
+        while let Ok(Ok((mut socket, _))) =
+            tokio::time::timeout(Duration::from_secs(10), listener.accept()).await
+        {
+            let mut len = [0u8; 4];
+            if socket.read_exact(&mut len).await.is_err() {
+                continue;
+            }
+            let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+            if socket.read_exact(&mut startup).await.is_err() {
+                continue;
+            }
+            let mut request = vec![b'R'];
+            let body: Vec<u8> = match code {
+                5 => [5u32.to_be_bytes().to_vec(), b"salt".to_vec()].concat(),
+                c => c.to_be_bytes().to_vec(),
+            };
+            request.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+            request.extend_from_slice(&body);
+            if socket.write_all(&request).await.is_err() {
+                continue;
+            }
+            let mut after = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut after)).await;
+            got.extend(after);
+        }
+        got
+    });
+    (port, task)
+}
+
+#[tokio::test]
+async fn servers_refuse_secrets_that_are_not_theirs_and_servers_that_would_take_a_password() {
+    let _cleanup = Cleanup::holding_fleet().await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let name = format!("refused-{id}");
+    let pg2_port = pg_url_of("secondary")
+        .parse::<tokio_postgres::Config>()
+        .unwrap()
+        .get_ports()[0];
+    let body = |port: u16, secret: &str| {
+        json!({"name": name, "host": "127.0.0.1", "port": port, "secret_arn": secret,
+               "max_tenants": 1, "migrate_concurrency": 1})
+    };
+    let refused = |r: &Reply, field: &str, needle: &str| {
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+        assert_eq!(r.detail_fields(), [field], "{}", r.text);
+        assert!(r.text.contains(needle), "{}", r.text);
+        r.assert_no_internals();
+    };
+    // The registry's own admin secret, by name or by ARN: outside the prefix, never read.
+    refused(
+        &post_server(&body(pg2_port, "dbtools/admin")).await,
+        "secret_arn",
+        "prefix",
+    );
+    let admin_arn = secrets()
+        .await
+        .describe_secret()
+        .secret_id("dbtools/admin")
+        .send()
+        .await
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_owned();
+    refused(
+        &post_server(&body(pg2_port, &admin_arn)).await,
+        "secret_arn",
+        "prefix",
+    );
+    // Another registered server's secret, by name or by ARN, wherever it is sent.
+    refused(
+        &post_server(&body(pg2_port, "dbtools/servers/secondary")).await,
+        "secret_arn",
+        "of server 'secondary'",
+    );
+    let secondary_arn = secrets()
+        .await
+        .describe_secret()
+        .secret_id("dbtools/servers/secondary")
+        .send()
+        .await
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_owned();
+    refused(
+        &post_server(&body(pg2_port, &secondary_arn)).await,
+        "secret_arn",
+        "of server 'secondary'",
+    );
+
+    // A secret of its own, under the prefix, holding a real password: a host that asks for it
+    // in cleartext or as MD5 gets nothing.
+    let own = format!("dbtools/servers/sniffed-{id}");
+    put_secret(
+        &own,
+        &json!({"username": "dbtools_admin", "password": "secondary-admin"}),
+    )
+    .await;
+    for code in [3u32, 5] {
+        let (port, heard) = password_sniffer(code).await;
+        let r = post_server(&body(port, &own)).await;
+        refused(&r, "host", "SCRAM-SHA-256");
+        let heard = heard.await.unwrap();
+        assert!(
+            !heard.contains(&b'p') && !String::from_utf8_lossy(&heard).contains("secondary-admin"),
+            "the host received a password message: {heard:?}"
+        );
+    }
+
+    // A standby (read-only) is no server to place tenants on.
+    let primary = ThrowawayCluster::start();
+    let standby = primary.standby();
+    let standby_secret = format!("dbtools/servers/standby-{id}");
+    put_secret(
+        &standby_secret,
+        &json!({"username": "postgres", "password": "throwaway"}),
+    )
+    .await;
+    refused(
+        &post_server(&body(standby.port, &standby_secret)).await,
+        "host",
+        "standby",
+    );
+    assert_eq!(
+        get(&format!("/api/servers/{name}")).await.status,
+        StatusCode::NOT_FOUND,
+        "nothing was registered"
+    );
+}
+
+#[tokio::test]
+async fn removing_a_server_that_a_placement_fills_meanwhile_changes_nothing() {
+    let mut cleanup = Cleanup::holding_fleet().await;
+    let server = RegisteredCluster::start("rmrace", 5).await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    // Its template made by a create, the tenant purged: the server is empty.
+    let slug = create_tenants_on(&mut cleanup, "rmrace", 1, Some(&server.name))
+        .await
+        .remove(0);
+    assert_eq!(
+        delete(&format!("/api/tenants/{slug}")).await.status,
+        StatusCode::OK
+    );
+    let r = request(Method::POST, &format!("/api/tenants/{slug}/purge"), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let templates = || async {
+        server
+            .cluster
+            .connect("postgres")
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_database WHERE datname LIKE 'dbtools\\_template\\_%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(templates().await, 1);
+
+    // A placement in progress there, as a create holds it: the server's row, and a tenant not
+    // committed yet.
+    let placing = registry().await;
+    let racer = unique_slug("rmrace_p");
+    placing.batch_execute("BEGIN").await.unwrap();
+    placing
+        .execute(
+            "SELECT 1 FROM servers WHERE name = $1 FOR UPDATE",
+            &[&server.name],
+        )
+        .await
+        .unwrap();
+    placing
+        .execute(
+            "INSERT INTO tenants (name, slug, database_name, status, server, lease_expires_at) \
+             VALUES ('Racer', $1, 'dbtools_tenant_' || $1, 'provisioning', $2, \
+               now() + interval '1 hour')",
+            &[&racer, &server.name],
+        )
+        .await
+        .unwrap();
+    let path = format!("/api/servers/{}", server.name);
+    let removal = tokio::spawn(async move { delete(&path).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    placing.batch_execute("COMMIT").await.unwrap();
+    let r = removal.await.unwrap();
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert_eq!(templates().await, 1, "the refused removal dropped nothing");
+    assert!(server_exists(&server.name).await, "the server is still registered");
+    registry()
+        .await
+        .execute("DELETE FROM tenants WHERE slug = $1", &[&racer])
+        .await
+        .unwrap();
+}
+
+async fn server_exists(name: &str) -> bool {
+    get(&format!("/api/servers/{name}")).await.status == StatusCode::OK
 }

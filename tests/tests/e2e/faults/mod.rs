@@ -334,15 +334,14 @@ async fn a_rotated_password_is_read_again_from_secrets_manager() {
 
 /// Holds the product's own advisory lock of a tenant (the lock create takes after inserting
 /// its row), on a connection of its own.
-async fn hold_tenant_lock(slug: &str) -> tokio_postgres::Client {
-    let c = registry().await;
-    c.execute(
-        "SELECT pg_advisory_lock(1684173825, hashtext($1))",
-        &[&slug],
+async fn hold_tenant_lock(slug: &str) -> Held {
+    // Slugs are [a-z0-9_]: safe in a literal.
+    Held::on(
+        "primary",
+        "dbtools",
+        &format!("SELECT pg_advisory_lock(1684173825, hashtext('{slug}'))"),
     )
     .await
-    .unwrap();
-    c
 }
 
 async fn wait_for_row(slug: &str, status: &str) {
@@ -598,13 +597,14 @@ async fn a_frozen_server_is_a_quick_503_and_migrate_all_ends_with_a_report() {
         run_took < Duration::from_secs(20),
         "the run took {run_took:?} after the freeze"
     );
+    // Deferred, not failed (nothing is wrong with their migrations); the invocation fails all
+    // the same: the registry went away, its outcomes may not be recorded.
     assert!(!status.is_success(), "{error}");
-    assert_eq!(error["errorType"], "TenantMigrationsFailed", "{error}");
+    assert_eq!(error["errorType"], "DatabaseUnavailable", "{error}");
     let message = error["errorMessage"].as_str().unwrap();
-    assert!(message.starts_with("3 of 5 tenants failed"), "{message}");
-    for slug in &slugs[2..] {
-        assert!(message.contains(&format!("{slug} (")), "{message}");
-    }
+    assert!(message.contains("0 of 5 tenants failed"), "{message}");
+    assert!(message.contains("migrated 2"), "{message}");
+    assert!(message.contains("deferred 3"), "{message}");
     for leak in ["127.0.0.1", "password", "postgres://"] {
         assert!(!message.contains(leak), "{message}");
     }
@@ -627,12 +627,13 @@ async fn a_frozen_server_is_a_quick_503_and_migrate_all_ends_with_a_report() {
 
 /// Holds a SHARE lock on a server's `pg_authid` until dropped: `CREATE ROLE`, `ALTER ROLE`
 /// and `DROP ROLE` there wait for it; logins (which only read it) do not.
-async fn hold_role_catalog(server: &str) -> tokio_postgres::Client {
-    let c = admin_on(server).await;
-    c.batch_execute("BEGIN; LOCK TABLE pg_authid IN SHARE MODE")
-        .await
-        .expect("lock pg_authid");
-    c
+async fn hold_role_catalog(server: &str) -> Held {
+    Held::on(
+        server,
+        "postgres",
+        "BEGIN; LOCK TABLE pg_authid IN SHARE MODE",
+    )
+    .await
 }
 
 /// How many backends of `application` on a server wait on a lock in a statement starting
@@ -887,17 +888,30 @@ async fn a_stopped_server_fails_only_its_own_tenants_and_the_next_run_catches_up
             Some(("active".into(), 1))
         );
 
-        // migrate-all migrates primary's tenants and reports the secondary's as failed.
+        // migrate-all migrates primary's tenants and defers the secondary's (a server down
+        // halts nothing and fails no migration); the invocation names the server.
         let (status, error) = invoke_migrate_all(&json!({"slugs": all})).await;
         assert!(!status.is_success(), "{error}");
-        assert_eq!(error["errorType"], "TenantMigrationsFailed", "{error}");
+        assert_eq!(error["errorType"], "ServerUnreachable", "{error}");
         let message = error["errorMessage"].as_str().unwrap();
         assert!(message.contains("Servers unreachable"), "{message}");
-        assert!(message.contains("2 of 4 tenants failed"), "{message}");
+        assert!(message.contains("0 of 4 tenants failed"), "{message}");
+        assert!(message.contains("deferred 2"), "{message}");
+        let id = message
+            .split("; run ")
+            .nth(1)
+            .and_then(|rest| rest.get(..36))
+            .expect("the message names its run");
+        let run = get(&format!("/api/runs/{id}")).await.body;
         for slug in &on_secondary {
+            let row = run_tenant(&run, slug);
+            assert_eq!(row["status"], "deferred", "{run}");
             assert!(
-                message.contains(&format!("{slug} (server 'secondary' unreachable")),
-                "{message}"
+                row["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("server 'secondary' unreachable"),
+                "{run}"
             );
         }
         for leak in ["127.0.0.1", "5435", "password", "dbtools_admin"] {
@@ -1125,3 +1139,8 @@ async fn a_worker_killed_mid_migration_is_finished_by_the_redelivery() {
         .await
         .unwrap();
 }
+
+mod deadlines;
+mod fleet;
+mod isolation;
+mod stack;
