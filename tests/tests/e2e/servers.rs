@@ -661,7 +661,10 @@ async fn removing_a_server_that_a_placement_fills_meanwhile_changes_nothing() {
     let r = removal.await.unwrap();
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     assert_eq!(templates().await, 1, "the refused removal dropped nothing");
-    assert!(server_exists(&server.name).await, "the server is still registered");
+    assert!(
+        server_exists(&server.name).await,
+        "the server is still registered"
+    );
     registry()
         .await
         .execute("DELETE FROM tenants WHERE slug = $1", &[&racer])
