@@ -1,9 +1,10 @@
 -- Templates are made closed now (ALLOW_CONNECTIONS false from the start, see
 -- shared/src/template.rs), so "takes no connection" no longer means "built": the registry
--- records when a template's build finished. A template of an earlier release that takes no
--- connection was built to the end (its build closed it last).
+-- records when a template's build finished. The templates of earlier releases are not
+-- recorded ready: they were built from template1 (where every login may leave objects) and
+-- open to every login while built, so each is built again, from template0, by the next run or
+-- create on its server.
 ALTER TABLE tenant_templates ADD COLUMN ready_at TIMESTAMPTZ;
-UPDATE tenant_templates SET ready_at = created_at;
 
 -- The registry's tables hold a row per tenant, per run and per run's tenant, and this runs once
 -- per release under the migration lock timeout: a widened CHECK constraint is dropped and added
@@ -20,8 +21,11 @@ ALTER TABLE run_tenants ADD CONSTRAINT run_tenants_status_check CHECK (status IN
 ALTER TABLE run_tenants VALIDATE CONSTRAINT run_tenants_status_check;
 
 -- A queued run's canary wave keeps this many tenants that were really attempted: each deferred
--- one is replaced by a pending tenant of the rest (shared/src/ledger.rs, `next`).
+-- one is replaced by a pending tenant of the rest (shared/src/ledger.rs, `next`), which records
+-- the tenant it replaces and the tenant whose worker moved it (that worker sends its message;
+-- its own message, delivered again, sends it again).
 ALTER TABLE runs ADD COLUMN canary BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE run_tenants ADD COLUMN promoted_for TEXT, ADD COLUMN promoted_by TEXT;
 
 -- A run that found another run at work did nothing, and says so in the ledger: `skipped`.
 -- squawk-ignore ban-drop-constraint

@@ -27,6 +27,7 @@
 //! | `TENANT_CONNECTION_LIMIT` | `CONNECTION LIMIT` of each tenant login (1-10000) | `20` |
 //! | `TENANT_SECRET_PREFIX` | tenant secrets are `{prefix}{slug}` | `dbtools/tenants/` |
 //! | `TENANT_NAMES` | `slug`: a tenant's database and login are `dbtools_tenant_{slug}`; `opaque`: `dbtools_tenant_0{its id's 32 hex digits}`, so that the catalogs every login can read (`pg_database`, `pg_roles`) name no customer | `slug` |
+//! | `HARDEN_SHARED_DATABASES` | `true`: revoke `PUBLIC`'s `CONNECT` and `TEMPORARY` on each server's `postgres` and `template1` where the admin may (see `hardening`); `false`: only report them | `true` |
 //! | `SERVER_SECRET_PREFIX` | the admin secrets of registered servers must be named `{prefix}...` (and never the registry's own, nor another server's) | `dbtools/servers/` |
 //! | `TENANT_SECRET_KMS_KEY_ID` | KMS key of the tenant secrets | unset: `aws/secretsmanager` |
 //! | `TENANT_SECRET_RECOVERY_DAYS` | recovery window of a purged tenant's secret (7-30) | `7` |
@@ -119,6 +120,8 @@ pub struct Config {
     pub tenants: TenantSettings,
     /// The admin secrets of registered servers are named `{prefix}...`.
     pub server_secret_prefix: String,
+    /// Revoke `PUBLIC`'s privileges on the servers' shared databases (else only report them).
+    pub harden_shared_databases: bool,
 }
 
 /// What tenant logins and secrets are made with, and when deleted tenants are purged.
@@ -244,6 +247,16 @@ impl Config {
             run_stall: secs(&get, "RUN_STALL_SECS", 900)?,
             tenants: tenant_settings(&get)?,
             server_secret_prefix: secret_prefix(&get, "SERVER_SECRET_PREFIX", "dbtools/servers/")?,
+            harden_shared_databases: match get("HARDEN_SHARED_DATABASES").as_deref() {
+                None | Some("true") => true,
+                Some("false") => false,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        var: "HARDEN_SHARED_DATABASES",
+                        reason: format!("must be `true` or `false`, got {other:?}"),
+                    })
+                }
+            },
         };
         config.check()?;
         Ok(config)
@@ -381,8 +394,9 @@ fn tenant_settings(get: &impl Fn(&str) -> Option<String>) -> Result<TenantSettin
     })
 }
 
-/// A prefix of secret names: Secrets Manager's name alphabet, not empty (a prefix that matched
-/// every secret would bound nothing), with room left for a 48-character slug in its 512.
+/// A prefix of secret names: Secrets Manager's name alphabet, with room left for a 48-character
+/// slug in its 512. Never empty (an empty variable is unset: the default), since a prefix that
+/// matched every secret would bound nothing.
 fn secret_prefix(
     get: &impl Fn(&str) -> Option<String>,
     var: &'static str,

@@ -76,8 +76,10 @@ pub enum DbError {
 impl From<tokio_postgres::Error> for DbError {
     fn from(e: tokio_postgres::Error) -> Self {
         if let Some(refused) = transport::insecure_auth(&e) {
-            // Not a server that is away: one that must be reconfigured (or is not ours).
-            return DbError::Other(anyhow::anyhow!("{refused}"));
+            // A server that cannot be used now, as one that is away: its requests are 503s,
+            // it is passed over by placement, its tenants deferred (never a failed migration
+            // that trips a run's brake). The log says why; it must be reconfigured.
+            return DbError::Unavailable(refused.to_string());
         }
         if is_unavailable(&e) {
             DbError::Unavailable(error_chain(&e))
@@ -229,9 +231,25 @@ pub struct Conn {
     in_flight: AtomicUsize,
     /// Where cancel requests go.
     canceller: Canceller,
+    /// What an abandoned call leaves behind (see [`Abandon`]).
+    on_abandon: Abandon,
     query_timeout: Duration,
     lock_timeout: Duration,
     long_timeout: Duration,
+}
+
+/// What happens to a connection when a call on it is abandoned (its caller's deadline) or
+/// misses its own deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Abandon {
+    /// The statement is cancelled on the server and the connection discarded: work we gave
+    /// up (DDL on a server, a migration) must not go on and commit behind our back.
+    Cancel,
+    /// The registry's shared connection: an abandoned call's statement (short, and holding
+    /// nothing that outlives it) finishes on its own and the session stays, with the advisory
+    /// locks it holds for the rest of the operation (a migrate-all's fleet lock). A call that
+    /// misses its own deadline still discards it (the server does not answer).
+    Keep,
 }
 
 /// What a cancel request needs: the session's key, and the server's address and TLS.
@@ -249,7 +267,9 @@ impl Canceller {
     /// request was delivered.
     async fn cancel(&self, limit: Duration) -> bool {
         let sent = async {
-            let tcp = transport::connect_tcp(&self.host, self.port).await.ok()?;
+            let tcp = transport::connect_tcp(&self.host, self.port, limit)
+                .await
+                .ok()?;
             let result = match &self.tls {
                 Some(tls) => {
                     let tls = GuardedTls::new(tls, &self.host).ok()?;
@@ -270,9 +290,10 @@ impl Canceller {
 impl Drop for Conn {
     fn drop(&mut self) {
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            // An answer is still due (a migration cut short, say): cancel the statement and
-            // close the socket now rather than wait for it.
+            // An answer is still due (a migration cut short, say): cancel the statement (on a
+            // connection that cancels) and close the socket now rather than wait for it.
             self.abandon();
+            self.task.abort();
         }
     }
 }
@@ -353,7 +374,7 @@ impl Conn {
     /// A call was abandoned mid-way: its statement is cancelled on the server (from a task of
     /// its own, as this runs in a `Drop`) and the connection discarded.
     fn abandon(&self) {
-        if self.broken.load(Ordering::Acquire) {
+        if self.broken.load(Ordering::Acquire) || self.on_abandon == Abandon::Keep {
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -479,8 +500,9 @@ impl Conn {
         match outcome {
             Ok(result) => Ok(result),
             Err(_) => {
+                // The session is left open: once the cancel took effect, `close` ends it and
+                // waits for its backend to be gone (a server's budget counts it until then).
                 self.cancel_running().await;
-                self.discard();
                 Err(DbError::TimedOut(format!(
                     "the migrations did not finish within their time limit ({} s) and were \
                      cancelled; the next run goes on from there",
@@ -508,6 +530,9 @@ impl Timed<'_> {
         call.finished = true;
         drop(call);
         let Ok(outcome) = outcome else {
+            // The statement may still run: cancelled (on a connection that cancels), then the
+            // connection discarded.
+            conn.abandon();
             conn.discard();
             return Err(DbError::Unavailable(format!(
                 "no answer within {} ms; connection discarded",
@@ -901,6 +926,8 @@ impl Database {
                 .get_or_try_init(|| crate::migrations::bring_registry_current(self, Some(&conn)))
                 .await?;
         }
+        let mut conn = conn;
+        conn.on_abandon = Abandon::Keep;
         Ok(MutexGuard::map(guard, |slot| slot.insert(conn)))
     }
 
@@ -1041,7 +1068,7 @@ impl Database {
         cfg.options(format!(
             "-c statement_timeout={stmt} -c lock_timeout={lock}"
         ));
-        let tcp = transport::connect_tcp(&params.host, params.port)
+        let tcp = transport::connect_tcp(&params.host, params.port, self.config.connect_timeout)
             .await
             .map_err(|e| DbError::Unavailable(format!("no TCP connection: {e}")))?;
         let db = dbname.to_owned();
@@ -1089,6 +1116,7 @@ impl Database {
             ended: std::sync::Mutex::new(Some(task)),
             broken: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            on_abandon: Abandon::Cancel,
             query_timeout: self.config.query_timeout,
             lock_timeout: self.config.lock_timeout,
             long_timeout: self.config.long_statement_timeout(),

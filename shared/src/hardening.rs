@@ -13,7 +13,9 @@
 //! drops what it owns in every database first (see [`crate::logins`]).
 //!
 //! Other roles of the operator's that connect to `postgres` through `PUBLIC`'s privilege (a
-//! monitoring user, say) need `GRANT CONNECT ON DATABASE postgres TO ...` once hardened.
+//! monitoring user, another registry's admin on a shared cluster) need `GRANT CONNECT ON
+//! DATABASE postgres TO ...` once hardened; or set `HARDEN_SHARED_DATABASES=false` to have the
+//! databases reported only.
 
 use tracing::{info, warn};
 
@@ -25,9 +27,9 @@ use crate::{
 /// The databases of every cluster that every login may open until hardened.
 pub(crate) const SHARED_DATABASES: [&str; 2] = ["postgres", "template1"];
 
-/// Takes `PUBLIC`'s `CONNECT` and `TEMPORARY` away on [`SHARED_DATABASES`] where the admin may.
-/// Returns those that every login may still open (the admin may not change them).
-pub(crate) async fn harden(admin: &Conn) -> Result<Vec<String>, DbError> {
+/// Takes `PUBLIC`'s `CONNECT` and `TEMPORARY` away on [`SHARED_DATABASES`] where the admin may
+/// (only looks, without `revoke`). Returns those that every login may still open.
+pub(crate) async fn harden(admin: &Conn, revoke: bool) -> Result<Vec<String>, DbError> {
     let rows = admin
         .query(
             "SELECT d.datname::text AS name, \
@@ -48,11 +50,12 @@ pub(crate) async fn harden(admin: &Conn) -> Result<Vec<String>, DbError> {
         if !open || !allows {
             continue;
         }
-        if !row.try_get::<_, bool>("may")? {
+        if !revoke || !row.try_get::<_, bool>("may")? {
             still_open.push(name);
             continue;
         }
         admin
+            .locking()
             .batch_execute(&format!(
                 "REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC",
                 quote_ident(&name)
@@ -61,7 +64,7 @@ pub(crate) async fn harden(admin: &Conn) -> Result<Vec<String>, DbError> {
         info!(database = %name, "every login may no longer connect to this database");
     }
     if !still_open.is_empty() {
-        warn!(databases = ?still_open, "every login may still connect to these databases (the admin does not own them); what a tenant leaves there is dropped with its login");
+        warn!(databases = ?still_open, "every login may still connect to these databases (the admin does not own them, or HARDEN_SHARED_DATABASES is false); what a tenant leaves there is dropped with its login");
     }
     Ok(still_open)
 }

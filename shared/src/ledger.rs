@@ -524,13 +524,12 @@ pub(crate) async fn record_once(
 /// What a worker's message did before its run is moved on ([`next`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Moved {
-    /// Its tenant's outcome was recorded.
+    /// Its tenant's outcome was recorded (deferred or not: in the canary wave, a deferred
+    /// tenant is replaced whoever moves the run on next).
     Recorded,
-    /// Its tenant was recorded deferred (in the canary wave, another takes its place).
-    Deferred,
     /// Its tenant had its outcome already (the message came twice, or came back after a
-    /// worker died), or the run moved on; `deferred` when that outcome is `deferred`.
-    Again { deferred: bool },
+    /// worker died), or the run moved on.
+    Again,
 }
 
 /// What a queued run does after a tenant's outcome is recorded.
@@ -555,10 +554,11 @@ pub(crate) enum Next {
 /// own, after the outcome committed, so that of two workers finishing together the later one
 /// sees both outcomes):
 /// 1. the brake: more failures than `max_failures` halt the run;
-/// 2. the canary: a canary tenant deferred (busy, out of time, unreachable: it says nothing of
-///    the migrations) is replaced by a pending tenant of the rest, moved into the canary wave;
-///    once the wave has no tenant pending, a failure in it halts the run, and otherwise
-///    exactly one worker (the one whose update moves the run to wave 1) releases the rest;
+/// 2. the canary (see [`canary_step`], under the run's row lock): a canary tenant deferred
+///    (busy, out of time, unreachable: it says nothing of the migrations) is replaced by a
+///    pending tenant of the rest, moved into the canary wave; once the wave has no tenant
+///    pending, a failure in it halts the run, and otherwise exactly one worker (the one whose
+///    step moves the run to wave 1) releases the rest;
 /// 3. the end: with no tenant pending, the run is closed: `failed` if a tenant failed,
 ///    `incomplete` if one was deferred or not started, `completed` otherwise.
 ///
@@ -566,31 +566,28 @@ pub(crate) enum Next {
 /// a tenant whose server is not registered); deferred ones never do. A message of an earlier
 /// attempt moves nothing.
 ///
-/// `Moved::Again`: the caller's tenant was already recorded (its message came twice). A
-/// deferred canary tenant's message coming again while the canary wave is open sends the
-/// wave's pending tenants again (the worker that promoted its replacement may have died before
-/// sending it); a canary tenant's message coming again after the rest was released, but before
-/// it was sent, sends the rest (the worker that released it may have died first). A message
-/// sent twice is harmless.
+/// `Moved::Again`: the caller's tenant was already recorded (its message came twice). Its
+/// message coming again while the canary wave is open sends again the tenants its worker moved
+/// into the wave and are still pending (it may have died before sending them); a canary
+/// tenant's message coming again after the rest was released, but before it was sent, sends
+/// the rest (the worker that released it may have died first). A message sent twice is
+/// harmless, and each is sent again only by its promoter's own message.
 pub(crate) async fn next(
     sys: &Conn,
     run_id: Uuid,
     attempt: i64,
+    slug: &str,
     wave: Option<i64>,
     moved: Moved,
 ) -> Result<Next, DbError> {
-    let again = matches!(moved, Moved::Again { .. });
+    let again = moved == Moved::Again;
     let row = sys
         .query_opt(
             "UPDATE runs SET updated_at = now() \
              WHERE id = $1 AND status = 'running' AND attempt = $2 \
              RETURNING wave, max_failures, rest_sent, \
                (SELECT count(*) FROM run_tenants WHERE run_id = $1 AND status = 'failed' \
-                  AND wave IS NOT NULL) AS failed, \
-               (SELECT count(*) FROM run_tenants WHERE run_id = $1 AND status = 'failed' \
-                  AND wave = 0) AS canary_failed, \
-               EXISTS (SELECT 1 FROM run_tenants WHERE run_id = $1 AND status = 'pending' \
-                  AND wave = 0) AS canary_pending",
+                  AND wave IS NOT NULL) AS failed",
             &[&run_id, &attempt],
         )
         .await?;
@@ -610,8 +607,6 @@ pub(crate) async fn next(
     let max_failures: Option<i64> = row.try_get("max_failures")?;
     let rest_sent: bool = row.try_get("rest_sent")?;
     let failed: i64 = row.try_get("failed")?;
-    let canary_failed: i64 = row.try_get("canary_failed")?;
-    let canary_pending: bool = row.try_get("canary_pending")?;
     if let Some(max) = max_failures {
         if failed > max {
             let why = format!("halted: {failed} tenants failed, more than max_failures ({max})");
@@ -624,49 +619,32 @@ pub(crate) async fn next(
             return Ok(Next::Release(rest));
         }
     }
-    let deferred_again = moved == (Moved::Again { deferred: true });
-    if run_wave == 0 && wave == Some(0) && (moved == Moved::Deferred || deferred_again) {
-        let promoted = replace_deferred_canaries(sys, run_id, attempt).await?;
-        // Again: the wave's pending tenants, whose messages a dead worker may not have sent.
-        let send = if deferred_again {
-            pending_of_wave(sys, run_id, 0).await?
-        } else {
-            promoted
-        };
-        if !send.is_empty() {
-            return Ok(Next::Send(send));
-        }
-    }
-    // Read again: a replacement may be pending in the canary wave now.
-    let canary_pending = canary_pending
-        && sys
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM run_tenants WHERE run_id = $1 \
-                   AND status = 'pending' AND wave = 0) AS pending",
-                &[&run_id],
-            )
-            .await?
-            .try_get::<_, bool>("pending")?;
-    if run_wave == 0 && wave == Some(0) && !canary_pending {
-        if canary_failed > 0 {
-            let why = format!(
-                "halted: the canary wave failed ({canary_failed} tenants); the rest were not \
-                 attempted"
-            );
-            return halt(sys, run_id, &why).await;
-        }
-        let released = sys
-            .execute(
-                "UPDATE runs SET wave = 1, updated_at = now() \
-                 WHERE id = $1 AND wave = 0 AND status = 'running' AND attempt = $2",
-                &[&run_id, &attempt],
-            )
-            .await?;
-        if released == 1 {
-            let rest = pending_of_wave(sys, run_id, 1).await?;
-            if !rest.is_empty() {
-                return Ok(Next::Release(rest));
+    if run_wave == 0 && wave == Some(0) {
+        match canary_step(sys, run_id, attempt, slug).await? {
+            CanaryStep::Open(mut send) => {
+                // Again: what this tenant's worker moved into the wave before, whose messages
+                // it may have died before sending (a message sent twice is harmless).
+                if again {
+                    for promoted in promoted_by(sys, run_id, slug).await? {
+                        if !send.contains(&promoted) {
+                            send.push(promoted);
+                        }
+                    }
+                }
+                return Ok(if send.is_empty() {
+                    Next::Continue
+                } else {
+                    Next::Send(send)
+                });
             }
+            CanaryStep::Failed(n) => {
+                let why = format!(
+                    "halted: the canary wave failed ({n} tenants); the rest were not attempted"
+                );
+                return halt(sys, run_id, &why).await;
+            }
+            CanaryStep::Released(rest) if !rest.is_empty() => return Ok(Next::Release(rest)),
+            CanaryStep::Released(_) | CanaryStep::Over => {}
         }
     }
     let closed = sys
@@ -684,56 +662,137 @@ pub(crate) async fn next(
     })
 }
 
-/// Moves pending tenants of the rest into the canary wave until it holds the run's `canary`
-/// tenants that were not deferred (none when the rest is empty), under the run's row lock so
-/// that workers deferred together promote no more than needed. Safe to repeat. Returns the
-/// tenants promoted now.
-async fn replace_deferred_canaries(
+/// Where the canary wave stands, decided under the run's row lock.
+#[derive(Debug)]
+enum CanaryStep {
+    /// Still open: tenants of it pending; these were moved into it now (to send).
+    Open(Vec<String>),
+    /// Over, with this many failures: the run halts.
+    Failed(i64),
+    /// Over and passed: the run moved to wave 1 here; the rest, to send.
+    Released(Vec<String>),
+    /// The run is past its canary wave (or closed, or of another attempt).
+    Over,
+}
+
+/// The canary wave, under the run's row lock (every worker's step is one transaction, so two
+/// workers finishing together see each other's outcomes and promotions):
+/// 1. each deferred tenant of the wave without a replacement gets one, a pending tenant of the
+///    rest moved into the wave (`promoted_for` it, `promoted_by` the caller's tenant, whose
+///    worker sends its message), while the rest has any;
+/// 2. a tenant of the wave still pending: open;
+/// 3. else a failure in it halts the run, or the run moves to wave 1 and the rest goes out.
+async fn canary_step(
     sys: &Conn,
     run_id: Uuid,
     attempt: i64,
-) -> Result<Vec<String>, DbError> {
+    me: &str,
+) -> Result<CanaryStep, DbError> {
     let tx = sys.begin().await?;
-    let promoted = async {
+    let step = async {
         let locked = tx
             .locking()
             .query_opt(
-                "SELECT canary FROM runs WHERE id = $1 AND attempt = $2 AND status = 'running' \
+                "SELECT 1 FROM runs WHERE id = $1 AND attempt = $2 AND status = 'running' \
                    AND wave = 0 FOR UPDATE",
                 &[&run_id, &attempt],
             )
             .await?;
-        let Some(run) = locked else {
-            return Ok(Vec::new());
-        };
-        let canary: i64 = run.try_get("canary")?;
-        let rows = tx
+        if locked.is_none() {
+            return Ok(CanaryStep::Over);
+        }
+        let unreplaced: Vec<String> = tx
             .query(
-                "UPDATE run_tenants SET wave = 0 WHERE run_id = $1 AND slug IN \
-                   (SELECT slug FROM run_tenants WHERE run_id = $1 AND wave = 1 \
-                      AND status = 'pending' ORDER BY slug LIMIT greatest(0, $2 - \
-                        (SELECT count(*) FROM run_tenants WHERE run_id = $1 AND wave = 0 \
-                           AND status <> 'deferred'))) \
-                 RETURNING slug",
-                &[&run_id, &canary],
+                "SELECT d.slug FROM run_tenants d WHERE d.run_id = $1 AND d.wave = 0 \
+                   AND d.status = 'deferred' AND NOT EXISTS (SELECT 1 FROM run_tenants r \
+                     WHERE r.run_id = $1 AND r.promoted_for = d.slug) ORDER BY d.slug",
+                &[&run_id],
+            )
+            .await?
+            .iter()
+            .map(|r| r.try_get("slug"))
+            .collect::<Result<_, _>>()?;
+        let mut promoted = Vec::new();
+        if !unreplaced.is_empty() {
+            let candidates: Vec<String> = tx
+                .query(
+                    "SELECT slug FROM run_tenants WHERE run_id = $1 AND wave = 1 \
+                       AND status = 'pending' ORDER BY slug LIMIT $2",
+                    &[&run_id, &(unreplaced.len() as i64)],
+                )
+                .await?
+                .iter()
+                .map(|r| r.try_get("slug"))
+                .collect::<Result<_, _>>()?;
+            for (replaced, slug) in unreplaced.iter().zip(candidates) {
+                tx.execute(
+                    "UPDATE run_tenants SET wave = 0, promoted_for = $3, promoted_by = $4 \
+                     WHERE run_id = $1 AND slug = $2",
+                    &[&run_id, &slug, replaced, &me],
+                )
+                .await?;
+                promoted.push(slug);
+            }
+        }
+        let row = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM run_tenants WHERE run_id = $1 AND wave = 0 \
+                   AND status = 'pending') AS pending, \
+                 (SELECT count(*) FROM run_tenants WHERE run_id = $1 AND wave = 0 \
+                   AND status = 'failed') AS failed",
+                &[&run_id],
             )
             .await?;
-        rows.iter()
+        if row.try_get::<_, bool>("pending")? {
+            return Ok(CanaryStep::Open(promoted));
+        }
+        let failed: i64 = row.try_get("failed")?;
+        if failed > 0 {
+            return Ok(CanaryStep::Failed(failed));
+        }
+        tx.execute(
+            "UPDATE runs SET wave = 1, updated_at = now() WHERE id = $1",
+            &[&run_id],
+        )
+        .await?;
+        let rest = tx
+            .query(
+                "SELECT slug FROM run_tenants WHERE run_id = $1 AND wave = 1 \
+                   AND status = 'pending' ORDER BY slug",
+                &[&run_id],
+            )
+            .await?
+            .iter()
             .map(|r| r.try_get("slug"))
-            .collect::<Result<Vec<String>, _>>()
-            .map_err(DbError::from)
+            .collect::<Result<_, _>>()?;
+        Ok::<_, DbError>(CanaryStep::Released(rest))
     }
     .await;
-    match promoted {
-        Ok(promoted) => {
+    match step {
+        Ok(step) => {
             tx.commit().await?;
-            Ok(promoted)
+            Ok(step)
         }
         Err(e) => {
             tx.rollback().await;
             Err(e)
         }
     }
+}
+
+/// The run's tenants still pending that the worker of `slug` moved into the canary wave.
+async fn promoted_by(sys: &Conn, run_id: Uuid, slug: &str) -> Result<Vec<String>, DbError> {
+    let rows = sys
+        .query(
+            "SELECT slug FROM run_tenants WHERE run_id = $1 AND promoted_by = $2 \
+               AND status = 'pending' AND wave = 0 ORDER BY slug",
+            &[&run_id, &slug],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<Vec<String>, _>>()?)
 }
 
 /// Every tenant of the run's last wave was sent (by the planner, or by the worker that

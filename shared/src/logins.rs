@@ -113,6 +113,7 @@ pub(crate) async fn ensure_group(conn: &Conn) -> Result<(), DbError> {
             }
             RoleState::Absent => {
                 let made = conn
+                    .locking()
                     .batch_execute(&format!(
                         "CREATE ROLE {g} NOLOGIN NOINHERIT; COMMENT ON ROLE {g} IS {m}",
                         g = quote_ident(GROUP_ROLE),
@@ -196,7 +197,7 @@ impl Login<'_> {
             mark = literal(&mark(self.tenant_id)),
             grants = self.grants(),
         );
-        match conn.batch_execute(&sql).await {
+        match conn.locking().batch_execute(&sql).await {
             Ok(()) => Ok(true),
             Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => Ok(false),
             Err(e) => Err(e),
@@ -205,14 +206,15 @@ impl Login<'_> {
 
     /// Sets a login's attributes, membership and grants again, its password left as it is.
     pub(crate) async fn refresh(&self, conn: &Conn, can_login: bool) -> Result<(), DbError> {
-        conn.batch_execute(&format!(
-            "ALTER ROLE {r} WITH {login} CONNECTION LIMIT {limit}; {grants}",
-            r = quote_ident(self.role),
-            login = if can_login { "LOGIN" } else { "NOLOGIN" },
-            limit = self.connection_limit,
-            grants = self.grants(),
-        ))
-        .await
+        conn.locking()
+            .batch_execute(&format!(
+                "ALTER ROLE {r} WITH {login} CONNECTION LIMIT {limit}; {grants}",
+                r = quote_ident(self.role),
+                login = if can_login { "LOGIN" } else { "NOLOGIN" },
+                limit = self.connection_limit,
+                grants = self.grants(),
+            ))
+            .await
     }
 
     /// Sets a login of ours to `password`, and its attributes, membership and grants again
@@ -223,24 +225,26 @@ impl Login<'_> {
         password: &SecretString,
         can_login: bool,
     ) -> Result<(), DbError> {
-        conn.batch_execute(&format!(
-            "ALTER ROLE {r} WITH {settings}; {grants}",
-            r = quote_ident(self.role),
-            settings = self.alterable(can_login, password),
-            grants = self.grants(),
-        ))
-        .await
+        conn.locking()
+            .batch_execute(&format!(
+                "ALTER ROLE {r} WITH {settings}; {grants}",
+                r = quote_ident(self.role),
+                settings = self.alterable(can_login, password),
+                grants = self.grants(),
+            ))
+            .await
     }
 }
 
 /// Allows or refuses new sessions of a login of ours.
 pub(crate) async fn set_login(conn: &Conn, role: &str, can_login: bool) -> Result<(), DbError> {
-    conn.batch_execute(&format!(
-        "ALTER ROLE {} {}",
-        quote_ident(role),
-        if can_login { "LOGIN" } else { "NOLOGIN" }
-    ))
-    .await
+    conn.locking()
+        .batch_execute(&format!(
+            "ALTER ROLE {} {}",
+            quote_ident(role),
+            if can_login { "LOGIN" } else { "NOLOGIN" }
+        ))
+        .await
 }
 
 /// Ends every session of a login (on this server) and waits, at most a query timeout, until
@@ -276,10 +280,10 @@ pub(crate) async fn drop_if_ours(
             set_login(admin, role, false).await?;
             end_sessions(admin, role).await?;
             let drop_role = format!("DROP ROLE IF EXISTS {}", quote_ident(role));
-            match admin.batch_execute(&drop_role).await {
+            match admin.locking().batch_execute(&drop_role).await {
                 Err(e) if e.code() == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST) => {
                     drop_owned_everywhere(db, admin, role).await?;
-                    admin.batch_execute(&drop_role).await?;
+                    admin.locking().batch_execute(&drop_role).await?;
                 }
                 other => other?,
             }
@@ -319,6 +323,7 @@ async fn drop_owned_everywhere(
         .try_get("has")?;
     if !has {
         admin
+            .locking()
             .batch_execute(&format!("GRANT {r} TO CURRENT_USER"))
             .await?;
     }
@@ -327,7 +332,7 @@ async fn drop_owned_everywhere(
         let here: bool = row.try_get("here")?;
         let drop_owned = format!("DROP OWNED BY {r}");
         if here {
-            admin.batch_execute(&drop_owned).await?;
+            admin.long().batch_execute(&drop_owned).await?;
             continue;
         }
         if !row.try_get::<_, bool>("datallowconn")? {
@@ -337,7 +342,7 @@ async fn drop_owned_everywhere(
             )));
         }
         let there = admin.server().connect(db, &name).await?;
-        let dropped = there.batch_execute(&drop_owned).await;
+        let dropped = there.long().batch_execute(&drop_owned).await;
         there.close().await;
         dropped?;
         info!(role = %role, database = %name, "dropped what a tenant login owned outside its database");

@@ -55,7 +55,8 @@ pub(crate) fn open_sql(name: &str) -> String {
 
 /// Opens a database of ours that [`create_sql`] made (see [`open_sql`]).
 pub(crate) async fn open(conn: &Conn, name: &str) -> Result<(), DbError> {
-    conn.batch_execute(&format!("BEGIN; {}; COMMIT", open_sql(name)))
+    conn.locking()
+        .batch_execute(&format!("BEGIN; {}; COMMIT", open_sql(name)))
         .await
 }
 

@@ -451,7 +451,20 @@ pub async fn register_server(db: &Database, new: &NewServer) -> Result<ServerVie
         Err(e) => return Err(e.into()),
     }
     info!("registered a server");
-    view(&sys, &new.name).await
+    // Registered: only now are its shared databases changed (see `crate::hardening`; every
+    // migrate-all run does it again, so a failure here is logged, not answered).
+    let registered = view(&sys, &new.name).await;
+    if let Err(e) = harden_registered(db, &sys, new.name.as_str()).await {
+        warn!(error = %error_chain(&e), "could not harden the new server's shared databases; the next run does");
+    }
+    registered
+}
+
+async fn harden_registered(db: &Database, sys: &Conn, name: &str) -> Result<(), DbError> {
+    let server = db.server(sys, name).await?;
+    let admin = server.admin(db).await?;
+    hardening::harden(&admin, db.config().harden_shared_databases).await?;
+    Ok(())
 }
 
 /// The cluster's system identifier (`pg_control_system()`), which tells two servers apart
@@ -467,9 +480,8 @@ async fn system_identifier(conn: &Conn) -> Result<Option<i64>, DbError> {
     }
 }
 
-/// Connects to the server with its secret and checks what the product needs there, then
-/// takes `PUBLIC`'s privileges away on its shared databases where it may (see
-/// [`crate::hardening`]). Returns its system identifier, where the secret's role may read it.
+/// Connects to the server with its secret and checks what the product needs there. Returns
+/// its system identifier, where the secret's role may read it.
 ///
 /// The secret is the operator's for this server, never anything else the functions can read:
 /// its name is under `SERVER_SECRET_PREFIX`, it is not the registry's own admin secret, nor
@@ -600,8 +612,8 @@ async fn own_secret(db: &Database, new: &NewServer) -> Result<NamedSecret, Serve
     Ok(secret)
 }
 
-/// What the product needs of the server, checked on the secret's connection; then its shared
-/// databases hardened. Returns its system identifier, where the role may read it.
+/// What the product needs of the server, checked on the secret's connection. Returns its
+/// system identifier, where the role may read it.
 async fn check_server(conn: &Conn) -> Result<Option<i64>, ServersError> {
     let row = conn
         .query_one(
@@ -644,7 +656,6 @@ async fn check_server(conn: &Conn) -> Result<Option<i64>, ServersError> {
             ),
         ));
     }
-    hardening::harden(conn).await?;
     Ok(system_identifier(conn).await?)
 }
 

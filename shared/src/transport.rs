@@ -57,13 +57,21 @@ pub(crate) fn insecure_auth(e: &tokio_postgres::Error) -> Option<&InsecureAuth> 
     None
 }
 
-/// Opens a TCP connection to `host:port` (each address the name resolves to, in turn), with
-/// TCP keepalives (after 10 s idle, every 5 s, 3 probes) and a 15 s user timeout, so that a
-/// network black hole ends even a long statement's wait. The caller bounds the whole connect.
-pub(crate) async fn connect_tcp(host: &str, port: u16) -> io::Result<TcpStream> {
+/// Opens a TCP connection to `host:port` (each address the name resolves to, in turn, each
+/// within its share of `limit`, so that one address that never answers leaves time for the
+/// next), with TCP keepalives (after 10 s idle, every 5 s, 3 probes) and a 15 s user timeout,
+/// so that a network black hole ends even a long statement's wait. The caller bounds the
+/// whole connect.
+pub(crate) async fn connect_tcp(host: &str, port: u16, limit: Duration) -> io::Result<TcpStream> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, "the host name resolved to nothing");
-    for addr in tokio::net::lookup_host((host, port)).await? {
-        match TcpStream::connect(addr).await {
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    let share = (limit / addrs.len().max(1) as u32).max(Duration::from_millis(500));
+    for addr in addrs {
+        let attempt = match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+            Ok(attempt) => attempt,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "no answer")),
+        };
+        match attempt {
             Ok(stream) => {
                 stream.set_nodelay(true)?;
                 let socket = socket2::SockRef::from(&stream);

@@ -460,14 +460,10 @@ pub async fn migrate_all(
         let (status, error) = match &result {
             Err(e) => ("failed", Some(e.error_type().to_owned())),
             Ok(()) if report.status == RunStatus::Halted => ("halted", report.error.clone()),
-            Ok(()) if report.counts.failed > 0 => {
-                ("failed", report.error_type().map(str::to_owned))
-            }
-            Ok(()) if report.failed() => ("failed", report.error_type().map(str::to_owned)),
-            Ok(()) if report.counts.not_started > 0 || report.counts.deferred > 0 => {
-                ("incomplete", report.error_type().map(str::to_owned))
-            }
-            Ok(()) => ("completed", None),
+            Ok(()) => (
+                report.ledger_status(),
+                report.error_type().map(str::to_owned),
+            ),
         };
         ledger::close(&sys, run, status, error.as_deref()).await;
     }

@@ -106,7 +106,8 @@ pub(super) async fn prepare(
         if !dry_run {
             // Tenant migrations grant the tables to the tenant logins' group role.
             logins::ensure_group(&admin).await?;
-            report.open_to_every_login = hardening::harden(&admin).await?;
+            let revoke = db.config().harden_shared_databases;
+            report.open_to_every_login = hardening::harden(&admin, revoke).await?;
         }
         report.template =
             Some(check_template(db, sys, &admin, dry_run, server.state, until).await?);

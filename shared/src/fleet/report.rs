@@ -332,6 +332,20 @@ impl MigrateAllReport {
         }
     }
 
+    /// What the run ledger records of an inline run that ended (not halted): `failed` when a
+    /// tenant's migrations, the template, a reconcile or lifecycle work failed; `incomplete`
+    /// when tenants were deferred or not started, or a server could not be reached (its
+    /// tenants are the next run's); else `completed`.
+    pub(crate) fn ledger_status(&self) -> &'static str {
+        match self.error_type() {
+            Some("TenantMigrationsFailed" | "TemplateFailed" | "ReconcileFailed")
+            | Some("LifecycleFailed" | "DatabaseUnavailable") => "failed",
+            Some(_) => "incomplete",
+            None if self.counts.not_started > 0 || self.counts.deferred > 0 => "incomplete",
+            None => "completed",
+        }
+    }
+
     fn template_error(&self) -> Option<&str> {
         self.template.as_ref().and_then(|t| t.error.as_deref())
     }
@@ -555,6 +569,48 @@ mod tests {
         // The two failures, then the others in run order.
         assert_eq!(kept, ["t3", "t7", "t0", "t1"]);
         assert_eq!(r.tenants_omitted, 6);
+    }
+
+    #[test]
+    fn the_ledger_says_failed_only_for_what_failed() {
+        let with = |counts: Counts| report(counts).ledger_status();
+        assert_eq!(with(Counts::default()), "completed");
+        let deferred = Counts {
+            deferred: 2,
+            migrated: 3,
+            ..Counts::default()
+        };
+        assert_eq!(with(deferred.clone()), "incomplete");
+        assert_eq!(
+            report(deferred.clone()).error_type(),
+            None,
+            "fails no invocation"
+        );
+        let cut = Counts {
+            not_started: 1,
+            ..Counts::default()
+        };
+        assert_eq!(with(cut), "incomplete", "RunIncomplete is no failure");
+        let failed = Counts {
+            failed: 1,
+            ..deferred
+        };
+        assert_eq!(with(failed), "failed");
+        let mut down = report(Counts::default());
+        down.servers.push(ServerReport {
+            name: "eu-2".into(),
+            state: ServerState::Open,
+            reachable: false,
+            error: None,
+            migrate_concurrency: 1,
+            template: None,
+            orphan_databases: Vec::new(),
+            invalid_databases: Vec::new(),
+            open_to_every_login: Vec::new(),
+            counts: Counts::default(),
+        });
+        assert_eq!(down.error_type(), Some("ServerUnreachable"));
+        assert_eq!(down.ledger_status(), "incomplete");
     }
 
     #[test]

@@ -668,9 +668,23 @@ async fn migrate_on(
             // is the released one.
             Ok(now_at == expected.latest())
         }
-        // A connection lost on the way (a failover) is no failed migration: deferred.
+        // A connection lost on the way (a failover) is no failed migration: deferred; nor is
+        // a statement that ran past MIGRATE_STATEMENT_TIMEOUT_SECS (or was cancelled): out of
+        // time.
         Err(RunFailure::Refinery(e)) => match migrations::refinery_failure(&e, "") {
             lost if lost.is_unavailable() => Err(Failure::of(&lost)),
+            _ if crate::session::pg_error(&e).and_then(tokio_postgres::Error::code)
+                == Some(&SqlState::QUERY_CANCELED) =>
+            {
+                Err(Failure {
+                    message: format!(
+                        "{} (the statement ran out of time: MIGRATE_STATEMENT_TIMEOUT_SECS); \
+                         the next run goes on from there",
+                        sanitize_refinery(&e)
+                    ),
+                    deferral: Some(Deferral::OutOfTime),
+                })
+            }
             _ => Err(sanitize_refinery(&e).into()),
         },
         Err(e) => Err(Failure::of(&migrations::run_failure(

@@ -125,10 +125,7 @@ pub async fn migrate_from_queue(
         info!(%run_id, tenant.slug = %slug, status = %assignment.status,
             "the tenant is no longer to migrate in this run (a message delivered twice, or the \
              brake passed)");
-        let moved = Moved::Again {
-            deferred: assignment.status == "deferred",
-        };
-        return move_on(&sys, queue_url, inv, &msg, assignment.wave, moved).await;
+        return move_on(&sys, queue_url, inv, &msg, assignment.wave, Moved::Again).await;
     }
 
     let config = db.config();
@@ -167,10 +164,6 @@ pub async fn migrate_from_queue(
                     // Too little time left in this invocation: later.
                     return give_back(queue_url, &msg, false).await;
                 }
-                Attempted::Done(r) if r.status == TenantOutcome::Deferred => {
-                    return move_on(&sys, queue_url, inv, &msg, assignment.wave, Moved::Deferred)
-                        .await;
-                }
                 Attempted::Done(_) => None,
                 Attempted::GiveBack { unreachable } => {
                     return give_back(queue_url, &msg, unreachable).await
@@ -180,8 +173,8 @@ pub async fn migrate_from_queue(
                     // meanwhile: only move the run on (it halts, if that is still to do).
                     info!(%run_id, tenant.slug = %slug,
                         "the tenant is no longer to migrate in this run; moving the run on");
-                    let moved = Moved::Again { deferred: false };
-                    return move_on(&sys, queue_url, inv, &msg, assignment.wave, moved).await;
+                    return move_on(&sys, queue_url, inv, &msg, assignment.wave, Moved::Again)
+                        .await;
                 }
                 Attempted::Unrecorded => {
                     warn!(%run_id, tenant.slug = %slug,
@@ -250,7 +243,7 @@ async fn move_on(
 ) -> Delivery {
     let (run_id, attempt) = (msg.run_id, msg.attempt);
     let started = Instant::now();
-    match ledger::next(sys, run_id, attempt, wave, moved).await {
+    match ledger::next(sys, run_id, attempt, &msg.slug, wave, moved).await {
         Ok(Next::Continue) => Delivery::Done,
         Ok(Next::Closed(status)) if status == "completed" => {
             info!(%run_id, "the run's last tenant is recorded; the run completed");

@@ -162,13 +162,14 @@ async fn every_message_delivered_twice_changes_nothing() {
     assert_eq!(after["finished_at"], run["finished_at"]);
 }
 
-/// Backends open now on the server in this test's tenants' databases (by prefix): what a
-/// server's budget bounds, each one counted (a backend still exiting too).
+/// The product's backends open now on the server in this test's tenants' databases (by
+/// prefix): what a server's budget bounds, each one counted (a backend still exiting too).
 async fn busy_tenants(admin: &tokio_postgres::Client, prefix: &str) -> i64 {
     admin
         .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE $1",
-            &[&format!("{}%", database_name(prefix))],
+            "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE $1 \
+             AND application_name IN ('migrate-all', 'migrate-tenant')",
+            &[&format!("{}\\_%", database_name(prefix))],
         )
         .await
         .expect("sample pg_stat_activity")
