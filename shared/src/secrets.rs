@@ -147,23 +147,12 @@ impl Secrets {
         self.client.get_or_init(|| make_client().boxed()).await
     }
 
-    /// The admin secret's text (`DB_SECRET_ID`): `Ok(None)` when it does not exist.
+    /// An admin secret's text (`DB_SECRET_ID`, a server's): `Ok(None)` when it does not exist.
     pub(crate) async fn read(&self, id: &str) -> Result<Option<String>, SecretsError> {
-        match self
-            .client()
-            .await
-            .get_secret_value()
-            .secret_id(id)
-            .send()
-            .boxed()
-            .await
-        {
-            Ok(out) => Ok(Some(out.secret_string().unwrap_or_default().to_owned())),
-            Err(SdkError::ServiceError(se)) if se.err().is_resource_not_found_exception() => {
-                Ok(None)
-            }
-            Err(e) => Err(classify(e)),
-        }
+        Ok(self
+            .read_named(id)
+            .await?
+            .map(|s| s.text.expose_secret().to_owned()))
     }
 
     /// A secret's text with its name and ARN, as Secrets Manager resolved the id:

@@ -1260,3 +1260,70 @@ impl Drop for RegisteredCluster {
         });
     }
 }
+
+/// A queue of the test's own in the local SQS (the local trigger does not deliver it), so that
+/// the test hands its messages to a worker of its own; deleted when dropped.
+pub struct OwnQueue {
+    pub url: String,
+}
+
+impl OwnQueue {
+    pub async fn new() -> OwnQueue {
+        let url = sqs()
+            .await
+            .create_queue()
+            .queue_name(format!("dbtools-test-{}", uuid::Uuid::new_v4()))
+            .send()
+            .await
+            .unwrap()
+            .queue_url()
+            .unwrap()
+            .to_owned();
+        OwnQueue { url }
+    }
+
+    /// The bodies of `n` messages (waiting at most 20 s for them).
+    pub async fn receive(&self, n: usize) -> Vec<Value> {
+        let sqs = sqs().await;
+        let mut bodies = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while bodies.len() < n && std::time::Instant::now() < deadline {
+            let got = sqs
+                .receive_message()
+                .queue_url(&self.url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .unwrap();
+            for m in got.messages() {
+                bodies.push(serde_json::from_str(m.body().unwrap()).unwrap());
+            }
+        }
+        assert_eq!(bodies.len(), n, "{bodies:?}");
+        bodies
+    }
+
+    /// A queued run of `slugs`, planned by a migrate-all of its own that sends to this queue:
+    /// the run's id and its messages.
+    pub async fn plan(&self, slugs: &[String]) -> (String, Vec<Value>) {
+        let api = runtime::RuntimeApi::start(json!({"slugs": slugs, "inline": false})).await;
+        let _planner = api.spawn("migrate-all", &[("MIGRATE_QUEUE_URL", &self.url)]);
+        let answer = api
+            .wait_response(Duration::from_secs(60))
+            .await
+            .expect("planned");
+        assert_eq!(answer["status"], "queued", "{answer}");
+        let id = answer["run_id"].as_str().unwrap().to_owned();
+        (id, self.receive(slugs.len()).await)
+    }
+}
+
+impl Drop for OwnQueue {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        block_on_own_thread(async move {
+            let _ = sqs().await.delete_queue().queue_url(&url).send().await;
+        });
+    }
+}

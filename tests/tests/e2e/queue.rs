@@ -451,32 +451,9 @@ async fn a_worker_the_registry_fails_leaves_its_message_to_come_back() {
         .remove(0);
     undo_v4(&slug).await;
     // A queued run of one tenant, whose message the test hands to a worker of its own.
-    let queue = sqs()
-        .await
-        .create_queue()
-        .queue_name(format!("dbtools-test-{}", uuid::Uuid::new_v4()))
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned();
-    let api = runtime::RuntimeApi::start(json!({"slugs": [slug], "inline": false})).await;
-    let _planner = api.spawn("migrate-all", &[("MIGRATE_QUEUE_URL", &queue)]);
-    let answer = api
-        .wait_response(Duration::from_secs(60))
-        .await
-        .expect("planned");
-    let id = answer["run_id"].as_str().unwrap().to_owned();
-    let got = sqs()
-        .await
-        .receive_message()
-        .queue_url(&queue)
-        .wait_time_seconds(5)
-        .send()
-        .await
-        .unwrap();
-    let body: Value = serde_json::from_str(got.messages()[0].body().unwrap()).unwrap();
+    let own = OwnQueue::new().await;
+    let queue = own.url.clone();
+    let (id, messages) = own.plan(std::slice::from_ref(&slug)).await;
 
     // The worker's registry role may not take advisory locks (a statement's own error, not a
     // connection's): it can take no slot of the tenant's server.
@@ -496,7 +473,7 @@ async fn a_worker_the_registry_fails_leaves_its_message_to_come_back() {
         "postgres://{role}:worker@127.0.0.1:{}/postgres",
         pg.get_ports()[0]
     );
-    let worker_api = runtime::RuntimeApi::start(sqs_event(&[body])).await;
+    let worker_api = runtime::RuntimeApi::start(sqs_event(&messages)).await;
     let _worker = worker_api.spawn(
         "migrate-tenant",
         &[
@@ -529,11 +506,4 @@ async fn a_worker_the_registry_fails_leaves_its_message_to_come_back() {
     let retried = invoke_migrate_all(&json!({"retry_run": id, "inline": true})).await;
     assert_eq!(retried.0, StatusCode::OK, "{}", retried.1);
     assert_eq!(history_versions(&slug).await, all_versions());
-    sqs()
-        .await
-        .delete_queue()
-        .queue_url(&queue)
-        .send()
-        .await
-        .unwrap();
 }

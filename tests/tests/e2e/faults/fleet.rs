@@ -92,16 +92,10 @@ async fn a_worker_past_its_time_limit_records_the_tenant_deferred_once() {
     let slug = slugs[0].clone();
     undo_v4(&slug).await;
     // A queue of the test's own: the test hands the message to a worker of its own.
-    let queue = own_queue().await;
-    let api = runtime::RuntimeApi::start(json!({"slugs": [slug], "inline": false})).await;
-    let _planner = api.spawn("migrate-all", &[("MIGRATE_QUEUE_URL", &queue)]);
-    let answer = api
-        .wait_response(Duration::from_secs(60))
-        .await
-        .expect("planned");
-    assert_eq!(answer["status"], "queued", "{answer}");
-    let id = answer["run_id"].as_str().unwrap().to_owned();
-    let event = sqs_event(&receive_all(&queue, 1).await);
+    let own = OwnQueue::new().await;
+    let queue = own.url.clone();
+    let (id, messages) = own.plan(std::slice::from_ref(&slug)).await;
+    let event = sqs_event(&messages);
 
     // V4 waits for the held table; its backend is then frozen (a server that stopped
     // answering), so that only the worker's own time limit (6 s) can end the wait.
@@ -145,11 +139,4 @@ async fn a_worker_past_its_time_limit_records_the_tenant_deferred_once() {
     let (status, report) = invoke_migrate_all(&json!({"slugs": [slug]})).await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_invariants(&slugs).await;
-    sqs()
-        .await
-        .delete_queue()
-        .queue_url(&queue)
-        .send()
-        .await
-        .unwrap();
 }

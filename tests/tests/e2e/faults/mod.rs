@@ -998,9 +998,9 @@ async fn a_migrate_all_killed_while_queueing_is_finished_by_retry_run() {
     assert_eq!(answer["run_id"], id.as_str(), "{answer}");
     // retry_run queues its tenants again, in a new attempt. (Its messages go to a queue of
     // the test's own, so that the test delivers them: the rule below is about timing.)
-    let own = own_queue().await;
+    let own = OwnQueue::new().await;
     let api = runtime::RuntimeApi::start(json!({"retry_run": id, "inline": false})).await;
-    let _planner = api.spawn("migrate-all", &[("MIGRATE_QUEUE_URL", &own)]);
+    let _planner = api.spawn("migrate-all", &[("MIGRATE_QUEUE_URL", &own.url)]);
     let answer = api
         .wait_response(Duration::from_secs(60))
         .await
@@ -1021,7 +1021,7 @@ async fn a_migrate_all_killed_while_queueing_is_finished_by_retry_run() {
         assert_eq!(history_versions(slug).await.len(), 3, "{slug} untouched");
     }
     // The retry's own messages finish the run.
-    let fresh = receive_all(&own, slugs.len()).await;
+    let fresh = own.receive(slugs.len()).await;
     assert!(fresh.iter().all(|m| m["attempt"] == 1), "{fresh:?}");
     let (status, answer) = invoke("migrate-tenant", &sqs_event(&fresh)).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
@@ -1029,49 +1029,6 @@ async fn a_migrate_all_killed_while_queueing_is_finished_by_retry_run() {
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["counts"]["migrated"], 3, "{run}");
     assert_invariants(&slugs).await;
-    sqs()
-        .await
-        .delete_queue()
-        .queue_url(&own)
-        .send()
-        .await
-        .unwrap();
-}
-
-/// A queue of the test's own in the local SQS, which the local trigger does not deliver.
-async fn own_queue() -> String {
-    sqs()
-        .await
-        .create_queue()
-        .queue_name(format!("dbtools-test-{}", uuid::Uuid::new_v4()))
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned()
-}
-
-/// The bodies of `n` messages of `queue` (waiting at most 20 s for them).
-async fn receive_all(queue: &str, n: usize) -> Vec<serde_json::Value> {
-    let sqs = sqs().await;
-    let mut bodies = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while bodies.len() < n && Instant::now() < deadline {
-        let got = sqs
-            .receive_message()
-            .queue_url(queue)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .unwrap();
-        for m in got.messages() {
-            bodies.push(serde_json::from_str(m.body().unwrap()).unwrap());
-        }
-    }
-    assert_eq!(bodies.len(), n, "{bodies:?}");
-    bodies
 }
 
 #[tokio::test]
@@ -1082,16 +1039,10 @@ async fn a_worker_killed_mid_migration_is_finished_by_the_redelivery() {
     let slug = slugs[0].clone();
     undo_v4(&slug).await;
     // A queue of the test's own: the test hands the message to a worker it can kill.
-    let queue = own_queue().await;
-    let api = runtime::RuntimeApi::start(json!({"slugs": [slug], "inline": false})).await;
-    let _planner = api.spawn("migrate-all", &[("MIGRATE_QUEUE_URL", &queue)]);
-    let answer = api
-        .wait_response(Duration::from_secs(60))
-        .await
-        .expect("planned");
-    assert_eq!(answer["status"], "queued", "{answer}");
-    let id = answer["run_id"].as_str().unwrap().to_owned();
-    let body = receive_all(&queue, 1).await.remove(0);
+    let own = OwnQueue::new().await;
+    let queue = own.url.clone();
+    let (id, mut bodies) = own.plan(std::slice::from_ref(&slug)).await;
+    let body = bodies.remove(0);
     assert_eq!(body, json!({"run_id": id, "slug": slug, "attempt": 0}));
     let event = sqs_event(&[body]);
 
@@ -1131,13 +1082,6 @@ async fn a_worker_killed_mid_migration_is_finished_by_the_redelivery() {
     assert_eq!(run_tenant(&run, &slug)["status"], "migrated", "{run}");
     assert_eq!(history_versions(&slug).await, all_versions());
     assert_invariants(&slugs).await;
-    sqs()
-        .await
-        .delete_queue()
-        .queue_url(&queue)
-        .send()
-        .await
-        .unwrap();
 }
 
 mod deadlines;
