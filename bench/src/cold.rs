@@ -10,7 +10,7 @@ use anyhow::{bail, ensure, Context, Result};
 use e2e::{json, runtime};
 use serde_json::Value;
 
-use crate::table::{ms, Row, Stats, Table};
+use crate::table::{ms, Row, Stats};
 
 const FUNCTIONS: [&str; 8] = [
     "create-tenant",
@@ -104,7 +104,8 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-pub async fn measure(profile: &str, samples: usize, slug: &str, table: &mut Table) -> Result<()> {
+pub async fn measure(profile: &str, samples: usize, slug: &str) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
     for function in FUNCTIONS {
         let (event, what, expect) = first_request(function, slug);
         let mut times = Vec::new();
@@ -140,7 +141,7 @@ pub async fn measure(profile: &str, samples: usize, slug: &str, table: &mut Tabl
             rss = rss.max(peak);
         }
         let t = Stats::of(times);
-        table.push(Row::goal(
+        rows.push(Row::goal(
             &format!("cold start: {function}, {what} (p50; max)"),
             format!("{} ms ({})", ms(t.p50), ms(t.max)),
             format!("peak RSS {rss:.1} MiB"),
@@ -148,11 +149,12 @@ pub async fn measure(profile: &str, samples: usize, slug: &str, table: &mut Tabl
             t.p50 < 100.0 && rss < RSS_GOAL_MIB,
         ));
     }
-    Ok(())
+    Ok(rows)
 }
 
 /// Peak RSS of every instance `cargo lambda watch` started during the run, per function.
-pub fn watch_instances(profile: &str, table: &mut Table) -> Result<()> {
+pub fn watch_instances(profile: &str) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
     let mut found = false;
     for function in FUNCTIONS {
         let suffix = format!("/{profile}/{function}");
@@ -181,7 +183,7 @@ pub fn watch_instances(profile: &str, table: &mut Table) -> Result<()> {
         }
         found = true;
         let max = peaks.iter().copied().fold(0.0, f64::max);
-        table.push(Row::goal(
+        rows.push(Row::goal(
             &format!(
                 "peak RSS: {function} under watch, whole run ({} instances)",
                 peaks.len()
@@ -195,5 +197,5 @@ pub fn watch_instances(profile: &str, table: &mut Table) -> Result<()> {
     if !found {
         bail!("no function instance of cargo lambda watch found under /proc");
     }
-    Ok(())
+    Ok(rows)
 }

@@ -27,7 +27,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::table::{ms, Row, Table};
+use crate::table::{ms, Row};
 
 /// The most connections to the bench's tenant databases seen at once on each server, sampled
 /// from `pg_stat_activity` every few milliseconds while it lives.
@@ -311,7 +311,7 @@ async fn floor(sink: &Sink, n: usize) -> Result<Duration> {
 /// Plans a queued run over `rows` registry rows (active tenants of `primary` with their
 /// credentials recorded, one migration behind, without databases: planning never opens them) with the migrate-all binary of the
 /// stack's build profile, its queue the sink; then removes the run and the rows.
-pub async fn planning(rows: usize, profile: &str, table: &mut Table) -> Result<()> {
+pub async fn planning(rows: usize, profile: &str) -> Result<Vec<Row>> {
     let registry = e2e::registry().await;
     remove_plan_rows(&registry).await?;
     let started = Instant::now();
@@ -368,7 +368,7 @@ pub async fn planning(rows: usize, profile: &str, table: &mut Table) -> Result<(
     remove_plan_rows(&registry).await?;
     outcome?;
     let floor = floor(&sink, rows).await?;
-    table.push(Row::goal(
+    Ok(vec![Row::goal(
         &format!("planning a queued run over {rows} registry rows (SQS: a local sink)"),
         format!("{} ms", ms(run_ms)),
         format!(
@@ -380,8 +380,7 @@ pub async fn planning(rows: usize, profile: &str, table: &mut Table) -> Result<(
         ),
         "< 30 s (seconds, not minutes)",
         run_ms < 30_000.0,
-    ));
-    Ok(())
+    )])
 }
 
 async fn remove_plan_rows(registry: &tokio_postgres::Client) -> Result<()> {

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use e2e::{connect, connect_on};
 
-use crate::table::{ms, Row, Stats, Table};
+use crate::table::{ms, Row, Stats};
 
 /// Samples of the floor on one server (default strategy, from `template1`): `CREATE
 /// DATABASE`, connecting to the new database (not part of the floor), and the DDL.
@@ -150,8 +150,9 @@ impl Floor {
         Ok(())
     }
 
-    pub fn rows(&self, table: &mut Table) {
-        table.push(Row::info(
+    pub fn rows(&self) -> Vec<Row> {
+        let mut rows = Vec::new();
+        rows.push(Row::info(
             &format!(
                 "floor on {}: CREATE DATABASE + tenant DDL + login, open connections (p50 of {})",
                 self.server,
@@ -165,11 +166,12 @@ impl Floor {
                 ms(Stats::of(self.role.clone()).p50)
             ),
         ));
-        table.push(Row::info(
+        rows.push(Row::info(
             &format!("connect to a new database on {} (SCRAM, p50)", self.server),
             format!("{} ms", ms(Stats::of(self.connect.clone()).p50)),
             "not in the floor".into(),
         ));
+        rows
     }
 }
 
@@ -219,14 +221,15 @@ pub async fn strategies(samples: usize) -> Result<Strategies> {
 }
 
 impl Strategies {
-    pub fn rows(&self, table: &mut Table) {
-        table.push(Row::info(
+    pub fn rows(&self) -> Vec<Row> {
+        let mut rows = Vec::new();
+        rows.push(Row::info(
             "CREATE DATABASE … STRATEGY WAL_LOG (the default, p50)",
             format!("{} ms", ms(self.wal_log.p50)),
             String::new(),
         ));
         let ratio = self.file_copy.p50 / self.wal_log.p50;
-        table.push(Row::info(
+        rows.push(Row::info(
             "CREATE DATABASE … STRATEGY FILE_COPY (p50)",
             format!("{} ms", ms(self.file_copy.p50)),
             format!(
@@ -235,11 +238,12 @@ impl Strategies {
             ),
         ));
         if let Some((name, stats)) = &self.from_template {
-            table.push(Row::info(
+            rows.push(Row::info(
                 &format!("CREATE DATABASE … TEMPLATE {name} (p50)"),
                 format!("{} ms", ms(stats.p50)),
                 format!("{:.2}x from template1", stats.p50 / self.wal_log.p50),
             ));
         }
+        rows
     }
 }

@@ -21,7 +21,11 @@ use e2e::{database_name, json};
 use futures_util::future::try_join_all;
 use tokio_postgres::Client;
 
-use crate::table::{ms, Row, Table};
+use crate::{
+    progress::step,
+    settings::env_usize,
+    table::{ms, Row},
+};
 
 /// What the workload was doing when a query started.
 const BEFORE: u8 = 0;
@@ -52,10 +56,10 @@ struct Samples {
     failed: [usize; 4],
 }
 
-pub async fn measure(table: &mut Table) -> Result<()> {
-    let tenants = crate::env_usize("BENCH_LIVE_TENANTS", 4)?.max(1);
-    let rows = crate::env_usize("BENCH_LIVE_ROWS", 200_000)?.max(1);
-    crate::step(&format!(
+pub async fn measure() -> Result<Vec<Row>> {
+    let tenants = env_usize("BENCH_LIVE_TENANTS", 4)?.max(1);
+    let rows = env_usize("BENCH_LIVE_ROWS", 200_000)?.max(1);
+    step(&format!(
         "live migration: {tenants} tenants with {rows} activity_log rows each, under load"
     ));
     let slugs: Vec<String> = (0..tenants).map(|i| format!("bench_live_{i}")).collect();
@@ -127,6 +131,7 @@ pub async fn measure(table: &mut Table) -> Result<()> {
     }
 
     let samples = samples.lock().unwrap();
+    let mut out = Vec::new();
     let line = |p: u8| -> (String, f64, usize, usize) {
         let mut v: Vec<f64> = samples
             .ok
@@ -145,13 +150,13 @@ pub async fn measure(table: &mut Table) -> Result<()> {
         )
     };
     let (figure, _, n, failed) = line(BEFORE);
-    table.push(Row::info(
+    out.push(Row::info(
         "live workload before, short queries (p50; p99, max)",
         figure,
         format!("{n} queries, {failed} failed; {tenants} tenants × {rows} rows"),
     ));
     let (figure, max, n, failed) = line(PRODUCT);
-    table.push(Row::goal(
+    out.push(Row::goal(
         "… during migrate-all of V4 (column + CREATE INDEX CONCURRENTLY, lock 2 s, retries)",
         figure,
         format!(
@@ -167,7 +172,7 @@ pub async fn measure(table: &mut Table) -> Result<()> {
         max < LOCK_TIMEOUT_MS + 100.0 && failed == 0,
     ));
     let (figure, _, n, failed) = line(NAIVE);
-    table.push(Row::info(
+    out.push(Row::info(
         "… during the same migration applied naively (plain CREATE INDEX, lock 30 s)",
         figure,
         format!(
@@ -175,7 +180,7 @@ pub async fn measure(table: &mut Table) -> Result<()> {
             ms(naive_took.as_secs_f64() * 1000.0)
         ),
     ));
-    Ok(())
+    Ok(out)
 }
 
 /// Gives a tenant `rows` rows of history, then the planner its statistics.

@@ -72,11 +72,14 @@ pub struct Table {
     rows: Vec<Row>,
 }
 
-impl Table {
-    pub fn push(&mut self, row: Row) {
-        self.rows.push(row);
+/// Each measure returns its rows; the table takes them in the order they come.
+impl Extend<Row> for Table {
+    fn extend<I: IntoIterator<Item = Row>>(&mut self, rows: I) {
+        self.rows.extend(rows);
     }
+}
 
+impl Table {
     pub fn missed(&self) -> usize {
         self.rows.iter().filter(|r| r.met == Some(false)).count()
     }
@@ -146,15 +149,11 @@ mod tests {
     #[test]
     fn the_table_marks_missed_goals() {
         let mut t = Table::default();
-        t.push(Row::goal("a", "1 ms".into(), String::new(), "< 2 ms", true));
-        t.push(Row::goal(
-            "b",
-            "3 ms".into(),
-            String::new(),
-            "< 2 ms",
-            false,
-        ));
-        t.push(Row::info("c", "4 ms".into(), "base".into()));
+        t.extend([
+            Row::goal("a", "1 ms".into(), String::new(), "< 2 ms", true),
+            Row::goal("b", "3 ms".into(), String::new(), "< 2 ms", false),
+            Row::info("c", "4 ms".into(), "base".into()),
+        ]);
         assert_eq!(t.missed(), 1);
         let text = t.render();
         assert!(text.contains("| b ") && text.contains("**NO**"), "{text}");

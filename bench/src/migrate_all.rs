@@ -1,0 +1,164 @@
+//! migrate-all over the fleet, against the sequential baseline (see `baseline`): with nothing
+//! pending (goal: under 2 s per 1,000 tenants and ≥ 10x the baseline), the same verifying
+//! every tenant database, and one pending migration in every tenant, inline (goal: under 6 s
+//! per 1,000 tenants) and then through the queue (against inline); with each server's
+//! figures and the most tenant connections each server saw.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use e2e::json;
+use futures_util::{stream, StreamExt};
+use serde_json::Value;
+
+use crate::{
+    fanout,
+    progress::step,
+    table::{ms, Row, Stats},
+};
+
+/// Measures migrate-all over the `tenants` tenants `placed` lists, the sequential baseline
+/// having taken `baseline`; returns its rows.
+pub async fn measure(
+    tenants: usize,
+    placed: &[(String, String)],
+    baseline: Duration,
+) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let baseline_per = baseline.as_secs_f64() * 1000.0 / tenants as f64;
+    // Goals are stated for 1,000 tenants; another fleet size scales them.
+    let scale = tenants as f64 / 1000.0;
+    step("migrate-all with nothing pending (3 runs)");
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(invoke(&json!({}), tenants + 1, "up_to_date").await?.0);
+    }
+    let current = Stats::of(runs.iter().map(|d| d.as_secs_f64() * 1000.0).collect());
+    let per = current.p50 / tenants as f64;
+    let speedup = baseline_per / per;
+    rows.push(Row::goal(
+        &format!("migrate-all, {tenants} tenants, nothing pending"),
+        format!("{} ms", ms(current.p50)),
+        format!("{per:.3} ms per tenant, {speedup:.1}x the baseline"),
+        &format!("< {} ms and ≥ 10x", ms(2000.0 * scale)),
+        current.p50 < 2000.0 * scale && speedup >= 10.0,
+    ));
+
+    step("migrate-all with nothing pending, verifying every tenant database");
+    let (verify, _) = invoke(
+        &json!({"verify": true, "inline": true}),
+        tenants + 1,
+        "up_to_date",
+    )
+    .await?;
+    let verify_ms = verify.as_secs_f64() * 1000.0;
+    rows.push(Row::info(
+        &format!("migrate-all {{\"verify\": true}}, {tenants} tenants, nothing pending"),
+        format!("{} ms", ms(verify_ms)),
+        format!(
+            "{:.3} ms per tenant, {:.1}x the baseline",
+            verify_ms / tenants as f64,
+            baseline.as_secs_f64() * 1000.0 / verify_ms
+        ),
+    ));
+
+    step("migrate-all with one pending migration in every tenant, inline");
+    let budgets = fanout::budgets().await?;
+    undo_latest(placed).await?;
+    let sampler = fanout::ConnSampler::start().await;
+    let (pending, report) = invoke(&json!({"inline": true}), tenants, "migrated").await?;
+    let inline_seen = sampler.stop().await;
+    let pending_ms = pending.as_secs_f64() * 1000.0;
+    rows.push(Row::goal(
+        &format!("migrate-all, {tenants} tenants, one pending migration"),
+        format!("{} ms", ms(pending_ms)),
+        format!("{:.2} ms per tenant", pending_ms / tenants as f64),
+        &format!("< {} ms", ms(6000.0 * scale)),
+        pending_ms < 6000.0 * scale,
+    ));
+    rows.extend(per_server_runs(&report)?);
+    rows.push(fanout::connections_row(&inline_seen, &budgets));
+
+    step("the same, through the queue (migrate-tenant workers, the local trigger)");
+    undo_latest(placed).await?;
+    let sampler = fanout::ConnSampler::start().await;
+    let (queued, _) = fanout::queued_run(tenants).await?;
+    let queued_seen = sampler.stop().await;
+    let queued_ms = queued.as_secs_f64() * 1000.0;
+    rows.push(Row::info(
+        &format!("migrate-all, {tenants} tenants, one pending migration, through the queue"),
+        format!("{} ms", ms(queued_ms)),
+        format!(
+            "{:.2}x inline; {} workers at once (QUEUE_MAX_CONCURRENCY), a 1% canary first",
+            queued_ms / pending_ms,
+            std::env::var("DBTOOLS_QUEUE_MAX_CONCURRENCY").unwrap_or_else(|_| "?".into())
+        ),
+    ));
+    rows.push(fanout::connections_row(&queued_seen, &budgets));
+    Ok(rows)
+}
+
+/// Per server, from a migrate-all report: its tenants, their durations, its budget.
+fn per_server_runs(report: &Value) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for server in report["servers"]
+        .as_array()
+        .context("servers in the report")?
+    {
+        let name = server["name"].as_str().unwrap_or("?");
+        let durations: Vec<f64> = report["tenants"]
+            .as_array()
+            .context("tenants in the report")?
+            .iter()
+            .filter(|t| t["server"] == name && t["status"] == "migrated")
+            .filter_map(|t| t["duration_ms"].as_f64())
+            .collect();
+        if durations.is_empty() {
+            continue;
+        }
+        // The answer carries at most 1,000 tenant rows: the durations are those it carries,
+        // the count the server's own.
+        let sampled = durations.len();
+        let n = server["counts"]["migrated"].as_u64().unwrap_or(0);
+        let stats = Stats::of(durations);
+        rows.push(Row::info(
+            &format!("  … its tenants on {name} (per tenant p50; p90)"),
+            format!("{} ms ({})", ms(stats.p50), ms(stats.p90)),
+            format!(
+                "{n} tenants ({sampled} in the answer), at most {} at once",
+                server["migrate_concurrency"]
+            ),
+        ));
+    }
+    Ok(rows)
+}
+
+/// Invokes migrate-all through the local Invoke API; checks that `expect` tenants ended in
+/// `outcome` and none failed. Returns its duration and its report.
+async fn invoke(event: &Value, expect: usize, outcome: &str) -> Result<(Duration, Value)> {
+    let started = Instant::now();
+    let (status, report) = e2e::invoke_migrate_all(event).await;
+    let took = started.elapsed();
+    if !status.is_success() || report.get("counts").is_none() {
+        bail!("migrate-all failed: {status} {report}");
+    }
+    let counts = &report["counts"];
+    ensure!(counts["failed"] == 0, "tenants failed: {counts}");
+    let got = counts[outcome].as_u64().unwrap_or(0) as usize;
+    ensure!(
+        got >= expect,
+        "expected {expect} tenants {outcome}, got {counts}"
+    );
+    Ok((took, report))
+}
+
+/// Puts every bench tenant one migration behind, as a release that adds a migration would:
+/// the latest migration's objects and history row removed, the registry at the version below.
+async fn undo_latest(placed: &[(String, String)]) -> Result<()> {
+    stream::iter(placed)
+        .map(|(slug, _)| e2e::undo_v4(slug))
+        .buffer_unordered(8)
+        .collect::<Vec<()>>()
+        .await;
+    Ok(())
+}
