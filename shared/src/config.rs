@@ -56,8 +56,6 @@ use std::{path::PathBuf, time::Duration};
 
 use secrecy::SecretString;
 
-use crate::session::Policy;
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("missing configuration: set {0}")]
@@ -107,8 +105,8 @@ pub struct Config {
     pub idempotency_key_ttl: Duration,
     pub migrate_concurrency: usize,
     pub migrate_tenant_timeout: Duration,
-    /// How a migration meets a busy database (see [`crate::session`]).
-    pub migrate_session: Policy,
+    /// How a migration meets a busy database (see [`crate::migrate`]).
+    pub migrate_session: MigrationPolicy,
     /// How long the run ledger keeps a run.
     pub run_ledger_days: i32,
     /// The queue of the fan-out (`None`: every run is inline).
@@ -155,6 +153,15 @@ pub struct Rotation {
 }
 
 /// `MIGRATE_CONCURRENCY` and a run's `concurrency` are within 1..=`MAX_MIGRATE_CONCURRENCY`.
+/// What a migration session is allowed: the server-side timeouts and the retries (see
+/// [`crate::migrate::runner`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigrationPolicy {
+    pub lock_timeout: Duration,
+    pub statement_timeout: Duration,
+    pub lock_retries: u32,
+}
+
 pub(crate) const MAX_MIGRATE_CONCURRENCY: usize = 64;
 
 impl Config {
@@ -226,7 +233,7 @@ impl Config {
                 1..=MAX_MIGRATE_CONCURRENCY as u64,
             )? as usize,
             migrate_tenant_timeout,
-            migrate_session: Policy {
+            migrate_session: MigrationPolicy {
                 lock_timeout: Duration::from_millis(whole(
                     &get,
                     "MIGRATE_LOCK_TIMEOUT_MS",
@@ -560,7 +567,7 @@ mod tests {
         assert_eq!(c.migrate_concurrency, 10);
         assert_eq!(
             c.migrate_session,
-            Policy {
+            MigrationPolicy {
                 lock_timeout: Duration::from_millis(2000),
                 statement_timeout: Duration::from_secs(300),
                 lock_retries: 3,

@@ -37,11 +37,12 @@
 //! provisionings), `upkeep` (lifecycle work), `rollout` (the run over its tenants), `tenant`
 //! (one tenant), `worker` (one message), `report` (what the run answers).
 
+pub mod ledger;
+mod one_tenant;
 mod prepare;
 mod reconcile;
 mod report;
 mod rollout;
-mod tenant;
 mod upkeep;
 mod worker;
 
@@ -64,13 +65,15 @@ pub use worker::{migrate_from_queue, Delivery};
 
 use crate::{
     config::MAX_MIGRATE_CONCURRENCY,
-    db::{error_chain, Database, DbError},
+    database::Database,
     domain::Slug,
     invocation::Invocation,
-    ledger,
-    locks::{self, Lock},
-    migrations::{self, read_history},
-    template,
+    migrate,
+    migrate::read_history,
+    pg::error_chain,
+    pg::locks::{self, Lock},
+    pg::DbError,
+    tenant::template,
 };
 
 /// The longest reserve kept at the end of an invocation to answer (and the share of the time
@@ -255,13 +258,13 @@ pub async fn migrate_all(
     }
     let mut slugs = parse_slugs(req.slugs.as_deref())?;
     check_rollout(req, config.migrate_queue_url.is_some())?;
-    let plan = tenant::Plan {
+    let plan = one_tenant::Plan {
         dry_run: req.dry_run,
         verify: req.verify,
         concurrency,
-        ..tenant::Plan::within(config, inv)
+        ..one_tenant::Plan::within(config, inv)
     };
-    let latest_version = migrations::latest_tenant_version();
+    let latest_version = migrate::latest_tenant_version();
     let mut report = MigrateAllReport {
         run_id,
         status: RunStatus::Completed,
@@ -304,10 +307,12 @@ pub async fn migrate_all(
         }
         system
     } else {
-        let applied = migrations::migrate_system(db).await.map_err(|e| match e {
-            DbError::Unavailable(m) | DbError::TimedOut(m) => MigrateAllError::Unavailable(m),
-            other => MigrateAllError::SystemMigration(error_chain(&other)),
-        })?;
+        let applied = crate::database::migrate_system(db)
+            .await
+            .map_err(|e| match e {
+                DbError::Unavailable(m) | DbError::TimedOut(m) => MigrateAllError::Unavailable(m),
+                other => MigrateAllError::SystemMigration(error_chain(&other)),
+            })?;
         SystemReport {
             applied,
             pending: Vec::new(),
@@ -387,7 +392,7 @@ pub async fn migrate_all(
             _ => config.migrate_inline_max_tenants,
         },
     };
-    let plan = tenant::Plan {
+    let plan = one_tenant::Plan {
         ledger: ledger_run,
         waves,
         attempt,
@@ -434,7 +439,7 @@ pub async fn migrate_all(
         if let (Some(run), Some(error)) = (ledger_run, report.error_type()) {
             ledger::note_error(&sys, run, error).await;
         }
-        let tenants = tenant::list(&sys, slugs.as_deref()).await?;
+        let tenants = one_tenant::list(&sys, slugs.as_deref()).await?;
         went = rollout::run(
             db,
             &sys,
@@ -526,7 +531,7 @@ enum Opened {
 
 /// Records the new run in the ledger, or reopens the run to retry.
 async fn open_run(
-    sys: &crate::db::Conn,
+    sys: &crate::pg::Conn,
     req: &MigrateAllRequest,
     run_id: Uuid,
     config: &crate::Config,
@@ -544,7 +549,7 @@ async fn open_run(
         };
     }
     let options = serde_json::to_value(req).unwrap_or(Value::Null);
-    let expected = migrations::ExpectedHistory::tenant();
+    let expected = migrate::ExpectedHistory::tenant();
     let new = ledger::NewRun {
         id: run_id,
         options: &options,
@@ -563,7 +568,7 @@ async fn open_run(
 /// (`skipped`); a `verify` run says so as an error, so that the weekly check cannot vanish
 /// unseen (the next `verify` is a week away).
 async fn skipped(
-    sys: &crate::db::Conn,
+    sys: &crate::pg::Conn,
     req: &MigrateAllRequest,
     run_id: Uuid,
     alive: Option<Uuid>,
@@ -571,7 +576,7 @@ async fn skipped(
 ) {
     report.status = RunStatus::AlreadyRunning;
     let options = serde_json::to_value(req).unwrap_or(Value::Null);
-    let expected = migrations::ExpectedHistory::tenant();
+    let expected = migrate::ExpectedHistory::tenant();
     let run = ledger::NewRun {
         id: run_id,
         options: &options,
@@ -592,7 +597,7 @@ async fn skipped(
 /// not exist yet lacks them all).
 async fn system_pending(db: &Database) -> Result<SystemReport, MigrateAllError> {
     let all = || {
-        migrations::system_runner()
+        migrate::system_runner()
             .get_migrations()
             .iter()
             .map(|m| i64::from(m.version()))
@@ -610,7 +615,7 @@ async fn system_pending(db: &Database) -> Result<SystemReport, MigrateAllError> 
     };
     let history = read_history(&client).await?;
     let applied: Vec<i64> = history.iter().map(|h| h.version).collect();
-    let pending = migrations::system_runner()
+    let pending = migrate::system_runner()
         .get_migrations()
         .iter()
         .map(|m| i64::from(m.version()))

@@ -12,10 +12,9 @@ use super::{
     report::{sanitize_db, Counts, ServerReport, TemplateReport},
 };
 use crate::{
-    db::{error_chain, Admin, Conn, Database, DbError, Server, ServerSource},
-    hardening, logins,
-    servers::ServerState,
-    template,
+    database::Admin, database::Database, database::Server, database::ServerSource, pg::error_chain,
+    pg::Conn, pg::DbError, servers::hardening, servers::ServerState, tenant::access::login,
+    tenant::template,
 };
 
 /// A server of the run.
@@ -27,7 +26,7 @@ pub(super) struct FleetServer {
     pub budget: usize,
     /// Why the run does not touch it (unreachable); `None` when it is usable.
     pub down: Option<String>,
-    /// The slots of its budget this process holds (see `tenant::take_slot`).
+    /// The slots of its budget this process holds (see `one_tenant::take_slot`).
     pub slots: std::sync::Mutex<std::collections::HashSet<usize>>,
 }
 
@@ -105,7 +104,7 @@ pub(super) async fn prepare(
     let prepared = async {
         if !dry_run {
             // Tenant migrations grant the tables to the tenant logins' group role.
-            logins::ensure_group(&admin).await?;
+            login::ensure_group(&admin).await?;
             let revoke = db.config().harden_shared_databases;
             report.open_to_every_login = hardening::harden(&admin, revoke).await?;
         }

@@ -7,9 +7,12 @@ use tracing::warn;
 
 use super::report::{sanitize_db, Reconciled};
 use crate::{
-    db::{Admin, Conn, Database, DbError},
+    database::Admin,
+    database::Database,
     domain::Slug,
-    provision::{self, ReconcileAction},
+    pg::Conn,
+    pg::DbError,
+    tenant::provision::{self, ReconcileAction},
 };
 
 /// Finishes or undoes every provisioning past its lease whose lock is free. A tenant whose

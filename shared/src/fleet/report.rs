@@ -8,9 +8,7 @@ use uuid::Uuid;
 
 use super::upkeep::{UpkeepAction, Upkept};
 use crate::{
-    db::{is_unavailable, DbError},
-    provision::ReconcileAction,
-    servers::ServerState,
+    pg::is_unavailable, pg::DbError, servers::ServerState, tenant::provision::ReconcileAction,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -496,7 +494,7 @@ pub(crate) fn sanitize_refinery(e: &refinery::Error) -> String {
     use refinery::error::Kind;
     match e.kind() {
         Kind::Connection(msg, _) => {
-            let pg = crate::session::pg_error(e);
+            let pg = crate::migrate::failure::pg_error(e);
             let detail = pg
                 .map(sanitize_pg)
                 .unwrap_or_else(|| "database error".into());

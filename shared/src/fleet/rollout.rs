@@ -13,16 +13,11 @@ use tokio::sync::Semaphore;
 use tracing::warn;
 
 use super::{
+    one_tenant::{migrate_tenant, Attempted, Plan, TenantRow},
     prepare::FleetServer,
     report::{sanitize_db, Deferral, MigrateAllReport, TenantOutcome, TenantReport},
-    tenant::{migrate_tenant, Attempted, Plan, TenantRow},
 };
-use crate::{
-    db::{Conn, Database},
-    ledger,
-    migrations::ExpectedHistory,
-    queue,
-};
+use crate::{aws::queue, database::Database, fleet::ledger, migrate::ExpectedHistory, pg::Conn};
 
 /// How a run rolls out over the tenants it opens (see [`run`]).
 #[derive(Default)]

@@ -14,12 +14,14 @@ use tracing::warn;
 
 use super::{prepare::FleetServer, report::sanitize_db};
 use crate::{
-    access::{self, AccessError},
-    db::{Conn, Database, DbError},
+    database::Database,
     domain::TenantStatus,
-    lifecycle::{self, Entry},
-    locks::{self, Lock},
-    tenants::TENANT_COLUMNS,
+    pg::locks::{self, Lock},
+    pg::Conn,
+    pg::DbError,
+    tenant::access::{self, AccessError},
+    tenant::lifecycle::{self, Entry},
+    tenant::registry::TENANT_COLUMNS,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

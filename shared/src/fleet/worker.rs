@@ -1,5 +1,5 @@
 //! `migrate-tenant`: one tenant of a queued run per message (see `queue`), migrated by the
-//! same code as an inline run (`tenant::migrate_tenant`), its outcome recorded in the run
+//! same code as an inline run (`one_tenant::migrate_tenant`), its outcome recorded in the run
 //! ledger, and the run moved on (`ledger::next`: the brake, the canary, the end).
 //!
 //! SQS delivers at least once; every step is safe to repeat:
@@ -42,17 +42,17 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use super::{
+    one_tenant::{self, Attempted, Plan},
     prepare,
     report::{TenantOutcome, TenantReport},
-    tenant::{self, Attempted, Plan},
 };
 use crate::{
-    db::Database,
+    aws::queue::{self, TenantMessage},
+    database::Database,
     domain::Slug,
+    fleet::ledger::{self, Moved, Next},
     invocation::Invocation,
-    ledger::{self, Moved, Next},
-    migrations::ExpectedHistory,
-    queue::{self, TenantMessage},
+    migrate::ExpectedHistory,
 };
 
 /// What becomes of a delivered message.
@@ -130,9 +130,9 @@ pub async fn migrate_from_queue(
 
     let config = db.config();
     let found = async {
-        let tenants = tenant::list(&sys, Some(&[slug.to_owned()])).await?;
+        let tenants = one_tenant::list(&sys, Some(&[slug.to_owned()])).await?;
         let servers = prepare::load(db, &sys).await?;
-        Ok::<_, crate::db::DbError>((tenants, servers))
+        Ok::<_, crate::pg::DbError>((tenants, servers))
     }
     .await;
     let (tenants, servers) = match found {
@@ -159,7 +159,7 @@ pub async fn migrate_from_queue(
                 ..Plan::within(config, inv)
             };
             let expected = ExpectedHistory::tenant();
-            match tenant::migrate_tenant(db, &sys, server, t, &plan, expected).await {
+            match one_tenant::migrate_tenant(db, &sys, server, t, &plan, expected).await {
                 Attempted::Done(r) if r.status == TenantOutcome::NotStarted => {
                     // Too little time left in this invocation: later.
                     return give_back(queue_url, &msg, false).await;
@@ -234,7 +234,7 @@ pub const RUN_ENDED_BADLY: &str = "a queued run ended without success";
 /// Moves the run on after an outcome (see `ledger::next`), sending the rest of the run when
 /// this worker released it, or the tenants it put in the canary wave.
 async fn move_on(
-    sys: &crate::db::Conn,
+    sys: &crate::pg::Conn,
     queue_url: &str,
     inv: &Invocation,
     msg: &TenantMessage,

@@ -21,15 +21,19 @@ use tokio_postgres::Row;
 use tracing::{info, instrument, warn};
 
 use crate::{
-    access::{self, Access, AccessError},
-    db::{Conn, Database, DbError, Server},
+    aws::secrets::Deletion,
+    database::Database,
+    database::Server,
     domain::{Slug, Tenant, TenantStatus},
-    locks::{self, Lock, LockGuard},
-    logins,
-    migrations::{self, ExpectedHistory},
-    ownership::{self, DropOutcome},
-    secrets::Deletion,
-    tenants::{tenant_from_row, TENANT_COLUMNS},
+    migrate,
+    migrate::ExpectedHistory,
+    pg::locks::{self, Lock, LockGuard},
+    pg::ownership::{self, DropOutcome},
+    pg::Conn,
+    pg::DbError,
+    tenant::access::login,
+    tenant::access::{self, Access, AccessError},
+    tenant::registry::{tenant_from_row, TENANT_COLUMNS},
 };
 
 /// Why a lifecycle operation did not happen. One enum for the three operations: they fail in
@@ -233,11 +237,11 @@ pub async fn restore_tenant(db: &Database, slug: &Slug) -> Result<Tenant, Lifecy
                 ),
             ));
         }
-        logins::ensure_group(&admin).await?;
+        login::ensure_group(&admin).await?;
         let mut tenant_db = server.connect(db, &entry.access.database).await?;
-        let migrated = migrations::migrate_tenant_to_latest(
-            db,
+        let migrated = migrate::migrate_tenant_to_latest(
             &mut tenant_db,
+            &db.config().migrate_session,
             db.config().migrate_tenant_timeout,
         )
         .await;

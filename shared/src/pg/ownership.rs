@@ -14,10 +14,8 @@
 
 use tracing::info;
 
-use crate::{
-    db::{Conn, DbError},
-    domain::quote_ident,
-};
+use super::{Conn, DbError};
+use crate::domain::quote_ident;
 
 /// OIDs this product chooses: the upper half of the 32-bit space.
 const FIRST_OID: i64 = 1 << 31;

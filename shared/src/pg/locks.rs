@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use crate::db::{Conn, DbError};
+use super::{Conn, DbError};
 
 /// Key space of our locks: the first half of the two-integer advisory key.
 const NS_GLOBAL: i32 = 0x6462_7400; // "dbt\0"

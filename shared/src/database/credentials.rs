@@ -1,5 +1,5 @@
-//! PostgreSQL credentials: read from Secrets Manager (RDS secret format) once per sandbox and
-//! cached, or taken from `DATABASE_URL`.
+//! The admin's PostgreSQL credentials: read from Secrets Manager (RDS secret format) once per
+//! sandbox and cached, or taken from `DATABASE_URL`; and how their failures count.
 
 use std::{str::FromStr, sync::Arc};
 
@@ -8,32 +8,10 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use crate::{
+    aws::secrets::{Secrets, SecretsError},
     config::{ConnOverrides, CredentialSource},
-    secrets::{Secrets, SecretsError},
+    pg::{ConnectParams, DbError},
 };
-
-/// Everything needed to open a connection, apart from the database name.
-#[derive(Clone)]
-pub struct ConnectParams {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub password: SecretString,
-    /// The maintenance database (used to create the system database).
-    pub maintenance_db: String,
-}
-
-impl std::fmt::Debug for ConnectParams {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectParams")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("user", &self.user)
-            .field("password", &"[redacted]")
-            .field("maintenance_db", &self.maintenance_db)
-            .finish()
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
@@ -43,6 +21,28 @@ pub enum CredentialsError {
     /// The secret exists but cannot be used (operator error).
     #[error("database secret unusable: {0}")]
     Invalid(String),
+}
+
+/// Secrets Manager unreachable is unavailable (503, retry); a secret that cannot be used is
+/// the operator's to fix (500, the cause in the log): retrying would not help.
+impl From<CredentialsError> for DbError {
+    fn from(e: CredentialsError) -> Self {
+        match e {
+            CredentialsError::Unavailable(_) => DbError::Unavailable(e.to_string()),
+            CredentialsError::Invalid(_) => DbError::Other(anyhow::Error::new(e)),
+        }
+    }
+}
+
+/// Secrets Manager is a dependency like PostgreSQL: unreachable is unavailable (503); a refusal
+/// (permissions, a KMS key) is the operator's to fix (500, with the cause in the log).
+impl From<SecretsError> for DbError {
+    fn from(e: SecretsError) -> Self {
+        match e {
+            SecretsError::Unavailable(m) => DbError::Unavailable(m),
+            refused => DbError::Other(anyhow::Error::new(refused)),
+        }
+    }
 }
 
 /// The RDS secret format. `port` may be a number or a string; RDS-managed secrets carry only

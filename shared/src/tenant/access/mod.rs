@@ -7,14 +7,19 @@
 //! SCRAM verifier. Where a step died between the two (a login without its secret, or a secret
 //! whose password the login may not have), [`ensure`] re-keys both with a new password.
 
+pub(crate) mod login;
+
 use secrecy::SecretString;
 use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::{
-    db::{Admin, Conn, Database, DbError},
-    logins::{self, Login, RoleState},
-    secrets::{Deletion, NewSecret, SecretState, TenantCredentials},
+    aws::secrets::{Deletion, NewSecret, SecretState, TenantCredentials},
+    database::Admin,
+    database::Database,
+    pg::Conn,
+    pg::DbError,
+    tenant::access::login::{Login, RoleState},
 };
 
 /// The names of a tenant's access, as its registry row stores them.
@@ -37,8 +42,8 @@ pub(crate) enum AccessError {
     Db(#[from] DbError),
 }
 
-impl From<crate::secrets::SecretsError> for AccessError {
-    fn from(e: crate::secrets::SecretsError) -> Self {
+impl From<crate::aws::secrets::SecretsError> for AccessError {
+    fn from(e: crate::aws::secrets::SecretsError) -> Self {
         AccessError::Db(e.into())
     }
 }
@@ -150,7 +155,7 @@ pub(crate) async fn create(
     admin: &Admin<'_>,
     access: &Access,
 ) -> Result<String, AccessError> {
-    let password = logins::new_password();
+    let password = login::new_password();
     if !access.login(db).create(admin, &password).await? {
         // A role of that name exists; a new row's id cannot be in its mark.
         return Err(AccessError::Foreign("login"));
@@ -170,7 +175,7 @@ pub(crate) async fn ensure(
     rekey: bool,
     can_login: bool,
 ) -> Result<String, AccessError> {
-    let role = logins::state(admin, &access.role, access.tenant_id).await?;
+    let role = login::state(admin, &access.role, access.tenant_id).await?;
     let secret = db
         .secrets()
         .state(&access.secret_name, access.tenant_id)
@@ -193,14 +198,14 @@ pub(crate) async fn ensure(
             return Ok(arn);
         }
     }
-    let password = logins::new_password();
+    let password = login::new_password();
     match role {
         RoleState::Absent => {
             if !login.create(admin, &password).await? {
                 return Err(AccessError::Foreign("login"));
             }
             if !can_login {
-                logins::set_login(admin, &access.role, false).await?;
+                login::set_login(admin, &access.role, false).await?;
             }
         }
         _ => login.rekey(admin, &password, can_login).await?,
@@ -221,13 +226,13 @@ pub(crate) async fn ensure(
 /// Refuses new sessions of the tenant's login and ends its sessions (a soft delete). A login
 /// that is not ours, or none, is left alone.
 pub(crate) async fn disable(admin: &Conn, access: &Access) -> Result<(), DbError> {
-    match logins::state(admin, &access.role, access.tenant_id).await? {
+    match login::state(admin, &access.role, access.tenant_id).await? {
         RoleState::Ours { can_login } => {
             if can_login {
-                logins::set_login(admin, &access.role, false).await?;
+                login::set_login(admin, &access.role, false).await?;
             }
             // Sessions opened before NOLOGIN took effect end here, on every call.
-            let ended = logins::end_sessions(admin, &access.role).await?;
+            let ended = login::end_sessions(admin, &access.role).await?;
             if ended > 0 {
                 info!(tenant.slug = %access.slug, ended, "ended the sessions of a deleted tenant's login");
             }
@@ -248,7 +253,7 @@ pub(crate) async fn remove(
     access: &Access,
     deletion: Deletion,
 ) -> Result<(), DbError> {
-    logins::drop_if_ours(db, admin, &access.role, access.tenant_id).await?;
+    login::drop_if_ours(db, admin, &access.role, access.tenant_id).await?;
     match db
         .secrets()
         .state(&access.secret_name, access.tenant_id)

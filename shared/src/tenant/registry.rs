@@ -9,8 +9,9 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use crate::{
-    db::{Database, DbError},
+    database::Database,
     domain::{Slug, Tenant, TenantStatus},
+    pg::DbError,
 };
 
 /// The columns [`tenant_from_row`] reads (by name).

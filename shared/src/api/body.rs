@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::tenants::FieldError;
+use crate::tenant::registry::FieldError;
 
 /// Why a body is not a JSON object: the message and the `body` detail a 400 carries.
 #[derive(Debug, Clone, PartialEq, Eq)]

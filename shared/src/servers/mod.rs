@@ -17,6 +17,8 @@
 //! - A server is deleted only when it holds no tenant (purged ones keep no database); `primary`
 //!   never.
 
+pub(crate) mod hardening;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -28,17 +30,21 @@ use tokio_postgres::error::SqlState;
 use secrecy::ExposeSecret;
 
 use crate::{
+    aws::secrets::{self, NamedSecret, SecretsError},
     config::{ConnOverrides, CredentialSource},
-    credentials::parse_secret,
-    db::{error_chain, Conn, Database, DbError, ServerSource, Tx},
-    hardening, ownership,
-    secrets::{self, NamedSecret, SecretsError},
-    tenants::FieldError,
-    transport,
+    database::credentials::parse_secret,
+    database::Database,
+    database::ServerSource,
+    pg::error_chain,
+    pg::ownership,
+    pg::transport,
+    pg::Conn,
+    pg::DbError,
+    pg::Tx,
+    tenant::registry::FieldError,
 };
 
-/// The server that holds the registry.
-pub const PRIMARY: &str = "primary";
+pub use crate::database::PRIMARY;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -212,7 +218,8 @@ fn invalid(message: &str, details: Vec<FieldError>) -> ServersError {
 
 /// The request body as a JSON object, or the error that says why it is not one.
 fn body_object(body: &[u8]) -> Result<Map<String, Value>, ServersError> {
-    crate::body::json_object(body, "a JSON object").map_err(|e| invalid(e.message, vec![e.detail]))
+    crate::api::body::json_object(body, "a JSON object")
+        .map_err(|e| invalid(e.message, vec![e.detail]))
 }
 
 /// Reads the fields of a body: each problem is reported with its field, unknown fields too.

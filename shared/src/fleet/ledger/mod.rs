@@ -24,9 +24,7 @@ use tracing::warn;
 use uuid::Uuid;
 
 use crate::{
-    db::{Conn, Database, DbError},
-    fleet::TenantReport,
-    tenants::Cursor,
+    database::Database, fleet::TenantReport, pg::Conn, pg::DbError, tenant::registry::Cursor,
 };
 
 /// The statuses of a tenant in a run.

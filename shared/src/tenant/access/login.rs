@@ -30,9 +30,7 @@ use tracing::info;
 use uuid::Uuid;
 
 use crate::{
-    db::{Admin, Conn, Database, DbError},
-    domain::quote_ident,
-    ownership,
+    database::Admin, database::Database, domain::quote_ident, pg::ownership, pg::Conn, pg::DbError,
 };
 
 /// The NOLOGIN role every tenant login is a member of (tenant migration V3 grants it the

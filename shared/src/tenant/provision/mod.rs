@@ -61,19 +61,25 @@ use tracing::{error, info, instrument, warn};
 use uuid::Uuid;
 
 use crate::{
-    access::{self, Access, AccessError},
+    aws::secrets::Deletion,
     config::TenantNames,
-    db::{error_chain, Admin, Conn, Database, DbError, Server},
+    database::Admin,
+    database::Database,
+    database::Server,
     domain::{DatabaseName, NewTenant, Slug, Tenant, TenantStatus},
     invocation::Invocation,
-    locks::{self, Lock},
-    logins,
-    migrations::{self, ExpectedHistory},
-    ownership::{self, DropOutcome},
-    secrets::Deletion,
+    migrate,
+    migrate::ExpectedHistory,
+    pg::error_chain,
+    pg::locks::{self, Lock},
+    pg::ownership::{self, DropOutcome},
+    pg::Conn,
+    pg::DbError,
     servers::{self, Claim, NoRoom},
-    template::{self, Template},
-    tenants::{tenant_from_row, FieldError, TENANT_COLUMNS},
+    tenant::access::login,
+    tenant::access::{self, Access, AccessError},
+    tenant::registry::{tenant_from_row, FieldError, TENANT_COLUMNS},
+    tenant::template::{self, Template},
 };
 
 /// How long a request with an `Idempotency-Key` waits for the first request with that key
@@ -661,14 +667,17 @@ async fn finish_provisioning(
     admin: &Admin<'_>,
     access: &Access,
 ) -> Result<Tenant, AccessError> {
-    logins::ensure_group(admin).await?;
+    login::ensure_group(admin).await?;
     // A create that died before its login left the database closed: opened to nobody but us
     // (its login gets CONNECT below).
     ownership::open(admin, &access.database).await?;
     let mut tenant = admin.server().connect(db, &access.database).await?;
-    let migrated =
-        migrations::migrate_tenant_to_latest(db, &mut tenant, db.config().migrate_tenant_timeout)
-            .await;
+    let migrated = migrate::migrate_tenant_to_latest(
+        &mut tenant,
+        &db.config().migrate_session,
+        db.config().migrate_tenant_timeout,
+    )
+    .await;
     tenant.close().await;
     migrated?;
     let arn = access::ensure(db, admin, access, true, true).await?;

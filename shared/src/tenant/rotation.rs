@@ -24,15 +24,17 @@ use secrecy::{ExposeSecret, SecretString};
 use tracing::info;
 
 use crate::{
+    aws::secrets::SecretsError,
     config::ConnOverrides,
-    credentials::parse_secret,
-    db::{Conn, Database, DbError},
+    database::credentials::parse_secret,
+    database::Database,
     domain::TenantStatus,
-    lifecycle::Entry,
-    locks::{self, Lock},
-    logins::{self, Login, RoleState},
-    secrets::SecretsError,
-    tenants::TENANT_COLUMNS,
+    pg::locks::{self, Lock},
+    pg::Conn,
+    pg::DbError,
+    tenant::access::login::{self, Login, RoleState},
+    tenant::lifecycle::Entry,
+    tenant::registry::TENANT_COLUMNS,
 };
 
 const PENDING: &str = "AWSPENDING";
@@ -64,7 +66,7 @@ impl From<DbError> for RotationError {
     fn from(e: DbError) -> Self {
         match e {
             DbError::Unavailable(m) | DbError::TimedOut(m) => RotationError::Unavailable(m),
-            other => RotationError::Failed(crate::db::error_chain(&other)),
+            other => RotationError::Failed(crate::pg::error_chain(&other)),
         }
     }
 }
@@ -154,7 +156,7 @@ pub async fn rotate(
                 let entry = tenant_on(db, &sys, &versions.arn).await?;
                 let server = entry.server(db, &sys).await?;
                 let admin = server.admin(db).await?;
-                if logins::state(&admin, &entry.access.role, tenant_id).await? == RoleState::NotOurs
+                if login::state(&admin, &entry.access.role, tenant_id).await? == RoleState::NotOurs
                 {
                     return Err(RotationError::Failed(
                         "the login of this tenant's name is not ours".into(),
@@ -238,7 +240,7 @@ fn with_new_password(current: &SecretString) -> Result<SecretString, RotationErr
     let fields = value
         .as_object_mut()
         .ok_or_else(|| RotationError::Failed("the current value is not a JSON object".into()))?;
-    let password = logins::new_password();
+    let password = login::new_password();
     fields.insert(
         "password".into(),
         serde_json::Value::String(password.expose_secret().to_owned()),
@@ -250,7 +252,7 @@ async fn pending_params(
     db: &Database,
     arn: &str,
     token: &str,
-) -> Result<crate::credentials::ConnectParams, RotationError> {
+) -> Result<crate::pg::ConnectParams, RotationError> {
     let text = db
         .secrets()
         .value(arn, Some(token), PENDING)

@@ -38,12 +38,17 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::{
-    db::{error_chain, Admin, Conn, Database, DbError},
+    database::Admin,
+    database::Database,
     domain::quote_ident,
-    locks::{self, Lock},
-    logins,
-    migrations::{self, ExpectedHistory},
-    ownership::{self, DropOutcome},
+    migrate,
+    migrate::ExpectedHistory,
+    pg::error_chain,
+    pg::locks::{self, Lock},
+    pg::ownership::{self, DropOutcome},
+    pg::Conn,
+    pg::DbError,
+    tenant::access::login,
 };
 
 /// Every template's name starts with this (never a tenant's: those start `dbtools_tenant_`).
@@ -201,11 +206,11 @@ async fn build(
         // Opened to its owner (us) alone.
         ownership::open(admin, name).await?;
         // Tenant migrations grant the tables to the tenant logins' group role.
-        logins::ensure_group(admin).await?;
+        login::ensure_group(admin).await?;
         let mut client = admin.server().connect(db, name).await?;
-        let migrated = migrations::migrate_tenant_to_latest(
-            db,
+        let migrated = migrate::migrate_tenant_to_latest(
             &mut client,
+            &db.config().migrate_session,
             db.config().migrate_tenant_timeout,
         )
         .await;
@@ -303,6 +308,6 @@ mod tests {
         assert!(t.name.len() <= 63, "fits an identifier");
         assert_ne!(t.name, expected("dbtools_staging").name, "one per registry");
         assert!(!t.name.starts_with("dbtools_tenant_"));
-        assert_eq!(t.version, migrations::latest_tenant_version());
+        assert_eq!(t.version, migrate::latest_tenant_version());
     }
 }

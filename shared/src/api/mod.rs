@@ -4,6 +4,8 @@
 //! Error bodies never carry SQL, host names, stack traces or secrets: the cause chain of a
 //! 5xx goes to the log, the client gets a fixed sentence.
 
+pub(crate) mod body;
+
 use std::{
     future::Future,
     time::{Duration, Instant},
@@ -14,15 +16,16 @@ use serde_json::{json, Map, Value};
 use tracing::error;
 
 use crate::{
-    body::{self, json_type},
-    db::{Database, DbError},
+    api::body::json_type,
+    database::Database,
     domain::{NewTenant, ServerName, Slug, Tenant, TenantName, TenantStatus},
+    fleet::ledger,
     invocation::Invocation,
-    ledger,
-    lifecycle::{self, LifecycleError},
-    provision::{self, CreateTenantError, IdempotencyKey},
+    pg::DbError,
     servers::{self, NoRoom, ServersError},
-    tenants::{
+    tenant::lifecycle::{self, LifecycleError},
+    tenant::provision::{self, CreateTenantError, IdempotencyKey},
+    tenant::registry::{
         self, Cursor, FieldError, GetTenantError, ListQuery, ListTenantsError, LIST_DEFAULT_LIMIT,
         LIST_MAX_LIMIT,
     },
@@ -505,7 +508,7 @@ pub async fn list<'a>(
         let page = retry_once(
             db,
             inv,
-            || tenants::list_tenants(db, &q),
+            || registry::list_tenants(db, &q),
             |e| matches!(e, ListTenantsError::Unavailable(_)),
         )
         .await?;
@@ -522,7 +525,7 @@ pub async fn get(db: &Database, slug: Option<&str>, inv: &Invocation) -> ApiResp
         let tenant = retry_once(
             db,
             inv,
-            || tenants::get_tenant(db, &slug),
+            || registry::get_tenant(db, &slug),
             |e| matches!(e, GetTenantError::Unavailable(_)),
         )
         .await?;

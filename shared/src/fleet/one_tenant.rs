@@ -12,11 +12,19 @@ use super::{
     report::{sanitize_db, sanitize_refinery, Deferral, TenantOutcome, TenantReport},
 };
 use crate::{
-    db::{Conn, Database, DbError, Server},
-    ledger,
-    locks::{self, Lock},
-    migrations::{self, history_rows, ExpectedHistory, HistoryCheck, HistoryRow, HISTORY_TABLE},
-    session::RunFailure,
+    database::Database,
+    database::Server,
+    fleet::ledger,
+    migrate,
+    migrate::history::history_rows,
+    migrate::ExpectedHistory,
+    migrate::HistoryCheck,
+    migrate::HistoryRow,
+    migrate::RunFailure,
+    migrate::HISTORY_TABLE,
+    pg::locks::{self, Lock},
+    pg::Conn,
+    pg::DbError,
 };
 
 /// A tenant of the run, as the registry recorded it when the run listed the tenants.
@@ -645,14 +653,14 @@ async fn migrate_on(
         }
         HistoryCheck::Pending(_) => {}
     }
-    let (applied, outcome) = conn
-        .migrate(
-            migrations::tenant_runner,
-            &db.config().migrate_session,
-            until,
-        )
-        .await
-        .map_err(|e| Failure::of(&e))?;
+    let (applied, outcome) = migrate::run(
+        conn,
+        migrate::tenant_runner,
+        &db.config().migrate_session,
+        until,
+    )
+    .await
+    .map_err(|e| Failure::of(&e))?;
     // Each migration commits on its own: the database is at the last one applied.
     report.applied = applied;
     let now_at = report.applied.iter().copied().fold(from, i64::max);
@@ -671,9 +679,9 @@ async fn migrate_on(
         // A connection lost on the way (a failover) is no failed migration: deferred; nor is
         // a statement that ran past MIGRATE_STATEMENT_TIMEOUT_SECS (or was cancelled): out of
         // time.
-        Err(RunFailure::Refinery(e)) => match migrations::refinery_failure(&e, "") {
+        Err(RunFailure::Refinery(e)) => match migrate::failure::refinery_failure(&e, "") {
             lost if lost.is_unavailable() => Err(Failure::of(&lost)),
-            _ if crate::session::pg_error(&e).and_then(tokio_postgres::Error::code)
+            _ if crate::migrate::failure::pg_error(&e).and_then(tokio_postgres::Error::code)
                 == Some(&SqlState::QUERY_CANCELED) =>
             {
                 Err(Failure {
@@ -687,7 +695,7 @@ async fn migrate_on(
             }
             _ => Err(sanitize_refinery(&e).into()),
         },
-        Err(e) => Err(Failure::of(&migrations::run_failure(
+        Err(e) => Err(Failure::of(&migrate::run_failure(
             &e,
             "tenant migrations failed",
         ))),

@@ -19,10 +19,7 @@
 
 use tracing::{info, warn};
 
-use crate::{
-    db::{Conn, DbError},
-    domain::quote_ident,
-};
+use crate::{domain::quote_ident, pg::Conn, pg::DbError};
 
 /// The databases of every cluster that every login may open until hardened.
 pub(crate) const SHARED_DATABASES: [&str; 2] = ["postgres", "template1"];
