@@ -23,11 +23,13 @@ use crate::{
     invocation::Invocation,
     pg::DbError,
     servers::{self, NoRoom, ServersError},
-    tenant::lifecycle::{self, LifecycleError},
-    tenant::provision::{self, CreateTenantError, IdempotencyKey},
-    tenant::registry::{
-        self, Cursor, FieldError, GetTenantError, ListQuery, ListTenantsError, LIST_DEFAULT_LIMIT,
-        LIST_MAX_LIMIT,
+    tenant::{
+        lifecycle::{self, LifecycleError},
+        provision::{self, CreateTenantError, IdempotencyKey},
+        registry::{
+            self, Cursor, FieldError, GetTenantError, ListQuery, ListTenantsError,
+            LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT,
+        },
     },
 };
 use uuid::Uuid;

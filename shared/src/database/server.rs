@@ -1,7 +1,9 @@
 //! The servers tenant databases live on, as this sandbox reaches them: a handle per server
-//! with its credentials and one admin connection, and the memory of a server found down.
+//! with its credentials and one admin connection, the memory of a server found down, and the
+//! handles met so far.
 
 use std::{
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -10,10 +12,11 @@ use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tokio_postgres::{error::SqlState, Row};
 use tracing::warn;
 
-use super::{credentials::parse_secret, Database};
+use super::credentials::{parse_secret, CredentialProvider};
 use crate::{
+    aws::secrets::Secrets,
     config::ConnOverrides,
-    pg::{Conn, ConnectParams, DbError},
+    pg::{Conn, ConnectParams, Connector, DbError},
 };
 
 /// The server that holds the registry.
@@ -31,9 +34,37 @@ pub struct Server {
     name: String,
     /// `None` for `primary`.
     source: Option<ServerSource>,
+    reach: Arc<Reach>,
     params: Mutex<Option<Arc<ConnectParams>>>,
     admin: Mutex<Option<Conn>>,
     down_until: std::sync::Mutex<Option<Instant>>,
+}
+
+/// What opening a connection takes in this sandbox, shared by the registry's connection and
+/// every server handle: how connections are opened (TLS, deadlines), the admin credentials of
+/// `primary`, and the Secrets Manager client (which holds the other servers' admin secrets).
+pub(crate) struct Reach {
+    pub connector: Connector,
+    pub credentials: CredentialProvider,
+    pub secrets: Arc<Secrets>,
+}
+
+impl Reach {
+    /// A new connection to `dbname` on `primary` as its admin, re-reading the secret once
+    /// after an authentication failure (the password may have been rotated).
+    pub(crate) async fn connect_primary(&self, dbname: &str) -> Result<Conn, DbError> {
+        let params = self.credentials.get().await?;
+        match self.connector.connect(&params, dbname).await? {
+            Ok(conn) => Ok(conn),
+            Err(e) if e.code() == Some(&SqlState::INVALID_PASSWORD) => {
+                warn!("authentication failed; refreshing the database secret and retrying once");
+                self.credentials.invalidate().await;
+                let params = self.credentials.get().await?;
+                Ok(self.connector.connect(&params, dbname).await??)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 /// How long a server that could not be reached is passed over by placement in this sandbox.
@@ -91,20 +122,25 @@ impl Server {
         &self.name
     }
 
-    async fn params(&self, db: &Database) -> Result<Arc<ConnectParams>, DbError> {
+    async fn params(&self) -> Result<Arc<ConnectParams>, DbError> {
         let Some(source) = &self.source else {
-            return Ok(db.credentials.get().await?);
+            return Ok(self.reach.credentials.get().await?);
         };
         let mut cached = self.params.lock().await;
         if let Some(params) = cached.as_ref() {
             return Ok(params.clone());
         }
-        let text = db.secrets.read(&source.secret_id).await?.ok_or_else(|| {
-            DbError::Other(anyhow::anyhow!(
-                "the admin secret of server {} is gone",
-                self.name
-            ))
-        })?;
+        let text = self
+            .reach
+            .secrets
+            .read(&source.secret_id)
+            .await?
+            .ok_or_else(|| {
+                DbError::Other(anyhow::anyhow!(
+                    "the admin secret of server {} is gone",
+                    self.name
+                ))
+            })?;
         let overrides = ConnOverrides {
             host: Some(source.host.clone()),
             port: Some(source.port),
@@ -120,16 +156,16 @@ impl Server {
         Ok(params)
     }
 
-    async fn invalidate(&self, db: &Database) {
+    async fn invalidate(&self) {
         match &self.source {
-            None => db.credentials.invalidate().await,
+            None => self.reach.credentials.invalidate().await,
             Some(_) => *self.params.lock().await = None,
         }
     }
 
     /// Where its databases are reached: what a tenant's secret names.
-    pub(crate) async fn endpoint(&self, db: &Database) -> Result<(String, u16), DbError> {
-        let params = self.params(db).await?;
+    pub(crate) async fn endpoint(&self) -> Result<(String, u16), DbError> {
+        let params = self.params().await?;
         Ok((params.host.clone(), params.port))
     }
 
@@ -149,16 +185,16 @@ impl Server {
 
     /// A new connection to `dbname` on this server, as its admin (re-reading the secret once
     /// after an authentication failure, as for the registry).
-    pub(crate) async fn connect(&self, db: &Database, dbname: &str) -> Result<Conn, DbError> {
+    pub(crate) async fn connect(&self, dbname: &str) -> Result<Conn, DbError> {
         let result = async {
-            let params = self.params(db).await?;
-            match db.connector.connect(&params, dbname).await? {
+            let params = self.params().await?;
+            match self.reach.connector.connect(&params, dbname).await? {
                 Ok(conn) => Ok(conn),
                 Err(e) if e.code() == Some(&SqlState::INVALID_PASSWORD) => {
                     warn!(server = %self.name, "authentication failed; reading the server's secret again");
-                    self.invalidate(db).await;
-                    let params = self.params(db).await?;
-                    Ok(db.connector.connect(&params, dbname).await??)
+                    self.invalidate().await;
+                    let params = self.params().await?;
+                    Ok(self.reach.connector.connect(&params, dbname).await??)
                 }
                 Err(e) => Err(e.into()),
             }
@@ -170,7 +206,7 @@ impl Server {
 
     /// The server's admin connection (its maintenance database), for what spans the server:
     /// databases, roles, the catalogs.
-    pub(crate) async fn admin(&self, db: &Database) -> Result<Admin<'_>, DbError> {
+    pub(crate) async fn admin(&self) -> Result<Admin<'_>, DbError> {
         let guard = self.admin.lock().await;
         let mut guard =
             match MutexGuard::try_map(guard, |slot| slot.as_mut().filter(|c| c.is_usable())) {
@@ -178,8 +214,8 @@ impl Server {
                 Err(guard) => guard,
             };
         *guard = None;
-        let maintenance = self.params(db).await?.maintenance_db.clone();
-        let conn = self.connect(db, &maintenance).await?;
+        let maintenance = self.params().await?.maintenance_db.clone();
+        let conn = self.connect(&maintenance).await?;
         Ok(Admin {
             server: self,
             conn: MutexGuard::map(guard, |slot| slot.insert(conn)),
@@ -196,37 +232,32 @@ impl Server {
     }
 }
 
-impl Database {
-    /// The server `name`, as the registry records it now (one query, none for `primary`): the
-    /// sandbox's handle for it, made again when the record changed (a server removed and
-    /// registered again elsewhere is never reached at its old address).
-    pub(crate) async fn server(&self, sys: &Conn, name: &str) -> Result<Arc<Server>, DbError> {
-        let source = if name == PRIMARY {
-            None
-        } else {
-            let row = sys
-                .query_opt(
-                    "SELECT host, port, secret_arn FROM servers WHERE name = $1",
-                    &[&name],
-                )
-                .await?
-                .ok_or_else(|| {
-                    DbError::Other(anyhow::anyhow!("the registry has no server named {name}"))
-                })?;
-            ServerSource::from_row(&row)?
-        };
-        Ok(self.server_at(name, source).await)
+/// The server handles this sandbox has met, by name.
+pub(crate) struct Servers {
+    reach: Arc<Reach>,
+    met: Mutex<HashMap<String, Arc<Server>>>,
+}
+
+impl Servers {
+    pub(crate) fn new(reach: Arc<Reach>) -> Servers {
+        Servers {
+            reach,
+            met: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// The sandbox's handle for the server `name` at `source` (`None`: `primary`).
-    pub(crate) async fn server_at(&self, name: &str, source: Option<ServerSource>) -> Arc<Server> {
-        let mut servers = self.servers.lock().await;
+    /// The handle for the server `name` at `source` (`None`: `primary`), made again when the
+    /// record changed (a server removed and registered again elsewhere is never reached at
+    /// its old address).
+    pub(crate) async fn at(&self, name: &str, source: Option<ServerSource>) -> Arc<Server> {
+        let mut servers = self.met.lock().await;
         if let Some(server) = servers.get(name).filter(|s| s.source == source) {
             return server.clone();
         }
         let server = Arc::new(Server {
             name: name.to_owned(),
             source,
+            reach: self.reach.clone(),
             params: Mutex::new(None),
             admin: Mutex::new(None),
             down_until: std::sync::Mutex::new(None),
@@ -238,8 +269,8 @@ impl Database {
     }
 
     /// Forgets a server (removed from the registry).
-    pub(crate) async fn forget_server(&self, name: &str) {
-        let old = self.servers.lock().await.remove(name);
+    pub(crate) async fn forget(&self, name: &str) {
+        let old = self.met.lock().await.remove(name);
         if let Some(old) = old {
             old.close_admin().await;
         }

@@ -68,11 +68,12 @@ use crate::{
     database::Database,
     domain::Slug,
     invocation::Invocation,
-    migrate,
-    migrate::read_history,
-    pg::error_chain,
-    pg::locks::{self, Lock},
-    pg::DbError,
+    migrate::{self, read_history},
+    pg::{
+        error_chain,
+        locks::{self, Lock},
+        DbError,
+    },
     tenant::template,
 };
 

@@ -12,19 +12,16 @@ use super::{
     report::{sanitize_db, sanitize_refinery, Deferral, TenantOutcome, TenantReport},
 };
 use crate::{
-    database::Database,
-    database::Server,
+    database::{Database, Server},
     fleet::ledger,
-    migrate,
-    migrate::history::history_rows,
-    migrate::ExpectedHistory,
-    migrate::HistoryCheck,
-    migrate::HistoryRow,
-    migrate::RunFailure,
-    migrate::HISTORY_TABLE,
-    pg::locks::{self, Lock},
-    pg::Conn,
-    pg::DbError,
+    migrate::{
+        self, history::history_rows, ExpectedHistory, HistoryCheck, HistoryRow, RunFailure,
+        HISTORY_TABLE,
+    },
+    pg::{
+        locks::{self, Lock},
+        Conn, DbError,
+    },
 };
 
 /// A tenant of the run, as the registry recorded it when the run listed the tenants.
@@ -583,7 +580,7 @@ async fn migrate_one(
     until: Instant,
     report: &mut TenantReport,
 ) -> Result<bool, Failure> {
-    let mut conn = match server.connect(db, &tenant.database_name).await {
+    let mut conn = match server.connect(&tenant.database_name).await {
         Ok(c) => c,
         Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
             return Err("tenant database does not exist".into())

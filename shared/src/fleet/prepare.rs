@@ -12,9 +12,10 @@ use super::{
     report::{sanitize_db, Counts, ServerReport, TemplateReport},
 };
 use crate::{
-    database::Admin, database::Database, database::Server, database::ServerSource, pg::error_chain,
-    pg::Conn, pg::DbError, servers::hardening, servers::ServerState, tenant::access::login,
-    tenant::template,
+    database::{Admin, Database, Server, ServerSource},
+    pg::{error_chain, Conn, DbError},
+    servers::{hardening, ServerState},
+    tenant::{access::login, template},
 };
 
 /// A server of the run.
@@ -87,7 +88,7 @@ pub(super) async fn prepare(
         open_to_every_login: Vec::new(),
         counts: Counts::default(),
     };
-    let admin = match server.handle.admin(db).await {
+    let admin = match server.handle.admin().await {
         Ok(admin) => admin,
         Err(e) => {
             warn!(server = %server.name, error = %error_chain(&e), "server unreachable; its tenants are not attempted");

@@ -7,11 +7,9 @@ use tracing::warn;
 
 use super::report::{sanitize_db, Reconciled};
 use crate::{
-    database::Admin,
-    database::Database,
+    database::{Admin, Database},
     domain::Slug,
-    pg::Conn,
-    pg::DbError,
+    pg::{Conn, DbError},
     tenant::provision::{self, ReconcileAction},
 };
 

@@ -8,7 +8,9 @@ use uuid::Uuid;
 
 use super::upkeep::{UpkeepAction, Upkept};
 use crate::{
-    pg::is_unavailable, pg::DbError, servers::ServerState, tenant::provision::ReconcileAction,
+    pg::{is_unavailable, DbError},
+    servers::ServerState,
+    tenant::provision::ReconcileAction,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

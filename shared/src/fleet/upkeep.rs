@@ -16,12 +16,15 @@ use super::{prepare::FleetServer, report::sanitize_db};
 use crate::{
     database::Database,
     domain::TenantStatus,
-    pg::locks::{self, Lock},
-    pg::Conn,
-    pg::DbError,
-    tenant::access::{self, AccessError},
-    tenant::lifecycle::{self, Entry},
-    tenant::registry::TENANT_COLUMNS,
+    pg::{
+        locks::{self, Lock},
+        Conn, DbError,
+    },
+    tenant::{
+        access::{self, AccessError},
+        lifecycle::{self, Entry},
+        registry::TENANT_COLUMNS,
+    },
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -130,7 +133,7 @@ pub(super) async fn run(
             .map(|row| Entry::from_row(row, &db.config().tenants.secret_prefix))
             .collect::<Result<Vec<_>, _>>()?;
         if let Task::DisableLogin = task {
-            entries = can_still_log_in(db, servers, entries).await?;
+            entries = can_still_log_in(servers, entries).await?;
         }
         for entry in entries {
             let (action, error) = if dry_run {
@@ -168,7 +171,6 @@ pub(super) async fn run(
 /// The deleted tenants whose login (of ours or not: `disable` looks) can still log in, looked
 /// up on each reachable server in one query.
 async fn can_still_log_in(
-    db: &Database,
     servers: &[FleetServer],
     entries: Vec<Entry>,
 ) -> Result<Vec<Entry>, DbError> {
@@ -182,7 +184,7 @@ async fn can_still_log_in(
             continue;
         }
         let roles: Vec<&str> = here.iter().map(|e| e.access.role.as_str()).collect();
-        let admin = match server.handle.admin(db).await {
+        let admin = match server.handle.admin().await {
             Ok(admin) => admin,
             Err(e) => {
                 warn!(server = %server.name, error = %e, "server unreachable; logins of deleted tenants not checked");
@@ -261,13 +263,13 @@ async fn one(
             }
             Task::DisableLogin => {
                 let server = entry.server(db, sys).await?;
-                let admin = server.admin(db).await?;
+                let admin = server.admin().await?;
                 access::disable(&admin, &entry.access).await?;
                 UpkeepAction::LoginDisabled
             }
             Task::MakeCredentials => {
                 let server = entry.server(db, sys).await?;
-                let admin = server.admin(db).await?;
+                let admin = server.admin().await?;
                 let arn = access::ensure(db, &admin, &entry.access, true, true)
                     .await
                     .map_err(|e| match e {

@@ -4,7 +4,6 @@
 
 use tokio_postgres::error::SqlState;
 
-use super::RunFailure;
 use crate::pg::{error_chain, is_unavailable, DbError};
 
 /// True when refinery failed because a statement gave up waiting for a lock (SQLSTATE 55P03:
@@ -81,6 +80,21 @@ pub(crate) fn lock_timeout_message(attempts: u32, last: &refinery::Error) -> Str
          within the lock timeout); the next run tries again",
         if attempts == 1 { "" } else { "s" }
     )
+}
+
+/// Why a migration run ended without applying everything.
+#[derive(Debug)]
+pub(crate) enum RunFailure {
+    /// The session could not be set up.
+    Database(tokio_postgres::Error),
+    /// A migration kept waiting for a lock past the lock timeout, every attempt.
+    LockTimeout {
+        attempts: u32,
+        last: refinery::Error,
+    },
+    /// Anything else refinery reported (a failing migration, a diverged history, a lost
+    /// connection).
+    Refinery(refinery::Error),
 }
 
 #[cfg(test)]

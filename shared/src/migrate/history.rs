@@ -7,8 +7,13 @@ use std::sync::OnceLock;
 use sha2::{Digest, Sha256};
 use tokio_postgres::{error::SqlState, SimpleQueryMessage};
 
-use super::{tenant_migrations, HISTORY_TABLE};
+use super::embedded::{tenant_migrations, HISTORY_TABLE};
 use crate::pg::{Conn, DbError};
+
+/// The highest embedded tenant migration version.
+pub fn latest_tenant_version() -> i64 {
+    ExpectedHistory::tenant().latest()
+}
 
 /// One row of refinery's history table, read as text so that a damaged row is reported
 /// rather than trusted.

@@ -33,12 +33,14 @@
 //!
 //! | module | owns |
 //! | --- | --- |
-//! | this one | the embedded migrations, and bringing one database to the latest |
+//! | this one | running one database's migrations within a deadline, and to the latest |
+//! | [`embedded`] | the migrations compiled in (refinery), for tenant databases and the system database |
 //! | [`runner`] | one database's run: refinery under the policy (lock waits, retries, the directive) |
 //! | [`statements`] | reading a migration's SQL: its statements, the indexes it builds concurrently |
 //! | [`history`] | refinery's history table, and how a tenant's compares with the embedded migrations |
 //! | [`failure`] | how a run's failure counts: unavailable, busy, or the migration's own |
 
+pub(crate) mod embedded;
 pub(crate) mod failure;
 pub(crate) mod history;
 pub(crate) mod runner;
@@ -46,60 +48,18 @@ pub(crate) mod statements;
 
 use std::time::{Duration, Instant};
 
-use refinery::{Migration, Runner};
+use refinery::Runner;
 
-pub(crate) use failure::run_failure;
+pub(crate) use embedded::{system_runner, tenant_runner, HISTORY_TABLE};
+pub(crate) use failure::{run_failure, RunFailure};
+pub use history::latest_tenant_version;
 pub(crate) use history::{read_history, ExpectedHistory, HistoryCheck, HistoryRow};
-pub(crate) use runner::RunFailure;
 pub use runner::{runs_outside_transaction, NO_TRANSACTION};
 
 use crate::{
     config::MigrationPolicy,
     pg::{Conn, DbError},
 };
-
-mod tenant {
-    refinery::embed_migrations!("../migrations_tenant");
-    pub fn runner() -> refinery::Runner {
-        migrations::runner()
-    }
-}
-
-mod system {
-    refinery::embed_migrations!("../migrations_system");
-    pub fn runner() -> refinery::Runner {
-        migrations::runner()
-    }
-}
-
-/// refinery's history table, in every migrated database.
-pub(crate) const HISTORY_TABLE: &str = "refinery_schema_history";
-
-/// A runner for tenant databases: one transaction per migration, divergence and
-/// missing-version checks on.
-pub(crate) fn tenant_runner() -> Runner {
-    tenant::runner()
-        .set_abort_divergent(true)
-        .set_abort_missing(true)
-}
-
-pub(crate) fn system_runner() -> Runner {
-    system::runner()
-        .set_abort_divergent(true)
-        .set_abort_missing(true)
-}
-
-/// The embedded tenant migrations, in version order.
-pub(crate) fn tenant_migrations() -> Vec<Migration> {
-    let mut all = tenant::runner().get_migrations().to_vec();
-    all.sort_by_key(|m| m.version());
-    all
-}
-
-/// The highest embedded tenant migration version.
-pub fn latest_tenant_version() -> i64 {
-    ExpectedHistory::tenant().latest()
-}
 
 /// Applies every pending tenant migration (within `limit`, as the configuration's migration
 /// policy says), then checks that the history is exactly the released one (what the
@@ -142,21 +102,4 @@ pub(crate) async fn run(
             limit.as_secs()
         ))
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tenant_migrations_are_embedded_in_order() {
-        let names: Vec<(i64, String)> = tenant_migrations()
-            .iter()
-            .map(|m| (i64::from(m.version()), m.name().to_owned()))
-            .collect();
-        assert!(names.len() >= 2, "{names:?}");
-        assert_eq!(names[0], (1, "create_settings".to_owned()));
-        assert_eq!(names[1], (2, "create_activity_log".to_owned()));
-        assert_eq!(latest_tenant_version(), names.last().unwrap().0);
-    }
 }

@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 use tracing::{info, warn};
 
 use super::{
-    failure::is_lock_timeout,
+    failure::{is_lock_timeout, RunFailure},
     statements::{concurrent_index_names, split_statements},
 };
 use crate::{config::MigrationPolicy, domain::quote_ident};
@@ -162,21 +162,6 @@ pub(crate) async fn run(
             }
         }
     }
-}
-
-/// Why a migration run ended without applying everything.
-#[derive(Debug)]
-pub(crate) enum RunFailure {
-    /// The session could not be set up.
-    Database(tokio_postgres::Error),
-    /// A migration kept waiting for a lock past the lock timeout, every attempt.
-    LockTimeout {
-        attempts: u32,
-        last: refinery::Error,
-    },
-    /// Anything else refinery reported (a failing migration, a diverged history, a lost
-    /// connection).
-    Refinery(refinery::Error),
 }
 
 #[cfg(test)]

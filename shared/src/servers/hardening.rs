@@ -19,7 +19,10 @@
 
 use tracing::{info, warn};
 
-use crate::{domain::quote_ident, pg::Conn, pg::DbError};
+use crate::{
+    domain::quote_ident,
+    pg::{Conn, DbError},
+};
 
 /// The databases of every cluster that every login may open until hardened.
 pub(crate) const SHARED_DATABASES: [&str; 2] = ["postgres", "template1"];

@@ -32,15 +32,8 @@ use secrecy::ExposeSecret;
 use crate::{
     aws::secrets::{self, NamedSecret, SecretsError},
     config::{ConnOverrides, CredentialSource},
-    database::credentials::parse_secret,
-    database::Database,
-    database::ServerSource,
-    pg::error_chain,
-    pg::ownership,
-    pg::transport,
-    pg::Conn,
-    pg::DbError,
-    pg::Tx,
+    database::{credentials::parse_secret, Database, ServerSource},
+    pg::{error_chain, ownership, transport, Conn, DbError, Tx},
     tenant::registry::FieldError,
 };
 
@@ -469,7 +462,7 @@ pub async fn register_server(db: &Database, new: &NewServer) -> Result<ServerVie
 
 async fn harden_registered(db: &Database, sys: &Conn, name: &str) -> Result<(), DbError> {
     let server = db.server(sys, name).await?;
-    let admin = server.admin(db).await?;
+    let admin = server.admin().await?;
     hardening::harden(&admin, db.config().harden_shared_databases).await?;
     Ok(())
 }
@@ -787,7 +780,7 @@ pub async fn remove_server(db: &Database, name: &ServerName) -> Result<ServerVie
     info!("removed a server");
     let server = db.server_at(name.as_str(), source).await;
     let dropped = async {
-        let admin = server.admin(db).await?;
+        let admin = server.admin().await?;
         for (template, oid) in &templates {
             ownership::drop_if_ours(&admin, template, Some(*oid)).await?;
         }

@@ -22,18 +22,18 @@ use tracing::{info, instrument, warn};
 
 use crate::{
     aws::secrets::Deletion,
-    database::Database,
-    database::Server,
+    database::{Database, Server},
     domain::{Slug, Tenant, TenantStatus},
-    migrate,
-    migrate::ExpectedHistory,
-    pg::locks::{self, Lock, LockGuard},
-    pg::ownership::{self, DropOutcome},
-    pg::Conn,
-    pg::DbError,
-    tenant::access::login,
-    tenant::access::{self, Access, AccessError},
-    tenant::registry::{tenant_from_row, TENANT_COLUMNS},
+    migrate::{self, ExpectedHistory},
+    pg::{
+        locks::{self, Lock, LockGuard},
+        ownership::{self, DropOutcome},
+        Conn, DbError,
+    },
+    tenant::{
+        access::{self, login, Access, AccessError},
+        registry::{tenant_from_row, TENANT_COLUMNS},
+    },
 };
 
 /// Why a lifecycle operation did not happen. One enum for the three operations: they fail in
@@ -182,7 +182,7 @@ pub async fn delete_tenant(db: &Database, slug: &Slug) -> Result<Tenant, Lifecyc
         }
         // Its server first: one that cannot be reached changes nothing.
         let server = entry.server(db, sys).await?;
-        let admin = server.admin(db).await?;
+        let admin = server.admin().await?;
         if entry.tenant.status == TenantStatus::Active {
             let row = sys
                 .locking()
@@ -224,7 +224,7 @@ pub async fn restore_tenant(db: &Database, slug: &Slug) -> Result<Tenant, Lifecy
             ));
         }
         let server = entry.server(db, sys).await?;
-        let admin = server.admin(db).await?;
+        let admin = server.admin().await?;
         let ours = ownership::find(&admin, &entry.access.database)
             .await?
             .is_some_and(|found| found.is(entry.database_oid) && !found.invalid);
@@ -238,7 +238,7 @@ pub async fn restore_tenant(db: &Database, slug: &Slug) -> Result<Tenant, Lifecy
             ));
         }
         login::ensure_group(&admin).await?;
-        let mut tenant_db = server.connect(db, &entry.access.database).await?;
+        let mut tenant_db = server.connect(&entry.access.database).await?;
         let migrated = migrate::migrate_tenant_to_latest(
             &mut tenant_db,
             &db.config().migrate_session,
@@ -297,7 +297,7 @@ pub(crate) async fn purge(db: &Database, sys: &Conn, entry: &Entry) -> Result<Te
     let id = entry.tenant.id;
     // Its server first: one that cannot be reached changes nothing.
     let server = entry.server(db, sys).await?;
-    let admin = server.admin(db).await?;
+    let admin = server.admin().await?;
     // First, so that a purge that dies is finished, never restored half-way; and only of a
     // tenant that is (still) deleted.
     let marked = sys

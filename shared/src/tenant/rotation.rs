@@ -26,15 +26,17 @@ use tracing::info;
 use crate::{
     aws::secrets::SecretsError,
     config::ConnOverrides,
-    database::credentials::parse_secret,
-    database::Database,
+    database::{credentials::parse_secret, Database},
     domain::TenantStatus,
-    pg::locks::{self, Lock},
-    pg::Conn,
-    pg::DbError,
-    tenant::access::login::{self, Login, RoleState},
-    tenant::lifecycle::Entry,
-    tenant::registry::TENANT_COLUMNS,
+    pg::{
+        locks::{self, Lock},
+        Conn, DbError,
+    },
+    tenant::{
+        access::login::{self, Login, RoleState},
+        lifecycle::Entry,
+        registry::TENANT_COLUMNS,
+    },
 };
 
 const PENDING: &str = "AWSPENDING";
@@ -155,7 +157,7 @@ pub async fn rotate(
                 // Under the lock: still the active tenant of this secret?
                 let entry = tenant_on(db, &sys, &versions.arn).await?;
                 let server = entry.server(db, &sys).await?;
-                let admin = server.admin(db).await?;
+                let admin = server.admin().await?;
                 if login::state(&admin, &entry.access.role, tenant_id).await? == RoleState::NotOurs
                 {
                     return Err(RotationError::Failed(

@@ -38,16 +38,15 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::{
-    database::Admin,
-    database::Database,
+    database::{Admin, Database},
     domain::quote_ident,
-    migrate,
-    migrate::ExpectedHistory,
-    pg::error_chain,
-    pg::locks::{self, Lock},
-    pg::ownership::{self, DropOutcome},
-    pg::Conn,
-    pg::DbError,
+    migrate::{self, ExpectedHistory},
+    pg::{
+        error_chain,
+        locks::{self, Lock},
+        ownership::{self, DropOutcome},
+        Conn, DbError,
+    },
     tenant::access::login,
 };
 
@@ -207,7 +206,7 @@ async fn build(
         ownership::open(admin, name).await?;
         // Tenant migrations grant the tables to the tenant logins' group role.
         login::ensure_group(admin).await?;
-        let mut client = admin.server().connect(db, name).await?;
+        let mut client = admin.server().connect(name).await?;
         let migrated = migrate::migrate_tenant_to_latest(
             &mut client,
             &db.config().migrate_session,

@@ -24,7 +24,10 @@ use tracing::warn;
 use uuid::Uuid;
 
 use crate::{
-    database::Database, fleet::TenantReport, pg::Conn, pg::DbError, tenant::registry::Cursor,
+    database::Database,
+    fleet::TenantReport,
+    pg::{Conn, DbError},
+    tenant::registry::Cursor,
 };
 
 /// The statuses of a tenant in a run.

@@ -30,7 +30,9 @@ use tracing::info;
 use uuid::Uuid;
 
 use crate::{
-    database::Admin, database::Database, domain::quote_ident, pg::ownership, pg::Conn, pg::DbError,
+    database::Admin,
+    domain::quote_ident,
+    pg::{ownership, Conn, DbError},
 };
 
 /// The NOLOGIN role every tenant login is a member of (tenant migration V3 grants it the
@@ -268,7 +270,6 @@ const SESSION_EXIT_WAIT_MS: i64 = 1000;
 /// object in `postgres`, say) must not keep its purge from finishing. `Ok(false)` when there
 /// is no such role or it is not ours (left untouched).
 pub(crate) async fn drop_if_ours(
-    db: &Database,
     admin: &Admin<'_>,
     role: &str,
     tenant_id: Uuid,
@@ -280,7 +281,7 @@ pub(crate) async fn drop_if_ours(
             let drop_role = format!("DROP ROLE IF EXISTS {}", quote_ident(role));
             match admin.locking().batch_execute(&drop_role).await {
                 Err(e) if e.code() == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST) => {
-                    drop_owned_everywhere(db, admin, role).await?;
+                    drop_owned_everywhere(admin, role).await?;
                     admin.locking().batch_execute(&drop_role).await?;
                 }
                 other => other?,
@@ -296,11 +297,7 @@ pub(crate) async fn drop_if_ours(
 /// (`pg_shdepend`, the shared catalog that records both). The admin takes the role's
 /// privileges first where it lacks them (PostgreSQL requires them; a `CREATEROLE` admin may
 /// grant itself a role it made).
-async fn drop_owned_everywhere(
-    db: &Database,
-    admin: &Admin<'_>,
-    role: &str,
-) -> Result<(), DbError> {
+async fn drop_owned_everywhere(admin: &Admin<'_>, role: &str) -> Result<(), DbError> {
     let rows = admin
         .query(
             "SELECT DISTINCT d.datname::text AS name, d.datallowconn, \
@@ -339,7 +336,7 @@ async fn drop_owned_everywhere(
                  they cannot be dropped"
             )));
         }
-        let there = admin.server().connect(db, &name).await?;
+        let there = admin.server().connect(&name).await?;
         let dropped = there.long().batch_execute(&drop_owned).await;
         there.close().await;
         dropped?;

@@ -15,10 +15,8 @@ use uuid::Uuid;
 
 use crate::{
     aws::secrets::{Deletion, NewSecret, SecretState, TenantCredentials},
-    database::Admin,
-    database::Database,
-    pg::Conn,
-    pg::DbError,
+    database::{Admin, Database},
+    pg::{Conn, DbError},
     tenant::access::login::{Login, RoleState},
 };
 
@@ -104,7 +102,7 @@ impl Access {
         admin: &Admin<'_>,
         password: &SecretString,
     ) -> Result<String, AccessError> {
-        let (host, port) = admin.server().endpoint(db).await?;
+        let (host, port) = admin.server().endpoint().await?;
         let settings = &db.config().tenants;
         let new = NewSecret {
             name: &self.secret_name,
@@ -212,7 +210,7 @@ pub(crate) async fn ensure(
     }
     let arn = match arn {
         Some(arn) => {
-            let (host, port) = admin.server().endpoint(db).await?;
+            let (host, port) = admin.server().endpoint().await?;
             let credentials = access.credentials(&host, port, &password);
             db.secrets().put(&arn, &credentials).await?;
             arn
@@ -253,7 +251,7 @@ pub(crate) async fn remove(
     access: &Access,
     deletion: Deletion,
 ) -> Result<(), DbError> {
-    login::drop_if_ours(db, admin, &access.role, access.tenant_id).await?;
+    login::drop_if_ours(admin, &access.role, access.tenant_id).await?;
     match db
         .secrets()
         .state(&access.secret_name, access.tenant_id)

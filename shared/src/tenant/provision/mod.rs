@@ -63,23 +63,22 @@ use uuid::Uuid;
 use crate::{
     aws::secrets::Deletion,
     config::TenantNames,
-    database::Admin,
-    database::Database,
-    database::Server,
+    database::{Admin, Database, Server},
     domain::{DatabaseName, NewTenant, Slug, Tenant, TenantStatus},
     invocation::Invocation,
-    migrate,
-    migrate::ExpectedHistory,
-    pg::error_chain,
-    pg::locks::{self, Lock},
-    pg::ownership::{self, DropOutcome},
-    pg::Conn,
-    pg::DbError,
+    migrate::{self, ExpectedHistory},
+    pg::{
+        error_chain,
+        locks::{self, Lock},
+        ownership::{self, DropOutcome},
+        Conn, DbError,
+    },
     servers::{self, Claim, NoRoom},
-    tenant::access::login,
-    tenant::access::{self, Access, AccessError},
-    tenant::registry::{tenant_from_row, FieldError, TENANT_COLUMNS},
-    tenant::template::{self, Template},
+    tenant::{
+        access::{self, login, Access, AccessError},
+        registry::{tenant_from_row, FieldError, TENANT_COLUMNS},
+        template::{self, Template},
+    },
 };
 
 /// How long a request with an `Idempotency-Key` waits for the first request with that key
@@ -244,7 +243,7 @@ pub async fn create_tenant(
             secret_name: secret_name(db, &new.slug),
         };
         let work = async {
-            let admin = match server.admin(db).await {
+            let admin = match server.admin().await {
                 Ok(admin) => admin,
                 Err(e) => {
                     remove_row(&sys, id).await;
@@ -351,7 +350,7 @@ async fn ready_template(
     server: &Server,
     until: Instant,
 ) -> Result<Template, DbError> {
-    let admin = server.admin(db).await?;
+    let admin = server.admin().await?;
     template::ensure(db, sys, &admin, until).await
 }
 
@@ -671,7 +670,7 @@ async fn finish_provisioning(
     // A create that died before its login left the database closed: opened to nobody but us
     // (its login gets CONNECT below).
     ownership::open(admin, &access.database).await?;
-    let mut tenant = admin.server().connect(db, &access.database).await?;
+    let mut tenant = admin.server().connect(&access.database).await?;
     let migrated = migrate::migrate_tenant_to_latest(
         &mut tenant,
         &db.config().migrate_session,
@@ -850,7 +849,7 @@ async fn reconcile_row(db: &Database, sys: &Conn, slug: &Slug) -> Result<Reconci
     let recorded: Option<i64> = row.try_get("database_oid")?;
     let server: String = row.try_get("server")?;
     let server = db.server(sys, &server).await?;
-    let admin = server.admin(db).await?;
+    let admin = server.admin().await?;
     let admin = &admin;
     let action = match ownership::find(admin, &access.database).await? {
         None => match roll_back(db, sys, admin, &access, recorded).await {
