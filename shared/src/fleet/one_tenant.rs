@@ -4,131 +4,16 @@
 
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{error::SqlState, SimpleQueryMessage};
 use tracing::{info, warn};
 
 use super::{
-    prepare::FleetServer,
-    report::{sanitize_db, sanitize_refinery, Deferral, TenantOutcome, TenantReport},
+    outcome::{Deferral, TenantOutcome, TenantReport},
+    plan::Attempt,
+    sanitize::sanitize_db,
+    slots::{take_slot_and_lock, Held},
+    tenant_db::{self, Failure},
 };
-use crate::{
-    database::{Database, Server},
-    fleet::ledger,
-    migrate::{
-        self, history::history_rows, ExpectedHistory, HistoryCheck, HistoryRow, RunFailure,
-        HISTORY_TABLE,
-    },
-    pg::{
-        locks::{self, Lock},
-        Conn, DbError,
-    },
-};
-
-/// A tenant of the run, as the registry recorded it when the run listed the tenants.
-pub(super) struct TenantRow {
-    pub(super) slug: String,
-    pub(super) server: Option<String>,
-    pub(super) database_name: String,
-    /// The proof of ownership (see `ownership`): the run touches a database only if its OID
-    /// is this one.
-    pub(super) database_oid: Option<i64>,
-    pub(super) schema_version: i64,
-    pub(super) schema_fingerprint: Option<String>,
-}
-
-/// How the run treats each tenant.
-pub(super) struct Plan {
-    /// The run's id in the run ledger, where each outcome is written (real runs).
-    pub ledger: Option<uuid::Uuid>,
-    pub dry_run: bool,
-    pub verify: bool,
-    pub concurrency: usize,
-    /// The longest wait for a tenant's lock.
-    pub lock_wait: Duration,
-    /// The longest one tenant may take (`MIGRATE_TENANT_TIMEOUT_SECS`).
-    pub tenant_timeout: Duration,
-    /// No tenant is started after this, and none works past it: the time left after it is
-    /// for answering.
-    pub stop_at: Instant,
-    /// The invocation's own deadline: recording a tenant's outcome never waits past it.
-    pub answer_by: Instant,
-    /// A tenant is started only with at least this much time before `stop_at`.
-    pub min_time: Duration,
-    /// A worker of the queue: a tenant whose server has no free slot, or whose lock is taken,
-    /// is given back (`Attempted::GiveBack`) to be sent again later, instead of waited for.
-    pub give_back_when_busy: bool,
-    /// A worker of the queue whose message has tries left: a tenant whose server cannot be
-    /// reached is given back rather than recorded deferred.
-    pub give_back_unreachable: bool,
-    /// The rollout (inline runs and planning only).
-    pub waves: super::rollout::Waves,
-    /// The run's attempt (0, then one more per `retry_run`): what its messages carry.
-    pub attempt: i64,
-}
-
-impl Plan {
-    /// Real work within the invocation's deadline, with the configured limits: it starts no
-    /// tenant in the last tenth of the time left (at most the last 10 s), which is for
-    /// answering. No ledger, one tenant at a time, waits for what is busy, no waves.
-    pub fn within(config: &crate::Config, inv: &crate::Invocation) -> Plan {
-        let reserve = super::RESERVE.min(inv.time_left() / super::RESERVE_SHARE);
-        Plan {
-            ledger: None,
-            dry_run: false,
-            verify: false,
-            concurrency: 1,
-            lock_wait: config.lock_timeout,
-            tenant_timeout: config.migrate_tenant_timeout,
-            stop_at: inv.deadline.checked_sub(reserve).unwrap_or(inv.deadline),
-            answer_by: inv.deadline,
-            min_time: config.connect_timeout.min(Duration::from_secs(1)),
-            give_back_when_busy: false,
-            give_back_unreachable: false,
-            waves: Default::default(),
-            attempt: 0,
-        }
-    }
-}
-
-/// The active tenants of the run: all of them, or those named in `slugs`.
-pub(super) async fn list(sys: &Conn, slugs: Option<&[String]>) -> Result<Vec<TenantRow>, DbError> {
-    const COLUMNS: &str =
-        "slug, server, database_name, database_oid, schema_version, schema_fingerprint";
-    let rows = match slugs {
-        None => {
-            sys.query(
-                &format!(
-                    "SELECT {COLUMNS} FROM tenants WHERE status = 'active' ORDER BY created_at, id"
-                ),
-                &[],
-            )
-            .await?
-        }
-        Some(slugs) => {
-            sys.query(
-                &format!(
-                    "SELECT {COLUMNS} FROM tenants \
-                     WHERE status = 'active' AND slug = ANY($1) ORDER BY created_at, id"
-                ),
-                &[&slugs],
-            )
-            .await?
-        }
-    };
-    rows.iter()
-        .map(|r| {
-            Ok(TenantRow {
-                slug: r.try_get("slug")?,
-                server: r.try_get("server")?,
-                database_name: r.try_get("database_name")?,
-                database_oid: r.try_get("database_oid")?,
-                schema_version: i64::from(r.try_get::<_, i32>("schema_version")?),
-                schema_fingerprint: r.try_get("schema_fingerprint")?,
-            })
-        })
-        .collect::<Result<_, tokio_postgres::Error>>()
-        .map_err(DbError::from)
-}
+use crate::{fleet::ledger, pg::Conn};
 
 /// What became of one tenant's attempt.
 pub(super) enum Attempted {
@@ -159,14 +44,14 @@ pub(super) enum Attempted {
 /// never a message deleted with its tenant still pending.
 ///
 /// The same code migrates a tenant inline and in a `migrate-tenant` worker.
-pub(super) async fn migrate_tenant(
-    db: &Database,
-    sys: &Conn,
-    server: &FleetServer,
-    tenant: &TenantRow,
-    plan: &Plan,
-    expected: &ExpectedHistory,
-) -> Attempted {
+pub(super) async fn migrate_tenant(at: &Attempt<'_>) -> Attempted {
+    let Attempt {
+        sys,
+        server,
+        tenant,
+        plan,
+        ..
+    } = *at;
     let started = Instant::now();
     let limit = plan
         .stop_at
@@ -249,7 +134,7 @@ pub(super) async fn migrate_tenant(
     };
     let report = on_server(TenantReport::new(&tenant.slug, TenantOutcome::Failed));
     let attempted = match pending {
-        Ok(true) => Attempted::Done(work(db, sys, server, tenant, plan, expected, report).await),
+        Ok(true) => Attempted::Done(work(at, report).await),
         Ok(false) => Attempted::NotPending,
         Err(e) => {
             warn!(tenant.slug = %tenant.slug, error = %e, "could not read the run ledger");
@@ -287,50 +172,16 @@ pub(super) async fn migrate_tenant(
     attempted
 }
 
-/// What a tenant's attempt holds before it works.
-enum Held<'c> {
-    Both(Slot<'c>, locks::LockGuard<'c>),
-    /// The server's budget had no free slot within the wait.
-    NoSlot,
-    /// The tenant's lock stayed taken within the wait.
-    Locked,
-}
-
-/// A slot of the tenant's server's budget, then the tenant's lock, each within `wait` (zero:
-/// one try). What was taken is given back when the rest cannot be.
-async fn take_slot_and_lock<'c>(
-    sys: &'c Conn,
-    server: &FleetServer,
-    tenant: &TenantRow,
-    wait: Duration,
-) -> Result<Held<'c>, DbError> {
-    let Some(slot) = take_slot(sys, server, wait).await? else {
-        return Ok(Held::NoSlot);
-    };
-    match locks::acquire(sys, Lock::Tenant(tenant.slug.clone()), wait).await {
-        Ok(Some(lock)) => Ok(Held::Both(slot, lock)),
-        Ok(None) => {
-            slot.release(server).await;
-            Ok(Held::Locked)
-        }
-        Err(e) => {
-            slot.release(server).await;
-            Err(e)
-        }
-    }
-}
-
 /// The work on one tenant once it is ours: its database migrated (or inspected) within its
 /// limit, and its version recorded in the registry. `report` is its report so far.
-async fn work(
-    db: &Database,
-    sys: &Conn,
-    server: &FleetServer,
-    tenant: &TenantRow,
-    plan: &Plan,
-    expected: &ExpectedHistory,
-    mut report: TenantReport,
-) -> TenantReport {
+async fn work(at: &Attempt<'_>, mut report: TenantReport) -> TenantReport {
+    let Attempt {
+        sys,
+        tenant,
+        plan,
+        expected,
+        ..
+    } = *at;
     let started = Instant::now();
     let limit = plan
         .stop_at
@@ -341,15 +192,7 @@ async fn work(
     // connection, is always given back properly. Should that connection be lost meanwhile,
     // the lock is gone with it, and the work stops.
     let until = started + limit;
-    let work = migrate_one(
-        db,
-        &server.handle,
-        tenant,
-        plan.dry_run,
-        expected,
-        until,
-        &mut report,
-    );
+    let work = tenant_db::migrate(at, until, &mut report);
     let outcome = tokio::select! {
         outcome = work => outcome,
         () = lost(sys) => Err(Failure {
@@ -384,58 +227,6 @@ async fn work(
         record(sys, wait, &tenant.slug, version, fingerprint.as_deref()).await;
     }
     finish(report, started)
-}
-
-/// One of a server's slots, held by this process.
-struct Slot<'c> {
-    n: usize,
-    guard: locks::LockGuard<'c>,
-}
-
-impl Slot<'_> {
-    async fn release(self, server: &FleetServer) {
-        self.guard.release().await;
-        server.held_slots().remove(&self.n);
-    }
-}
-
-/// A free slot of the server's budget (see `Lock::Slot`), waiting at most `wait` (zero: one
-/// look at each slot). Advisory locks are re-entrant within a session, and an inline run's
-/// tenants share one: the slots this process already holds are skipped, so that each tenant
-/// at work holds a slot of its own.
-///
-/// A slot is given back only once its tenant's connection has closed on the server (see
-/// `Conn::close`): the budget counts backends, not promises.
-async fn take_slot<'c>(
-    sys: &'c Conn,
-    server: &FleetServer,
-    wait: Duration,
-) -> Result<Option<Slot<'c>>, DbError> {
-    let deadline = Instant::now() + wait;
-    loop {
-        for n in 0..server.budget {
-            // Claimed before the lock is tried, so that two tenants of this run never try the
-            // same slot at once.
-            if !server.held_slots().insert(n) {
-                continue;
-            }
-            match locks::try_acquire(sys, Lock::slot(&server.name, n)).await {
-                Ok(Some(guard)) => return Ok(Some(Slot { n, guard })),
-                Ok(None) => {
-                    server.held_slots().remove(&n);
-                }
-                Err(e) => {
-                    server.held_slots().remove(&n);
-                    return Err(e);
-                }
-            }
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(None);
-        }
-        tokio::time::sleep(Duration::from_millis(50).min(deadline - now)).await;
-    }
 }
 
 /// Resolves once the system connection is unusable (polled).
@@ -491,210 +282,4 @@ fn finish(mut report: TenantReport, started: Instant) -> TenantReport {
         );
     }
     report
-}
-
-/// The database's OID and its history, in one round trip.
-async fn read_tenant(conn: &Conn) -> Result<(Option<i64>, Vec<HistoryRow>), DbError> {
-    const OID: &str = "SELECT oid::bigint FROM pg_database WHERE datname = current_database()";
-    let oid_of = |messages: &[SimpleQueryMessage]| {
-        messages.iter().find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse::<i64>().ok()),
-            _ => None,
-        })
-    };
-    let both = format!(
-        "{OID}; SELECT version::bigint, name::text, checksum::text FROM {HISTORY_TABLE} \
-         ORDER BY version"
-    );
-    match conn.simple_query(&both).await {
-        Ok(messages) => {
-            // The first statement's answer ends at its CommandComplete.
-            let split = messages
-                .iter()
-                .position(|m| matches!(m, SimpleQueryMessage::CommandComplete(_)))
-                .map_or(messages.len(), |i| i + 1);
-            let (first, rest) = messages.split_at(split);
-            Ok((oid_of(first), history_rows(rest)))
-        }
-        // No history table: nothing applied.
-        Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
-            Ok((oid_of(&conn.simple_query(OID).await?), Vec::new()))
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Why a tenant's work did not end well: the sanitised reason, and whether it is to be
-/// deferred (busy, out of time, unreachable: nothing is wrong with its migrations) rather than
-/// failed.
-struct Failure {
-    message: String,
-    deferral: Option<Deferral>,
-}
-
-impl From<String> for Failure {
-    fn from(message: String) -> Failure {
-        Failure {
-            message,
-            deferral: None,
-        }
-    }
-}
-
-impl From<&str> for Failure {
-    fn from(message: &str) -> Failure {
-        Failure::from(message.to_owned())
-    }
-}
-
-impl Failure {
-    /// What an error of the database means for the tenant: unreachable, busy and out of time
-    /// are deferrals; anything else a failure.
-    fn of(e: &DbError) -> Failure {
-        let deferral = if e.is_unavailable() {
-            Some(Deferral::Unreachable)
-        } else if e.is_lock_timeout() {
-            Some(Deferral::Busy)
-        } else if e.is_timed_out() {
-            Some(Deferral::OutOfTime)
-        } else {
-            None
-        };
-        Failure {
-            message: sanitize_db(e),
-            deferral,
-        }
-    }
-}
-
-/// The body of one tenant's migration. `Ok(true)` when the database ends at the released
-/// migrations, `Ok(false)` when it does not (a dry run with pending migrations, or a database
-/// a newer release migrated); `Err` is why it did not end well. The tenant's connection is
-/// closed on the server before this returns (see `take_slot`).
-async fn migrate_one(
-    db: &Database,
-    server: &Server,
-    tenant: &TenantRow,
-    dry_run: bool,
-    expected: &ExpectedHistory,
-    until: Instant,
-    report: &mut TenantReport,
-) -> Result<bool, Failure> {
-    let mut conn = match server.connect(&tenant.database_name).await {
-        Ok(c) => c,
-        Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
-            return Err("tenant database does not exist".into())
-        }
-        Err(e) => return Err(Failure::of(&e)),
-    };
-    let outcome = migrate_on(db, &mut conn, tenant, dry_run, expected, until, report).await;
-    conn.close().await;
-    outcome
-}
-
-async fn migrate_on(
-    db: &Database,
-    conn: &mut Conn,
-    tenant: &TenantRow,
-    dry_run: bool,
-    expected: &ExpectedHistory,
-    until: Instant,
-    report: &mut TenantReport,
-) -> Result<bool, Failure> {
-    // One cheap read decides whether this is our database and whether refinery is needed.
-    let (oid, history) = read_tenant(conn).await.map_err(|e| Failure::of(&e))?;
-    if oid.is_none() || oid != tenant.database_oid {
-        return Err(
-            "the database of this name is not the one this registry made (its OID differs \
-             from the registry's record); left untouched"
-                .into(),
-        );
-    }
-    report.verified = true;
-    let from = history.iter().map(|h| h.version).max().unwrap_or(0);
-    report.from_version = Some(from);
-    report.to_version = Some(from);
-    match expected.check(&history) {
-        HistoryCheck::Diverged(reason) => return Err(reason.into()),
-        // Newer migrations than this release's, which the registry knows of: a newer release's
-        // run migrated it (a deploy in progress), not ours to judge. Unknown to the registry,
-        // they were put there behind its back: reported as any other divergence.
-        HistoryCheck::Ahead(newer)
-            if newer.iter().max().copied().unwrap_or(i64::MAX) > tenant.schema_version =>
-        {
-            let shown: Vec<String> = newer.iter().map(|v| format!("V{v}")).collect();
-            return Err(format!(
-                "applied migration {} is not among the released migrations, and the registry \
-                 knows of no release that made it (it records version {})",
-                shown.join(", "),
-                tenant.schema_version
-            )
-            .into());
-        }
-        HistoryCheck::Ahead(newer) => {
-            report.status = TenantOutcome::Skipped;
-            report.error = Some(format!(
-                "migrated by a newer release (its migrations {newer:?} are not in this one); \
-                 left as it is"
-            ));
-            return Ok(false);
-        }
-        HistoryCheck::Current => {
-            report.status = TenantOutcome::UpToDate;
-            return Ok(true);
-        }
-        HistoryCheck::Pending(pending) if dry_run => {
-            report.status = TenantOutcome::Pending;
-            report.pending = pending;
-            return Ok(false);
-        }
-        HistoryCheck::Pending(_) => {}
-    }
-    let (applied, outcome) = migrate::run(
-        conn,
-        migrate::tenant_runner,
-        &db.config().migrate_session,
-        until,
-    )
-    .await
-    .map_err(|e| Failure::of(&e))?;
-    // Each migration commits on its own: the database is at the last one applied.
-    report.applied = applied;
-    let now_at = report.applied.iter().copied().fold(from, i64::max);
-    report.to_version = Some(now_at);
-    match outcome {
-        Ok(()) => {
-            report.status = if report.applied.is_empty() {
-                TenantOutcome::UpToDate
-            } else {
-                TenantOutcome::Migrated
-            };
-            // refinery refuses divergent and missing versions: applied in full, the history
-            // is the released one.
-            Ok(now_at == expected.latest())
-        }
-        // A connection lost on the way (a failover) is no failed migration: deferred; nor is
-        // a statement that ran past MIGRATE_STATEMENT_TIMEOUT_SECS (or was cancelled): out of
-        // time.
-        Err(RunFailure::Refinery(e)) => match migrate::failure::refinery_failure(&e, "") {
-            lost if lost.is_unavailable() => Err(Failure::of(&lost)),
-            _ if crate::migrate::failure::pg_error(&e).and_then(tokio_postgres::Error::code)
-                == Some(&SqlState::QUERY_CANCELED) =>
-            {
-                Err(Failure {
-                    message: format!(
-                        "{} (the statement ran out of time: MIGRATE_STATEMENT_TIMEOUT_SECS); \
-                         the next run goes on from there",
-                        sanitize_refinery(&e)
-                    ),
-                    deferral: Some(Deferral::OutOfTime),
-                })
-            }
-            _ => Err(sanitize_refinery(&e).into()),
-        },
-        Err(e) => Err(Failure::of(&migrate::run_failure(
-            &e,
-            "tenant migrations failed",
-        ))),
-    }
 }

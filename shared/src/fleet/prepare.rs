@@ -8,8 +8,10 @@ use std::sync::Arc;
 use tracing::{error, warn};
 
 use super::{
+    outcome::Counts,
     reconcile,
-    report::{sanitize_db, Counts, ServerReport, TemplateReport},
+    report::{ServerReport, TemplateReport},
+    sanitize::sanitize_db,
 };
 use crate::{
     database::{Admin, Database, Server, ServerSource},

@@ -5,7 +5,7 @@ use std::{collections::HashSet, time::Instant};
 
 use tracing::warn;
 
-use super::report::{sanitize_db, Reconciled};
+use super::{report::Reconciled, sanitize::sanitize_db};
 use crate::{
     database::{Admin, Database},
     domain::Slug,

@@ -9,10 +9,13 @@
 
 use std::{collections::HashSet, time::Instant};
 
-use serde::Serialize;
 use tracing::warn;
 
-use super::{prepare::FleetServer, report::sanitize_db};
+use super::{
+    prepare::FleetServer,
+    report::{UpkeepAction, Upkept},
+    sanitize::sanitize_db,
+};
 use crate::{
     database::Database,
     domain::TenantStatus,
@@ -26,33 +29,6 @@ use crate::{
         registry::TENANT_COLUMNS,
     },
 };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UpkeepAction {
-    /// Database, login and secret removed; the row is `purged`.
-    Purged,
-    /// The login of a deleted tenant can no longer log in, and its sessions ended.
-    LoginDisabled,
-    /// A tenant of an older release got its login and secret.
-    CredentialsMade,
-    /// Dry run: would be done.
-    Pending,
-    /// Could not be done (see `error`); the next run tries again.
-    Failed,
-    /// Another operation holds the tenant, or changed it since: the next run looks again.
-    Skipped,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Upkept {
-    pub slug: String,
-    /// What was due: `purge`, `disable_login` or `make_credentials`.
-    pub task: &'static str,
-    pub action: UpkeepAction,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
 
 #[derive(Clone, Copy)]
 enum Task {

@@ -42,15 +42,16 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use super::{
-    one_tenant::{self, Attempted, Plan},
+    one_tenant::{self, Attempted},
+    outcome::{TenantOutcome, TenantReport},
+    plan::{self, Attempt, Plan},
     prepare,
-    report::{TenantOutcome, TenantReport},
 };
 use crate::{
     aws::queue::{self, TenantMessage},
     database::Database,
     domain::Slug,
-    fleet::ledger::{self, Moved, Next},
+    fleet::ledger::{self, Moved, Next, RunMode, RunState},
     invocation::Invocation,
     migrate::ExpectedHistory,
 };
@@ -109,20 +110,20 @@ pub async fn migrate_from_queue(
             return Delivery::Retry;
         }
     };
-    if assignment.attempt != attempt || assignment.mode != "queue" {
+    if assignment.attempt != attempt || assignment.mode != RunMode::Queue {
         info!(%run_id, tenant.slug = %slug, attempt, run_attempt = assignment.attempt,
             "a message of an earlier attempt of the run (retry_run came since); nothing to do");
         return Delivery::Done;
     }
-    if assignment.run_status != "running" {
-        info!(%run_id, tenant.slug = %slug, run_status = %assignment.run_status,
+    if assignment.run_state != RunState::Running {
+        info!(%run_id, tenant.slug = %slug, run_status = assignment.run_state.as_str(),
             "the run is over; nothing to do");
         return Delivery::Done;
     }
     if !assignment.is_work(attempt) {
         // A duplicate, or the brake passed: only move the run on (a step a killed worker may
         // have left).
-        info!(%run_id, tenant.slug = %slug, status = %assignment.status,
+        info!(%run_id, tenant.slug = %slug, status = assignment.status.as_str(),
             "the tenant is no longer to migrate in this run (a message delivered twice, or the \
              brake passed)");
         return move_on(&sys, queue_url, inv, &msg, assignment.wave, Moved::Again).await;
@@ -130,7 +131,7 @@ pub async fn migrate_from_queue(
 
     let config = db.config();
     let found = async {
-        let tenants = one_tenant::list(&sys, Some(&[slug.to_owned()])).await?;
+        let tenants = plan::list(&sys, Some(&[slug.to_owned()])).await?;
         let servers = prepare::load(db, &sys).await?;
         Ok::<_, crate::pg::DbError>((tenants, servers))
     }
@@ -159,7 +160,15 @@ pub async fn migrate_from_queue(
                 ..Plan::within(config, inv)
             };
             let expected = ExpectedHistory::tenant();
-            match one_tenant::migrate_tenant(db, &sys, server, t, &plan, expected).await {
+            let attempt = Attempt {
+                db,
+                sys: &sys,
+                server,
+                tenant: t,
+                plan: &plan,
+                expected,
+            };
+            match one_tenant::migrate_tenant(&attempt).await {
                 Attempted::Done(r) if r.status == TenantOutcome::NotStarted => {
                     // Too little time left in this invocation: later.
                     return give_back(queue_url, &msg, false).await;
@@ -245,16 +254,16 @@ async fn move_on(
     let started = Instant::now();
     match ledger::next(sys, run_id, attempt, &msg.slug, wave, moved).await {
         Ok(Next::Continue) => Delivery::Done,
-        Ok(Next::Closed(status)) if status == "completed" => {
+        Ok(Next::Closed(RunState::Completed)) => {
             info!(%run_id, "the run's last tenant is recorded; the run completed");
             Delivery::Done
         }
-        Ok(Next::Closed(status)) => {
-            error!(%run_id, %status, "{RUN_ENDED_BADLY}: a tenant failed (see GET /api/runs/{{id}})");
+        Ok(Next::Closed(state)) => {
+            error!(%run_id, status = state.as_str(), "{RUN_ENDED_BADLY}: a tenant failed (see GET /api/runs/{{id}})");
             Delivery::Done
         }
         Ok(Next::Halted(why)) => {
-            error!(%run_id, status = "halted", reason = %why, "{RUN_ENDED_BADLY}");
+            error!(%run_id, status = RunState::Halted.as_str(), reason = %why, "{RUN_ENDED_BADLY}");
             Delivery::Done
         }
         Ok(Next::Send(slugs)) => {
