@@ -1,9 +1,13 @@
 //! Request bodies, before any field is looked at: a JSON object, or the one problem that says
-//! why not (empty, not UTF-8, not JSON, not an object), as a message and its detail.
+//! why not (empty, not UTF-8, not JSON, not an object), as a message and its detail; and the
+//! largest body accepted.
 
 use serde_json::{Map, Value};
 
 use crate::tenant::registry::FieldError;
+
+/// Largest request body accepted (bytes); larger is 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Why a body is not a JSON object: the message and the `body` detail a 400 carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
