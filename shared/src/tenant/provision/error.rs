@@ -1,0 +1,44 @@
+//! What creating a tenant answers when it does not create one.
+
+use crate::{domain::Slug, pg::DbError, servers::NoRoom, tenant::registry::FieldError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateTenantError {
+    #[error("invalid request")]
+    Validation {
+        message: String,
+        details: Vec<FieldError>,
+    },
+    #[error("tenant with slug '{0}' already exists")]
+    Conflict(Slug),
+    /// A database, login or secret of the tenant's name exists but the registry did not make
+    /// it: never adopted, never dropped.
+    #[error("a {1} for slug '{0}' already exists outside the registry")]
+    ExistsOutside(Slug, &'static str),
+    /// The idempotency key was used before with another body.
+    #[error("idempotency key reused with a different request")]
+    IdempotencyMismatch,
+    /// Another operation on the same tenant held it past the waiting time.
+    #[error("tenant '{0}' is busy")]
+    Busy(Slug),
+    /// No server can take the tenant: the requested one is unknown, draining or full, or
+    /// every open server is full.
+    #[error("no server can take the tenant: {0:?}")]
+    NoRoom(NoRoom),
+    #[error("database unavailable")]
+    Unavailable(String),
+    /// Provisioning failed and was undone (or could not be, see the log).
+    #[error("provisioning failed")]
+    Unexpected(#[source] anyhow::Error),
+}
+
+impl From<DbError> for CreateTenantError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Unavailable(m) | DbError::TimedOut(m) => CreateTenantError::Unavailable(m),
+            // A lock wait that ran out (the server's row, held by concurrent placements): busy.
+            e if e.is_lock_timeout() => CreateTenantError::Unavailable(e.to_string()),
+            other => CreateTenantError::Unexpected(anyhow::Error::new(other)),
+        }
+    }
+}
