@@ -5,6 +5,7 @@
 //! `AWS_ENDPOINT_URL_*` variables, which is how the local stack points clients at moto.
 
 pub mod queue;
+pub mod secret_versions;
 pub mod secrets;
 
 use std::time::Duration;
