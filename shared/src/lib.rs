@@ -10,6 +10,7 @@ pub mod domain;
 pub mod fleet;
 pub mod invocation;
 pub mod migrate;
+pub mod page;
 pub mod pg;
 pub mod servers;
 pub mod tenant;

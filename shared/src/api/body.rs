@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::tenant::registry::FieldError;
+use crate::domain::FieldError;
 
 /// Largest request body accepted (bytes); larger is 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

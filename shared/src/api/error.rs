@@ -8,13 +8,13 @@ use tracing::error;
 
 use super::{body::MAX_BODY_BYTES, response::ApiResponse};
 use crate::{
-    domain::Slug,
+    domain::{FieldError, Slug},
     pg::DbError,
     servers::{NoRoom, ServersError},
     tenant::{
         lifecycle::LifecycleError,
         provision::CreateTenantError,
-        registry::{FieldError, GetTenantError, ListTenantsError},
+        registry::{GetTenantError, ListTenantsError},
     },
 };
 

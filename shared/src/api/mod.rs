@@ -11,16 +11,18 @@
 //! | `body`     | request bodies before any field is read; [`MAX_BODY_BYTES`]                |
 //! | `query`    | query strings (limits, cursors, pages); the slug or name in the path       |
 //! | `deadline` | an operation within the deadline, once more on a dead connection, answered |
+//! | `server_body` | the `POST` and `PATCH` bodies of `/api/servers`, each problem named with its field |
 //! | `tenants`  | `/api/tenants`: create (and its body), list, get, delete, restore, purge   |
 //! | `servers`  | `/api/servers`: list, get, register, update, remove                        |
 //! | `runs`     | `/api/runs`: the run ledger, and one run with a page of its tenants        |
 
-pub(crate) mod body;
+mod body;
 mod deadline;
 mod error;
 mod query;
 mod response;
 mod runs;
+mod server_body;
 mod servers;
 mod tenants;
 

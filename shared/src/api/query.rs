@@ -4,10 +4,11 @@
 
 use super::error::ApiError;
 use crate::{
-    domain::{ServerName, Slug, TenantStatus},
+    domain::{FieldError, ServerName, Slug, TenantStatus},
     fleet::ledger,
+    page::{Cursor, DEFAULT_LIMIT, MAX_LIMIT},
     servers::ServersError,
-    tenant::registry::{Cursor, FieldError, ListQuery, LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT},
+    tenant::registry::ListQuery,
 };
 
 /// Parses `status`, `limit` and `cursor`; any other parameter is refused (a typo such as
@@ -59,14 +60,14 @@ fn query_fields<'a>(
     }
 }
 
-/// A page size: 1 to `LIST_MAX_LIMIT`.
+/// A page size: 1 to [`MAX_LIMIT`].
 fn parse_limit(value: &str, details: &mut Vec<FieldError>) -> Option<i64> {
     match value.parse::<i64>() {
-        Ok(n) if (1..=LIST_MAX_LIMIT).contains(&n) => Some(n),
+        Ok(n) if (1..=MAX_LIMIT).contains(&n) => Some(n),
         _ => {
             details.push(FieldError::new(
                 "limit",
-                format!("must be a whole number from 1 to {LIST_MAX_LIMIT}"),
+                format!("must be a whole number from 1 to {MAX_LIMIT}"),
             ));
             None
         }
@@ -113,7 +114,7 @@ pub(super) fn parse_page_query<'a>(
 ) -> Result<PageQuery, ApiError> {
     let mut q = PageQuery {
         status: None,
-        limit: LIST_DEFAULT_LIMIT,
+        limit: DEFAULT_LIMIT,
         cursor: None,
     };
     query_fields(params, |key, value, details| {

@@ -9,8 +9,11 @@ use super::{
     response::ApiResponse,
 };
 use crate::{
-    database::Database, fleet::ledger, invocation::Invocation, pg::DbError,
-    tenant::registry::Cursor,
+    database::Database,
+    fleet::ledger,
+    invocation::Invocation,
+    page::{self, Cursor},
+    pg::DbError,
 };
 
 /// `GET /api/runs`: the run ledger, newest first (`limit` 1–500, default 100; `cursor`).
@@ -49,7 +52,7 @@ pub async fn get_run<'a>(
         let not_found = || ApiError::new(ErrorCode::NotFound, "Run not found");
         let id = Uuid::parse_str(id).map_err(|_| not_found())?;
         let q = parse_page_query(params, true, |raw| {
-            ledger::decode_slug_cursor(raw).map(Page::Tenants)
+            page::decode_slug(raw).map(Page::Tenants)
         })?;
         let after = match &q.cursor {
             Some(Page::Tenants(slug)) => Some(slug.as_str()),

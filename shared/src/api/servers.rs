@@ -9,6 +9,7 @@ use super::{
     error::ApiError,
     query::{no_query, path_server},
     response::ApiResponse,
+    server_body::{parse_new_server, parse_patch},
 };
 use crate::{
     database::Database,
@@ -59,7 +60,7 @@ pub async fn register_server(db: &Database, body: &[u8], inv: &Invocation) -> Ap
         if body.len() > MAX_BODY_BYTES {
             return Err(ApiError::payload_too_large());
         }
-        let new = servers::parse_new_server(body)?;
+        let new = parse_new_server(body)?;
         let server = within_deadline(db, inv, servers::register_server(db, &new)).await?;
         Ok(ApiResponse::ok(201, server))
     })
@@ -78,7 +79,7 @@ pub async fn update_server(
             return Err(ApiError::payload_too_large());
         }
         let name = path_server(name)?;
-        let patch = servers::parse_patch(body)?;
+        let patch = parse_patch(body)?;
         let server = retry_once(
             db,
             inv,

@@ -12,12 +12,12 @@ use super::{
 };
 use crate::{
     database::Database,
-    domain::{NewTenant, ServerName, Slug, Tenant, TenantName},
+    domain::{FieldError, NewTenant, ServerName, Slug, Tenant, TenantName},
     invocation::Invocation,
     tenant::{
         lifecycle::{self, LifecycleError},
         provision::{self, CreateTenantError, IdempotencyKey},
-        registry::{self, FieldError, GetTenantError, ListTenantsError},
+        registry::{self, GetTenantError, ListTenantsError},
     },
 };
 

@@ -1,6 +1,6 @@
 //! The errors of the servers' operations, for the API to map to statuses.
 
-use crate::{pg::DbError, tenant::registry::FieldError};
+use crate::{domain::FieldError, pg::DbError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServersError {

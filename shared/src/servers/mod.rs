@@ -22,14 +22,12 @@
 //! | `state` | [`ServerState`]: `open` or `draining` |
 //! | `view` | [`ServerView`]: a server as the API shows it, its tenants counted; list and get |
 //! | `error` | [`ServersError`], the errors of every operation here |
-//! | `body` | the `POST` and `PATCH` bodies, parsed, each problem named with its field |
 //! | `register` | [`NewServer`], registered after a real check of its secret and server |
 //! | `update` | [`ServerPatch`], a change of state, capacity or budget |
 //! | `remove` | removing a server that holds no tenant, then its templates |
 //! | `placement` | where a new tenant goes, and the claim on a server's room |
 //! | `hardening` | `PUBLIC`'s access to the databases every cluster starts with, taken away |
 
-mod body;
 mod error;
 pub(crate) mod hardening;
 mod placement;
@@ -41,7 +39,6 @@ mod view;
 
 pub use crate::database::PRIMARY;
 pub use crate::domain::ServerName;
-pub use body::{parse_new_server, parse_patch};
 pub use error::ServersError;
 pub use placement::NoRoom;
 pub(crate) use placement::{candidates, claim, Claim};
@@ -50,18 +47,3 @@ pub use remove::remove_server;
 pub use state::ServerState;
 pub use update::{update_server, ServerPatch};
 pub use view::{get_server, list_servers, ServerView, TenantCounts};
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn server_names() {
-        for ok in ["primary", "eu-west-1a", "rds_2", "s"] {
-            assert!(ServerName::parse(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "Primary", "1a", "a b", "a.b", &"a".repeat(64)] {
-            assert!(ServerName::parse(bad).is_err(), "{bad}");
-        }
-    }
-}

@@ -2,15 +2,13 @@
 //! restore and purge are `lifecycle`.) One error enum per operation; `api` maps them to HTTP
 //! in one place.
 
-use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use chrono::{DateTime, Utc};
 use tokio_postgres::{types::ToSql, Row};
 use tracing::instrument;
-use uuid::Uuid;
 
 use crate::{
     database::Database,
     domain::{Slug, Tenant, TenantStatus},
+    page::{self, Cursor},
     pg::DbError,
 };
 
@@ -34,22 +32,6 @@ pub(crate) fn tenant_from_row(row: &Row) -> Result<Tenant, DbError> {
         created_at: row.try_get("created_at")?,
         deleted_at: row.try_get("deleted_at")?,
     })
-}
-
-/// A field-level validation problem, reported to the client as is.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -94,51 +76,6 @@ pub(crate) async fn get_tenant(db: &Database, slug: &Slug) -> Result<Tenant, Get
 // List
 // ---------------------------------------------------------------------------------------------
 
-pub(crate) const LIST_DEFAULT_LIMIT: i64 = 100;
-pub(crate) const LIST_MAX_LIMIT: i64 = 500;
-
-/// Position after the last tenant of a page: (created_at, id), oldest first.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cursor {
-    pub created_at: DateTime<Utc>,
-    pub id: Uuid,
-}
-
-/// The range of `created_at` a cursor can hold: every tenant was created in it, and all of it
-/// is within PostgreSQL's `timestamptz` (a forged cursor out of it is a 400, not an error of
-/// the server's range check).
-const CURSOR_MICROS: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999_999; // 1970 to 9999
-
-impl Cursor {
-    /// Opaque to clients: base64url of `v1:{created_at in µs}:{id}`.
-    pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!(
-            "v1:{}:{}",
-            self.created_at.timestamp_micros(),
-            self.id
-        ))
-    }
-
-    pub fn decode(raw: &str) -> Option<Cursor> {
-        let bytes = URL_SAFE_NO_PAD.decode(raw).ok()?;
-        let text = String::from_utf8(bytes).ok()?;
-        let mut parts = text.splitn(3, ':');
-        if parts.next()? != "v1" {
-            return None;
-        }
-        let micros: i64 = parts
-            .next()?
-            .parse()
-            .ok()
-            .filter(|m| CURSOR_MICROS.contains(m))?;
-        let id = Uuid::parse_str(parts.next()?).ok()?;
-        Some(Cursor {
-            created_at: DateTime::from_timestamp_micros(micros)?,
-            id,
-        })
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListQuery {
     pub status: Option<TenantStatus>,
@@ -150,7 +87,7 @@ impl Default for ListQuery {
     fn default() -> Self {
         ListQuery {
             status: None,
-            limit: LIST_DEFAULT_LIMIT,
+            limit: page::DEFAULT_LIMIT,
             cursor: None,
         }
     }
@@ -223,37 +160,4 @@ pub async fn list_tenants(db: &Database, q: &ListQuery) -> Result<TenantPage, Li
         tenants,
         next_cursor,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursor_round_trips_to_the_microsecond() {
-        let c = Cursor {
-            created_at: DateTime::from_timestamp_micros(1_768_644_000_123_456).unwrap(),
-            id: Uuid::new_v4(),
-        };
-        assert_eq!(Cursor::decode(&c.encode()), Some(c));
-    }
-
-    #[test]
-    fn cursor_rejects_garbage() {
-        for bad in [
-            "",
-            "x",
-            "!!!",
-            &URL_SAFE_NO_PAD.encode("v2:1:abc"),
-            &URL_SAFE_NO_PAD.encode("v1:1:not-a-uuid"),
-            // Valid shape, but out of any range a tenant was created in (PostgreSQL would
-            // refuse the timestamp).
-            &URL_SAFE_NO_PAD.encode(format!("v1:-9223372036854775808:{}", Uuid::nil())),
-            &URL_SAFE_NO_PAD.encode(format!("v1:-210866803200000001:{}", Uuid::nil())),
-            &URL_SAFE_NO_PAD.encode(format!("v1:253402300800000000:{}", Uuid::nil())),
-            &URL_SAFE_NO_PAD.encode(format!("v1:-1:{}", Uuid::nil())),
-        ] {
-            assert_eq!(Cursor::decode(bad), None, "{bad}");
-        }
-    }
 }

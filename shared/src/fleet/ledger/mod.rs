@@ -32,9 +32,7 @@ mod runs;
 mod state;
 
 pub(crate) use queued::{assignment, next, note_rest_sent, record_once, Moved, Next};
-pub use read::{
-    decode_slug_cursor, encode_slug_cursor, get_run, list_runs, Run, RunDetail, RunPage, RunTenant,
-};
+pub use read::{get_run, list_runs, Run, RunDetail, RunPage, RunTenant};
 pub(crate) use record::{abandon, plan, queue, record, record_all, Planned};
 pub(crate) use runs::{alive, close, note_error, open, record_skipped, reopen, NewRun, Reopened};
 pub use state::{RunMode, RunState, TENANT_STATUSES};

@@ -1,14 +1,17 @@
 //! Reading the ledger, for `GET /api/runs` and `GET /api/runs/{id}`: runs newest first, one
 //! run with a page of its tenants.
 
-use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::state::COUNTS_SQL;
-use crate::{database::Database, pg::DbError, tenant::registry::Cursor};
+use crate::{
+    database::Database,
+    page::{self, Cursor},
+    pg::DbError,
+};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Run {
@@ -64,17 +67,6 @@ pub struct RunDetail {
     pub run: Run,
     pub tenants: Vec<RunTenant>,
     pub next_cursor: Option<String>,
-}
-
-/// A position in a run's tenants (by slug): base64url of `t1:{slug}`.
-pub fn encode_slug_cursor(slug: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("t1:{slug}"))
-}
-
-pub fn decode_slug_cursor(raw: &str) -> Option<String> {
-    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
-    let slug = text.strip_prefix("t1:")?;
-    crate::domain::Slug::parse(slug).ok().map(|s| s.to_string())
 }
 
 fn run_columns() -> String {
@@ -202,7 +194,7 @@ pub async fn get_run(
         .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
     let next_cursor = if tenants.len() as i64 > limit {
         tenants.truncate(limit as usize);
-        tenants.last().map(|t| encode_slug_cursor(&t.slug))
+        tenants.last().map(|t| page::encode_slug(&t.slug))
     } else {
         None
     };

@@ -1,6 +1,6 @@
 //! What creating a tenant answers when it does not create one.
 
-use crate::{domain::Slug, pg::DbError, servers::NoRoom, tenant::registry::FieldError};
+use crate::{domain::FieldError, domain::Slug, pg::DbError, servers::NoRoom};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CreateTenantError {

@@ -3,8 +3,11 @@
 
 use serde_json::{Map, Value};
 
-use super::{error::ServersError, register::NewServer, state::ServerState, update::ServerPatch};
-use crate::{domain::ServerName, tenant::registry::FieldError};
+use super::body::json_object;
+use crate::{
+    domain::{FieldError, ServerName},
+    servers::{NewServer, ServerPatch, ServerState, ServersError},
+};
 
 fn invalid(message: &str, details: Vec<FieldError>) -> ServersError {
     ServersError::Validation {
@@ -15,8 +18,7 @@ fn invalid(message: &str, details: Vec<FieldError>) -> ServersError {
 
 /// The request body as a JSON object, or the error that says why it is not one.
 fn body_object(body: &[u8]) -> Result<Map<String, Value>, ServersError> {
-    crate::api::body::json_object(body, "a JSON object")
-        .map_err(|e| invalid(e.message, vec![e.detail]))
+    json_object(body, "a JSON object").map_err(|e| invalid(e.message, vec![e.detail]))
 }
 
 /// Reads the fields of a body: each problem is reported with its field, unknown fields too.
@@ -92,7 +94,7 @@ impl Fields {
 }
 
 /// Parses a `POST /api/servers` body.
-pub fn parse_new_server(body: &[u8]) -> Result<NewServer, ServersError> {
+pub(super) fn parse_new_server(body: &[u8]) -> Result<NewServer, ServersError> {
     let mut f = Fields {
         map: body_object(body)?,
         details: Vec::new(),
@@ -132,7 +134,7 @@ pub fn parse_new_server(body: &[u8]) -> Result<NewServer, ServersError> {
 
 /// Parses a `PATCH /api/servers/{name}` body: at least one of `state`, `max_tenants`,
 /// `migrate_concurrency`.
-pub fn parse_patch(body: &[u8]) -> Result<ServerPatch, ServersError> {
+pub(super) fn parse_patch(body: &[u8]) -> Result<ServerPatch, ServersError> {
     let mut f = Fields {
         map: body_object(body)?,
         details: Vec::new(),

@@ -1,13 +1,21 @@
-//! Domain types that can only hold valid values (parse, don't validate).
+//! Domain types that can only hold valid values (parse, don't validate): a tenant's slug,
+//! name, database name and status, a server's name ([`ServerName`]), and the field-level
+//! problem every parser reports ([`FieldError`]).
 //!
 //! A [`Slug`] is the only thing that ever reaches SQL as part of an identifier, and it is
 //! still quoted there ([`quote_ident`]).
+
+mod field;
+mod server_name;
 
 use std::fmt;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Serialize, Serializer};
 use uuid::Uuid;
+
+pub use field::FieldError;
+pub use server_name::ServerName;
 
 /// Every tenant database is named `dbtools_tenant_{slug}`.
 pub const DATABASE_PREFIX: &str = "dbtools_tenant_";
@@ -151,45 +159,6 @@ pub struct NewTenant {
     pub slug: Slug,
     /// The server the request asks for; `None`: placement chooses.
     pub server: Option<ServerName>,
-}
-
-/// A server's name: a lowercase letter, then lowercase letters, digits, `_` or `-`; at most
-/// 63 characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ServerName(String);
-
-impl ServerName {
-    pub fn parse(raw: &str) -> Result<ServerName, String> {
-        let mut chars = raw.chars();
-        match chars.next() {
-            Some(c) if c.is_ascii_lowercase() => {}
-            _ => return Err("must start with a lowercase letter (a-z)".into()),
-        }
-        if raw.len() > 63 {
-            return Err(format!(
-                "must be at most 63 characters long (got {})",
-                raw.len()
-            ));
-        }
-        if let Some(bad) = chars
-            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-'))
-        {
-            return Err(format!(
-                "may contain only lowercase letters, digits, '_' and '-' (found {bad:?})"
-            ));
-        }
-        Ok(ServerName(raw.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ServerName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
