@@ -11,11 +11,7 @@ use crate::{
     domain::{FieldError, Slug},
     pg::DbError,
     servers::{NoRoom, ServersError},
-    tenant::{
-        lifecycle::LifecycleError,
-        provision::CreateTenantError,
-        registry::{GetTenantError, ListTenantsError},
-    },
+    tenant::{lifecycle::LifecycleError, provision::CreateTenantError, registry::GetTenantError},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -146,9 +142,8 @@ impl From<CreateTenantError> for ApiError {
                 format!("Tenant '{slug}' is being changed by another operation; retry later"),
             ),
             CreateTenantError::NoRoom(no_room) => no_room.into(),
-            CreateTenantError::Unavailable(m) => ApiError::unavailable(&m),
-            CreateTenantError::Unexpected(cause) => ApiError::internal(
-                &cause,
+            CreateTenantError::Db(e) => ApiError::failed(
+                e,
                 "Provisioning failed; it is safe to retry (what was made is undone now or by the \
                  next attempt)",
             ),
@@ -184,10 +179,20 @@ impl From<NoRoom> for ApiError {
 
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
+        ApiError::failed(e, "Unexpected error")
+    }
+}
+
+impl ApiError {
+    /// What every operation's failure of a dependency answers: the registry, a server or
+    /// Secrets Manager away, out of time, or busy (a lock wait that ran out) is a 503 to
+    /// retry; anything else a 500 with `message` (the operation's own sentence). The cause
+    /// goes to the log only.
+    fn failed(e: DbError, message: &str) -> ApiError {
         match e {
             DbError::Unavailable(m) | DbError::TimedOut(m) => ApiError::unavailable(&m),
             e if e.is_lock_timeout() => ApiError::unavailable(&e.to_string()),
-            other => ApiError::internal(&anyhow::Error::new(other), "Unexpected error"),
+            other => ApiError::internal(&anyhow::Error::new(other), message),
         }
     }
 }
@@ -216,8 +221,7 @@ impl From<ServersError> for ApiError {
                      check them (and the network path), then retry",
                 )
             }
-            ServersError::Unavailable(m) => ApiError::unavailable(&m),
-            ServersError::Unexpected(cause) => ApiError::internal(&cause, "Unexpected error"),
+            ServersError::Db(e) => e.into(),
         }
     }
 }
@@ -226,17 +230,7 @@ impl From<GetTenantError> for ApiError {
     fn from(e: GetTenantError) -> Self {
         match e {
             GetTenantError::NotFound(slug) => not_found(slug.as_ref()),
-            GetTenantError::Unavailable(m) => ApiError::unavailable(&m),
-            GetTenantError::Unexpected(cause) => ApiError::internal(&cause, "Unexpected error"),
-        }
-    }
-}
-
-impl From<ListTenantsError> for ApiError {
-    fn from(e: ListTenantsError) -> Self {
-        match e {
-            ListTenantsError::Unavailable(m) => ApiError::unavailable(&m),
-            ListTenantsError::Unexpected(cause) => ApiError::internal(&cause, "Unexpected error"),
+            GetTenantError::Db(e) => e.into(),
         }
     }
 }
@@ -250,9 +244,8 @@ impl From<LifecycleError> for ApiError {
                 ErrorCode::Conflict,
                 format!("Tenant '{slug}' is being changed by another operation; retry later"),
             ),
-            LifecycleError::Unavailable(m) => ApiError::unavailable(&m),
-            LifecycleError::Unexpected(cause) => ApiError::internal(
-                &cause,
+            LifecycleError::Db(e) => ApiError::failed(
+                e,
                 "The operation failed; it is safe to retry (each step is repeatable)",
             ),
         }
@@ -287,15 +280,15 @@ mod tests {
 
     #[test]
     fn unavailable_and_internal_errors_hide_their_cause() {
-        let r = ApiError::from(CreateTenantError::Unavailable(
+        let r = ApiError::from(CreateTenantError::Db(DbError::Unavailable(
             "connect to db.internal:5432 refused".into(),
-        ))
+        )))
         .into_response();
         assert_eq!(r.status, 503);
         assert!(!r.body.to_string().contains("db.internal"));
-        let r = ApiError::from(CreateTenantError::Unexpected(anyhow::anyhow!(
+        let r = ApiError::from(CreateTenantError::Db(DbError::Other(anyhow::anyhow!(
             "syntax error at SELECT"
-        )))
+        ))))
         .into_response();
         assert_eq!(r.status, 500);
         assert!(!r.body.to_string().contains("SELECT"));

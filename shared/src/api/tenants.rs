@@ -14,10 +14,11 @@ use crate::{
     database::Database,
     domain::{FieldError, NewTenant, ServerName, Slug, Tenant, TenantName},
     invocation::Invocation,
+    pg::DbError,
     tenant::{
         lifecycle::{self, LifecycleError},
         provision::{self, CreateTenantError, IdempotencyKey},
-        registry::{self, GetTenantError, ListTenantsError},
+        registry::{self, GetTenantError},
     },
 };
 
@@ -67,7 +68,7 @@ pub async fn list<'a>(
             db,
             inv,
             || registry::list_tenants(db, &q),
-            |e| matches!(e, ListTenantsError::Unavailable(_)),
+            DbError::is_unavailable,
         )
         .await?;
         Ok(ApiResponse::ok(200, page))
@@ -83,7 +84,7 @@ pub async fn get(db: &Database, slug: Option<&str>, inv: &Invocation) -> ApiResp
             db,
             inv,
             || registry::get_tenant(db, &slug),
-            |e| matches!(e, GetTenantError::Unavailable(_)),
+            |e| matches!(e, GetTenantError::Db(e) if e.is_unavailable()),
         )
         .await?;
         Ok(ApiResponse::ok(200, tenant))
@@ -124,7 +125,7 @@ where
             db,
             inv,
             || op(db, &slug),
-            |e| matches!(e, LifecycleError::Unavailable(_)),
+            |e| matches!(e, LifecycleError::Db(e) if e.is_unavailable()),
         )
         .await?;
         Ok(ApiResponse::ok(200, tenant))

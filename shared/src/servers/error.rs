@@ -23,20 +23,8 @@ pub enum ServersError {
     /// The server to register did not answer (the cause, for the log only: it names hosts).
     #[error("server unreachable")]
     Unreachable(String),
-    /// The registry (or Secrets Manager) did not answer.
-    #[error("database unavailable")]
-    Unavailable(String),
-    #[error("unexpected error")]
-    Unexpected(#[source] anyhow::Error),
-}
-
-impl From<DbError> for ServersError {
-    fn from(e: DbError) -> Self {
-        match e {
-            DbError::Unavailable(m) | DbError::TimedOut(m) => ServersError::Unavailable(m),
-            // A lock wait that ran out (the server's row, held by a placement): retry.
-            e if e.is_lock_timeout() => ServersError::Unavailable(e.to_string()),
-            other => ServersError::Unexpected(anyhow::Error::new(other)),
-        }
-    }
+    /// The registry, a server or Secrets Manager failed it: a 503 to retry when one was away
+    /// or busy, else a 500 (see `api::error`).
+    #[error(transparent)]
+    Db(#[from] DbError),
 }

@@ -47,26 +47,17 @@ pub enum LifecycleError {
     Conflict(Slug, String),
     #[error("tenant '{0}' is busy")]
     Busy(Slug),
-    #[error("database unavailable")]
-    Unavailable(String),
-    #[error("unexpected error")]
-    Unexpected(#[source] anyhow::Error),
-}
-
-impl From<DbError> for LifecycleError {
-    fn from(e: DbError) -> Self {
-        match e {
-            DbError::Unavailable(m) | DbError::TimedOut(m) => LifecycleError::Unavailable(m),
-            other => LifecycleError::Unexpected(anyhow::Error::new(other)),
-        }
-    }
+    /// The registry, a server or Secrets Manager failed it: a 503 to retry when one was away
+    /// or busy, else a 500 (see `api::error`).
+    #[error(transparent)]
+    Db(#[from] DbError),
 }
 
 impl From<AccessError> for LifecycleError {
     fn from(e: AccessError) -> Self {
         match e {
             AccessError::Db(e) => e.into(),
-            foreign => LifecycleError::Unexpected(anyhow::Error::new(foreign)),
+            foreign => LifecycleError::Db(DbError::Other(anyhow::Error::new(foreign))),
         }
     }
 }
@@ -153,13 +144,7 @@ async fn with_entry<T>(
     guard.release().await;
     // A row or table lock that stayed taken (SQLSTATE 55P03): busy, not broken.
     result.map_err(|e| match e {
-        LifecycleError::Unexpected(cause)
-            if cause
-                .downcast_ref::<DbError>()
-                .is_some_and(DbError::is_lock_timeout) =>
-        {
-            LifecycleError::Busy(slug.clone())
-        }
+        LifecycleError::Db(e) if e.is_lock_timeout() => LifecycleError::Busy(slug.clone()),
         other => other,
     })
 }

@@ -42,19 +42,10 @@ pub(crate) fn tenant_from_row(row: &Row) -> Result<Tenant, DbError> {
 pub(crate) enum GetTenantError {
     #[error("tenant not found")]
     NotFound(Option<Slug>),
-    #[error("database unavailable")]
-    Unavailable(String),
-    #[error("unexpected error")]
-    Unexpected(#[source] anyhow::Error),
-}
-
-impl From<DbError> for GetTenantError {
-    fn from(e: DbError) -> Self {
-        match e {
-            DbError::Unavailable(m) | DbError::TimedOut(m) => GetTenantError::Unavailable(m),
-            other => GetTenantError::Unexpected(anyhow::Error::new(other)),
-        }
-    }
+    /// The registry, a server or Secrets Manager failed it: a 503 to retry when one was away
+    /// or busy, else a 500 (see `api::error`).
+    #[error(transparent)]
+    Db(#[from] DbError),
 }
 
 #[instrument(skip_all, fields(tenant.slug = %slug))]
@@ -99,26 +90,9 @@ pub struct TenantPage {
     pub next_cursor: Option<String>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ListTenantsError {
-    #[error("database unavailable")]
-    Unavailable(String),
-    #[error("unexpected error")]
-    Unexpected(#[source] anyhow::Error),
-}
-
-impl From<DbError> for ListTenantsError {
-    fn from(e: DbError) -> Self {
-        match e {
-            DbError::Unavailable(m) | DbError::TimedOut(m) => ListTenantsError::Unavailable(m),
-            other => ListTenantsError::Unexpected(anyhow::Error::new(other)),
-        }
-    }
-}
-
 /// One page, oldest first, by keyset pagination on (created_at, id).
 #[instrument(skip_all)]
-pub async fn list_tenants(db: &Database, q: &ListQuery) -> Result<TenantPage, ListTenantsError> {
+pub async fn list_tenants(db: &Database, q: &ListQuery) -> Result<TenantPage, DbError> {
     let sys = db.system().await?;
     let status = q.status.map(TenantStatus::as_str);
     let fetch = q.limit + 1; // one more, to know whether there is a next page

@@ -16,6 +16,7 @@ use crate::{
     database::Database,
     domain::{DatabaseName, NewTenant, Tenant},
     invocation::Invocation,
+    pg::DbError,
     tenant::access::Access,
 };
 
@@ -123,9 +124,9 @@ pub async fn create_tenant(
             }),
             Err(_) => {
                 sys.discard();
-                Err(CreateTenantError::Unavailable(
+                Err(CreateTenantError::Db(DbError::Unavailable(
                     "provisioning did not finish within its lease".into(),
-                ))
+                )))
             }
         };
     }

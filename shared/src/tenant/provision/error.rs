@@ -25,20 +25,9 @@ pub enum CreateTenantError {
     /// every open server is full.
     #[error("no server can take the tenant: {0:?}")]
     NoRoom(NoRoom),
-    #[error("database unavailable")]
-    Unavailable(String),
-    /// Provisioning failed and was undone (or could not be, see the log).
-    #[error("provisioning failed")]
-    Unexpected(#[source] anyhow::Error),
-}
-
-impl From<DbError> for CreateTenantError {
-    fn from(e: DbError) -> Self {
-        match e {
-            DbError::Unavailable(m) | DbError::TimedOut(m) => CreateTenantError::Unavailable(m),
-            // A lock wait that ran out (the server's row, held by concurrent placements): busy.
-            e if e.is_lock_timeout() => CreateTenantError::Unavailable(e.to_string()),
-            other => CreateTenantError::Unexpected(anyhow::Error::new(other)),
-        }
-    }
+    /// The registry, a server or Secrets Manager failed it (a lock wait that ran out: the server's row, held by
+    /// concurrent placements): a 503 to retry when one was away
+    /// or busy, else a 500 (see `api::error`).
+    #[error(transparent)]
+    Db(#[from] DbError),
 }

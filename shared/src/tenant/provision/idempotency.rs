@@ -125,8 +125,9 @@ pub(super) async fn replay(
         if tenant.status != TenantStatus::Provisioning {
             return Ok(Some(tenant));
         }
-        let slug = Slug::parse(&tenant.slug)
-            .map_err(|e| CreateTenantError::Unexpected(anyhow::anyhow!("registry slug: {e}")))?;
+        let slug = Slug::parse(&tenant.slug).map_err(|e| {
+            CreateTenantError::Db(DbError::Other(anyhow::anyhow!("registry slug: {e}")))
+        })?;
         let lease_expired: Option<bool> = row.try_get("lease_expired").map_err(DbError::from)?;
         if lease_expired == Some(true)
             && reconcile_slug(db, sys, &slug).await? != ReconcileAction::Skipped
