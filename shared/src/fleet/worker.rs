@@ -81,12 +81,8 @@ pub async fn migrate_from_queue(
     db: &Database,
     inv: &Invocation,
     queue_url: &str,
-    body: &str,
+    msg: TenantMessage,
 ) -> Delivery {
-    let Ok(msg) = serde_json::from_str::<TenantMessage>(body) else {
-        error!("a message of the queue is not a tenant of a run; left for the dead-letter queue");
-        return Delivery::Retry;
-    };
     if Slug::parse(&msg.slug).is_err() {
         error!(run_id = %msg.run_id, "a message names an invalid slug; left for the dead-letter queue");
         return Delivery::Retry;
