@@ -6,13 +6,18 @@ use std::{collections::HashMap, time::Duration};
 
 use shared::{
     config::Config,
-    db::DbError,
+    database::migrate_system,
     domain::{NewTenant, Slug, TenantName, TenantStatus},
-    lifecycle::{self, LifecycleError},
-    locks::{self, Lock},
-    migrations,
-    provision::{self, CreateTenantError, IdempotencyKey, ReconcileAction},
-    tenants::{self, ListQuery},
+    migrate,
+    pg::{
+        locks::{self, Lock},
+        DbError,
+    },
+    tenant::{
+        lifecycle::{self, LifecycleError},
+        provision::{self, CreateTenantError, IdempotencyKey, ReconcileAction},
+        registry::{self, ListQuery},
+    },
     Database, Invocation,
 };
 use tokio_postgres::NoTls;
@@ -80,7 +85,7 @@ fn system_versions() -> Vec<i64> {
 
 /// The latest tenant migration, as the registry records it.
 fn latest() -> i32 {
-    migrations::latest_tenant_version() as i32
+    migrate::latest_tenant_version() as i32
 }
 
 /// An invocation with time to spare.
@@ -176,13 +181,10 @@ async fn database_exists(name: &str) -> bool {
 async fn system_migrations_create_the_registry_once() {
     let fresh = Fresh::new();
     let db = Database::new(fresh.config(&[]), "test").unwrap();
-    assert_eq!(
-        migrations::migrate_system(&db).await.unwrap(),
-        system_versions()
-    );
+    assert_eq!(migrate_system(&db).await.unwrap(), system_versions());
     assert!(database_exists(&fresh.system_db).await);
     // Idempotent.
-    assert!(migrations::migrate_system(&db).await.unwrap().is_empty());
+    assert!(migrate_system(&db).await.unwrap().is_empty());
     // The registry's constraints hold even against direct SQL.
     let sys = db.system().await.unwrap();
     let bad_status = sys
@@ -208,7 +210,7 @@ async fn system_migrations_create_the_registry_once() {
 async fn lifecycle_through_the_library() {
     let mut fresh = Fresh::new();
     let db = Database::new(fresh.config(&[]), "test").unwrap();
-    migrations::migrate_system(&db).await.unwrap();
+    migrate_system(&db).await.unwrap();
     let slug = fresh.slug("lib");
 
     let t = provision::create_tenant(&db, &new_tenant(&slug, "Library"), None, &inv())
@@ -216,7 +218,7 @@ async fn lifecycle_through_the_library() {
         .unwrap()
         .tenant;
     assert_eq!(t.status, TenantStatus::Active);
-    assert_eq!(t.schema_version, migrations::latest_tenant_version());
+    assert_eq!(t.schema_version, migrate::latest_tenant_version());
     assert!(database_exists(slug.database_name().as_str()).await);
 
     let again = provision::create_tenant(&db, &new_tenant(&slug, "Again"), None, &inv()).await;
@@ -225,7 +227,7 @@ async fn lifecycle_through_the_library() {
         "{again:?}"
     );
 
-    let page = tenants::list_tenants(&db, &ListQuery::default())
+    let page = registry::list_tenants(&db, &ListQuery::default())
         .await
         .unwrap();
     assert_eq!(page.tenants, std::slice::from_ref(&t));
@@ -242,7 +244,7 @@ async fn lifecycle_through_the_library() {
 async fn the_cached_connection_is_reopened_when_found_closed() {
     let fresh = Fresh::new();
     let db = Database::new(fresh.config(&[]), "test-reopen").unwrap();
-    migrations::migrate_system(&db).await.unwrap();
+    migrate_system(&db).await.unwrap();
     let pid: i32 = db
         .system()
         .await
@@ -259,7 +261,7 @@ async fn the_cached_connection_is_reopened_when_found_closed() {
     // Give the connection task a moment to notice the closed socket.
     for _ in 0..50 {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        let page = tenants::list_tenants(&db, &ListQuery::default()).await;
+        let page = registry::list_tenants(&db, &ListQuery::default()).await;
         if page.is_ok() {
             let pid2: i32 = db
                 .system()
@@ -293,13 +295,10 @@ async fn unreachable_postgres_is_unavailable_within_seconds() {
     // A port nothing listens on (the secret still supplies the credentials).
     let db = Database::new(fresh.config(&[("DB_PORT", "1")]), "test-down").unwrap();
     let started = std::time::Instant::now();
-    let err = tenants::list_tenants(&db, &ListQuery::default())
+    let err = registry::list_tenants(&db, &ListQuery::default())
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, tenants::ListTenantsError::Unavailable(_)),
-        "{err:?}"
-    );
+    assert!(err.is_unavailable(), "{err:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
 
@@ -311,13 +310,10 @@ async fn unreachable_secrets_manager_is_unavailable_within_seconds() {
     let fresh = Fresh::new();
     let db = Database::new(fresh.config(&[]), "test-sm-down").unwrap();
     let started = std::time::Instant::now();
-    let err = tenants::list_tenants(&db, &ListQuery::default())
+    let err = registry::list_tenants(&db, &ListQuery::default())
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, tenants::ListTenantsError::Unavailable(_)),
-        "{err:?}"
-    );
+    assert!(err.is_unavailable(), "{err:?}");
     assert!(
         started.elapsed() < std::time::Duration::from_secs(6),
         "{:?}",
@@ -336,10 +332,7 @@ async fn database_url_replaces_the_secret() {
         "test-url",
     )
     .unwrap();
-    assert_eq!(
-        migrations::migrate_system(&db).await.unwrap(),
-        system_versions()
-    );
+    assert_eq!(migrate_system(&db).await.unwrap(), system_versions());
 }
 
 /// A provisioning row whose lease has expired, as a killed create leaves it: it recorded the
@@ -428,7 +421,7 @@ async fn reconcile(db: &Database, slug: &Slug) -> ReconcileAction {
 async fn reconcile_decision_table() {
     let mut fresh = Fresh::new();
     let db = Database::new(fresh.config(&[]), "test-reconcile").unwrap();
-    migrations::migrate_system(&db).await.unwrap();
+    migrate_system(&db).await.unwrap();
     let admin = admin().await;
 
     // No database: roll back.
@@ -582,7 +575,7 @@ async fn reconcile_decision_table() {
 async fn a_post_after_a_dead_provisioning_converges() {
     let mut fresh = Fresh::new();
     let db = Database::new(fresh.config(&[]), "test-repost").unwrap();
-    migrations::migrate_system(&db).await.unwrap();
+    migrate_system(&db).await.unwrap();
 
     // Nothing was created: the slug is free again, and the new request provisions it.
     let slug = fresh.slug("rp_free");
@@ -614,7 +607,7 @@ async fn a_post_after_a_dead_provisioning_converges() {
 async fn an_idempotency_key_replays_and_refuses_another_body() {
     let mut fresh = Fresh::new();
     let db = Database::new(fresh.config(&[]), "test-idem").unwrap();
-    migrations::migrate_system(&db).await.unwrap();
+    migrate_system(&db).await.unwrap();
     let slug = fresh.slug("idem");
     let key = IdempotencyKey::parse(b"order-7781").unwrap();
     let first = provision::create_tenant(&db, &new_tenant(&slug, "Idem"), Some(&key), &inv())
@@ -642,7 +635,7 @@ fn sqlstate_free(e: &DbError) -> bool {
 async fn errors_are_classified_by_what_they_are() {
     let fresh = Fresh::new();
     let db = Database::new(fresh.config(&[]), "test-classify").unwrap();
-    migrations::migrate_system(&db).await.unwrap();
+    migrate_system(&db).await.unwrap();
     let sys = db.system().await.unwrap();
     // A query that finds no row, and a value that does not convert: the statement's fault,
     // not the server's (never a 503 and a retry).
@@ -714,7 +707,7 @@ async fn errors_are_classified_by_what_they_are() {
 async fn a_lock_guard_dropped_unreleased_discards_its_connection_and_the_lock() {
     let fresh = Fresh::new();
     let db = Database::new(fresh.config(&[]), "test-guard").unwrap();
-    migrations::migrate_system(&db).await.unwrap();
+    migrate_system(&db).await.unwrap();
     let other = Database::new(fresh.config(&[]), "test-guard-other").unwrap();
     let lock = Lock::Tenant("guarded".into());
 
@@ -794,7 +787,7 @@ async fn a_lock_guard_dropped_unreleased_discards_its_connection_and_the_lock() 
 async fn idempotency_keys_belong_to_their_caller_and_expire() {
     let mut fresh = Fresh::new();
     let db = Database::new(fresh.config(&[]), "test-idem-scope").unwrap();
-    migrations::migrate_system(&db).await.unwrap();
+    migrate_system(&db).await.unwrap();
     let key = IdempotencyKey::parse(b"signup-1").unwrap();
     let caller = |arn: &str| Invocation {
         caller: Some(arn.to_owned()),
@@ -856,11 +849,11 @@ async fn a_new_deployment_makes_its_registry_on_first_use() {
     // No migrate-all has run: the first request makes the system database and migrates it.
     let fresh = Fresh::new();
     let db = Database::new(fresh.config(&[]), "test-first-use").unwrap();
-    let page = tenants::list_tenants(&db, &ListQuery::default())
+    let page = registry::list_tenants(&db, &ListQuery::default())
         .await
         .expect("the registry is made on first use");
     assert!(page.tenants.is_empty());
     assert!(database_exists(&fresh.system_db).await);
     // Every system migration is applied (a later migrate-all has nothing left to do).
-    assert!(migrations::migrate_system(&db).await.unwrap().is_empty());
+    assert!(migrate_system(&db).await.unwrap().is_empty());
 }

@@ -6,7 +6,7 @@
 use std::{collections::HashMap, path::Path, process::Command};
 
 use e2e::{run_ok, ThrowawayCluster};
-use shared::{config::Config, db::DbError, Database};
+use shared::{config::Config, pg::DbError, Database};
 
 /// A cluster with `ssl=on`, its certificate for localhost and 127.0.0.1 signed by the CA
 /// `ca.pem`; another CA, `other.pem`, signs nothing.

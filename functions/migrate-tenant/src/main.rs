@@ -9,13 +9,16 @@
 
 use std::time::Duration;
 
-use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use serde::de::DeserializeOwned;
 use shared::{
+    aws::queue::TenantMessage,
     fleet::{self, Delivery},
     invocation::{Invocation, JOB_BUDGET},
     Config, Database,
 };
+use tracing::error;
 
 /// Kept from the Lambda deadline to answer.
 const ANSWER_MARGIN: Duration = Duration::from_secs(1);
@@ -28,22 +31,43 @@ async fn handler(
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, Error> {
     let inv = Invocation::new(event.context.deadline(), ANSWER_MARGIN, JOB_BUDGET, None);
+    let handle = async |msg: TenantMessage| {
+        if inv.time_left() < MIN_TIME {
+            return Delivery::Retry;
+        }
+        fleet::migrate_from_queue(db, &inv, queue_url, msg).await
+    };
+    Ok(each_record(event.payload.records, handle).await)
+}
+
+/// A batch, record by record, each body read as a `T` and handed to `handle`: the records not
+/// done (a body that is not a `T`, left for the dead-letter queue; or `Delivery::Retry`) are
+/// the batch item failures, delivered again.
+async fn each_record<T: DeserializeOwned>(
+    records: Vec<SqsMessage>,
+    handle: impl AsyncFn(T) -> Delivery,
+) -> SqsBatchResponse {
     let mut response = SqsBatchResponse::default();
-    for record in event.payload.records {
-        let id = record.message_id.clone().unwrap_or_default();
-        let delivery = match record.body.as_deref() {
-            Some(body) if inv.time_left() >= MIN_TIME => {
-                fleet::migrate_from_queue(db, &inv, queue_url, body).await
+    for record in records {
+        let parsed = record
+            .body
+            .as_deref()
+            .map(serde_json::from_str::<T>)
+            .transpose();
+        let delivery = match parsed {
+            Ok(Some(message)) => handle(message).await,
+            Ok(None) | Err(_) => {
+                error!("a message of the queue is not a tenant of a run; left for the dead-letter queue");
+                Delivery::Retry
             }
-            _ => Delivery::Retry,
         };
         if delivery == Delivery::Retry {
             let mut failure = BatchItemFailure::default();
-            failure.item_identifier = id;
+            failure.item_identifier = record.message_id.unwrap_or_default();
             response.batch_item_failures.push(failure);
         }
     }
-    Ok(response)
+    response
 }
 
 #[tokio::main]

@@ -4,7 +4,7 @@
 
 use aws_lambda_events::event::secretsmanager::SecretsManagerSecretRotationEvent;
 use lambda_runtime::{run, service_fn, Diagnostic, Error, LambdaEvent};
-use shared::{rotation, Config, Database};
+use shared::{tenant::rotation, Config, Database};
 
 async fn handler(
     db: &Database,

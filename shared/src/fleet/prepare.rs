@@ -8,14 +8,16 @@ use std::sync::Arc;
 use tracing::{error, warn};
 
 use super::{
+    outcome::Counts,
     reconcile,
-    report::{sanitize_db, Counts, ServerReport, TemplateReport},
+    report::{ServerReport, TemplateReport},
+    sanitize::sanitize_db,
 };
 use crate::{
-    db::{error_chain, Admin, Conn, Database, DbError, Server, ServerSource},
-    hardening, logins,
-    servers::ServerState,
-    template,
+    database::{Admin, Database, Server, ServerSource},
+    pg::{error_chain, Conn, DbError},
+    servers::{hardening, ServerState},
+    tenant::{access::login, template},
 };
 
 /// A server of the run.
@@ -27,7 +29,7 @@ pub(super) struct FleetServer {
     pub budget: usize,
     /// Why the run does not touch it (unreachable); `None` when it is usable.
     pub down: Option<String>,
-    /// The slots of its budget this process holds (see `tenant::take_slot`).
+    /// The slots of its budget this process holds (see `one_tenant::take_slot`).
     pub slots: std::sync::Mutex<std::collections::HashSet<usize>>,
 }
 
@@ -88,7 +90,7 @@ pub(super) async fn prepare(
         open_to_every_login: Vec::new(),
         counts: Counts::default(),
     };
-    let admin = match server.handle.admin(db).await {
+    let admin = match server.handle.admin().await {
         Ok(admin) => admin,
         Err(e) => {
             warn!(server = %server.name, error = %error_chain(&e), "server unreachable; its tenants are not attempted");
@@ -105,7 +107,7 @@ pub(super) async fn prepare(
     let prepared = async {
         if !dry_run {
             // Tenant migrations grant the tables to the tenant logins' group role.
-            logins::ensure_group(&admin).await?;
+            login::ensure_group(&admin).await?;
             let revoke = db.config().harden_shared_databases;
             report.open_to_every_login = hardening::harden(&admin, revoke).await?;
         }

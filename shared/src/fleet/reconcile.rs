@@ -5,11 +5,12 @@ use std::{collections::HashSet, time::Instant};
 
 use tracing::warn;
 
-use super::report::{sanitize_db, Reconciled};
+use super::{report::Reconciled, sanitize::sanitize_db};
 use crate::{
-    db::{Admin, Conn, Database, DbError},
+    database::{Admin, Database},
     domain::Slug,
-    provision::{self, ReconcileAction},
+    pg::{Conn, DbError},
+    tenant::provision::{self, ReconcileAction},
 };
 
 /// Finishes or undoes every provisioning past its lease whose lock is free. A tenant whose

@@ -1,159 +1,17 @@
-//! What a migrate-all run answers and logs: per tenant, counts, the run's own steps, and the
-//! failure summary that becomes the invocation's error message. Reasons are sanitised: a
+//! What a migrate-all run answers and logs: its status, its own steps (system migrations, the
+//! template, each server, reconciled provisionings, lifecycle work), counts and tenants, and
+//! which `errorType` the invocation fails with. Each tenant's outcome is in [`super::outcome`],
+//! the failure message in [`super::summary`]. Reasons are sanitised ([`super::sanitize`]): a
 //! report names objects and SQLSTATEs, never hosts or credentials.
 
 use serde::Serialize;
-use tracing::error;
 use uuid::Uuid;
 
-use super::upkeep::{UpkeepAction, Upkept};
-use crate::{
-    db::{is_unavailable, DbError},
-    provision::ReconcileAction,
-    servers::ServerState,
+use super::{
+    ledger::RunState,
+    outcome::{Counts, TenantOutcome, TenantReport},
 };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TenantOutcome {
-    /// Pending migrations were applied.
-    Migrated,
-    /// Nothing was pending.
-    UpToDate,
-    /// Dry run: migrations are pending (listed in `pending`).
-    Pending,
-    /// Its migrations' own SQL failed, or its database is not the one the registry made, or
-    /// its history differs from the released migrations (see `error`); left at its last good
-    /// version. Counted by the canary and the brake.
-    Failed,
-    /// Not migrated, and nothing is wrong with its migrations: it was busy (its tables stayed
-    /// locked through every lock attempt, or another operation held it), out of time, or its
-    /// server could not be reached (see `error`). Recorded, never counted by the canary or the
-    /// brake; the next run (or `retry_run`) takes it.
-    Deferred,
-    /// Not migrated by design: named in `slugs` but not active, or unknown.
-    Skipped,
-    /// Not attempted: the invocation's deadline was near. The next run takes it.
-    NotStarted,
-    /// Not attempted: the run halted first (its canary wave failed, or the brake).
-    Halted,
-    /// Sent to the queue: a `migrate-tenant` worker migrates it and records its outcome in
-    /// the run ledger (where it is `pending` until then). In migrate-all's answer only.
-    Queued,
-}
-
-impl TenantOutcome {
-    /// As the report and the run ledger spell it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TenantOutcome::Migrated => "migrated",
-            TenantOutcome::UpToDate => "up_to_date",
-            TenantOutcome::Pending => "pending",
-            TenantOutcome::Failed => "failed",
-            TenantOutcome::Deferred => "deferred",
-            TenantOutcome::Skipped => "skipped",
-            TenantOutcome::NotStarted => "not_started",
-            TenantOutcome::Halted => "halted",
-            // The ledger's name for a tenant whose outcome is still to come.
-            TenantOutcome::Queued => "pending",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TenantReport {
-    pub slug: String,
-    /// The server that holds its database.
-    pub server: Option<String>,
-    pub status: TenantOutcome,
-    pub from_version: Option<i64>,
-    pub to_version: Option<i64>,
-    pub applied: Vec<i64>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub pending: Vec<i64>,
-    pub error: Option<String>,
-    /// True when this run read the tenant database's own history; false when the registry
-    /// vouched for it (recorded at this release's migrations).
-    pub verified: bool,
-    pub duration_ms: u64,
-    /// Why it was deferred (not in the answer: `error` says it in words).
-    #[serde(skip)]
-    pub(crate) deferral: Option<Deferral>,
-}
-
-/// Why a tenant was deferred.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Deferral {
-    /// Its tables stayed locked through every lock attempt, its lock was held by another
-    /// operation, or its server's budget had no free slot.
-    Busy,
-    /// Its migrations ran past their time limit (and were cancelled).
-    OutOfTime,
-    /// Its server (or the registry) could not be reached, or the connection was lost.
-    Unreachable,
-}
-
-impl TenantReport {
-    pub(crate) fn new(slug: &str, status: TenantOutcome) -> TenantReport {
-        TenantReport {
-            slug: slug.to_owned(),
-            server: None,
-            status,
-            from_version: None,
-            to_version: None,
-            applied: Vec::new(),
-            pending: Vec::new(),
-            error: None,
-            verified: false,
-            duration_ms: 0,
-            deferral: None,
-        }
-    }
-
-    /// A tenant deferred, for `why` (in words: `error`).
-    pub(crate) fn deferred(slug: &str, why: Deferral, error: impl Into<String>) -> TenantReport {
-        TenantReport {
-            error: Some(error.into()),
-            deferral: Some(why),
-            ..TenantReport::new(slug, TenantOutcome::Deferred)
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct Counts {
-    pub migrated: usize,
-    pub up_to_date: usize,
-    pub pending: usize,
-    pub failed: usize,
-    pub deferred: usize,
-    pub skipped: usize,
-    pub not_started: usize,
-    pub halted: usize,
-    /// Sent to the queue (migrate-all's answer of a queued run only).
-    #[serde(skip_serializing_if = "is_zero")]
-    pub queued: usize,
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
-}
-
-impl Counts {
-    pub(crate) fn add(&mut self, outcome: TenantOutcome) {
-        match outcome {
-            TenantOutcome::Migrated => self.migrated += 1,
-            TenantOutcome::UpToDate => self.up_to_date += 1,
-            TenantOutcome::Pending => self.pending += 1,
-            TenantOutcome::Failed => self.failed += 1,
-            TenantOutcome::Deferred => self.deferred += 1,
-            TenantOutcome::Skipped => self.skipped += 1,
-            TenantOutcome::NotStarted => self.not_started += 1,
-            TenantOutcome::Halted => self.halted += 1,
-            TenantOutcome::Queued => self.queued += 1,
-        }
-    }
-}
+use crate::{servers::ServerState, tenant::provision::ReconcileAction};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -221,6 +79,33 @@ pub struct ServerReport {
     pub open_to_every_login: Vec<String>,
     /// Its tenants' outcomes in this run.
     pub counts: Counts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpkeepAction {
+    /// Database, login and secret removed; the row is `purged`.
+    Purged,
+    /// The login of a deleted tenant can no longer log in, and its sessions ended.
+    LoginDisabled,
+    /// A tenant of an older release got its login and secret.
+    CredentialsMade,
+    /// Dry run: would be done.
+    Pending,
+    /// Could not be done (see `error`); the next run tries again.
+    Failed,
+    /// Another operation holds the tenant, or changed it since: the next run looks again.
+    Skipped,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Upkept {
+    pub slug: String,
+    /// What was due: `purge`, `disable_login` or `make_credentials`.
+    pub task: &'static str,
+    pub action: UpkeepAction,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -336,188 +221,18 @@ impl MigrateAllReport {
     /// tenant's migrations, the template, a reconcile or lifecycle work failed; `incomplete`
     /// when tenants were deferred or not started, or a server could not be reached (its
     /// tenants are the next run's); else `completed`.
-    pub(crate) fn ledger_status(&self) -> &'static str {
+    pub(crate) fn ledger_state(&self) -> RunState {
         match self.error_type() {
             Some("TenantMigrationsFailed" | "TemplateFailed" | "ReconcileFailed")
-            | Some("LifecycleFailed" | "DatabaseUnavailable") => "failed",
-            Some(_) => "incomplete",
-            None if self.counts.not_started > 0 || self.counts.deferred > 0 => "incomplete",
-            None => "completed",
+            | Some("LifecycleFailed" | "DatabaseUnavailable") => RunState::Failed,
+            Some(_) => RunState::Incomplete,
+            None if self.counts.not_started > 0 || self.counts.deferred > 0 => RunState::Incomplete,
+            None => RunState::Completed,
         }
     }
 
-    fn template_error(&self) -> Option<&str> {
+    pub(super) fn template_error(&self) -> Option<&str> {
         self.template.as_ref().and_then(|t| t.error.as_deref())
-    }
-
-    /// The invocation error's message when it failed: the template's error if any, counts,
-    /// then each failed tenant with its (sanitised) reason.
-    pub fn failure_summary(&self) -> String {
-        const NAMED: usize = 20;
-        let c = &self.counts;
-        let mut failed: Vec<String> = self
-            .tenants
-            .iter()
-            .filter(|t| t.status == TenantOutcome::Failed)
-            .take(NAMED)
-            .map(|t| {
-                format!(
-                    "{} ({})",
-                    t.slug,
-                    t.error.as_deref().unwrap_or("unknown error")
-                )
-            })
-            .collect();
-        // The message stays short; the report in the log names every tenant.
-        if c.failed > NAMED {
-            failed.push(format!(
-                "and {} more (see the report in the log)",
-                c.failed - NAMED
-            ));
-        }
-        let template = match self.template_error() {
-            Some(e) => format!(
-                "The tenant template could not be built ({e}); new tenants cannot be provisioned. "
-            ),
-            None => String::new(),
-        };
-        let reconcile: Vec<String> = self
-            .reconciled
-            .iter()
-            .filter(|r| r.action == ReconcileAction::Failed)
-            .take(NAMED)
-            .map(|r| format!("{} ({})", r.slug, r.error.as_deref().unwrap_or("unknown")))
-            .collect();
-        let reconcile = if reconcile.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "Dead provisionings could not be reconciled: {}. ",
-                reconcile.join("; ")
-            )
-        };
-        let upkeep: Vec<String> = self
-            .lifecycle
-            .iter()
-            .filter(|u| u.action == UpkeepAction::Failed)
-            .take(NAMED)
-            .map(|u| {
-                format!(
-                    "{} ({}: {})",
-                    u.slug,
-                    u.task,
-                    u.error.as_deref().unwrap_or("unknown")
-                )
-            })
-            .collect();
-        let upkeep = if upkeep.is_empty() {
-            String::new()
-        } else {
-            format!("Lifecycle work failed: {}. ", upkeep.join("; "))
-        };
-        let not_started = if c.not_started > 0 {
-            format!(
-                "{} tenants were not started before the invocation's deadline (the next run \
-                 takes them). ",
-                c.not_started
-            )
-        } else {
-            String::new()
-        };
-        let unreachable: Vec<&str> = self
-            .servers
-            .iter()
-            .filter(|s| !s.reachable)
-            .map(|s| s.name.as_str())
-            .collect();
-        let unreachable = if unreachable.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "Servers unreachable (their tenants were not attempted): {}. ",
-                unreachable.join(", ")
-            )
-        };
-        let halted = match &self.error {
-            Some(e) => format!("{e}. "),
-            None => String::new(),
-        };
-        let halted = if self.registry_lost {
-            format!(
-                "The registry's connection was lost during the run: its outcomes may not all be \
-                 recorded (the next run takes every tenant not recorded current). {halted}"
-            )
-        } else {
-            halted
-        };
-        format!(
-            "{halted}{unreachable}{template}{reconcile}{upkeep}{not_started}{} of {} tenants failed to migrate; migrated {}, \
-             up to date {}, deferred {}, skipped {}; run {}. Failed: {}",
-            c.failed,
-            self.tenants.len() + self.tenants_omitted,
-            c.migrated,
-            c.up_to_date,
-            c.deferred,
-            c.skipped,
-            self.run_id,
-            if failed.is_empty() {
-                "none".to_owned()
-            } else {
-                failed.join("; ")
-            }
-        )
-    }
-}
-
-/// A PostgreSQL error as a report may show it: SQLSTATE and the server's message (which
-/// names objects, never hosts or credentials); connection problems as one fixed sentence.
-pub(crate) fn sanitize_pg(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None if is_unavailable(e) => "tenant database unreachable".into(),
-        None => "database error".into(),
-    }
-}
-
-pub(crate) fn sanitize_db(e: &DbError) -> String {
-    match e {
-        DbError::Unavailable(detail) => {
-            error!(cause = %detail, "tenant database unavailable");
-            "tenant database unreachable or not answering".into()
-        }
-        DbError::Postgres(pg) => sanitize_pg(pg),
-        DbError::LockTimeout(what) | DbError::TimedOut(what) => what.clone(),
-        // Our own messages (the outermost context only): they name objects, never hosts.
-        DbError::Other(e) => e.to_string(),
-    }
-}
-
-pub(crate) fn sanitize_refinery(e: &refinery::Error) -> String {
-    use refinery::error::Kind;
-    match e.kind() {
-        Kind::Connection(msg, _) => {
-            let pg = crate::session::pg_error(e);
-            let detail = pg
-                .map(sanitize_pg)
-                .unwrap_or_else(|| "database error".into());
-            // refinery's message names the migration ("error applying migration V3__x").
-            let which = msg
-                .split_whitespace()
-                .find(|w| w.starts_with('V'))
-                .unwrap_or("");
-            if which.is_empty() {
-                detail
-            } else {
-                format!("migration {which} failed: {detail}")
-            }
-        }
-        Kind::DivergentVersion(applied, embedded) => {
-            format!("applied migration {applied} differs from the released {embedded}")
-        }
-        Kind::MissingVersion(m) => {
-            format!("applied migration {m} is not among the released migrations")
-        }
-        other => other.to_string(),
     }
 }
 
@@ -573,7 +288,7 @@ mod tests {
 
     #[test]
     fn the_ledger_says_failed_only_for_what_failed() {
-        let with = |counts: Counts| report(counts).ledger_status();
+        let with = |counts: Counts| report(counts).ledger_state().as_str();
         assert_eq!(with(Counts::default()), "completed");
         let deferred = Counts {
             deferred: 2,
@@ -610,7 +325,7 @@ mod tests {
             counts: Counts::default(),
         });
         assert_eq!(down.error_type(), Some("ServerUnreachable"));
-        assert_eq!(down.ledger_status(), "incomplete");
+        assert_eq!(down.ledger_state(), RunState::Incomplete);
     }
 
     #[test]

@@ -3,39 +3,19 @@
 //! server its `migrate_concurrency`), or written to the run ledger and queued for the
 //! `migrate-tenant` workers (see `worker`).
 
-use std::{
-    collections::BTreeMap,
-    sync::atomic::{AtomicUsize, Ordering},
-};
+use std::collections::BTreeMap;
 
-use futures_util::{future::join_all, stream, StreamExt};
-use tokio::sync::Semaphore;
 use tracing::warn;
 
 use super::{
+    inline::Wave,
+    outcome::{Deferral, TenantOutcome, TenantReport},
+    plan::{Plan, TenantRow},
     prepare::FleetServer,
-    report::{sanitize_db, Deferral, MigrateAllReport, TenantOutcome, TenantReport},
-    tenant::{migrate_tenant, Attempted, Plan, TenantRow},
+    report::{MigrateAllReport, RunStatus},
+    sanitize::sanitize_db,
 };
-use crate::{
-    db::{Conn, Database},
-    ledger,
-    migrations::ExpectedHistory,
-    queue,
-};
-
-/// How a run rolls out over the tenants it opens (see [`run`]).
-#[derive(Default)]
-pub(super) struct Waves {
-    /// The canary wave's size: `canary`, else 1% of the tenants to open, at least 1; 0: none.
-    pub canary: Option<usize>,
-    /// The brake, as asked: a count, or a share of the tenants to open.
-    pub max_failures: Option<super::MaxFailures>,
-    /// Fan the tenants out over this queue (`None`: inline)...
-    pub queue: Option<String>,
-    /// ... when the run has more tenants to open than this.
-    pub inline_max: usize,
-}
+use crate::{aws::queue, database::Database, fleet::ledger, migrate::ExpectedHistory, pg::Conn};
 
 /// Where the run's tenants went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,42 +175,14 @@ pub(super) async fn run(
             let why = "the run ledger could not be written; nothing was queued";
             ledger::abandon(sys, run, why).await;
             report.error = Some(format!("{why}; {{\"retry_run\": \"{run}\"}} queues them"));
-            report.status = super::RunStatus::Queued;
+            report.status = RunStatus::Queued;
             tally(report, results, tenants);
             return Went::Queue;
         }
     }
 
     if went == Went::Queue {
-        let first: Vec<String> = work
-            .iter()
-            .take(if two_waves { canary } else { work.len() })
-            .map(|t| t.slug.clone())
-            .collect();
-        let url = waves.queue.as_deref().unwrap_or_default();
-        if let Some(run) = plan.ledger {
-            let sent = match ledger::queue(sys, run, i64::from(!two_waves)).await {
-                Ok(()) => queue::send_tenants(url, run, plan.attempt, &first, plan.stop_at)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(format!(
-                    "the run ledger could not be written ({})",
-                    sanitize_db(&e)
-                )),
-            };
-            if let Err(e) = sent {
-                // The run cannot finish as planned: closed at once, its tenants `not_started`
-                // (those already queued find it closed and do nothing). `retry_run` queues
-                // them again.
-                ledger::abandon(sys, run, &format!("could not queue the tenants: {e}")).await;
-                report.error = Some(format!(
-                    "could not queue the tenants: {e}; the run is closed, and {{\"retry_run\": \"{run}\"}} queues them again"
-                ));
-            } else if !two_waves {
-                ledger::note_rest_sent(sys, run, plan.attempt).await;
-            }
-        }
-        report.status = super::RunStatus::Queued;
+        send_first_wave(sys, plan, &work, two_waves.then_some(canary), report).await;
         results.extend(work.iter().map(|t| TenantReport {
             server: t.server.clone(),
             ..TenantReport::new(&t.slug, TenantOutcome::Queued)
@@ -240,50 +192,8 @@ pub(super) async fn run(
     }
 
     // Inline: the canary wave, then the rest, with the brake.
-    let wave = Wave {
-        db,
-        sys,
-        servers,
-        plan,
-        expected,
-        fleet: Semaphore::new(plan.concurrency),
-        brake: Brake {
-            failures: AtomicUsize::new(0),
-            max: max_failures,
-        },
-    };
-    let (mut done, rest) = if two_waves {
-        wave.canary(&work, canary).await
-    } else {
-        (Vec::new(), &work[..])
-    };
-    let canary_failed = done.iter().any(|(r, _)| r.status == TenantOutcome::Failed);
-    if canary_failed {
-        let why = format!(
-            "halted: the canary wave failed ({} of {canary} tenants); the rest were not attempted",
-            done.iter()
-                .filter(|(r, _)| r.status == TenantOutcome::Failed)
-                .count()
-        );
-        for t in rest {
-            done.push((halted(t, "not attempted: the canary wave failed"), false));
-        }
-        report.error = Some(why);
-    } else {
-        done.extend(wave.migrate(rest).await);
-    }
-    let brake = &wave.brake;
-    // Past the brake, even at the last tenant: halted, as a queued run would be.
-    if report.error.is_none() && brake.pulled() {
-        report.error = Some(format!(
-            "halted: {} tenants failed, more than max_failures ({})",
-            brake.failures.load(Ordering::Relaxed),
-            max_failures.unwrap_or_default()
-        ));
-    }
-    if report.error.is_some() {
-        report.status = super::RunStatus::Halted;
-    }
+    let wave = Wave::new(db, sys, servers, plan, expected, max_failures);
+    let done = wave.all(&work, two_waves.then_some(canary), report).await;
     for (report, recorded) in done {
         if !recorded {
             unrecorded.push(report.clone());
@@ -299,126 +209,48 @@ pub(super) async fn run(
     Went::Inline
 }
 
-/// The brake of an inline run: failures so far, and how many it tolerates. Only `failed`
-/// tenants count: a deferred one (busy, out of time, unreachable) never pulls it.
-struct Brake {
-    failures: AtomicUsize,
-    max: Option<usize>,
-}
-
-impl Brake {
-    fn pulled(&self) -> bool {
-        self.max
-            .is_some_and(|max| self.failures.load(Ordering::Relaxed) > max)
-    }
-}
-
-fn halted(t: &TenantRow, why: &str) -> TenantReport {
-    TenantReport {
-        server: t.server.clone(),
-        error: Some(why.into()),
-        ..TenantReport::new(&t.slug, TenantOutcome::Halted)
-    }
-}
-
-/// What an inline run's waves share: the fleet's concurrency and the brake.
-struct Wave<'a> {
-    db: &'a Database,
-    sys: &'a Conn,
-    servers: &'a [FleetServer],
-    plan: &'a Plan,
-    expected: &'a ExpectedHistory,
-    fleet: Semaphore,
-    brake: Brake,
-}
-
-impl Wave<'_> {
-    /// The canary wave: the first `size` tenants, and for each one deferred (busy, out of
-    /// time, unreachable: it says nothing about the migrations) the next tenant in its place,
-    /// until `size` tenants were really attempted or none is left. Returns their outcomes and
-    /// the tenants left for the rest.
-    async fn canary<'t>(
-        &self,
-        work: &'t [&'t TenantRow],
-        size: usize,
-    ) -> (Vec<(TenantReport, bool)>, &'t [&'t TenantRow]) {
-        let mut done = Vec::new();
-        let mut next = 0;
-        let mut wanted = size;
-        while wanted > 0 && next < work.len() {
-            let batch = &work[next..(next + wanted).min(work.len())];
-            next += batch.len();
-            let results = self.migrate(batch).await;
-            let attempted = results
-                .iter()
-                .filter(|(r, _)| !matches!(r.status, TenantOutcome::Deferred))
-                .count();
-            let out_of_time = results
-                .iter()
-                .any(|(r, _)| r.status == TenantOutcome::NotStarted);
-            done.extend(results);
-            if out_of_time {
-                break;
-            }
-            wanted -= attempted.min(wanted);
+/// A queued run's first wave (the canary, or every tenant) sent, one message per tenant; if
+/// that fails, the run is closed at once (its tenants `not_started`: those already queued
+/// find it closed and do nothing) and `retry_run` queues them again.
+async fn send_first_wave(
+    sys: &Conn,
+    plan: &Plan,
+    work: &[&TenantRow],
+    canary: Option<usize>,
+    report: &mut MigrateAllReport,
+) {
+    let two_waves = canary.is_some();
+    let canary = canary.unwrap_or_default();
+    let waves = &plan.waves;
+    let first: Vec<String> = work
+        .iter()
+        .take(if two_waves { canary } else { work.len() })
+        .map(|t| t.slug.clone())
+        .collect();
+    let url = waves.queue.as_deref().unwrap_or_default();
+    if let Some(run) = plan.ledger {
+        let sent = match ledger::queue(sys, run, i64::from(!two_waves)).await {
+            Ok(()) => queue::send_tenants(url, run, plan.attempt, &first, plan.stop_at)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!(
+                "the run ledger could not be written ({})",
+                sanitize_db(&e)
+            )),
+        };
+        if let Err(e) = sent {
+            // The run cannot finish as planned: closed at once, its tenants `not_started`
+            // (those already queued find it closed and do nothing). `retry_run` queues
+            // them again.
+            ledger::abandon(sys, run, &format!("could not queue the tenants: {e}")).await;
+            report.error = Some(format!(
+                "could not queue the tenants: {e}; the run is closed, and {{\"retry_run\": \"{run}\"}} queues them again"
+            ));
+        } else if !two_waves {
+            ledger::note_rest_sent(sys, run, plan.attempt).await;
         }
-        (done, &work[next..])
     }
-
-    /// Tenants inline: each server's side by side with the others', at most its budget at
-    /// once and `plan.concurrency` over the fleet; each outcome recorded as it comes, and
-    /// whether that worked. No tenant starts once the brake is pulled.
-    async fn migrate(&self, wave: &[&TenantRow]) -> Vec<(TenantReport, bool)> {
-        let (db, sys, plan, expected) = (self.db, self.sys, self.plan, self.expected);
-        let (fleet, brake) = (&self.fleet, &self.brake);
-        let per_server = self
-            .servers
-            .iter()
-            .filter(|s| s.down.is_none())
-            .map(|server| {
-                let mine: Vec<&TenantRow> = wave
-                    .iter()
-                    .copied()
-                    .filter(|t| t.server.as_deref() == Some(server.name.as_str()))
-                    .collect();
-                async move {
-                    stream::iter(mine)
-                        .map(|t| async move {
-                            // Closed never: the semaphore lives as long as the run.
-                            let _permit = fleet.acquire().await.ok();
-                            if brake.pulled() {
-                                let why = "not attempted: the run was halted (max_failures)";
-                                return (halted(t, why), false);
-                            }
-                            let report =
-                                match migrate_tenant(db, sys, server, t, plan, expected).await {
-                                    Attempted::Done(r) => r,
-                                    // Inline runs wait for what is busy and read no ledger first:
-                                    // none of these happens to them.
-                                    Attempted::GiveBack { .. }
-                                    | Attempted::NotPending
-                                    | Attempted::Unrecorded => TenantReport {
-                                        server: t.server.clone(),
-                                        ..TenantReport::deferred(&t.slug, Deferral::Busy, "busy")
-                                    },
-                                };
-                            if report.status == TenantOutcome::Failed {
-                                brake.failures.fetch_add(1, Ordering::Relaxed);
-                            }
-                            // Each outcome as soon as it is known: a run cut short keeps it.
-                            let recorded = match plan.ledger {
-                                Some(run) => ledger::record(sys, run, &report).await,
-                                None => true,
-                            };
-                            (report, recorded)
-                        })
-                        .buffer_unordered(server.budget)
-                        .collect::<Vec<(TenantReport, bool)>>()
-                        .await
-                }
-            });
-        join_all(per_server).await.into_iter().flatten().collect()
-    }
+    report.status = RunStatus::Queued;
 }
 
 /// Counts the outcomes (the run's and each server's) and puts them in the report, in

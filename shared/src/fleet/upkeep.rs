@@ -9,45 +9,26 @@
 
 use std::{collections::HashSet, time::Instant};
 
-use serde::Serialize;
 use tracing::warn;
 
-use super::{prepare::FleetServer, report::sanitize_db};
-use crate::{
-    access::{self, AccessError},
-    db::{Conn, Database, DbError},
-    domain::TenantStatus,
-    lifecycle::{self, Entry},
-    locks::{self, Lock},
-    tenants::TENANT_COLUMNS,
+use super::{
+    prepare::FleetServer,
+    report::{UpkeepAction, Upkept},
+    sanitize::sanitize_db,
 };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UpkeepAction {
-    /// Database, login and secret removed; the row is `purged`.
-    Purged,
-    /// The login of a deleted tenant can no longer log in, and its sessions ended.
-    LoginDisabled,
-    /// A tenant of an older release got its login and secret.
-    CredentialsMade,
-    /// Dry run: would be done.
-    Pending,
-    /// Could not be done (see `error`); the next run tries again.
-    Failed,
-    /// Another operation holds the tenant, or changed it since: the next run looks again.
-    Skipped,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Upkept {
-    pub slug: String,
-    /// What was due: `purge`, `disable_login` or `make_credentials`.
-    pub task: &'static str,
-    pub action: UpkeepAction,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
+use crate::{
+    database::Database,
+    domain::TenantStatus,
+    pg::{
+        locks::{self, Lock},
+        Conn, DbError,
+    },
+    tenant::{
+        access::{self, AccessError},
+        lifecycle::{self, Entry},
+        registry::TENANT_COLUMNS,
+    },
+};
 
 #[derive(Clone, Copy)]
 enum Task {
@@ -128,7 +109,7 @@ pub(super) async fn run(
             .map(|row| Entry::from_row(row, &db.config().tenants.secret_prefix))
             .collect::<Result<Vec<_>, _>>()?;
         if let Task::DisableLogin = task {
-            entries = can_still_log_in(db, servers, entries).await?;
+            entries = can_still_log_in(servers, entries).await?;
         }
         for entry in entries {
             let (action, error) = if dry_run {
@@ -166,7 +147,6 @@ pub(super) async fn run(
 /// The deleted tenants whose login (of ours or not: `disable` looks) can still log in, looked
 /// up on each reachable server in one query.
 async fn can_still_log_in(
-    db: &Database,
     servers: &[FleetServer],
     entries: Vec<Entry>,
 ) -> Result<Vec<Entry>, DbError> {
@@ -180,7 +160,7 @@ async fn can_still_log_in(
             continue;
         }
         let roles: Vec<&str> = here.iter().map(|e| e.access.role.as_str()).collect();
-        let admin = match server.handle.admin(db).await {
+        let admin = match server.handle.admin().await {
             Ok(admin) => admin,
             Err(e) => {
                 warn!(server = %server.name, error = %e, "server unreachable; logins of deleted tenants not checked");
@@ -259,13 +239,13 @@ async fn one(
             }
             Task::DisableLogin => {
                 let server = entry.server(db, sys).await?;
-                let admin = server.admin(db).await?;
+                let admin = server.admin().await?;
                 access::disable(&admin, &entry.access).await?;
                 UpkeepAction::LoginDisabled
             }
             Task::MakeCredentials => {
                 let server = entry.server(db, sys).await?;
-                let admin = server.admin(db).await?;
+                let admin = server.admin().await?;
                 let arn = access::ensure(db, &admin, &entry.access, true, true)
                     .await
                     .map_err(|e| match e {

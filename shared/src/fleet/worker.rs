@@ -1,5 +1,5 @@
 //! `migrate-tenant`: one tenant of a queued run per message (see `queue`), migrated by the
-//! same code as an inline run (`tenant::migrate_tenant`), its outcome recorded in the run
+//! same code as an inline run (`one_tenant::migrate_tenant`), its outcome recorded in the run
 //! ledger, and the run moved on (`ledger::next`: the brake, the canary, the end).
 //!
 //! SQS delivers at least once; every step is safe to repeat:
@@ -42,17 +42,18 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use super::{
+    one_tenant::{self, Attempted},
+    outcome::{TenantOutcome, TenantReport},
+    plan::{self, Attempt, Plan},
     prepare,
-    report::{TenantOutcome, TenantReport},
-    tenant::{self, Attempted, Plan},
 };
 use crate::{
-    db::Database,
+    aws::queue::{self, TenantMessage},
+    database::Database,
     domain::Slug,
+    fleet::ledger::{self, Moved, Next, RunMode, RunState},
     invocation::Invocation,
-    ledger::{self, Moved, Next},
-    migrations::ExpectedHistory,
-    queue::{self, TenantMessage},
+    migrate::ExpectedHistory,
 };
 
 /// What becomes of a delivered message.
@@ -80,12 +81,8 @@ pub async fn migrate_from_queue(
     db: &Database,
     inv: &Invocation,
     queue_url: &str,
-    body: &str,
+    msg: TenantMessage,
 ) -> Delivery {
-    let Ok(msg) = serde_json::from_str::<TenantMessage>(body) else {
-        error!("a message of the queue is not a tenant of a run; left for the dead-letter queue");
-        return Delivery::Retry;
-    };
     if Slug::parse(&msg.slug).is_err() {
         error!(run_id = %msg.run_id, "a message names an invalid slug; left for the dead-letter queue");
         return Delivery::Retry;
@@ -109,20 +106,20 @@ pub async fn migrate_from_queue(
             return Delivery::Retry;
         }
     };
-    if assignment.attempt != attempt || assignment.mode != "queue" {
+    if assignment.attempt != attempt || assignment.mode != RunMode::Queue {
         info!(%run_id, tenant.slug = %slug, attempt, run_attempt = assignment.attempt,
             "a message of an earlier attempt of the run (retry_run came since); nothing to do");
         return Delivery::Done;
     }
-    if assignment.run_status != "running" {
-        info!(%run_id, tenant.slug = %slug, run_status = %assignment.run_status,
+    if assignment.run_state != RunState::Running {
+        info!(%run_id, tenant.slug = %slug, run_status = assignment.run_state.as_str(),
             "the run is over; nothing to do");
         return Delivery::Done;
     }
     if !assignment.is_work(attempt) {
         // A duplicate, or the brake passed: only move the run on (a step a killed worker may
         // have left).
-        info!(%run_id, tenant.slug = %slug, status = %assignment.status,
+        info!(%run_id, tenant.slug = %slug, status = assignment.status.as_str(),
             "the tenant is no longer to migrate in this run (a message delivered twice, or the \
              brake passed)");
         return move_on(&sys, queue_url, inv, &msg, assignment.wave, Moved::Again).await;
@@ -130,9 +127,9 @@ pub async fn migrate_from_queue(
 
     let config = db.config();
     let found = async {
-        let tenants = tenant::list(&sys, Some(&[slug.to_owned()])).await?;
+        let tenants = plan::list(&sys, Some(&[slug.to_owned()])).await?;
         let servers = prepare::load(db, &sys).await?;
-        Ok::<_, crate::db::DbError>((tenants, servers))
+        Ok::<_, crate::pg::DbError>((tenants, servers))
     }
     .await;
     let (tenants, servers) = match found {
@@ -159,7 +156,15 @@ pub async fn migrate_from_queue(
                 ..Plan::within(config, inv)
             };
             let expected = ExpectedHistory::tenant();
-            match tenant::migrate_tenant(db, &sys, server, t, &plan, expected).await {
+            let attempt = Attempt {
+                db,
+                sys: &sys,
+                server,
+                tenant: t,
+                plan: &plan,
+                expected,
+            };
+            match one_tenant::migrate_tenant(&attempt).await {
                 Attempted::Done(r) if r.status == TenantOutcome::NotStarted => {
                     // Too little time left in this invocation: later.
                     return give_back(queue_url, &msg, false).await;
@@ -234,7 +239,7 @@ pub const RUN_ENDED_BADLY: &str = "a queued run ended without success";
 /// Moves the run on after an outcome (see `ledger::next`), sending the rest of the run when
 /// this worker released it, or the tenants it put in the canary wave.
 async fn move_on(
-    sys: &crate::db::Conn,
+    sys: &crate::pg::Conn,
     queue_url: &str,
     inv: &Invocation,
     msg: &TenantMessage,
@@ -245,16 +250,16 @@ async fn move_on(
     let started = Instant::now();
     match ledger::next(sys, run_id, attempt, &msg.slug, wave, moved).await {
         Ok(Next::Continue) => Delivery::Done,
-        Ok(Next::Closed(status)) if status == "completed" => {
+        Ok(Next::Closed(RunState::Completed)) => {
             info!(%run_id, "the run's last tenant is recorded; the run completed");
             Delivery::Done
         }
-        Ok(Next::Closed(status)) => {
-            error!(%run_id, %status, "{RUN_ENDED_BADLY}: a tenant failed (see GET /api/runs/{{id}})");
+        Ok(Next::Closed(state)) => {
+            error!(%run_id, status = state.as_str(), "{RUN_ENDED_BADLY}: a tenant failed (see GET /api/runs/{{id}})");
             Delivery::Done
         }
         Ok(Next::Halted(why)) => {
-            error!(%run_id, status = "halted", reason = %why, "{RUN_ENDED_BADLY}");
+            error!(%run_id, status = RunState::Halted.as_str(), reason = %why, "{RUN_ENDED_BADLY}");
             Delivery::Done
         }
         Ok(Next::Send(slugs)) => {

@@ -1,0 +1,273 @@
+//! A tenant's access: its login (see [`crate::logins`]) on the tenant's server, and the secret
+//! that holds its credentials (see [`crate::secrets`]) with that server's host and port, made,
+//! repaired, disabled and removed together, each step safe to repeat and touching only what is
+//! proven ours. Every function takes the admin connection of the tenant's server.
+//!
+//! The password is only ever in the function's memory and in the secret: the login gets its
+//! SCRAM verifier. Where a step died between the two (a login without its secret, or a secret
+//! whose password the login may not have), [`ensure`] re-keys both with a new password.
+
+pub(crate) mod login;
+
+use secrecy::SecretString;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::{
+    aws::secrets::{Deletion, NewSecret, SecretState, TenantCredentials},
+    database::{Admin, Database},
+    pg::{Conn, DbError},
+    tenant::access::login::{Login, RoleState},
+};
+
+/// The names of a tenant's access, as its registry row stores them.
+#[derive(Debug, Clone)]
+pub(crate) struct Access {
+    pub tenant_id: Uuid,
+    pub slug: String,
+    pub database: String,
+    pub role: String,
+    pub secret_name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AccessError {
+    /// A login or secret of the tenant's name exists that the product did not make: never
+    /// adopted, altered nor deleted.
+    #[error("a {0} of this tenant's name exists outside the registry")]
+    Foreign(&'static str),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<crate::aws::secrets::SecretsError> for AccessError {
+    fn from(e: crate::aws::secrets::SecretsError) -> Self {
+        AccessError::Db(e.into())
+    }
+}
+
+impl Access {
+    /// From a registry row that has `id`, `slug`, `database_name`, `role_name` and
+    /// `secret_name`. A row made before logins existed has neither name: the names it would
+    /// have had (nothing of the tenant's can exist under them yet; what does is not ours).
+    pub(crate) fn from_row(
+        row: &tokio_postgres::Row,
+        secret_prefix: &str,
+    ) -> Result<Access, DbError> {
+        let slug: String = row.try_get("slug")?;
+        let database: String = row.try_get("database_name")?;
+        Ok(Access {
+            tenant_id: row.try_get("id")?,
+            role: row
+                .try_get::<_, Option<String>>("role_name")?
+                .unwrap_or_else(|| database.clone()),
+            secret_name: row
+                .try_get::<_, Option<String>>("secret_name")?
+                .unwrap_or_else(|| format!("{secret_prefix}{slug}")),
+            database,
+            slug,
+        })
+    }
+
+    fn login(&self, db: &Database) -> Login<'_> {
+        Login {
+            role: &self.role,
+            database: &self.database,
+            tenant_id: self.tenant_id,
+            connection_limit: db.config().tenants.connection_limit,
+        }
+    }
+
+    fn credentials<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+        password: &'a SecretString,
+    ) -> TenantCredentials<'a> {
+        TenantCredentials {
+            engine: "postgres",
+            host,
+            port,
+            dbname: &self.database,
+            username: &self.role,
+            password,
+        }
+    }
+
+    /// Makes the secret with `password`; turns rotation on when configured. `Foreign` when
+    /// the name is taken by a secret that is not ours.
+    async fn create_secret(
+        &self,
+        db: &Database,
+        admin: &Admin<'_>,
+        password: &SecretString,
+    ) -> Result<String, AccessError> {
+        let (host, port) = admin.server().endpoint().await?;
+        let settings = &db.config().tenants;
+        let new = NewSecret {
+            name: &self.secret_name,
+            tenant_id: self.tenant_id,
+            slug: &self.slug,
+            kms_key_id: settings.secret_kms_key_id.as_deref(),
+            credentials: self.credentials(&host, port, password),
+        };
+        let arn = match db.secrets().create(&new).await? {
+            Some(arn) => arn,
+            None => match db
+                .secrets()
+                .state(&self.secret_name, self.tenant_id)
+                .await?
+            {
+                // Made by an earlier attempt whose answer was lost: give it this password.
+                SecretState::Ours {
+                    arn,
+                    deleting: false,
+                } => {
+                    db.secrets().put(&arn, &new.credentials).await?;
+                    arn
+                }
+                SecretState::Ours { deleting: true, .. } | SecretState::NotOurs => {
+                    return Err(AccessError::Foreign("secret"))
+                }
+                SecretState::Absent => {
+                    return Err(AccessError::Db(DbError::Unavailable(
+                        "the secret's name was taken and then free again; retry".into(),
+                    )))
+                }
+            },
+        };
+        if let Some(rotation) = &settings.rotation {
+            db.secrets()
+                .enable_rotation(&arn, &rotation.function_arn, rotation.days)
+                .await?;
+        }
+        Ok(arn)
+    }
+}
+
+/// A new tenant's access, after its database exists: the login (with `CONNECT` on the
+/// database) on the tenant's server, then the secret, which names that server. Returns the
+/// secret's ARN.
+pub(crate) async fn create(
+    db: &Database,
+    admin: &Admin<'_>,
+    access: &Access,
+) -> Result<String, AccessError> {
+    let password = login::new_password();
+    if !access.login(db).create(admin, &password).await? {
+        // A role of that name exists; a new row's id cannot be in its mark.
+        return Err(AccessError::Foreign("login"));
+    }
+    access.create_secret(db, admin, &password).await
+}
+
+/// Brings a tenant's access to what it must be, whatever an interrupted step left: a login of
+/// ours (made if missing), that may log in or not (`can_login`), with `CONNECT` on its
+/// database, and a secret of ours whose password the login has. With `rekey`, or whenever a
+/// piece is missing, both get a new password; otherwise the password is left as it is (a
+/// restore: the application keeps its secret). Returns the secret's ARN.
+pub(crate) async fn ensure(
+    db: &Database,
+    admin: &Admin<'_>,
+    access: &Access,
+    rekey: bool,
+    can_login: bool,
+) -> Result<String, AccessError> {
+    let role = login::state(admin, &access.role, access.tenant_id).await?;
+    let secret = db
+        .secrets()
+        .state(&access.secret_name, access.tenant_id)
+        .await?;
+    if role == RoleState::NotOurs {
+        return Err(AccessError::Foreign("login"));
+    }
+    let arn = match secret {
+        SecretState::NotOurs | SecretState::Ours { deleting: true, .. } => {
+            return Err(AccessError::Foreign("secret"))
+        }
+        SecretState::Ours { arn, .. } => Some(arn),
+        SecretState::Absent => None,
+    };
+    let login = access.login(db);
+    if !rekey && role != RoleState::Absent {
+        if let Some(arn) = arn {
+            // Both there: the password stays; attributes and grants are set again.
+            login.refresh(admin, can_login).await?;
+            return Ok(arn);
+        }
+    }
+    let password = login::new_password();
+    match role {
+        RoleState::Absent => {
+            if !login.create(admin, &password).await? {
+                return Err(AccessError::Foreign("login"));
+            }
+            if !can_login {
+                login::set_login(admin, &access.role, false).await?;
+            }
+        }
+        _ => login.rekey(admin, &password, can_login).await?,
+    }
+    let arn = match arn {
+        Some(arn) => {
+            let (host, port) = admin.server().endpoint().await?;
+            let credentials = access.credentials(&host, port, &password);
+            db.secrets().put(&arn, &credentials).await?;
+            arn
+        }
+        None => access.create_secret(db, admin, &password).await?,
+    };
+    info!(tenant.slug = %access.slug, "the tenant's login and secret were made or re-keyed");
+    Ok(arn)
+}
+
+/// Refuses new sessions of the tenant's login and ends its sessions (a soft delete). A login
+/// that is not ours, or none, is left alone.
+pub(crate) async fn disable(admin: &Conn, access: &Access) -> Result<(), DbError> {
+    match login::state(admin, &access.role, access.tenant_id).await? {
+        RoleState::Ours { can_login } => {
+            if can_login {
+                login::set_login(admin, &access.role, false).await?;
+            }
+            // Sessions opened before NOLOGIN took effect end here, on every call.
+            let ended = login::end_sessions(admin, &access.role).await?;
+            if ended > 0 {
+                info!(tenant.slug = %access.slug, ended, "ended the sessions of a deleted tenant's login");
+            }
+        }
+        RoleState::NotOurs => {
+            warn!(tenant.slug = %access.slug, "the login of this tenant's name is not ours; left alone")
+        }
+        RoleState::Absent => {}
+    }
+    Ok(())
+}
+
+/// Drops the login and deletes the secret, where ours (`deletion`: at once for a rollback, with
+/// a recovery window for a purge).
+pub(crate) async fn remove(
+    db: &Database,
+    admin: &Admin<'_>,
+    access: &Access,
+    deletion: Deletion,
+) -> Result<(), DbError> {
+    login::drop_if_ours(admin, &access.role, access.tenant_id).await?;
+    match db
+        .secrets()
+        .state(&access.secret_name, access.tenant_id)
+        .await?
+    {
+        SecretState::Ours {
+            arn,
+            deleting: false,
+        } => {
+            db.secrets().delete(&arn, deletion).await?;
+            info!(tenant.slug = %access.slug, "deleted the tenant's secret");
+        }
+        SecretState::NotOurs => {
+            warn!(tenant.slug = %access.slug, "the secret of this tenant's name is not ours; left alone")
+        }
+        SecretState::Ours { deleting: true, .. } | SecretState::Absent => {}
+    }
+    Ok(())
+}
