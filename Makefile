@@ -50,10 +50,12 @@ test-faults: nextest
 nextest:
 	@cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
 
-## check: formatting and clippy, no stack needed
+## check: formatting, clippy, and the structure of shared/ (no import circle, no file over 400
+## lines without its reason: scripts/check-structure.py); no stack needed
 check:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	python3 scripts/check-structure.py shared/src
 
 # The bench runs a stack of its own (release builds, a throwaway cluster in .local/bench, other
 # ports), so that a running `make dev` is neither measured nor disturbed.
