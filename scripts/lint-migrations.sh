@@ -20,7 +20,7 @@ if [ ! -e "$VENV/.installed-$VERSION" ]; then
 fi
 squawk() { NO_COLOR=1 "$VENV/bin/squawk" --config .squawk.toml "$@"; }
 
-# True when the file's leading comments carry the directive (shared/src/session.rs reads it
+# True when the file's leading comments carry the directive (shared/src/migrate/runner.rs reads it
 # the same way).
 outside_transaction() {
   awk '/^[[:space:]]*$/ { next }

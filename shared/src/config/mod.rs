@@ -27,7 +27,7 @@
 //! | `TENANT_CONNECTION_LIMIT` | `CONNECTION LIMIT` of each tenant login (1-10000) | `20` |
 //! | `TENANT_SECRET_PREFIX` | tenant secrets are `{prefix}{slug}` | `dbtools/tenants/` |
 //! | `TENANT_NAMES` | `slug`: a tenant's database and login are `dbtools_tenant_{slug}`; `opaque`: `dbtools_tenant_0{its id's 32 hex digits}`, so that the catalogs every login can read (`pg_database`, `pg_roles`) name no customer | `slug` |
-//! | `HARDEN_SHARED_DATABASES` | `true`: revoke `PUBLIC`'s `CONNECT` and `TEMPORARY` on each server's `postgres` and `template1` where the admin may (see `hardening`); `false`: only report them | `true` |
+//! | `HARDEN_SHARED_DATABASES` | `true`: revoke `PUBLIC`'s `CONNECT` and `TEMPORARY` on each server's `postgres` and `template1` where the admin may (see `servers::hardening`); `false`: only report them | `true` |
 //! | `SERVER_SECRET_PREFIX` | the admin secrets of registered servers must be named `{prefix}...` (and never the registry's own, nor another server's) | `dbtools/servers/` |
 //! | `TENANT_SECRET_KMS_KEY_ID` | KMS key of the tenant secrets | unset: `aws/secretsmanager` |
 //! | `TENANT_SECRET_RECOVERY_DAYS` | recovery window of a purged tenant's secret (7-30) | `7` |

@@ -10,7 +10,7 @@
 //! - released migrations are immutable: a history that disagrees with the embedded files
 //!   (changed checksum, or a version that no longer exists) fails that tenant, with the reason;
 //! - a database is touched only if it is the one the registry made (its OID, see
-//!   `ownership`).
+//!   `pg::ownership`).
 //!
 //! Deadlines: each tenant's work is bounded (`MIGRATE_TENANT_TIMEOUT_SECS`), and the run
 //! reads the invocation's deadline: it starts no tenant once the time left is short, cuts

@@ -188,7 +188,7 @@ async fn work(at: &Attempt<'_>, mut report: TenantReport) -> TenantReport {
         .saturating_duration_since(started)
         .min(plan.tenant_timeout);
     // Only the work on the tenant's own connection is cut at the limit (refinery's run is
-    // cancelled on the server, see `Conn::migrate`): the lock, on the shared system
+    // cancelled on the server, see `migrate::run`): the lock, on the shared system
     // connection, is always given back properly. Should that connection be lost meanwhile,
     // the lock is gone with it, and the work stops.
     let until = started + limit;

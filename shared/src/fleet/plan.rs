@@ -116,7 +116,7 @@ pub(super) struct TenantRow {
     pub(super) slug: String,
     pub(super) server: Option<String>,
     pub(super) database_name: String,
-    /// The proof of ownership (see `ownership`): the run touches a database only if its OID
+    /// The proof of ownership (see `pg::ownership`): the run touches a database only if its OID
     /// is this one.
     pub(super) database_oid: Option<i64>,
     pub(super) schema_version: i64,

@@ -29,7 +29,7 @@ pub(super) struct FleetServer {
     pub budget: usize,
     /// Why the run does not touch it (unreachable); `None` when it is usable.
     pub down: Option<String>,
-    /// The slots of its budget this process holds (see `one_tenant::take_slot`).
+    /// The slots of its budget this process holds (see `slots::take_slot`).
     pub slots: std::sync::Mutex<std::collections::HashSet<usize>>,
 }
 

@@ -75,7 +75,7 @@ pub struct ServerReport {
     pub invalid_databases: Vec<String>,
     /// Databases every tenant login may still connect to (`postgres`, `template1`), because
     /// the admin may not revoke `PUBLIC`'s privileges there (it does not own them: RDS's
-    /// `template1`, say). See `hardening`.
+    /// `template1`, say). See `servers::hardening`.
     pub open_to_every_login: Vec<String>,
     /// Its tenants' outcomes in this run.
     pub counts: Counts,

@@ -22,7 +22,7 @@
 //! | killed | state left | what finishes it |
 //! |---|---|---|
 //! | before the tenant lock | message in flight | redelivered after the visibility timeout |
-//! | mid-migration | tenant `pending`; refinery's transaction rolled back, or a concurrent index left invalid | redelivered; the migration resumes (an invalid index is rebuilt, see `session`) |
+//! | mid-migration | tenant `pending`; refinery's transaction rolled back, or a concurrent index left invalid | redelivered; the migration resumes (an invalid index is rebuilt, see `migrate::runner`) |
 //! | after the outcome, before `next` | outcome recorded | redelivered: not pending, so `next` only |
 //! | after releasing the rest (the canary passed), before sending it | run at wave 1, the rest `pending`, no messages | the canary tenant's message, redelivered, sends the rest (again: duplicates are harmless) |
 //! | before giving a busy message back | message in flight | redelivered |

@@ -174,7 +174,7 @@ impl Conn {
     }
 
     /// Closes the connection and waits until the server has ended its session (see
-    /// [`crate::transport`]), at most [`transport::CLOSE_WAIT`] and a little. True when it
+    /// [`crate::pg::transport`]), at most [`transport::CLOSE_WAIT`] and a little. True when it
     /// did: the backend no longer exists. A connection that cannot close cleanly is discarded.
     pub(crate) async fn close(self) -> bool {
         let ended = self.ended.lock().unwrap_or_else(|e| e.into_inner()).take();

@@ -9,8 +9,8 @@
 //! and servers registered before this release are hardened too). Where it may not (RDS's
 //! `template1` belongs to `rdsadmin`; a server administered by a role that does not own
 //! `postgres`), the run reports the databases that stay open to every login, and the product
-//! copes: templates are built from `template0` (see [`crate::template`]), and dropping a login
-//! drops what it owns in every database first (see [`crate::logins`]).
+//! copes: templates are built from `template0` (see [`crate::tenant::template`]), and dropping a login
+//! drops what it owns in every database first (see [`crate::tenant::access::login`]).
 //!
 //! Other roles of the operator's that connect to `postgres` through `PUBLIC`'s privilege (a
 //! monitoring user, another registry's admin on a shared cluster) need `GRANT CONNECT ON

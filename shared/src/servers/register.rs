@@ -113,7 +113,7 @@ pub async fn register_server(db: &Database, new: &NewServer) -> Result<ServerVie
         Err(e) => return Err(e.into()),
     }
     info!("registered a server");
-    // Registered: only now are its shared databases changed (see `crate::hardening`; every
+    // Registered: only now are its shared databases changed (see `crate::servers::hardening`; every
     // migrate-all run does it again, so a failure here is logged, not answered).
     let registered = view(&sys, &new.name).await;
     if let Err(e) = harden_registered(db, &sys, new.name.as_str()).await {
@@ -149,7 +149,7 @@ async fn system_identifier(conn: &Conn) -> Result<Option<i64>, DbError> {
 /// its name is under `SERVER_SECRET_PREFIX`, it is not the registry's own admin secret, nor
 /// another registered server's (a caller of this API must not be able to send a secret it can
 /// name to a host it chooses). And its password goes only to a server that authenticates with
-/// SCRAM-SHA-256 (see [`crate::transport`]).
+/// SCRAM-SHA-256 (see [`crate::pg::transport`]).
 async fn verify(db: &Database, new: &NewServer) -> Result<Option<i64>, ServersError> {
     let secret = own_secret(db, new).await?;
     let overrides = ConnOverrides {

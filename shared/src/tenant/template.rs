@@ -20,7 +20,7 @@
 //!   migrated), and closed again once built. No session of anybody else's can plant rows in it
 //!   nor hold it open (which would fail every `CREATE DATABASE ... TEMPLATE`).
 //! - Its OID is chosen and recorded in the registry (`tenant_templates`, per server) before it
-//!   is made (see [`crate::ownership`]), and the record says when it was ready: only a template
+//!   is made (see [`crate::pg::ownership`]), and the record says when it was ready: only a template
 //!   with the recorded name and OID, recorded ready and taking no connection, is used; only
 //!   one with the recorded name and OID is rebuilt or dropped. A database that merely carries a
 //!   template's name is left alone, and the build reports it. A build that died half-way left

@@ -266,7 +266,7 @@ impl Sampler {
     }
 }
 
-/// Slot locks (`Lock::Slot`, see `shared/src/locks.rs`) held now in the registry.
+/// Slot locks (`Lock::Slot`, see `shared/src/pg/locks.rs`) held now in the registry.
 async fn slot_locks(registry: &tokio_postgres::Client) -> i64 {
     registry
         .query_one(

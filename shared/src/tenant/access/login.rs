@@ -5,7 +5,7 @@
 //!   [`GROUP_ROLE`], which every tenant database grants read and write on its tables (tenant
 //!   migration V3; no DDL: `public` takes no `CREATE` from them, PostgreSQL 15's default).
 //! - **`CONNECT` is the boundary between tenants**, and it holds at every instant: a tenant
-//!   database is made closed (`ALLOW_CONNECTIONS false`, see [`crate::ownership::create_sql`])
+//!   database is made closed (`ALLOW_CONNECTIONS false`, see [`crate::pg::ownership::create_sql`])
 //!   and opened in the very transaction that revokes `PUBLIC`'s privileges on it and grants
 //!   `CONNECT` to its own login ([`Login::create`]). No other login can ever open it, so no
 //!   session of another tenant can be in it, and the group's table grants reach only the
@@ -13,7 +13,7 @@
 //!   tables come ready-granted in the template copy: a create needs no connection to the new
 //!   database, and the tenants made by earlier releases need no conversion.
 //! - What every login can reach besides its own database: the maintenance databases where the
-//!   server's admin could not revoke `PUBLIC`'s `CONNECT` (see [`crate::hardening`]). What a
+//!   server's admin could not revoke `PUBLIC`'s `CONNECT` (see [`crate::servers::hardening`]). What a
 //!   login makes there (a large object needs no privilege) would block `DROP ROLE`; dropping a
 //!   login therefore drops what it owns in every database first ([`drop_if_ours`]).
 //! - Its password: 32 random bytes (a CSPRNG), set as a SCRAM-SHA-256 verifier computed here,

@@ -1,5 +1,5 @@
-//! A tenant's access: its login (see [`crate::logins`]) on the tenant's server, and the secret
-//! that holds its credentials (see [`crate::secrets`]) with that server's host and port, made,
+//! A tenant's access: its login (see [`crate::tenant::access::login`]) on the tenant's server, and the secret
+//! that holds its credentials (see [`crate::aws::secrets`]) with that server's host and port, made,
 //! repaired, disabled and removed together, each step safe to repeat and touching only what is
 //! proven ours. Every function takes the admin connection of the tenant's server.
 //!
