@@ -19,7 +19,7 @@
 //! | --- | --- |
 //! | [`state`] | a run's state and mode, a tenant's statuses, the SQL of counts and closing |
 //! | [`runs`] | a run's row: opened, reopened, skipped, closed; the dead ones closed |
-//! | [`record`] | a run's tenants: planned, then each outcome |
+//! | [`record`](mod@record) | a run's tenants: planned, then each outcome |
 //! | [`queued`] | a queued run's workers: a message's tenant, its outcome once, the run moved on |
 //! | [`canary`] | a queued run's canary wave, under the run's row lock |
 //! | [`read`] | the ledger as `GET /api/runs` reads it |
