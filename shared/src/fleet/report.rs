@@ -8,7 +8,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::{
-    ledger::RunState,
+    ledger::{RunMode, RunState},
     outcome::{Counts, TenantOutcome, TenantReport},
 };
 use crate::{servers::ServerState, tenant::provision::ReconcileAction};
@@ -123,7 +123,7 @@ pub struct MigrateAllReport {
     pub status: RunStatus,
     /// `inline`: the tenants were migrated in this invocation; `queue`: they were sent to the
     /// queue (their outcomes come in the run ledger).
-    pub mode: &'static str,
+    pub mode: RunMode,
     /// The canary wave's size (0: none) and the brake (`null`: none), as this run applies
     /// them.
     pub canary: usize,
@@ -244,7 +244,7 @@ mod tests {
         MigrateAllReport {
             run_id: Uuid::nil(),
             status: RunStatus::Completed,
-            mode: "inline",
+            mode: RunMode::Inline,
             canary: 0,
             max_failures: None,
             error: None,

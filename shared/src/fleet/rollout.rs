@@ -15,15 +15,13 @@ use super::{
     report::{MigrateAllReport, RunStatus},
     sanitize::sanitize_db,
 };
-use crate::{aws::queue, database::Database, fleet::ledger, migrate::ExpectedHistory, pg::Conn};
-
-/// Where the run's tenants went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Went {
-    Inline,
-    /// Sent to the queue: the workers close the run.
-    Queue,
-}
+use crate::{
+    aws::queue,
+    database::Database,
+    fleet::ledger::{self, RunMode},
+    migrate::ExpectedHistory,
+    pg::Conn,
+};
 
 /// The canary wave's size for `work` tenants to open: as asked (at most all of them), else
 /// 1% of them, at least 1.
@@ -51,7 +49,7 @@ pub(super) async fn run(
     slugs: Option<&[String]>,
     plan: &Plan,
     report: &mut MigrateAllReport,
-) -> Went {
+) -> RunMode {
     let waves = &plan.waves;
     let expected = ExpectedHistory::tenant();
     let fingerprint = expected.fingerprint();
@@ -113,14 +111,11 @@ pub(super) async fn run(
     // Waves only when there is a rest to hold back.
     let two_waves = canary > 0 && canary < work.len();
     let went = if waves.queue.is_some() && work.len() > waves.inline_max {
-        Went::Queue
+        RunMode::Queue
     } else {
-        Went::Inline
+        RunMode::Inline
     };
-    report.mode = match went {
-        Went::Inline => "inline",
-        Went::Queue => "queue",
-    };
+    report.mode = went;
 
     // Named slugs that are not active tenants (or, in a retry, tenants of the run deleted
     // since) are reported, not silently dropped, and recorded with the decided ones.
@@ -169,7 +164,7 @@ pub(super) async fn run(
         if !decided {
             unrecorded.extend(results.iter().cloned());
         }
-        if went == Went::Queue && !(planned && decided) {
+        if went == RunMode::Queue && !(planned && decided) {
             // A queued run lives in the ledger: without its rows, nothing is sent, and the run
             // is closed at once (`retry_run` takes it again).
             let why = "the run ledger could not be written; nothing was queued";
@@ -177,18 +172,18 @@ pub(super) async fn run(
             report.error = Some(format!("{why}; {{\"retry_run\": \"{run}\"}} queues them"));
             report.status = RunStatus::Queued;
             tally(report, results, tenants);
-            return Went::Queue;
+            return RunMode::Queue;
         }
     }
 
-    if went == Went::Queue {
+    if went == RunMode::Queue {
         send_first_wave(sys, plan, &work, two_waves.then_some(canary), report).await;
         results.extend(work.iter().map(|t| TenantReport {
             server: t.server.clone(),
             ..TenantReport::new(&t.slug, TenantOutcome::Queued)
         }));
         tally(report, results, tenants);
-        return Went::Queue;
+        return RunMode::Queue;
     }
 
     // Inline: the canary wave, then the rest, with the brake.
@@ -206,7 +201,7 @@ pub(super) async fn run(
         ledger::record_all(sys, run, &unrecorded).await;
     }
     tally(report, results, tenants);
-    Went::Inline
+    RunMode::Inline
 }
 
 /// A queued run's first wave (the canary, or every tenant) sent, one message per tenant; if

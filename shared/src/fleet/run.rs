@@ -10,7 +10,7 @@ use tracing::info;
 use uuid::Uuid;
 
 use super::{
-    ledger::{self, RunState},
+    ledger::{self, RunMode, RunState},
     outcome::Counts,
     plan::{self, Plan},
     prepare::{self, FleetServer},
@@ -67,7 +67,7 @@ pub async fn migrate_all(
         }
         Taken::Skipped => return Ok(finished(report, started)),
     };
-    let mut went = rollout::Went::Inline;
+    let mut went = RunMode::Inline;
     let result: Result<(), MigrateAllError> = async {
         let servers = before_tenants(db, &sys, req, slugs.as_deref(), &plan, &mut report).await?;
         let tenants = plan::list(&sys, slugs.as_deref()).await?;
@@ -94,7 +94,7 @@ pub async fn migrate_all(
     // A queued run is closed by its last worker (or, if it could not be queued, already is).
     if let Some(run) = plan
         .ledger
-        .filter(|_| went == rollout::Went::Inline || result.is_err())
+        .filter(|_| went == RunMode::Inline || result.is_err())
     {
         let (state, error) = match &result {
             Err(e) => (RunState::Failed, Some(e.error_type().to_owned())),
@@ -118,7 +118,7 @@ pub async fn migrate_all(
     info!(
         run_id = %report.run_id,
         status = ?report.status,
-        mode = report.mode,
+        mode = report.mode.as_str(),
         migrated = c.migrated,
         up_to_date = c.up_to_date,
         pending = c.pending,
@@ -160,7 +160,7 @@ fn new_report(run_id: Uuid, req: &MigrateAllRequest, concurrency: usize) -> Migr
     MigrateAllReport {
         run_id,
         status: RunStatus::Completed,
-        mode: "inline",
+        mode: RunMode::Inline,
         canary: 0,
         max_failures: None,
         error: None,

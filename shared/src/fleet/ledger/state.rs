@@ -58,7 +58,8 @@ impl RunState {
 }
 
 /// Where a run's tenants are migrated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RunMode {
     /// In the invocation of migrate-all.
     Inline,
