@@ -31,35 +31,33 @@ async fn handler(
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, Error> {
     let inv = Invocation::new(event.context.deadline(), ANSWER_MARGIN, JOB_BUDGET, None);
-    let handle = async |msg: TenantMessage| {
-        if inv.time_left() < MIN_TIME {
-            return Delivery::Retry;
-        }
-        fleet::migrate_from_queue(db, &inv, queue_url, msg).await
-    };
-    Ok(each_record(event.payload.records, handle).await)
+    let ready = || inv.time_left() >= MIN_TIME;
+    let handle =
+        async |msg: TenantMessage| fleet::migrate_from_queue(db, &inv, queue_url, msg).await;
+    Ok(each_record(event.payload.records, ready, handle).await)
 }
 
-/// A batch, record by record, each body read as a `T` and handed to `handle`: the records not
-/// done (a body that is not a `T`, left for the dead-letter queue; or `Delivery::Retry`) are
-/// the batch item failures, delivered again.
+/// A batch, record by record while `ready` (time is left), each body read as a `T` and handed
+/// to `handle`: the records not done (none left time, no body, a body that is not a `T`, left
+/// for the dead-letter queue; or `Delivery::Retry`) are the batch item failures, delivered
+/// again.
 async fn each_record<T: DeserializeOwned>(
     records: Vec<SqsMessage>,
+    ready: impl Fn() -> bool,
     handle: impl AsyncFn(T) -> Delivery,
 ) -> SqsBatchResponse {
     let mut response = SqsBatchResponse::default();
     for record in records {
-        let parsed = record
-            .body
-            .as_deref()
-            .map(serde_json::from_str::<T>)
-            .transpose();
-        let delivery = match parsed {
-            Ok(Some(message)) => handle(message).await,
-            Ok(None) | Err(_) => {
-                error!("a message of the queue is not a tenant of a run; left for the dead-letter queue");
-                Delivery::Retry
-            }
+        let delivery = match record.body.as_deref() {
+            Some(_) if !ready() => Delivery::Retry,
+            None => Delivery::Retry,
+            Some(body) => match serde_json::from_str::<T>(body) {
+                Ok(message) => handle(message).await,
+                Err(_) => {
+                    error!("a message of the queue is not a tenant of a run; left for the dead-letter queue");
+                    Delivery::Retry
+                }
+            },
         };
         if delivery == Delivery::Retry {
             let mut failure = BatchItemFailure::default();

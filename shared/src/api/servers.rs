@@ -30,7 +30,7 @@ pub async fn list_servers<'a>(
             db,
             inv,
             || servers::list_servers(db),
-            |e| matches!(e, ServersError::Db(e) if e.is_unavailable()),
+            |e| matches!(e, ServersError::Db(e) if e.is_transient()),
         )
         .await?;
         Ok(ApiResponse::ok(200, json!({ "servers": list })))
@@ -46,7 +46,7 @@ pub async fn get_server(db: &Database, name: Option<&str>, inv: &Invocation) -> 
             db,
             inv,
             || servers::get_server(db, &name),
-            |e| matches!(e, ServersError::Db(e) if e.is_unavailable()),
+            |e| matches!(e, ServersError::Db(e) if e.is_transient()),
         )
         .await?;
         Ok(ApiResponse::ok(200, server))
@@ -84,7 +84,7 @@ pub async fn update_server(
             db,
             inv,
             || servers::update_server(db, &name, &patch),
-            |e| matches!(e, ServersError::Db(e) if e.is_unavailable()),
+            |e| matches!(e, ServersError::Db(e) if e.is_transient()),
         )
         .await?;
         Ok(ApiResponse::ok(200, server))

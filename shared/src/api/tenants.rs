@@ -14,7 +14,6 @@ use crate::{
     database::Database,
     domain::{FieldError, NewTenant, ServerName, Slug, Tenant, TenantName},
     invocation::Invocation,
-    pg::DbError,
     tenant::{
         lifecycle::{self, LifecycleError},
         provision::{self, CreateTenantError, IdempotencyKey},
@@ -68,7 +67,7 @@ pub async fn list<'a>(
             db,
             inv,
             || registry::list_tenants(db, &q),
-            DbError::is_unavailable,
+            |e| e.is_unavailable() || e.is_timed_out(),
         )
         .await?;
         Ok(ApiResponse::ok(200, page))
@@ -84,7 +83,7 @@ pub async fn get(db: &Database, slug: Option<&str>, inv: &Invocation) -> ApiResp
             db,
             inv,
             || registry::get_tenant(db, &slug),
-            |e| matches!(e, GetTenantError::Db(e) if e.is_unavailable()),
+            |e| matches!(e, GetTenantError::Db(e) if e.is_unavailable() || e.is_timed_out()),
         )
         .await?;
         Ok(ApiResponse::ok(200, tenant))
@@ -125,7 +124,7 @@ where
             db,
             inv,
             || op(db, &slug),
-            |e| matches!(e, LifecycleError::Db(e) if e.is_unavailable()),
+            |e| matches!(e, LifecycleError::Db(e) if e.is_unavailable() || e.is_timed_out()),
         )
         .await?;
         Ok(ApiResponse::ok(200, tenant))

@@ -106,20 +106,20 @@ pub async fn migrate_from_queue(
             return Delivery::Retry;
         }
     };
-    if assignment.attempt != attempt || assignment.mode != RunMode::Queue {
+    if assignment.attempt != attempt || assignment.mode != Some(RunMode::Queue) {
         info!(%run_id, tenant.slug = %slug, attempt, run_attempt = assignment.attempt,
             "a message of an earlier attempt of the run (retry_run came since); nothing to do");
         return Delivery::Done;
     }
-    if assignment.run_state != RunState::Running {
-        info!(%run_id, tenant.slug = %slug, run_status = assignment.run_state.as_str(),
+    if assignment.run_state != Some(RunState::Running) {
+        info!(%run_id, tenant.slug = %slug, run_status = assignment.run_state.map_or("unknown", RunState::as_str),
             "the run is over; nothing to do");
         return Delivery::Done;
     }
     if !assignment.is_work(attempt) {
         // A duplicate, or the brake passed: only move the run on (a step a killed worker may
         // have left).
-        info!(%run_id, tenant.slug = %slug, status = assignment.status.as_str(),
+        info!(%run_id, tenant.slug = %slug, status = assignment.status.map_or("unknown", TenantOutcome::as_str),
             "the tenant is no longer to migrate in this run (a message delivered twice, or the \
              brake passed)");
         return move_on(&sys, queue_url, inv, &msg, assignment.wave, Moved::Again).await;

@@ -15,17 +15,18 @@ use crate::{
 };
 
 /// What a worker needs to know of its message's run and tenant. `None`: no such run (it was
-/// forgotten) or no such tenant in it.
+/// forgotten) or no such tenant in it. A state, mode or status this release does not know
+/// (a newer release's, during a deploy) is `None`: never work.
 pub(crate) struct Assignment {
     /// The run's status: only a `running` run's tenants are migrated...
-    pub run_state: RunState,
+    pub run_state: Option<RunState>,
     /// ... a queued one's...
-    pub mode: RunMode,
+    pub mode: Option<RunMode>,
     /// ... in the attempt the message was sent for.
     pub attempt: i64,
     pub options: Value,
     /// The tenant's status in the run: only a `pending` tenant is migrated...
-    pub status: TenantOutcome,
+    pub status: Option<TenantOutcome>,
     pub wave: Option<i64>,
     /// ... and none once the brake is passed (the run halts at the next `next`).
     pub failed: i64,
@@ -35,10 +36,10 @@ pub(crate) struct Assignment {
 impl Assignment {
     /// Whether a message of `attempt` is to migrate this tenant now.
     pub fn is_work(&self, attempt: i64) -> bool {
-        self.run_state == RunState::Running
-            && self.mode == RunMode::Queue
+        self.run_state == Some(RunState::Running)
+            && self.mode == Some(RunMode::Queue)
             && self.attempt == attempt
-            && self.status == TenantOutcome::Pending
+            && self.status == Some(TenantOutcome::Pending)
             && self.max_failures.is_none_or(|max| self.failed <= max)
     }
 }
@@ -59,20 +60,15 @@ pub(crate) async fn assignment(
         )
         .await?;
     let Some(row) = row else { return Ok(None) };
-    let unknown = |what: &str, value: &str| {
-        DbError::Other(anyhow::anyhow!(
-            "the run ledger holds an unknown {what} {value:?}"
-        ))
-    };
     let run_state: String = row.try_get("run_status")?;
     let mode: String = row.try_get("mode")?;
     let status: String = row.try_get("status")?;
     Ok(Some(Assignment {
-        run_state: RunState::parse(&run_state).ok_or_else(|| unknown("run state", &run_state))?,
-        mode: RunMode::parse(&mode).ok_or_else(|| unknown("run mode", &mode))?,
+        run_state: RunState::parse(&run_state),
+        mode: RunMode::parse(&mode),
         attempt: row.try_get("attempt")?,
         options: row.try_get("options")?,
-        status: TenantOutcome::parse(&status).ok_or_else(|| unknown("tenant status", &status))?,
+        status: TenantOutcome::parse(&status),
         wave: row.try_get("wave")?,
         failed: row.try_get("failed")?,
         max_failures: row.try_get("max_failures")?,
