@@ -162,8 +162,13 @@ pub struct Rotation {
 /// [`crate::migrate::runner`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MigrationPolicy {
+    /// The first rung of the lock-timeout ladder: the `lock_timeout` of the first attempt.
     pub lock_timeout: Duration,
+    /// The ladder's ceiling: no attempt's `lock_timeout` is longer, so no application query
+    /// queues behind a migration's lock request for longer.
+    pub lock_timeout_max: Duration,
     pub statement_timeout: Duration,
+    /// Attempts after the first that timed out on a lock.
     pub lock_retries: u32,
 }
 

@@ -54,6 +54,7 @@ impl Config {
             });
         }
         let migrate_tenant_timeout = secs(&get, "MIGRATE_TENANT_TIMEOUT_SECS", 300)?;
+        let first_rung = whole(&get, "MIGRATE_LOCK_TIMEOUT_MS", 100, 10..=60_000)?;
         let config = Config {
             credentials,
             overrides: ConnOverrides {
@@ -80,18 +81,18 @@ impl Config {
             )? as usize,
             migrate_tenant_timeout,
             migrate_session: MigrationPolicy {
-                lock_timeout: Duration::from_millis(whole(
-                    &get,
-                    "MIGRATE_LOCK_TIMEOUT_MS",
-                    2000,
-                    10..=60_000,
-                )?),
+                lock_timeout: Duration::from_millis(first_rung),
+                // Never below the first rung: a lower ceiling (the default included, when only
+                // the first rung is set above it) makes the first rung a fixed lock timeout.
+                lock_timeout_max: Duration::from_millis(
+                    whole(&get, "MIGRATE_LOCK_TIMEOUT_MAX_MS", 200, 10..=60_000)?.max(first_rung),
+                ),
                 statement_timeout: secs(
                     &get,
                     "MIGRATE_STATEMENT_TIMEOUT_SECS",
                     migrate_tenant_timeout.as_secs(),
                 )?,
-                lock_retries: whole(&get, "MIGRATE_LOCK_RETRIES", 3, 0..=10)? as u32,
+                lock_retries: whole(&get, "MIGRATE_LOCK_RETRIES", 20, 0..=100)? as u32,
             },
             run_ledger_days: whole(&get, "RUN_LEDGER_DAYS", 90, 1..=3650)? as i32,
             migrate_queue_url: get("MIGRATE_QUEUE_URL"),
@@ -162,13 +163,13 @@ impl Config {
             );
         }
         let migration = &self.migrate_session;
-        if migration.statement_timeout <= migration.lock_timeout {
+        if migration.statement_timeout <= migration.lock_timeout_max {
             return invalid(
                 "MIGRATE_STATEMENT_TIMEOUT_SECS",
                 format!(
-                    "({}) must exceed MIGRATE_LOCK_TIMEOUT_MS ({} ms)",
+                    "({}) must exceed MIGRATE_LOCK_TIMEOUT_MAX_MS ({} ms)",
                     migration.statement_timeout.as_secs(),
-                    migration.lock_timeout.as_millis()
+                    migration.lock_timeout_max.as_millis()
                 ),
             );
         }

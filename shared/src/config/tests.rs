@@ -91,7 +91,8 @@ fn contradictions_are_refused_with_the_variable_and_the_reason() {
     assert!(e.to_string().contains("IDEMPOTENCY_KEY_TTL_HOURS"), "{e}");
     for (var, value) in [
         ("MIGRATE_LOCK_TIMEOUT_MS", "0"),
-        ("MIGRATE_LOCK_RETRIES", "11"),
+        ("MIGRATE_LOCK_RETRIES", "101"),
+        ("MIGRATE_LOCK_TIMEOUT_MAX_MS", "9"),
         ("MIGRATE_STATEMENT_TIMEOUT_SECS", "0"),
         // Longer than a tenant's whole time.
         ("MIGRATE_STATEMENT_TIMEOUT_SECS", "301"),
@@ -102,14 +103,45 @@ fn contradictions_are_refused_with_the_variable_and_the_reason() {
         let e = config(&[("DB_SECRET_ID", "x"), (var, value)]).unwrap_err();
         assert!(e.to_string().contains(var), "{var}={value}: {e}");
     }
-    // Not above the migration lock timeout.
+    // Not above the ladder's ceiling (which follows an only first rung set above it).
     let e = config(&[
         ("DB_SECRET_ID", "x"),
         ("MIGRATE_LOCK_TIMEOUT_MS", "5000"),
         ("MIGRATE_STATEMENT_TIMEOUT_SECS", "5"),
     ])
     .unwrap_err();
-    assert!(e.to_string().contains("MIGRATE_LOCK_TIMEOUT_MS"), "{e}");
+    assert!(e.to_string().contains("MIGRATE_LOCK_TIMEOUT_MAX_MS"), "{e}");
+}
+
+#[test]
+fn a_first_rung_alone_above_the_default_ceiling_is_a_fixed_lock_timeout() {
+    let c = config(&[("DB_SECRET_ID", "x"), ("MIGRATE_LOCK_TIMEOUT_MS", "2000")]).unwrap();
+    assert_eq!(c.migrate_session.lock_timeout, Duration::from_millis(2000));
+    assert_eq!(
+        c.migrate_session.lock_timeout_max,
+        Duration::from_millis(2000)
+    );
+    let c = config(&[
+        ("DB_SECRET_ID", "x"),
+        ("MIGRATE_LOCK_TIMEOUT_MS", "500"),
+        ("MIGRATE_LOCK_TIMEOUT_MAX_MS", "300"),
+    ])
+    .unwrap();
+    assert_eq!(
+        c.migrate_session.lock_timeout_max,
+        Duration::from_millis(500)
+    );
+    let c = config(&[
+        ("DB_SECRET_ID", "x"),
+        ("MIGRATE_LOCK_TIMEOUT_MS", "50"),
+        ("MIGRATE_LOCK_TIMEOUT_MAX_MS", "400"),
+    ])
+    .unwrap();
+    assert_eq!(c.migrate_session.lock_timeout, Duration::from_millis(50));
+    assert_eq!(
+        c.migrate_session.lock_timeout_max,
+        Duration::from_millis(400)
+    );
 }
 
 #[test]
@@ -121,9 +153,10 @@ fn long_statements_get_the_statement_timeout_plus_a_query_timeout() {
     assert_eq!(
         c.migrate_session,
         MigrationPolicy {
-            lock_timeout: Duration::from_millis(2000),
+            lock_timeout: Duration::from_millis(100),
+            lock_timeout_max: Duration::from_millis(200),
             statement_timeout: Duration::from_secs(300),
-            lock_retries: 3,
+            lock_retries: 20,
         }
     );
 }

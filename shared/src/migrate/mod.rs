@@ -7,13 +7,15 @@
 
 //!
 //!
-//! - **Short lock waits, retried.** The session runs with `lock_timeout` =
-//!   `MIGRATE_LOCK_TIMEOUT_MS` (2 s) and `statement_timeout` =
+//! - **A lock-timeout ladder.** Each attempt runs with a short `lock_timeout`: the first
+//!   rung `MIGRATE_LOCK_TIMEOUT_MS` (100 ms), doubling on each retry up to the ceiling
+//!   `MIGRATE_LOCK_TIMEOUT_MAX_MS` (200 ms), and `statement_timeout` =
 //!   `MIGRATE_STATEMENT_TIMEOUT_SECS`. A migration that waits longer for a lock gives up
 //!   (rolled back: the application's queries that queued behind it go on), and the run is
-//!   retried up to `MIGRATE_LOCK_RETRIES` (3) times after growing pauses (half the lock
-//!   timeout, then twice that each time), within the caller's deadline. So an application
-//!   query never waits behind a migration for longer than the lock timeout.
+//!   retried up to `MIGRATE_LOCK_RETRIES` (20) times after jittered pauses (the first rung,
+//!   doubling, up to 500 ms, each scaled by a random 0.5–1.5), within the caller's deadline;
+//!   then the tenant is deferred. So an application query never waits behind a migration's
+//!   lock request for longer than one rung (GitLab's `with_lock_retries` works the same way).
 //! - **Outside a transaction.** A migration whose leading comments include the directive
 //!   `-- dbtools:no-transaction` runs statement by statement, each on its own (what
 //!   `CREATE INDEX CONCURRENTLY` and a few others need), and then refinery's own history row

@@ -1,13 +1,16 @@
 //! One database's pending migrations, run by refinery under the configuration's policy: a
-//! session with a short lock timeout, lock waits retried after growing pauses, and the
-//! migrations that carry the directive run statement by statement outside a transaction.
+//! lock-timeout ladder (each attempt's `lock_timeout` short, growing from the first rung to a
+//! ceiling well under a second, so that no application query queues behind a migration's lock
+//! request for longer than one rung), many attempts with jittered pauses inside the tenant's
+//! time, and the migrations that carry the directive run statement by statement outside a
+//! transaction.
 
 use std::time::{Duration, Instant};
 
 use refinery::Migration;
 use refinery_core::traits::r#async::{AsyncMigrate, AsyncQuery, AsyncTransaction};
 use tokio_postgres::Client;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{
     failure::{is_lock_timeout, RunFailure},
@@ -18,19 +21,37 @@ use crate::{config::MigrationPolicy, domain::quote_ident};
 /// The directive, in a migration's leading comments, that makes it run outside a transaction.
 pub const NO_TRANSACTION: &str = "-- dbtools:no-transaction";
 
+/// The longest nominal pause between two attempts: long enough for a report or a batch job
+/// holding the table to make progress, short enough that many attempts fit a tenant's time.
+const PAUSE_CAP: Duration = Duration::from_millis(500);
+
 impl MigrationPolicy {
-    /// The session settings of a migration run.
-    pub(crate) fn settings(&self) -> String {
+    /// The `lock_timeout` of attempt `attempt` (1-based): the first rung, doubling, up to the
+    /// ceiling.
+    pub(crate) fn rung(&self, attempt: u32) -> Duration {
+        self.lock_timeout
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(self.lock_timeout_max.max(self.lock_timeout))
+    }
+
+    /// The session settings of attempt `attempt`.
+    pub(crate) fn settings(&self, attempt: u32) -> String {
         format!(
             "SET lock_timeout = {}; SET statement_timeout = {}",
-            self.lock_timeout.as_millis(),
+            self.rung(attempt).as_millis(),
             self.statement_timeout.as_millis()
         )
     }
 
-    /// The pause before retry `attempt` (1-based): half the lock timeout, doubling.
-    pub(crate) fn pause(&self, attempt: u32) -> Duration {
-        (self.lock_timeout / 2).saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+    /// The pause after failed attempt `attempt` (1-based): nominally the first rung, doubling,
+    /// up to [`PAUSE_CAP`] (or the ceiling, when that is longer), scaled by `jitter` in
+    /// `0.5..1.5` so that tenants busy for the same reason do not retry in step.
+    pub(crate) fn pause(&self, attempt: u32, jitter: f64) -> Duration {
+        let nominal = self
+            .lock_timeout
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(PAUSE_CAP.max(self.lock_timeout_max));
+        nominal.mul_f64(jitter.clamp(0.5, 1.5))
     }
 }
 
@@ -125,11 +146,11 @@ pub(crate) async fn run(
             .map(|m| i64::from(m.version()))
             .collect()
     };
-    if let Err(e) = client.batch_execute(&policy.settings()).await {
-        return (applied, Err(RunFailure::Database(e)));
-    }
     let mut attempt = 0;
     loop {
+        if let Err(e) = client.batch_execute(&policy.settings(attempt + 1)).await {
+            return (applied, Err(RunFailure::Database(e)));
+        }
         let outcome = runner().run_async(&mut Session(client)).await;
         match outcome {
             Ok(report) => {
@@ -142,9 +163,9 @@ pub(crate) async fn run(
                     return (applied, Err(RunFailure::Refinery(e)));
                 }
                 attempt += 1;
-                let pause = policy.pause(attempt);
+                let pause = policy.pause(attempt, rand::random_range(0.5..1.5));
                 let room = until.saturating_duration_since(Instant::now());
-                if attempt > policy.lock_retries || room < pause + policy.lock_timeout {
+                if attempt > policy.lock_retries || room < pause + policy.rung(attempt + 1) {
                     return (
                         applied,
                         Err(RunFailure::LockTimeout {
@@ -153,8 +174,9 @@ pub(crate) async fn run(
                         }),
                     );
                 }
-                warn!(
+                info!(
                     attempt,
+                    lock_timeout_ms = policy.rung(attempt).as_millis() as u64,
                     pause_ms = pause.as_millis() as u64,
                     "a migration gave up waiting for a lock; retrying after a pause"
                 );
@@ -185,18 +207,54 @@ mod tests {
         assert!(!runs_outside_transaction("CREATE TABLE t (a int);"));
     }
 
-    #[test]
-    fn pauses_grow_from_half_the_lock_timeout() {
-        let p = MigrationPolicy {
-            lock_timeout: Duration::from_secs(2),
+    fn ladder() -> MigrationPolicy {
+        MigrationPolicy {
+            lock_timeout: Duration::from_millis(100),
+            lock_timeout_max: Duration::from_millis(200),
             statement_timeout: Duration::from_secs(300),
-            lock_retries: 3,
-        };
-        let pauses: Vec<_> = (1..=3).map(|a| p.pause(a).as_millis()).collect();
-        assert_eq!(pauses, vec![1000, 2000, 4000]);
+            lock_retries: 20,
+        }
+    }
+
+    #[test]
+    fn rungs_climb_from_the_first_to_the_ceiling_and_stay() {
+        let p = ladder();
+        let rungs: Vec<_> = (1..=5).map(|a| p.rung(a).as_millis()).collect();
+        assert_eq!(rungs, vec![100, 200, 200, 200, 200]);
+        assert_eq!(p.rung(u32::MAX), Duration::from_millis(200));
         assert_eq!(
-            p.settings(),
-            "SET lock_timeout = 2000; SET statement_timeout = 300000"
+            p.settings(1),
+            "SET lock_timeout = 100; SET statement_timeout = 300000"
         );
+        assert_eq!(
+            p.settings(2),
+            "SET lock_timeout = 200; SET statement_timeout = 300000"
+        );
+        // A fixed lock timeout: first rung and ceiling equal.
+        let fixed = MigrationPolicy {
+            lock_timeout: Duration::from_secs(2),
+            lock_timeout_max: Duration::from_secs(2),
+            ..p
+        };
+        assert!((1..=10).all(|a| fixed.rung(a) == Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn pauses_grow_to_a_cap_and_are_jittered_within_half_either_way() {
+        let p = ladder();
+        let nominal: Vec<_> = (1..=6).map(|a| p.pause(a, 1.0).as_millis()).collect();
+        assert_eq!(nominal, vec![100, 200, 400, 500, 500, 500]);
+        assert_eq!(p.pause(4, 0.5), Duration::from_millis(250));
+        assert_eq!(p.pause(4, 1.5), Duration::from_millis(750));
+        // Out-of-range jitter is clamped.
+        assert_eq!(p.pause(4, 9.0), Duration::from_millis(750));
+        assert_eq!(p.pause(4, 0.0), Duration::from_millis(250));
+        // A ceiling above the cap lets pauses reach it.
+        let slow = MigrationPolicy {
+            lock_timeout: Duration::from_secs(2),
+            lock_timeout_max: Duration::from_secs(2),
+            ..p
+        };
+        assert_eq!(slow.pause(3, 1.0), Duration::from_secs(2));
     }
 }
