@@ -93,12 +93,13 @@ def run(url, function, invoke_url, max_concurrency):
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
 
-    def invoke(message):
+    def invoke(message, receive_ms):
         try:
             event = json.dumps({"Records": [record(message, arn)]}).encode()
             request = urllib.request.Request(
                 endpoint, data=event, headers={"content-type": "application/json"}
             )
+            started = time.monotonic()
             try:
                 # Lambda's longest timeout: the function's own deadline ends it first.
                 with urllib.request.urlopen(request, timeout=900) as response:
@@ -107,9 +108,17 @@ def run(url, function, invoke_url, max_concurrency):
                 # A function error (watch answers 500) or no answer: nothing is deleted.
                 log(f"invocation failed ({e}); the message comes back after its visibility timeout")
                 return
+            invoke_ms = (time.monotonic() - started) * 1000
+            started = time.monotonic()
             failed = {f.get("itemIdentifier") for f in (answer or {}).get("batchItemFailures", [])}
             if message["MessageId"] not in failed:
                 sqs_local.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+            delete_ms = (time.monotonic() - started) * 1000
+            # Where a message's time goes on this side (`make bench` reads these lines).
+            log(
+                f"timing receive_ms={receive_ms:.1f} invoke_ms={invoke_ms:.1f} "
+                f"delete_ms={delete_ms:.1f}"
+            )
         except Exception as e:  # noqa: BLE001 - the trigger outlives any one message
             log(f"error handling a message: {e}")
         finally:
@@ -121,6 +130,7 @@ def run(url, function, invoke_url, max_concurrency):
         slots.acquire()
         if stopping.is_set():
             break
+        started = time.monotonic()
         try:
             messages = client.receive_message(
                 QueueUrl=url,
@@ -135,7 +145,8 @@ def run(url, function, invoke_url, max_concurrency):
         if not messages:
             slots.release()
             continue
-        threading.Thread(target=invoke, args=(messages[0],), daemon=True).start()
+        receive_ms = (time.monotonic() - started) * 1000
+        threading.Thread(target=invoke, args=(messages[0], receive_ms), daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@
 
 pub(crate) mod login;
 
+use std::time::{Duration, Instant};
+
 use secrecy::SecretString;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -152,13 +154,30 @@ pub(crate) async fn create(
     db: &Database,
     admin: &Admin<'_>,
     access: &Access,
-) -> Result<String, AccessError> {
+) -> Result<(String, AccessTimes), AccessError> {
+    let started = Instant::now();
     let password = login::new_password();
     if !access.login(db).create(admin, &password).await? {
         // A role of that name exists; a new row's id cannot be in its mark.
         return Err(AccessError::Foreign("login"));
     }
-    access.create_secret(db, admin, &password).await
+    let login = started.elapsed();
+    let started = Instant::now();
+    let arn = access.create_secret(db, admin, &password).await?;
+    Ok((
+        arn,
+        AccessTimes {
+            login,
+            secret: started.elapsed(),
+        },
+    ))
+}
+
+/// How long a new tenant's login and secret took to make (the create logs them).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AccessTimes {
+    pub(crate) login: Duration,
+    pub(crate) secret: Duration,
 }
 
 /// Brings a tenant's access to what it must be, whatever an interrupted step left: a login of

@@ -1,5 +1,7 @@
 //! The create itself: the steps of the module documentation in order, within the lease.
 
+use std::time::Instant;
+
 use tokio_postgres::error::SqlState;
 use tracing::instrument;
 use uuid::Uuid;
@@ -63,6 +65,7 @@ pub async fn create_tenant(
                 });
             }
         }
+        let placing = Instant::now();
         let (server, template, oid, id, started) = match place(db, &sys, &row, inv.deadline).await {
             Ok(placed) => placed,
             Err(PlaceError::Db(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
@@ -83,6 +86,7 @@ pub async fn create_tenant(
             }
             Err(e) => return Err(e.into()),
         };
+        let placed = placing.elapsed();
         // Never past the lease (nor the invocation's deadline): abandoned there, the work is
         // what a dead process leaves, and reconcile takes it from there. A query timeout is
         // kept before the lease ends, so that what was on its way when the work was abandoned
@@ -114,6 +118,7 @@ pub async fn create_tenant(
                 oid,
                 template: &template,
                 deadline,
+                placed,
             };
             provision(db, &sys, &admin, &access, &new.slug, &made).await
         };
