@@ -1,8 +1,9 @@
 //! Cold starts and memory: each function's binary started as its own process against a
 //! minimal Lambda Runtime API (e2e::runtime), timed from `exec` to its answer to one request
 //! that needs everything a first request needs (configuration, the secret, a connection, a
-//! query); its peak RSS read from /proc. Then the peak RSS of the instances
-//! `cargo lambda watch` ran for the whole benchmark.
+//! query); its peak RSS read from /proc. Measured first, before any other measure (the goal),
+//! and again after the fleet runs. Then the peak RSS of the instances `cargo lambda watch` ran
+//! for the whole benchmark.
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ const FUNCTIONS: [&str; 8] = [
     "migrate-tenant",
 ];
 const RSS_GOAL_MIB: f64 = 40.0;
+const COLD_GOAL_MS: f64 = 50.0;
 
 /// What the first request's answer must be.
 enum Expect {
@@ -104,8 +106,56 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-pub async fn measure(profile: &str, samples: usize, slug: &str) -> Result<Vec<Row>> {
-    let mut rows = Vec::new();
+/// One function's cold starts.
+pub struct Cold {
+    function: &'static str,
+    what: &'static str,
+    times: Stats,
+    rss: f64,
+}
+
+/// The cold starts measured first, before any other measure runs (the goal: p50 < 50 ms).
+pub fn fresh_rows(cold: &[Cold]) -> Vec<Row> {
+    cold.iter()
+        .map(|c| {
+            Row::goal(
+                &format!("cold start: {}, {} (p50; max)", c.function, c.what),
+                format!("{} ms ({})", ms(c.times.p50), ms(c.times.max)),
+                format!("measured fresh; peak RSS {:.1} MiB", c.rss),
+                &format!("< {} ms, < {RSS_GOAL_MIB:.0} MiB", ms(COLD_GOAL_MS)),
+                c.times.p50 < COLD_GOAL_MS && c.rss < RSS_GOAL_MIB,
+            )
+        })
+        .collect()
+}
+
+/// The same, measured again after the fleet runs (the queued run included), beside the fresh
+/// figures: what a machine busy for twenty minutes (page cache, PostgreSQL's own state, the
+/// emulators' memory) does to a start.
+pub fn later_rows(later: &[Cold], fresh: &[Cold]) -> Vec<Row> {
+    later
+        .iter()
+        .map(|c| {
+            let before = fresh.iter().find(|f| f.function == c.function);
+            Row::goal(
+                &format!("  … {} again after the fleet runs (p50; max)", c.function),
+                format!("{} ms ({})", ms(c.times.p50), ms(c.times.max)),
+                before.map_or_else(String::new, |f| {
+                    format!(
+                        "{:.2}x fresh; peak RSS {:.1} MiB",
+                        c.times.p50 / f.times.p50,
+                        c.rss
+                    )
+                }),
+                &format!("< {RSS_GOAL_MIB:.0} MiB"),
+                c.rss < RSS_GOAL_MIB,
+            )
+        })
+        .collect()
+}
+
+pub async fn measure(profile: &str, samples: usize, slug: &str) -> Result<Vec<Cold>> {
+    let mut out = Vec::new();
     for function in FUNCTIONS {
         let (event, what, expect) = first_request(function, slug);
         let mut times = Vec::new();
@@ -140,16 +190,14 @@ pub async fn measure(profile: &str, samples: usize, slug: &str) -> Result<Vec<Ro
             times.push(took);
             rss = rss.max(peak);
         }
-        let t = Stats::of(times);
-        rows.push(Row::goal(
-            &format!("cold start: {function}, {what} (p50; max)"),
-            format!("{} ms ({})", ms(t.p50), ms(t.max)),
-            format!("peak RSS {rss:.1} MiB"),
-            &format!("< 100 ms, < {RSS_GOAL_MIB:.0} MiB"),
-            t.p50 < 100.0 && rss < RSS_GOAL_MIB,
-        ));
+        out.push(Cold {
+            function,
+            what,
+            times: Stats::of(times),
+            rss,
+        });
     }
-    Ok(rows)
+    Ok(out)
 }
 
 /// Peak RSS of every instance `cargo lambda watch` started during the run, per function.

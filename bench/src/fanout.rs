@@ -27,7 +27,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::table::{ms, Row};
+use crate::table::{ms, Row, Stats};
 
 /// The most connections to the bench's tenant databases seen at once on each server, sampled
 /// from `pg_stat_activity` every few milliseconds while it lives.
@@ -123,6 +123,69 @@ fn per_server(seen: &[(&str, i64)], budgets: &[(String, i64)]) -> (String, bool)
         .collect::<Vec<_>>()
         .join(", ");
     (text, within)
+}
+
+/// The p50 of each `name_ms=` field of the lines of `log` that contain `marker` (the last
+/// `n` such lines: the queued run's), in the order of `names`.
+fn logged_p50s(log: &str, marker: &str, names: &[&str], n: usize) -> Result<Vec<f64>> {
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(marker)).collect();
+    let lines = &lines[lines.len().saturating_sub(n)..];
+    ensure!(!lines.is_empty(), "no line {marker:?} in the stack's logs");
+    names
+        .iter()
+        .map(|name| {
+            let key = format!("{name}_ms=");
+            let values: Vec<f64> = lines
+                .iter()
+                .filter_map(|l| {
+                    l.split_whitespace()
+                        .find_map(|w| w.strip_prefix(key.as_str()))
+                        .and_then(|v| v.parse().ok())
+                })
+                .collect();
+            ensure!(!values.is_empty(), "no {key} in {marker:?} lines");
+            Ok(Stats::of(values).p50)
+        })
+        .collect()
+}
+
+/// Where a queued message's time goes (p50s over the run's `tenants` messages): on the
+/// local trigger's side (the stand-in for Lambda's event source mapping: its receive from
+/// moto, the invoke through `cargo lambda watch`, the delete) and in the worker (reading the
+/// run and the registry, migrating, recording and moving the run on); the rest of the invoke
+/// is the emulator's and the runtime API's.
+pub fn message_breakdown(tenants: usize) -> Result<Row> {
+    let trigger = logged_p50s(
+        &e2e::stack_log("trigger.log"),
+        "timing receive_ms=",
+        &["receive", "invoke", "delete"],
+        tenants,
+    )?;
+    let worker = logged_p50s(
+        &e2e::stack_log("watch.log"),
+        "a queued tenant handled",
+        &["registry", "migrate", "ledger"],
+        tenants,
+    )?;
+    let (receive, invoke, delete) = (trigger[0], trigger[1], trigger[2]);
+    let ours: f64 = worker.iter().sum();
+    Ok(Row::info(
+        "  … where a message's time goes (p50 per message)",
+        format!("{} ms per invoke", ms(invoke)),
+        format!(
+            "trigger (stand-in): receive {} + delete {} ms, one receive at a time; the \
+             invoke {}: worker {} (registry {}, migrate {}, ledger {}), emulator and runtime \
+             API {} ms",
+            ms(receive),
+            ms(delete),
+            ms(invoke),
+            ms(ours),
+            ms(worker[0]),
+            ms(worker[1]),
+            ms(worker[2]),
+            ms((invoke - ours).max(0.0))
+        ),
+    ))
 }
 
 /// A queued run over the fleet, from the invocation to the run's end in the ledger.
@@ -368,18 +431,20 @@ pub async fn planning(rows: usize, profile: &str) -> Result<Vec<Row>> {
     remove_plan_rows(&registry).await?;
     outcome?;
     let floor = floor(&sink, rows).await?;
+    let floor_ms = floor.as_secs_f64() * 1000.0;
     Ok(vec![Row::goal(
         &format!("planning a queued run over {rows} registry rows (SQS: a local sink)"),
         format!("{} ms", ms(run_ms)),
         format!(
-            "floor {} ms (the same {rows} messages straight from the SDK); {} ms with the \
-             process start; rows inserted in {} ms",
-            ms(floor.as_secs_f64() * 1000.0),
+            "{:.2}x its floor {} ms (the same {rows} messages straight from the SDK); {} ms \
+             with the process start; rows inserted in {} ms",
+            run_ms / floor_ms,
+            ms(floor_ms),
             ms(took.as_secs_f64() * 1000.0),
             ms(insert.as_secs_f64() * 1000.0)
         ),
-        "< 30 s (seconds, not minutes)",
-        run_ms < 30_000.0,
+        "≤ 2x the floor",
+        run_ms <= 2.0 * floor_ms,
     )])
 }
 

@@ -12,8 +12,9 @@
 //! `BENCH_PLAN_ROWS` (100000: the registry rows a queued run is planned over).
 //!
 //! Set-up: `settings`, `machine`, `prepare`, `fleet`. The measures, in the table's order:
-//! `floor` (CREATE DATABASE strategies), `provision`, `baseline`, `migrate_all`, `live`,
-//! `list`, `cold`, `fanout` (planning). `table` holds the rows; `progress` says where the run is.
+//! `cold` (fresh, before anything else), `floor` (CREATE DATABASE strategies), `provision`,
+//! `baseline`, `migrate_all` (with `pending_floor`), `live`, `list`, `cold` again, `fanout`
+//! (planning). `table` holds the rows; `progress` says where the run is.
 
 mod baseline;
 mod cold;
@@ -22,11 +23,14 @@ mod fleet;
 mod floor;
 mod list;
 mod live;
+mod lock_watch;
 mod machine;
 mod migrate_all;
+mod pending_floor;
 mod prepare;
 mod progress;
 mod provision;
+mod same_work;
 mod settings;
 mod table;
 
@@ -52,7 +56,9 @@ async fn main() -> Result<()> {
         table.extend(match part {
             "live" => live::measure().await?,
             "plan" => fanout::planning(s.plan_rows, &s.profile).await?,
-            _ => cold::measure(&s.profile, s.cold_samples, &fleet::warm_up_slug()).await?,
+            _ => cold::fresh_rows(
+                &cold::measure(&s.profile, s.cold_samples, &fleet::warm_up_slug()).await?,
+            ),
         });
         println!("{}", table.render());
         return Ok(());
@@ -61,6 +67,10 @@ async fn main() -> Result<()> {
     prepare::cleanup().await?;
     step("warming up the functions (the first request of each starts its instances)");
     prepare::warm_up().await?;
+
+    step("cold starts, first: each function's release binary, started for one request");
+    let fresh = cold::measure(&s.profile, s.cold_samples, &fleet::warm_up_slug()).await?;
+    table.extend(cold::fresh_rows(&fresh));
 
     step(&format!(
         "CREATE DATABASE strategies, {} samples each",
@@ -74,8 +84,9 @@ async fn main() -> Result<()> {
     table.extend(migrate_all::measure(s.tenants, &placed, baseline).await?);
     table.extend(live::measure().await?);
     table.extend(list::measure(s.list_tenants, s.list_samples).await?);
-    step("cold starts: each function's release binary, started for one request");
-    table.extend(cold::measure(&s.profile, s.cold_samples, &fleet::slug(0)).await?);
+    step("cold starts again, after the fleet runs");
+    let later = cold::measure(&s.profile, s.cold_samples, &fleet::warm_up_slug()).await?;
+    table.extend(cold::later_rows(&later, &fresh));
     table.extend(cold::watch_instances(&s.profile)?);
     step(&format!(
         "planning a queued run over {} registry rows",
