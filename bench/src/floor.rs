@@ -28,6 +28,19 @@ pub struct Floor {
     verifier: String,
 }
 
+/// Drops a sample's database and its login (of the same name).
+pub async fn drop_sample(admin: &tokio_postgres::Client, name: &str) -> Result<()> {
+    // Two statements: DROP DATABASE refuses to run in a transaction, which one batch of
+    // several statements is.
+    admin
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await?;
+    admin
+        .batch_execute(&format!("DROP ROLE IF EXISTS {name}"))
+        .await?;
+    Ok(())
+}
+
 /// `CREATE DATABASE` strategies compared, and a copy of the product's tenant template.
 pub struct Strategies {
     wal_log: Stats,
@@ -138,14 +151,7 @@ impl Floor {
     /// Drops the databases the samples made.
     pub async fn drop_all(&mut self) -> Result<()> {
         for name in self.made.drain(..) {
-            // Two statements: DROP DATABASE refuses to run in a transaction, which one batch
-            // of several statements is.
-            self.admin
-                .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
-                .await?;
-            self.admin
-                .batch_execute(&format!("DROP ROLE IF EXISTS {name}"))
-                .await?;
+            drop_sample(&self.admin, &name).await?;
         }
         Ok(())
     }

@@ -184,12 +184,7 @@ impl SameWork {
     /// Drops what the samples made: databases, logins, secrets, rows.
     pub async fn drop_all(&mut self) -> Result<()> {
         for name in self.made.drain(..) {
-            self.admin
-                .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
-                .await?;
-            self.admin
-                .batch_execute(&format!("DROP ROLE IF EXISTS {name}"))
-                .await?;
+            crate::floor::drop_sample(&self.admin, &name).await?;
             self.secrets
                 .delete_secret()
                 .secret_id(format!("bench/same-work/{name}"))
