@@ -53,10 +53,7 @@ pub(super) async fn migrate_tenant(at: &Attempt<'_>) -> Attempted {
         ..
     } = *at;
     let started = Instant::now();
-    let limit = plan
-        .stop_at
-        .saturating_duration_since(started)
-        .min(plan.tenant_timeout);
+    let limit = plan.tenant_limit(started);
     let on_server = |mut report: TenantReport| {
         report.server = Some(server.name.clone());
         report
@@ -183,10 +180,7 @@ async fn work(at: &Attempt<'_>, mut report: TenantReport) -> TenantReport {
         ..
     } = *at;
     let started = Instant::now();
-    let limit = plan
-        .stop_at
-        .saturating_duration_since(started)
-        .min(plan.tenant_timeout);
+    let limit = plan.tenant_limit(started);
     // Only the work on the tenant's own connection is cut at the limit (refinery's run is
     // cancelled on the server, see `migrate::run`): the lock, on the shared system
     // connection, is always given back properly. Should that connection be lost meanwhile,

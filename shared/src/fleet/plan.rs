@@ -72,6 +72,13 @@ impl Plan {
             attempt: 0,
         }
     }
+
+    /// How long a tenant started at `started` may take: its timeout, cut at the run's stop.
+    pub(super) fn tenant_limit(&self, started: Instant) -> Duration {
+        self.stop_at
+            .saturating_duration_since(started)
+            .min(self.tenant_timeout)
+    }
 }
 
 /// How a run rolls out over the tenants it opens (see `rollout`).

@@ -120,6 +120,29 @@ pub async fn is_ready(sys: &Conn, admin: &Admin<'_>, name: &str) -> Result<bool,
         .is_some_and(|f| f.is(Some(oid)) && !f.invalid && !f.allows_connections))
 }
 
+/// Brings a database of ours (a template being built, or a tenant whose create died after
+/// its copy) to the latest tenant migration: opened to its owner (us) alone, the tenant
+/// logins' group made sure of (tenant migrations grant the tables to it), migrated on a
+/// connection of its own under the migration policy, that connection gone from the server
+/// before this returns.
+pub(crate) async fn migrate_own_database(
+    db: &Database,
+    admin: &Admin<'_>,
+    name: &str,
+) -> Result<(), DbError> {
+    ownership::open(admin, name).await?;
+    login::ensure_group(admin).await?;
+    let mut client = admin.server().connect(name).await?;
+    let migrated = migrate::migrate_tenant_to_latest(
+        &mut client,
+        &db.config().migrate_session,
+        db.config().migrate_tenant_timeout,
+    )
+    .await;
+    client.close().await;
+    migrated
+}
+
 /// The ready template of this release on the admin connection's server, built first when
 /// there is none, by `until` (a build cut there is cancelled, and the next one starts again).
 /// Two queries when it exists.
@@ -202,20 +225,8 @@ async fn build(
         .await?;
     let quoted = quote_ident(name);
     let outcome = async {
-        // Opened to its owner (us) alone.
-        ownership::open(admin, name).await?;
-        // Tenant migrations grant the tables to the tenant logins' group role.
-        login::ensure_group(admin).await?;
-        let mut client = admin.server().connect(name).await?;
-        let migrated = migrate::migrate_tenant_to_latest(
-            &mut client,
-            &db.config().migrate_session,
-            db.config().migrate_tenant_timeout,
-        )
-        .await;
         // Gone from the server before the template is closed and copied.
-        client.close().await;
-        migrated?;
+        migrate_own_database(db, admin, name).await?;
         admin
             .batch_execute(&format!("ALTER DATABASE {quoted} ALLOW_CONNECTIONS false"))
             .await?;

@@ -12,7 +12,7 @@ use crate::{
     aws::secrets::Deletion,
     database::{Admin, Database},
     domain::{Slug, Tenant},
-    migrate::{self, ExpectedHistory},
+    migrate::ExpectedHistory,
     pg::{
         error_chain,
         locks::{self, Lock},
@@ -20,9 +20,9 @@ use crate::{
         Conn, DbError,
     },
     tenant::{
-        access::{self, login, Access, AccessError},
+        access::{self, Access, AccessError},
         registry::{tenant_from_row, TENANT_COLUMNS},
-        template::Template,
+        template::{self, Template},
     },
 };
 
@@ -175,19 +175,9 @@ pub(super) async fn finish_provisioning(
     admin: &Admin<'_>,
     access: &Access,
 ) -> Result<Tenant, AccessError> {
-    login::ensure_group(admin).await?;
     // A create that died before its login left the database closed: opened to nobody but us
     // (its login gets CONNECT below).
-    ownership::open(admin, &access.database).await?;
-    let mut tenant = admin.server().connect(&access.database).await?;
-    let migrated = migrate::migrate_tenant_to_latest(
-        &mut tenant,
-        &db.config().migrate_session,
-        db.config().migrate_tenant_timeout,
-    )
-    .await;
-    tenant.close().await;
-    migrated?;
+    template::migrate_own_database(db, admin, &access.database).await?;
     let arn = access::ensure(db, admin, access, true, true).await?;
     let expected = ExpectedHistory::tenant();
     Ok(activate(
