@@ -68,7 +68,21 @@ async fn a_create_abandoned_at_its_deadline_leaves_no_ddl_behind_to_commit_later
     );
     // Past the lease, a run reconciles the row (no database: rolled back) while the catalog
     // is still held; then the catalog is let go. Nothing commits behind the registry's back.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Waited for, not assumed from a sleep: a busy machine stretches every step above.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            registry()
+                .await
+                .query_one(
+                    "SELECT coalesce(lease_expires_at < now(), false) FROM tenants WHERE slug = $1",
+                    &[&slug.as_str()],
+                )
+                .await
+                .is_ok_and(|r| r.get::<_, bool>(0))
+        })
+        .await,
+        "the create's lease ended"
+    );
     let (status, report) = invoke_migrate_all(&json!({"slugs": []})).await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert!(
