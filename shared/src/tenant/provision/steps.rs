@@ -134,10 +134,15 @@ pub(super) async fn provision(
     result
 }
 
-/// Runs `CREATE DATABASE` with a server-side statement timeout that ends by the create's
-/// `deadline`: a statement the create abandoned (and could not cancel: the server did not
-/// answer) can never commit after the lease, when reconcile may have decided over the row.
-/// `answer` is the time an answer takes to arrive once the server has finished.
+/// Runs `CREATE DATABASE` with a server-side statement timeout as a backstop: a statement the
+/// create abandoned (and could not cancel: the server did not answer) can never commit after
+/// the lease, when reconcile may have decided over the row. `answer` is the time an answer
+/// takes to arrive once the server has finished; the lease ends `answer` after `deadline`.
+///
+/// The backstop ends the statement half of `answer` after the `deadline`, never at it: the
+/// create abandons its work at the deadline itself (leaving the row for reconcile), and a
+/// server that ended the statement at the same instant would race it, turning the same
+/// abandoned create into a cleanly failed one (row removed) at random. One outcome per event.
 async fn create_database(
     admin: &Conn,
     create: &str,
@@ -150,8 +155,9 @@ async fn create_database(
             "no time left to make the database within the lease".into(),
         ));
     }
+    let backstop = left + answer / 2;
     admin
-        .batch_execute(&format!("SET statement_timeout = {}", left.as_millis()))
+        .batch_execute(&format!("SET statement_timeout = {}", backstop.as_millis()))
         .await?;
     let created = admin.within(left + answer).batch_execute(create).await;
     // The admin connection is the server's shared one: its setting goes back (a connection
