@@ -39,13 +39,22 @@ pub async fn history_row(slug: &str) -> Result<(String, String, String)> {
     Ok((row.get(0), row.get(1), row.get(2)))
 }
 
+/// Where one tenant's time went in the floor (ms): the connection, V4's statements and its
+/// history row, the close (until the connection's task ended: the backend may still be
+/// exiting, which the product waits for).
+pub struct Steps {
+    pub connect: f64,
+    pub work: f64,
+    pub close: f64,
+}
+
 /// Applies V4 to every tenant of `placed` ((slug, server)) at `budgets` tenants at once per
-/// server, all servers at once; returns how long it took.
+/// server, all servers at once; returns how long it took, and each tenant's steps.
 pub async fn measure(
     placed: &[(String, String)],
     budgets: &[(String, i64)],
     history: &(String, String, String),
-) -> Result<Duration> {
+) -> Result<(Duration, Vec<Steps>)> {
     let statements = statements();
     let started = Instant::now();
     let per_server = budgets.iter().map(|(server, budget)| {
@@ -59,12 +68,16 @@ pub async fn measure(
             stream::iter(mine)
                 .map(|slug| migrate_one(server, slug, statements, history))
                 .buffer_unordered((*budget).max(1) as usize)
-                .try_collect::<Vec<()>>()
+                .try_collect::<Vec<Steps>>()
                 .await
         }
     });
-    futures_util::future::try_join_all(per_server).await?;
-    Ok(started.elapsed())
+    let steps = futures_util::future::try_join_all(per_server).await?;
+    Ok((started.elapsed(), steps.into_iter().flatten().collect()))
+}
+
+fn since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
 }
 
 async fn migrate_one(
@@ -72,11 +85,14 @@ async fn migrate_one(
     slug: &str,
     statements: &[String],
     (name, applied_on, checksum): &(String, String, String),
-) -> Result<()> {
+) -> Result<Steps> {
     let mut cfg: tokio_postgres::Config = e2e::pg_url_of(server).parse()?;
     cfg.dbname(database_name(slug));
+    let step = Instant::now();
     let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
     let conn = tokio::spawn(conn);
+    let connect = since(step);
+    let step = Instant::now();
     for statement in statements {
         client
             .batch_execute(statement)
@@ -91,7 +107,13 @@ async fn migrate_one(
         )
         .await
         .with_context(|| format!("V4's history row in {slug}"))?;
+    let work = since(step);
+    let step = Instant::now();
     drop(client);
     let _ = conn.await;
-    Ok(())
+    Ok(Steps {
+        connect,
+        work,
+        close: since(step),
+    })
 }

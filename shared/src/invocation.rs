@@ -9,6 +9,11 @@ pub const HTTP_BUDGET: Duration = Duration::from_secs(25);
 /// The same for a job such as migrate-all: Lambda's longest timeout.
 pub const JOB_BUDGET: Duration = Duration::from_secs(900);
 
+/// Milliseconds, for a log field (the step timings `make bench` reads from the logs).
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
     /// When the answer must be on its way: the Lambda deadline less a margin for answering.

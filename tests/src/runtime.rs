@@ -105,6 +105,18 @@ impl RuntimeApi {
         binary: &str,
         extra: &[(&str, &str)],
     ) -> tokio::process::Child {
+        self.spawn_logged(profile, binary, extra, None)
+    }
+
+    /// As [`RuntimeApi::spawn_profile`], its log (standard output and error) written to `log`
+    /// when given, else dropped.
+    pub fn spawn_logged(
+        &self,
+        profile: &str,
+        binary: &str,
+        extra: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> tokio::process::Child {
         let target = std::env::var("CARGO_TARGET_DIR")
             .unwrap_or_else(|_| format!("{}/../target", env!("CARGO_MANIFEST_DIR")));
         let path = format!("{target}/{profile}/{binary}");
@@ -115,9 +127,19 @@ impl RuntimeApi {
             .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
             .env("AWS_LAMBDA_LOG_GROUP_NAME", "test")
             .env("AWS_LAMBDA_LOG_STREAM_NAME", "test")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .kill_on_drop(true);
+        let file = log.map(|path| {
+            std::fs::File::create(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        });
+        match file {
+            Some(f) => {
+                let copy = f.try_clone().expect("the log file, twice");
+                cmd.stdout(Stdio::from(f)).stderr(Stdio::from(copy));
+            }
+            None => {
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
         for (k, v) in extra {
             cmd.env(k, v);
         }

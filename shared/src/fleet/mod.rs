@@ -48,7 +48,7 @@
 //! | [`tenant_db`] | the work on a tenant's own database |
 //! | [`worker`] | `migrate-tenant`: one queued message |
 //! | [`ledger`] | the run ledger: runs and their tenants' outcomes, written as the work happens |
-//! | [`outcome`], [`report`], [`summary`], [`sanitize`] | what a run answers and logs |
+//! | [`outcome`], [`report`], [`run_steps`], [`summary`], [`sanitize`] | what a run answers and logs |
 
 mod inline;
 pub mod ledger;
@@ -61,6 +61,7 @@ mod report;
 mod request;
 mod rollout;
 mod run;
+mod run_steps;
 mod sanitize;
 mod slots;
 mod summary;

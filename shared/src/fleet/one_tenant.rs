@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::{
-    outcome::{Deferral, TenantOutcome, TenantReport},
+    outcome::{Deferral, Steps, TenantOutcome, TenantReport},
     plan::Attempt,
     sanitize::sanitize_db,
     slots::{take_slot_and_lock, Held},
@@ -77,6 +77,7 @@ pub(super) async fn migrate_tenant(at: &Attempt<'_>) -> Attempted {
         return Attempted::Done(finish(on_server(report), started));
     }
     // A dry run opens one connection per tenant and changes nothing: no slot, no lock.
+    let step = Instant::now();
     let (slot, lock) = if plan.dry_run {
         (None, None)
     } else {
@@ -129,7 +130,8 @@ pub(super) async fn migrate_tenant(at: &Attempt<'_>) -> Attempted {
             .map(|a| a.is_some_and(|a| a.is_work(plan.attempt))),
         None => Ok(true),
     };
-    let report = on_server(TenantReport::new(&tenant.slug, TenantOutcome::Failed));
+    let mut report = on_server(TenantReport::new(&tenant.slug, TenantOutcome::Failed));
+    report.steps.slot = Steps::since(step);
     let attempted = match pending {
         Ok(true) => Attempted::Done(work(at, report).await),
         Ok(false) => Attempted::NotPending,
@@ -218,7 +220,9 @@ async fn work(at: &Attempt<'_>, mut report: TenantReport) -> TenantReport {
         && (version != tenant.schema_version || fingerprint != tenant.schema_fingerprint)
     {
         let wait = sys_lock_wait(sys, plan.answer_by);
+        let step = Instant::now();
         record(sys, wait, &tenant.slug, version, fingerprint.as_deref()).await;
+        report.steps.record = Steps::since(step);
     }
     finish(report, started)
 }
@@ -269,10 +273,12 @@ fn finish(mut report: TenantReport, started: Instant) -> TenantReport {
             duration_ms = r.duration_ms, "tenant migration"
         );
     } else {
+        let s = &r.steps;
         info!(
             tenant.slug = %r.slug, status = ?r.status, from_version = ?r.from_version,
             to_version = ?r.to_version, applied = ?r.applied, pending = ?r.pending,
-            duration_ms = r.duration_ms, "tenant migration"
+            duration_ms = r.duration_ms, slot_ms = s.slot, connect_ms = s.connect,
+            migrate_ms = s.migrate, close_ms = s.close, record_ms = s.record, "tenant migration"
         );
     }
     report

@@ -1,6 +1,8 @@
 //! One tenant's outcome in a run (as the answer, the log and the run ledger say it), why a
 //! tenant was deferred, and the counts of a run's outcomes.
 
+use std::time::Instant;
+
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -86,6 +88,30 @@ pub struct TenantReport {
     /// Why it was deferred (not in the answer: `error` says it in words).
     #[serde(skip)]
     pub(crate) deferral: Option<Deferral>,
+    /// Where its time went (in its log line, not in the answer).
+    #[serde(skip)]
+    pub(crate) steps: Steps,
+}
+
+/// Where one tenant's time went, in milliseconds, step by step: its server's slot and its
+/// lock (on the registry), the connection to its database, the read and the migrations, the
+/// connection's close (until its backend is gone), and its version written to the registry.
+/// `make bench` reads them from the "tenant migration" log line. (Milliseconds, not
+/// `Duration`s: a report travels by value, and stays small.)
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Steps {
+    pub(crate) slot: u32,
+    pub(crate) connect: u32,
+    pub(crate) migrate: u32,
+    pub(crate) close: u32,
+    pub(crate) record: u32,
+}
+
+impl Steps {
+    /// The milliseconds since `start`, for one of the steps.
+    pub(crate) fn since(start: Instant) -> u32 {
+        u32::try_from(start.elapsed().as_millis()).unwrap_or(u32::MAX)
+    }
 }
 
 /// Why a tenant was deferred.
@@ -114,6 +140,7 @@ impl TenantReport {
             verified: false,
             duration_ms: 0,
             deferral: None,
+            steps: Steps::default(),
         }
     }
 

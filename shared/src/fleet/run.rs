@@ -17,7 +17,9 @@ use super::{
     reconcile,
     report::{MigrateAllReport, RunStatus},
     request::{check_rollout, parse_slugs, MigrateAllError, MigrateAllRequest},
-    rollout, system, upkeep,
+    rollout,
+    run_steps::RunSteps,
+    system, upkeep,
 };
 use crate::{
     config::{Config, MAX_MIGRATE_CONCURRENCY},
@@ -51,6 +53,8 @@ pub async fn migrate_all(
 
     // The system database first. A dry run only reports what is pending, and stops there when
     // something is: the registry of a later release cannot be read as this one reads it.
+    let mut steps = RunSteps::default();
+    let step = Instant::now();
     if !system::step(db, req, &mut report).await? {
         return Ok(finished(report, started));
     }
@@ -60,6 +64,8 @@ pub async fn migrate_all(
     } else {
         db.system().await?
     };
+    steps.system = step.elapsed();
+    let step = Instant::now();
     let (fleet_lock, plan) = match take_the_fleet(&sys, req, config, plan, &mut report).await? {
         Taken::Fleet(lock, plan, retried) => {
             slugs = retried.or(slugs);
@@ -67,10 +73,23 @@ pub async fn migrate_all(
         }
         Taken::Skipped => return Ok(finished(report, started)),
     };
+    steps.fleet = step.elapsed();
     let mut went = RunMode::Inline;
     let result: Result<(), MigrateAllError> = async {
-        let servers = before_tenants(db, &sys, req, slugs.as_deref(), &plan, &mut report).await?;
+        let servers = before_tenants(
+            db,
+            &sys,
+            req,
+            slugs.as_deref(),
+            &plan,
+            &mut report,
+            &mut steps,
+        )
+        .await?;
+        let step = Instant::now();
         let tenants = plan::list(&sys, slugs.as_deref()).await?;
+        steps.list = step.elapsed();
+        let step = Instant::now();
         went = rollout::run(
             db,
             &sys,
@@ -81,6 +100,7 @@ pub async fn migrate_all(
             &mut report,
         )
         .await;
+        steps.tenants = step.elapsed();
         Ok(())
     }
     .await;
@@ -114,21 +134,7 @@ pub async fn migrate_all(
     result?;
     report.cap_tenants(MAX_ANSWER_TENANTS);
     let report = finished(report, started);
-    let c = &report.counts;
-    info!(
-        run_id = %report.run_id,
-        status = ?report.status,
-        mode = report.mode.as_str(),
-        migrated = c.migrated,
-        up_to_date = c.up_to_date,
-        pending = c.pending,
-        failed = c.failed,
-        deferred = c.deferred,
-        skipped = c.skipped,
-        not_started = c.not_started,
-        duration_ms = report.duration_ms,
-        "migrate-all finished"
-    );
+    steps.log(&report);
     Ok(report)
 }
 
@@ -265,7 +271,9 @@ async fn before_tenants(
     slugs: Option<&[String]>,
     plan: &Plan,
     report: &mut MigrateAllReport,
+    steps: &mut RunSteps,
 ) -> Result<Vec<FleetServer>, MigrateAllError> {
+    let step = Instant::now();
     let mut servers = prepare::load(db, sys).await?;
     for server in &mut servers {
         let prepared = prepare::prepare(db, sys, server, req.dry_run, plan.stop_at).await;
@@ -284,9 +292,14 @@ async fn before_tenants(
         .filter(|s| s.down.is_some())
         .map(|s| s.name.as_str())
         .collect();
+    steps.servers = step.elapsed();
+    let step = Instant::now();
     report.reconciled =
         reconcile::reconcile_expired(db, sys, &down, req.dry_run, plan.stop_at).await?;
+    steps.reconcile = step.elapsed();
+    let step = Instant::now();
     report.lifecycle = upkeep::run(db, sys, &servers, slugs, req.dry_run, plan.stop_at).await?;
+    steps.lifecycle = step.elapsed();
     for server in &servers {
         server.handle.close_admin().await;
     }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio_postgres::{error::SqlState, SimpleQueryMessage};
 
 use super::{
-    outcome::{Deferral, TenantOutcome, TenantReport},
+    outcome::{Deferral, Steps, TenantOutcome, TenantReport},
     plan::Attempt,
     sanitize::{sanitize_db, sanitize_refinery},
 };
@@ -102,15 +102,22 @@ pub(super) async fn migrate(
 ) -> Result<bool, Failure> {
     let server = &at.server.handle;
     let tenant = at.tenant;
-    let mut conn = match server.connect(&tenant.database_name).await {
+    let step = Instant::now();
+    let connected = server.connect(&tenant.database_name).await;
+    report.steps.connect = Steps::since(step);
+    let mut conn = match connected {
         Ok(c) => c,
         Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
             return Err("tenant database does not exist".into())
         }
         Err(e) => return Err(Failure::of(&e)),
     };
+    let step = Instant::now();
     let outcome = migrate_on(at, &mut conn, until, report).await;
+    report.steps.migrate = Steps::since(step);
+    let step = Instant::now();
     conn.close().await;
+    report.steps.close = Steps::since(step);
     outcome
 }
 

@@ -52,7 +52,7 @@ use crate::{
     database::Database,
     domain::Slug,
     fleet::ledger::{self, Moved, Next, RunMode, RunState},
-    invocation::Invocation,
+    invocation::{millis, Invocation},
     migrate::ExpectedHistory,
 };
 
@@ -218,11 +218,6 @@ pub async fn migrate_from_queue(
         ledger_ms = millis(recording.elapsed()),
         "a queued tenant handled");
     delivery
-}
-
-/// Milliseconds, for a log field.
-fn millis(d: Duration) -> u64 {
-    d.as_millis() as u64
 }
 
 /// Sends the message again, for later (one more try counted when its tenant's server was

@@ -12,6 +12,7 @@ use crate::{
     aws::secrets::Deletion,
     database::{Admin, Database},
     domain::{Slug, Tenant},
+    invocation::millis,
     migrate::ExpectedHistory,
     pg::{
         error_chain,
@@ -38,11 +39,6 @@ pub(super) struct Made<'a> {
     pub(super) template: &'a Template,
     pub(super) deadline: Instant,
     pub(super) placed: Duration,
-}
-
-/// Milliseconds, for a log field.
-fn millis(d: Duration) -> u64 {
-    d.as_millis() as u64
 }
 
 /// Steps 2 to 6 for the row that this request inserted.
