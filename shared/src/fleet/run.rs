@@ -5,6 +5,7 @@
 
 use std::{collections::HashSet, time::Instant};
 
+use futures_util::future::join_all;
 use serde_json::Value;
 use tracing::info;
 use uuid::Uuid;
@@ -275,8 +276,15 @@ async fn before_tenants(
 ) -> Result<Vec<FleetServer>, MigrateAllError> {
     let step = Instant::now();
     let mut servers = prepare::load(db, sys).await?;
-    for server in &mut servers {
-        let prepared = prepare::prepare(db, sys, server, req.dry_run, plan.stop_at).await;
+    // Side by side: a server that is slow to answer (or down, until its connect timeout)
+    // delays the others no more than its own tenants.
+    let prepared = join_all(
+        servers
+            .iter_mut()
+            .map(|server| prepare::prepare(db, sys, server, req.dry_run, plan.stop_at)),
+    )
+    .await;
+    for prepared in prepared {
         report
             .orphan_databases
             .extend(prepared.orphan_databases.iter().cloned());
