@@ -5,10 +5,11 @@
     queue_trigger.py run QUEUE_URL FUNCTION INVOKE_URL MAX_CONCURRENCY
 
 `run` does what the event source mapping does with ReportBatchItemFailures and
-ScalingConfig.MaximumConcurrency: it receives messages (long polling), invokes FUNCTION through
-the Lambda invoke endpoint of `cargo lambda watch` with an SQS event of one record (BatchSize 1,
-as the SAM template), never more invocations at once than MAX_CONCURRENCY, and deletes every
-message of the batch except those the function reports in `batchItemFailures`. A failed
+ScalingConfig.MaximumConcurrency: it receives messages (long polling, up to ten per call: as
+many as there are free invocations), invokes FUNCTION for each through the Lambda invoke
+endpoint of `cargo lambda watch` with an SQS event of one record (BatchSize 1, as the SAM
+template), never more invocations at once than MAX_CONCURRENCY, and deletes every message of
+the batch except those the function reports in `batchItemFailures`. A failed
 invocation deletes nothing: the messages come back after the queue's visibility timeout and,
 after MAX_RECEIVES deliveries, go to the dead-letter queue (moto applies the redrive policy).
 """
@@ -127,14 +128,19 @@ def run(url, function, invoke_url, max_concurrency):
     sqs_local = sqs()
     log(f"delivering {url} to {function} (at most {max_concurrency} at once)")
     while not stopping.is_set():
+        # As the event source mapping polls: up to ten messages per receive (as many as there
+        # are free invocations), each then invoked on its own (BatchSize 1).
         slots.acquire()
+        held = 1
+        while held < 10 and slots.acquire(blocking=False):
+            held += 1
         if stopping.is_set():
             break
         started = time.monotonic()
         try:
             messages = client.receive_message(
                 QueueUrl=url,
-                MaxNumberOfMessages=1,
+                MaxNumberOfMessages=held,
                 WaitTimeSeconds=1,
                 AttributeNames=["All"],
             ).get("Messages", [])
@@ -142,11 +148,11 @@ def run(url, function, invoke_url, max_concurrency):
             log(f"receive failed: {e}")
             messages = []
             time.sleep(1)
-        if not messages:
+        for _ in range(held - len(messages)):
             slots.release()
-            continue
         receive_ms = (time.monotonic() - started) * 1000
-        threading.Thread(target=invoke, args=(messages[0], receive_ms), daemon=True).start()
+        for message in messages:
+            threading.Thread(target=invoke, args=(message, receive_ms), daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -176,7 +176,7 @@ pub fn message_breakdown(tenants: usize) -> Result<Row> {
         "  … where a message's time goes (p50 per message)",
         format!("{} ms per invoke", ms(invoke)),
         format!(
-            "trigger (stand-in): receive {} + delete {} ms, one receive at a time; the \
+            "trigger (stand-in): receive {} (up to ten messages a call) + delete {} ms; the \
              invoke {}: worker {} (registry {}, migrate {}, ledger {}), emulator and runtime \
              API {} ms",
             ms(receive),
