@@ -7,7 +7,7 @@
 //! see the Makefile), whose variables tell it where the API and PostgreSQL are. Sizes:
 //! `BENCH_TENANTS` (1000: the fleet, created through the API, which migrate-all runs over),
 //! `BENCH_LIST_TENANTS` (10000: registry rows for the list benchmark), `BENCH_FLOOR_SAMPLES`
-//! (50), `BENCH_LIST_SAMPLES` (200), `BENCH_COLD_SAMPLES` (5), and the live-migration
+//! (50), `BENCH_LIST_SAMPLES` (200), `BENCH_COLD_SAMPLES` (15), and the live-migration
 //! benchmark's `BENCH_LIVE_TENANTS` (4) and `BENCH_LIVE_ROWS` (200000), and
 //! `BENCH_PLAN_ROWS` (100000: the registry rows a queued run is planned over).
 //!

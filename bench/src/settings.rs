@@ -22,7 +22,7 @@ impl Settings {
             list_tenants: env_usize("BENCH_LIST_TENANTS", 10_000)?.max(100),
             floor_samples: env_usize("BENCH_FLOOR_SAMPLES", 50)?.max(1),
             list_samples: env_usize("BENCH_LIST_SAMPLES", 200)?.max(1),
-            cold_samples: env_usize("BENCH_COLD_SAMPLES", 5)?.max(1),
+            cold_samples: env_usize("BENCH_COLD_SAMPLES", 15)?.max(1),
             plan_rows: env_usize("BENCH_PLAN_ROWS", 100_000)?.max(1),
             profile: std::env::var("DBTOOLS_BUILD_PROFILE").unwrap_or_else(|_| "unknown".into()),
         };
