@@ -191,7 +191,10 @@ impl Logged {
             "  … where a tenant's time goes (p50, its log line) beside the floor's",
             format!("{} ms a tenant", ms(t[0])),
             format!(
-                "slot and lock {} (registry), connect {}, read and migrate {}, close {}                  (until the backend is gone), version recorded {} (registry); the floor's                  connect {}, DDL and history {}, close {}; before the tenants {} ms of {}                  ({})",
+                "slot and lock {} (registry), connect {}, read and migrate {}, close {} \
+                 (until the backend is gone), version recorded {} (registry); the floor's \
+                 connect {}, DDL and history {}, close {}; before the tenants {} ms of {} \
+                 ({})",
                 ms(t[1]),
                 ms(t[2]),
                 ms(t[3]),
