@@ -27,7 +27,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::table::{ms, Row, Stats};
+use crate::table::{ms, named_ms, Row, Stats};
 
 /// The most client connections to the bench's tenant databases seen at once on each server,
 /// sampled from `pg_stat_activity` every few milliseconds while it lives. Client backends
@@ -466,12 +466,7 @@ pub async fn planning(rows: usize, profile: &str) -> Result<Vec<Row>> {
             format!(
                 "{}, ledger rows {} ms (a bare INSERT of the same rows: {} ms), messages sent {} \
                  ms (the floor's {} ms); the rest {} ms",
-                RUN_STEPS
-                    .iter()
-                    .zip(&run)
-                    .map(|(n, v)| format!("{n} {}", ms(*v)))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                named_ms(&RUN_STEPS, &run),
                 ms(sent[0]),
                 ms(rows_floor.as_secs_f64() * 1000.0),
                 ms(sent[1]),

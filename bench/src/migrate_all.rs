@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::{
     fanout, pending_floor,
     progress::step,
-    table::{ms, Row, Stats},
+    table::{ms, named_ms, Row, Stats},
 };
 
 /// Measures migrate-all over the `tenants` tenants `placed` lists, the sequential baseline
@@ -205,12 +205,7 @@ impl Logged {
                 ms(p50(|s| s.close)),
                 ms(before),
                 ms(run_ms),
-                fanout::RUN_STEPS
-                    .iter()
-                    .zip(&self.run)
-                    .map(|(n, v)| format!("{n} {}", ms(*v)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                named_ms(&fanout::RUN_STEPS, &self.run)
             ),
         )
     }

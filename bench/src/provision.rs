@@ -15,7 +15,7 @@ use crate::{
     floor,
     progress::step,
     same_work::SameWork,
-    table::{ms, Row, Stats},
+    table::{ms, named_ms, Row, Stats},
 };
 
 /// Provisions `tenants` tenants with `floor_samples` samples of each floor between them;
@@ -120,12 +120,7 @@ fn breakdown(post_p50: f64) -> Result<Row> {
         format!("{} ms in the steps", ms(inside)),
         format!(
             "{}; outside them (HTTP, invoke, reads) {} ms of the POST's {}",
-            STEPS
-                .iter()
-                .zip(&p50s)
-                .map(|(s, v)| format!("{s} {}", ms(*v)))
-                .collect::<Vec<_>>()
-                .join(", "),
+            named_ms(&STEPS, &p50s),
             ms((post_p50 - inside).max(0.0)),
             ms(post_p50)
         ),

@@ -35,6 +35,16 @@ pub fn ms(v: f64) -> String {
     }
 }
 
+/// Named figures in milliseconds, as a row says them: "name 1.23, other 45.6".
+pub fn named_ms(names: &[&str], values: &[f64]) -> String {
+    names
+        .iter()
+        .zip(values)
+        .map(|(n, v)| format!("{n} {}", ms(*v)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub struct Row {
     what: String,
     figure: String,
