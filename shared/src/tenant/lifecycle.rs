@@ -24,15 +24,16 @@ use crate::{
     aws::secrets::Deletion,
     database::{Database, Server},
     domain::{Slug, Tenant, TenantStatus},
-    migrate::{self, ExpectedHistory},
+    migrate::ExpectedHistory,
     pg::{
         locks::{self, Lock, LockGuard},
         ownership::{self, DropOutcome},
         Conn, DbError,
     },
     tenant::{
-        access::{self, login, Access, AccessError},
+        access::{self, Access, AccessError},
         registry::{tenant_from_row, TENANT_COLUMNS},
+        template,
     },
 };
 
@@ -222,16 +223,7 @@ pub async fn restore_tenant(db: &Database, slug: &Slug) -> Result<Tenant, Lifecy
                 ),
             ));
         }
-        login::ensure_group(&admin).await?;
-        let mut tenant_db = server.connect(&entry.access.database).await?;
-        let migrated = migrate::migrate_tenant_to_latest(
-            &mut tenant_db,
-            &db.config().migrate_session,
-            db.config().migrate_tenant_timeout,
-        )
-        .await;
-        tenant_db.close().await;
-        migrated?;
+        template::migrate_to_latest(db, &admin, &entry.access.database).await?;
         let arn = access::ensure(db, &admin, &entry.access, false, true).await?;
         let expected = ExpectedHistory::tenant();
         let version = i32::try_from(expected.latest()).unwrap_or(i32::MAX);

@@ -121,16 +121,26 @@ pub async fn is_ready(sys: &Conn, admin: &Admin<'_>, name: &str) -> Result<bool,
 }
 
 /// Brings a database of ours (a template being built, or a tenant whose create died after
-/// its copy) to the latest tenant migration: opened to its owner (us) alone, the tenant
-/// logins' group made sure of (tenant migrations grant the tables to it), migrated on a
-/// connection of its own under the migration policy, that connection gone from the server
-/// before this returns.
+/// its copy) to the latest tenant migration: opened to its owner (us) alone, then migrated
+/// (see [`migrate_to_latest`]).
 pub(crate) async fn migrate_own_database(
     db: &Database,
     admin: &Admin<'_>,
     name: &str,
 ) -> Result<(), DbError> {
     ownership::open(admin, name).await?;
+    migrate_to_latest(db, admin, name).await
+}
+
+/// Brings a tenant database (or a template) to the latest tenant migration: the tenant
+/// logins' group made sure of (tenant migrations grant the tables to it), migrated on a
+/// connection of its own under the migration policy, that connection gone from the server
+/// before this returns.
+pub(crate) async fn migrate_to_latest(
+    db: &Database,
+    admin: &Admin<'_>,
+    name: &str,
+) -> Result<(), DbError> {
     login::ensure_group(admin).await?;
     let mut client = admin.server().connect(name).await?;
     let migrated = migrate::migrate_tenant_to_latest(
