@@ -13,6 +13,7 @@ mod e2e {
     mod isolation;
     mod live_migrations;
     mod migrate_all;
+    mod moves;
     mod provisioning_faults;
     mod queue;
     mod routes;

@@ -1,6 +1,7 @@
-//! migrate-tenant: the worker of a queued migrate-all run. Lambda's event source mapping
-//! delivers the run's SQS messages, one tenant each; every tenant is migrated by the same code
-//! as an inline run and its outcome recorded in the run ledger. See `shared::fleet::worker`.
+//! migrate-tenant: the worker of a queued migrate-all run, and of tenant moves. Lambda's event
+//! source mapping delivers the queue's SQS messages: a tenant of a run (migrated by the same
+//! code as an inline run, its outcome recorded in the run ledger, see `shared::fleet::worker`)
+//! or a move (its next steps, see `shared::tenant::moves`).
 //!
 //! Answers with the messages to deliver again (`batchItemFailures`; the event source mapping
 //! has `ReportBatchItemFailures`): the others are done, including those given back for later
@@ -13,9 +14,10 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMe
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use serde::de::DeserializeOwned;
 use shared::{
-    aws::queue::TenantMessage,
+    aws::queue::QueueMessage,
     fleet::{self, Delivery},
     invocation::{Invocation, JOB_BUDGET},
+    tenant::moves,
     Config, Database,
 };
 use tracing::error;
@@ -32,8 +34,15 @@ async fn handler(
 ) -> Result<SqsBatchResponse, Error> {
     let inv = Invocation::new(event.context.deadline(), ANSWER_MARGIN, JOB_BUDGET, None);
     let ready = || inv.time_left() >= MIN_TIME;
-    let handle =
-        async |msg: TenantMessage| fleet::migrate_from_queue(db, &inv, queue_url, msg).await;
+    let handle = async |msg: QueueMessage| match msg {
+        QueueMessage::Tenant(msg) => fleet::migrate_from_queue(db, &inv, queue_url, msg).await,
+        QueueMessage::Move(msg) => {
+            match moves::advance_move(db, &inv, queue_url, msg.move_id).await {
+                moves::Delivered::Done => Delivery::Done,
+                moves::Delivered::Retry => Delivery::Retry,
+            }
+        }
+    };
     Ok(each_record(event.payload.records, ready, handle).await)
 }
 
@@ -54,7 +63,7 @@ async fn each_record<T: DeserializeOwned>(
             Some(body) => match serde_json::from_str::<T>(body) {
                 Ok(message) => handle(message).await,
                 Err(_) => {
-                    error!("a message of the queue is not a tenant of a run; left for the dead-letter queue");
+                    error!("a message of the queue is neither a tenant of a run nor a move; left for the dead-letter queue");
                     Delivery::Retry
                 }
             },

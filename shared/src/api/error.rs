@@ -188,7 +188,7 @@ impl ApiError {
     /// Secrets Manager away, out of time, or busy (a lock wait that ran out) is a 503 to
     /// retry; anything else a 500 with `message` (the operation's own sentence). The cause
     /// goes to the log only.
-    fn failed(e: DbError, message: &str) -> ApiError {
+    pub(super) fn failed(e: DbError, message: &str) -> ApiError {
         match e {
             DbError::Unavailable(m) | DbError::TimedOut(m) => ApiError::unavailable(&m),
             e if e.is_lock_timeout() => ApiError::unavailable(&e.to_string()),

@@ -15,10 +15,12 @@
 //! | `tenants`  | `/api/tenants`: create (and its body), list, get, delete, restore, purge   |
 //! | `servers`  | `/api/servers`: list, get, register, update, remove                        |
 //! | `runs`     | `/api/runs`: the run ledger, and one run with a page of its tenants        |
+//! | `moves`    | `/api/moves` and `POST /api/tenants/{slug}/move`: start, read, cancel      |
 
 mod body;
 mod deadline;
 mod error;
+mod moves;
 mod query;
 mod response;
 mod runs;
@@ -27,6 +29,7 @@ mod servers;
 mod tenants;
 
 pub use body::MAX_BODY_BYTES;
+pub use moves::{cancel_move, get_move, list_moves, start_move};
 pub use response::ApiResponse;
 pub use runs::{get_run, list_runs};
 pub use servers::{get_server, list_servers, register_server, remove_server, update_server};

@@ -44,6 +44,22 @@ pub struct TenantMessage {
     pub tries: u32,
 }
 
+/// One step of a tenant's move (see `tenant::moves`): the worker reads the move's row and
+/// runs its next steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveMessage {
+    pub move_id: Uuid,
+}
+
+/// What a message of the queue carries: a tenant of a run, or a move.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum QueueMessage {
+    Move(MoveMessage),
+    Tenant(TenantMessage),
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
@@ -193,4 +209,28 @@ pub async fn send_later(url: &str, body: &str, delay: Duration) -> Result<(), Qu
         .await
         .map(|_| ())
         .map_err(|e| classify(&e))
+}
+
+/// Sends a move's message, visible after `delay`.
+pub async fn send_move(url: &str, move_id: Uuid, delay: Duration) -> Result<(), QueueError> {
+    let body = serde_json::to_string(&MoveMessage { move_id }).unwrap_or_default();
+    send_later(url, &body, delay).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_a_move_or_a_tenant_of_a_run() {
+        let id = Uuid::new_v4();
+        let m: QueueMessage = serde_json::from_str(&format!(r#"{{"move_id":"{id}"}}"#)).unwrap();
+        assert_eq!(m, QueueMessage::Move(MoveMessage { move_id: id }));
+        let t: QueueMessage =
+            serde_json::from_str(&format!(r#"{{"run_id":"{id}","slug":"acme"}}"#)).unwrap();
+        assert!(
+            matches!(t, QueueMessage::Tenant(TenantMessage { ref slug, .. }) if slug == "acme")
+        );
+        assert!(serde_json::from_str::<QueueMessage>(r#"{"slug":"acme"}"#).is_err());
+    }
 }

@@ -32,6 +32,7 @@
 //! | `TENANT_SECRET_KMS_KEY_ID` | KMS key of the tenant secrets | unset: `aws/secretsmanager` |
 //! | `TENANT_SECRET_RECOVERY_DAYS` | recovery window of a purged tenant's secret (7-30) | `7` |
 //! | `PURGE_AFTER_DAYS` | migrate-all purges tenants deleted this long ago (0: never) | `30` |
+//! | `MOVE_RETENTION_DAYS` | a moved tenant's old copy is kept this long (login disabled), then dropped | `7` |
 //! | `TENANT_ROTATION_DAYS` | turn rotation on for new tenant secrets, every so many days (1-1000) | unset: off |
 //! | `TENANT_ROTATION_FUNCTION_ARN` | the rotation function (`rotate-tenant-secret`); required with `TENANT_ROTATION_DAYS` | unset |
 //!
@@ -136,6 +137,8 @@ pub struct TenantSettings {
     pub secret_recovery_days: i64,
     /// 0: never.
     pub purge_after_days: i64,
+    /// Days a moved tenant's old copy is kept (login disabled) before migrate-all drops it.
+    pub move_retention_days: i32,
     pub rotation: Option<Rotation>,
     /// What a new tenant's database and login are named after.
     pub names: TenantNames,

@@ -243,6 +243,7 @@ fn tenant_settings(get: &impl Fn(&str) -> Option<String>) -> Result<TenantSettin
         secret_kms_key_id: get("TENANT_SECRET_KMS_KEY_ID"),
         secret_recovery_days: whole(get, "TENANT_SECRET_RECOVERY_DAYS", 7, 7..=30)? as i64,
         purge_after_days: whole(get, "PURGE_AFTER_DAYS", 30, 0..=36_500)? as i64,
+        move_retention_days: whole(get, "MOVE_RETENTION_DAYS", 7, 0..=3650)? as i32,
         rotation,
         names,
     })

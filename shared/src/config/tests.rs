@@ -172,6 +172,7 @@ fn tenant_settings_have_defaults_and_rules() {
             secret_kms_key_id: None,
             secret_recovery_days: 7,
             purge_after_days: 30,
+            move_retention_days: 7,
             rotation: None,
             names: TenantNames::Slug,
         }

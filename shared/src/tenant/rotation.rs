@@ -225,6 +225,14 @@ async fn tenant_on(db: &Database, sys: &Conn, arn: &str) -> Result<Entry, Rotati
             RotationError::Invalid("not a tenant secret of this product's registry".into())
         })?;
     let entry = Entry::from_row(&row, &db.config().tenants.secret_prefix)?;
+    if entry.moving {
+        // Its password goes to the target's login during the move: rotated after it (Secrets
+        // Manager tries the rotation again).
+        return Err(RotationError::Failed(format!(
+            "tenant '{}' is moving to another server; its secret is rotated after the move",
+            entry.tenant.slug
+        )));
+    }
     if entry.tenant.status != TenantStatus::Active {
         return Err(RotationError::Failed(format!(
             "tenant '{}' is {}; its secret is rotated while it is active",

@@ -185,15 +185,18 @@ impl Login<'_> {
     /// Makes the login with `password`, marks it, makes it a member of the group, gives it
     /// `CONNECT` on its database and opens that database: one transaction (one round trip).
     /// `Ok(false)` when a role of that name exists already (the caller looks at [`state`]).
+    /// With `can_login` false the login exists but refuses sessions (a move's target, until
+    /// the registry names it).
     pub(crate) async fn create(
         &self,
         conn: &Conn,
         password: &SecretString,
+        can_login: bool,
     ) -> Result<bool, DbError> {
         let r = quote_ident(self.role);
         let sql = format!(
             "CREATE ROLE {r} {settings}; COMMENT ON ROLE {r} IS {mark}; {grants}",
-            settings = self.settings(true, password),
+            settings = self.settings(can_login, password),
             mark = literal(&mark(self.tenant_id)),
             grants = self.grants(),
         );

@@ -11,7 +11,7 @@ pub(crate) mod login;
 
 use std::time::{Duration, Instant};
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -157,7 +157,7 @@ pub(crate) async fn create(
 ) -> Result<(String, AccessTimes), AccessError> {
     let started = Instant::now();
     let password = login::new_password();
-    if !access.login(db).create(admin, &password).await? {
+    if !access.login(db).create(admin, &password, true).await? {
         // A role of that name exists; a new row's id cannot be in its mark.
         return Err(AccessError::Foreign("login"));
     }
@@ -218,11 +218,8 @@ pub(crate) async fn ensure(
     let password = login::new_password();
     match role {
         RoleState::Absent => {
-            if !login.create(admin, &password).await? {
+            if !login.create(admin, &password, can_login).await? {
                 return Err(AccessError::Foreign("login"));
-            }
-            if !can_login {
-                login::set_login(admin, &access.role, false).await?;
             }
         }
         _ => login.rekey(admin, &password, can_login).await?,
@@ -238,6 +235,81 @@ pub(crate) async fn ensure(
     };
     info!(tenant.slug = %access.slug, "the tenant's login and secret were made or re-keyed");
     Ok(arn)
+}
+
+/// The tenant's login on a move's target server, with `password` (the one its secret holds)
+/// and `CONNECT` on its database there, refusing sessions until the move's switch opens it
+/// (`login::set_login`). Made, or set again when an earlier attempt made it.
+pub(crate) async fn place_closed(
+    db: &Database,
+    admin: &Admin<'_>,
+    access: &Access,
+    password: &SecretString,
+) -> Result<(), AccessError> {
+    let login = access.login(db);
+    match login::state(admin, &access.role, access.tenant_id).await? {
+        RoleState::NotOurs => Err(AccessError::Foreign("login")),
+        RoleState::Ours { .. } => Ok(login.rekey(admin, password, false).await?),
+        RoleState::Absent => {
+            login::ensure_group(admin).await?;
+            if login.create(admin, password, false).await? {
+                Ok(())
+            } else {
+                Err(AccessError::Foreign("login"))
+            }
+        }
+    }
+}
+
+/// What the tenant's secret holds now (`AWSCURRENT`): its password, host and port.
+pub(crate) struct Current {
+    pub password: SecretString,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Reads the tenant's secret as it is now.
+pub(crate) async fn current(db: &Database, arn: &str) -> Result<Current, AccessError> {
+    #[derive(serde::Deserialize)]
+    struct Fields {
+        password: String,
+        host: String,
+        port: u16,
+    }
+    let text = db
+        .secrets()
+        .value(arn, None, "AWSCURRENT")
+        .await?
+        .ok_or(AccessError::Foreign("secret"))?;
+    let fields: Fields = serde_json::from_str(text.expose_secret()).map_err(|_| {
+        AccessError::Db(DbError::Other(anyhow::anyhow!(
+            "the tenant's secret does not hold a password, host and port"
+        )))
+    })?;
+    Ok(Current {
+        password: SecretString::from(fields.password),
+        host: fields.host,
+        port: fields.port,
+    })
+}
+
+/// Points the tenant's secret at the admin connection's server (a new version, `AWSCURRENT`),
+/// its password unchanged. Nothing is written when it points there already.
+pub(crate) async fn point_secret(
+    db: &Database,
+    admin: &Admin<'_>,
+    access: &Access,
+    arn: &str,
+) -> Result<(), AccessError> {
+    let (host, port) = admin.server().endpoint().await?;
+    let now = current(db, arn).await?;
+    if now.host == host && now.port == port {
+        return Ok(());
+    }
+    let credentials = access.credentials(&host, port, &now.password);
+    db.secrets().put(arn, &credentials).await?;
+    info!(tenant.slug = %access.slug, "the tenant's secret names its new server");
+    Ok(())
 }
 
 /// Refuses new sessions of the tenant's login and ends its sessions (a soft delete). A login

@@ -1,0 +1,262 @@
+//! What a copy-mode move does inside the tenant's database: the tables it copies (in the order
+//! their foreign keys need), the copy itself (`COPY … TO STDOUT` streamed into
+//! `COPY … FROM STDIN`, binary, in one target transaction that empties the tables first, so a
+//! repeated copy replaces a partial one), the sequences, and the proof that both sides hold
+//! the same rows.
+//!
+//! Both connections are the servers' admins', opened to the tenant's database (the admin owns
+//! every object there; the tenant's login owns nothing). The tables are read from the
+//! target's catalog, which the target's template made from the same migrations: a table only
+//! one side has fails the move before anything is copied.
+
+use std::{collections::BTreeMap, time::Instant};
+
+use futures_util::{pin_mut, SinkExt, TryStreamExt};
+use tokio_postgres::Client;
+
+use crate::{
+    domain::quote_ident,
+    pg::{Conn, DbError},
+};
+
+/// A table of the tenant's database: its qualified name and the columns a copy carries (no
+/// generated column: `COPY FROM` refuses them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Table {
+    pub name: String,
+    pub columns: Vec<String>,
+}
+
+impl Table {
+    fn column_list(&self) -> String {
+        self.columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The ordinary tables of a tenant database (not the catalogs), parents before the tables
+/// whose foreign keys point at them.
+pub(crate) async fn tables(conn: &Conn) -> Result<Vec<Table>, DbError> {
+    let rows = conn
+        .query(
+            "SELECT c.oid::bigint AS oid, \
+               quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name, \
+               array(SELECT a.attname::text FROM pg_attribute a \
+                     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                       AND a.attgenerated = '' ORDER BY a.attnum) AS columns, \
+               array(SELECT f.confrelid::bigint FROM pg_constraint f \
+                     WHERE f.conrelid = c.oid AND f.contype = 'f' AND f.confrelid <> c.oid) AS parents \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+             ORDER BY name",
+            &[],
+        )
+        .await?;
+    let mut found = BTreeMap::new();
+    for row in &rows {
+        let oid: i64 = row.try_get("oid")?;
+        let table = Table {
+            name: row.try_get("name")?,
+            columns: row.try_get("columns")?,
+        };
+        let parents: Vec<i64> = row.try_get("parents")?;
+        found.insert(oid, (table, parents));
+    }
+    Ok(in_dependency_order(found))
+}
+
+/// Kahn's order over the foreign keys; a cycle (possible only with deferrable keys) keeps the
+/// rest in name order.
+fn in_dependency_order(mut left: BTreeMap<i64, (Table, Vec<i64>)>) -> Vec<Table> {
+    let mut ordered = Vec::with_capacity(left.len());
+    while !left.is_empty() {
+        let ready: Vec<i64> = left
+            .iter()
+            .filter(|(_, (_, parents))| parents.iter().all(|p| !left.contains_key(p)))
+            .map(|(oid, _)| *oid)
+            .collect();
+        let take = if ready.is_empty() {
+            left.keys().copied().take(1).collect()
+        } else {
+            ready
+        };
+        for oid in take {
+            if let Some((table, _)) = left.remove(&oid) {
+                ordered.push(table);
+            }
+        }
+    }
+    ordered
+}
+
+/// What a copy moved.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Copied {
+    pub tables: i64,
+    pub rows: i64,
+    pub bytes: i64,
+}
+
+/// Empties the target's tables and copies every table from the source, in one target
+/// transaction, by `until`: all or nothing. `None` when the time ran out (cancelled on both
+/// servers; the target's transaction rolled back).
+pub(crate) async fn copy_tables(
+    source: &mut Conn,
+    target: &mut Conn,
+    tables: &[Table],
+    until: Instant,
+) -> Result<Option<Copied>, DbError> {
+    // The sessions' statement timeout is the query-sized default: a copy may take the whole
+    // time left (the client cancels it at `until` all the same).
+    let left = until.saturating_duration_since(Instant::now()).as_millis();
+    for conn in [&*source, &*target] {
+        conn.batch_execute(&format!("SET statement_timeout = {}", left.max(1)))
+            .await?;
+    }
+    let copied = source
+        .exclusive(until, async |src: &mut Client| {
+            target
+                .exclusive(until, async |dst: &mut Client| {
+                    copy_all(src, dst, tables).await
+                })
+                .await
+        })
+        .await?;
+    match copied {
+        Some(Ok(Some(done))) => Ok(Some(done?)),
+        Some(Ok(None)) | None => Ok(None),
+        Some(Err(e)) => Err(e),
+    }
+}
+
+async fn copy_all(src: &Client, dst: &mut Client, tables: &[Table]) -> Result<Copied, DbError> {
+    let tx = dst.transaction().await?;
+    if !tables.is_empty() {
+        let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+        tx.batch_execute(&format!("TRUNCATE {}", names.join(", ")))
+            .await?;
+    }
+    // The source reads one snapshot for every table, as `pg_dump` does.
+    src.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
+    let mut copied = Copied::default();
+    for table in tables {
+        let cols = table.column_list();
+        let out = src
+            .copy_out(&format!(
+                "COPY {} ({cols}) TO STDOUT (FORMAT binary)",
+                table.name
+            ))
+            .await?;
+        let sink = tx
+            .copy_in(&format!(
+                "COPY {} ({cols}) FROM STDIN (FORMAT binary)",
+                table.name
+            ))
+            .await?;
+        pin_mut!(out);
+        pin_mut!(sink);
+        while let Some(chunk) = out.try_next().await? {
+            copied.bytes += i64::try_from(chunk.len()).unwrap_or(i64::MAX);
+            sink.send(chunk).await?;
+        }
+        copied.rows += i64::try_from(sink.as_mut().finish().await?).unwrap_or(i64::MAX);
+        copied.tables += 1;
+    }
+    src.batch_execute("COMMIT").await?;
+    tx.commit().await?;
+    Ok(copied)
+}
+
+/// Each sequence's `last_value` and `is_called` on the source, set on the target.
+pub(crate) async fn copy_sequences(source: &Conn, target: &Conn) -> Result<usize, DbError> {
+    let names = source
+        .query(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'S' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             ORDER BY 1",
+            &[],
+        )
+        .await?;
+    for row in &names {
+        let name: String = row.try_get("name")?;
+        let value = source
+            .query_one(&format!("SELECT last_value, is_called FROM {name}"), &[])
+            .await?;
+        let (last, called): (i64, bool) = (value.try_get(0)?, value.try_get(1)?);
+        target
+            .query_one(
+                "SELECT setval($1::regclass, $2, $3)",
+                &[&name, &last, &called],
+            )
+            .await?;
+    }
+    Ok(names.len())
+}
+
+/// A table's row count and checksum (the md5 of its rows' md5s, in order): equal on both sides
+/// when both hold the same rows, whatever their physical order.
+pub(crate) async fn checksum(conn: &Conn, table: &Table) -> Result<(i64, String), DbError> {
+    let row = conn
+        .long()
+        .query_one(
+            &format!(
+                "SELECT count(*) AS n, \
+                   md5(coalesce(string_agg(h, '' ORDER BY h), '')) AS sum \
+                 FROM (SELECT md5(t::text) AS h FROM {} t) rows",
+                table.name
+            ),
+            &[],
+        )
+        .await?;
+    Ok((row.try_get("n")?, row.try_get("sum")?))
+}
+
+/// The highest migration a tenant database records (refinery's history), 0 with none.
+pub(crate) async fn schema_version(conn: &Conn) -> Result<i64, DbError> {
+    let row = conn
+        .query_one(
+            "SELECT coalesce((SELECT max(version)::bigint FROM refinery_schema_history), 0) AS v",
+            &[],
+        )
+        .await?;
+    Ok(row.try_get("v")?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(name: &str) -> Table {
+        Table {
+            name: name.into(),
+            columns: vec!["id".into()],
+        }
+    }
+
+    #[test]
+    fn parents_come_before_the_tables_that_point_at_them() {
+        let mut m = BTreeMap::new();
+        m.insert(1, (table("child"), vec![3]));
+        m.insert(2, (table("alone"), vec![]));
+        m.insert(3, (table("parent"), vec![4]));
+        m.insert(4, (table("grandparent"), vec![]));
+        let names: Vec<String> = in_dependency_order(m).into_iter().map(|t| t.name).collect();
+        let at = |n: &str| names.iter().position(|x| x == n).unwrap();
+        assert!(at("grandparent") < at("parent") && at("parent") < at("child"));
+        assert_eq!(names.len(), 4);
+    }
+
+    #[test]
+    fn a_cycle_still_orders_every_table() {
+        let mut m = BTreeMap::new();
+        m.insert(1, (table("a"), vec![2]));
+        m.insert(2, (table("b"), vec![1]));
+        assert_eq!(in_dependency_order(m).len(), 2);
+    }
+}

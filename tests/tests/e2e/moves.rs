@@ -1,0 +1,513 @@
+//! Tenant moves (copy mode), as the operator and the application see them: `POST
+//! /api/tenants/{slug}/move` and `GET /api/moves/{id}`, an application writing through its own
+//! secret all along (re-reading the secret when refused), a hostile login polling the target,
+//! and afterwards what exists on both servers and in Secrets Manager.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use e2e::*;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+async fn post(path: &str, body: &Value) -> Reply {
+    request(Method::POST, path, Some(body.to_string().into_bytes())).await
+}
+
+async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the move is over; its last body.
+async fn wait_move(id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let r = get(&format!("/api/moves/{id}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        if r.body["state"] != "running" {
+            return r.body;
+        }
+        assert!(Instant::now() < deadline, "the move ended: {}", r.text);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// (host, port) of a local server, as a tenant's secret names it.
+fn endpoint(server: &str) -> (String, u64) {
+    let cfg: tokio_postgres::Config = pg_url_of(server).parse().unwrap();
+    let host = match &cfg.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        other => panic!("{other:?}"),
+    };
+    (host, u64::from(cfg.get_ports()[0]))
+}
+
+/// An application writing a row every 50 ms through the tenant's own secret, reading the
+/// secret again whenever a connection or a write fails: the ids it was told were written,
+/// and the longest stretch during which its writes failed.
+struct Application {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(Vec<uuid::Uuid>, Duration, usize)>,
+}
+
+impl Application {
+    fn start(arn: &str) -> Application {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (arn, halt) = (arn.to_owned(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let (mut longest, mut failures) = (Duration::ZERO, 0);
+            let mut failing_since: Option<Instant> = None;
+            let mut client: Option<tokio_postgres::Client> = None;
+            while !halt.load(Ordering::Relaxed) {
+                if client.is_none() {
+                    let secret = read_secret(&arn).await;
+                    client = connect_as(&secret, None).await.ok();
+                }
+                let id = uuid::Uuid::new_v4();
+                let wrote = match &client {
+                    Some(c) => tokio::time::timeout(
+                        Duration::from_secs(2),
+                        c.execute(
+                            "INSERT INTO activity_log (id, action) VALUES ($1, 'app')",
+                            &[&id],
+                        ),
+                    )
+                    .await
+                    .is_ok_and(|r| r.is_ok()),
+                    None => false,
+                };
+                if wrote {
+                    acked.push(id);
+                    if let Some(since) = failing_since.take() {
+                        longest = longest.max(since.elapsed());
+                    }
+                } else {
+                    failures += 1;
+                    client = None;
+                    failing_since.get_or_insert_with(Instant::now);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if let Some(since) = failing_since {
+                longest = longest.max(since.elapsed());
+            }
+            (acked, longest, failures)
+        });
+        Application { stop, task }
+    }
+
+    async fn stop(self) -> (Vec<uuid::Uuid>, Duration, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("the application's task")
+    }
+}
+
+async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+#[tokio::test]
+async fn a_tenant_moves_by_copy_with_every_write_and_its_secret_following() {
+    let mut cleanup = Cleanup::new();
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slugs = create_tenants_on(&mut cleanup, "move", 2, Some("primary")).await;
+    let (slug, neighbour) = (&slugs[0], &slugs[1]);
+    let arn = get(&format!("/api/tenants/{slug}")).await.body["credentials_secret_arn"]
+        .as_str()
+        .expect("an ARN")
+        .to_owned();
+    let before = read_secret(&arn).await;
+    let own = connect_as(&before, None).await.expect("the tenant's login");
+    own.batch_execute(
+        "INSERT INTO activity_log (action, details) \
+           SELECT 'seed', jsonb_build_object('n', n) FROM generate_series(1, 5000) n; \
+         INSERT INTO settings (key, value) VALUES ('plan', '\"gold\"')",
+    )
+    .await
+    .expect("seed the tenant");
+    drop(own);
+
+    let app = Application::start(&arn);
+    // A hostile login: the tenant's own password, polling the target server all along. It
+    // may get in only once the registry names the target.
+    let (host2, port2) = endpoint("secondary");
+    let stop_poll = Arc::new(AtomicBool::new(false));
+    let early = Arc::new(Mutex::new(Vec::new()));
+    let poller = {
+        let (stop, early, slug) = (stop_poll.clone(), early.clone(), slug.clone());
+        let mut secret = before.clone();
+        secret["host"] = json!(host2);
+        secret["port"] = json!(port2);
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if connect_as(&secret, None).await.is_ok()
+                    && tenant_server(&slug).await.as_deref() != Some("secondary")
+                {
+                    early.lock().unwrap().push(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = post(
+        &format!("/api/tenants/{slug}/move"),
+        &json!({"to": "secondary"}),
+    )
+    .await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{}", started.text);
+    assert_eq!(started.body["state"], "running", "{}", started.text);
+    assert_eq!(started.body["from"], "primary");
+    assert_eq!(started.body["to"], "secondary");
+    assert_eq!(started.body["mode"], "copy");
+    started.assert_no_internals();
+    let id = started.body["id"].as_str().expect("a move id").to_owned();
+    let done = wait_move(&id).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (acked, longest, failures) = app.stop().await;
+    stop_poll.store(true, Ordering::Relaxed);
+    poller.await.unwrap();
+
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["step"], "finish", "{done}");
+    assert!(done["error"].is_null(), "{done}");
+    assert!(
+        done["fence_started_at"].is_string() && done["fence_ended_at"].is_string(),
+        "{done}"
+    );
+    assert!(done["rows_copied"].as_i64().unwrap() >= 5001, "{done}");
+    assert!(done["tables_copied"].as_i64().unwrap() >= 2, "{done}");
+    assert!(done["source_drop_after"].is_string(), "{done}");
+    let listed = get("/api/moves?limit=500").await;
+    assert!(
+        listed.body["moves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == id.as_str()),
+        "{}",
+        listed.text
+    );
+
+    // The registry, the API and the secret name the target; the password is unchanged.
+    assert_eq!(tenant_server(slug).await.as_deref(), Some("secondary"));
+    let tenant = get(&format!("/api/tenants/{slug}")).await.body;
+    assert_eq!(tenant["server"], "secondary", "{tenant}");
+    assert_eq!(tenant["status"], "active", "{tenant}");
+    let after = read_secret(&arn).await;
+    assert_eq!(
+        (
+            after["host"].as_str().unwrap().to_owned(),
+            after["port"].as_u64().unwrap()
+        ),
+        (host2, port2)
+    );
+    assert_eq!(after["password"], before["password"]);
+    assert_eq!(after["username"], before["username"]);
+
+    // Every write the application was told had succeeded is on the target, and nothing else
+    // was lost: the seed, the setting, the writes.
+    let target = connect_as(&after, None)
+        .await
+        .expect("the tenant's login on the target");
+    assert_eq!(
+        count(
+            &target,
+            "SELECT count(*) FROM activity_log WHERE action = 'seed'"
+        )
+        .await,
+        5000
+    );
+    assert_eq!(
+        count(&target, "SELECT count(*) FROM settings WHERE key = 'plan'").await,
+        1
+    );
+    let on_target: i64 = target
+        .query_one(
+            "SELECT count(*) FROM activity_log WHERE id = ANY($1)",
+            &[&acked],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        on_target,
+        acked.len() as i64,
+        "every acknowledged write is on the target"
+    );
+    assert!(!acked.is_empty());
+    // The application's writes stopped only between the fence and the switch.
+    assert!(failures > 0, "the fence refused some writes");
+    assert!(
+        longest < Duration::from_secs(30),
+        "writes refused for {longest:?}"
+    );
+    assert!(
+        early.lock().unwrap().is_empty(),
+        "the login reached the target before the switch"
+    );
+
+    // The source keeps its copy, the login disabled there; the neighbour cannot open the
+    // moved database.
+    let name = database_name(slug);
+    assert_eq!(
+        servers_with_database(&name).await,
+        vec!["primary", "secondary"]
+    );
+    let login_on = |server: &'static str| {
+        let name = name.clone();
+        async move {
+            admin_on(server)
+                .await
+                .query_one(
+                    "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",
+                    &[&name],
+                )
+                .await
+                .expect("the login exists")
+                .get::<_, bool>(0)
+        }
+    };
+    assert!(!login_on("primary").await, "the source's login is disabled");
+    assert!(login_on("secondary").await);
+    let source = connect_on("primary", &name).await;
+    let theirs = count(&source, "SELECT count(*) FROM activity_log").await;
+    let ours = count(&target, "SELECT count(*) FROM activity_log").await;
+    assert!(ours >= theirs, "{ours} against {theirs}");
+    let other_arn = get(&format!("/api/tenants/{neighbour}")).await.body["credentials_secret_arn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut other = read_secret(&other_arn).await;
+    other["host"] = json!(after["host"]);
+    other["port"] = json!(after["port"]);
+    assert!(
+        connect_as(&other, Some(&name)).await.is_err(),
+        "a neighbour opened the moved database"
+    );
+
+    // Deleting, restoring or purging waits for no move now; and the tenant moves back, over
+    // the copy the first move kept (dropped: it is ours by its OID).
+    let back = post(
+        &format!("/api/tenants/{slug}/move"),
+        &json!({"to": "primary", "mode": "copy"}),
+    )
+    .await;
+    assert_eq!(back.status, StatusCode::ACCEPTED, "{}", back.text);
+    let back = wait_move(back.body["id"].as_str().unwrap()).await;
+    assert_eq!(back["state"], "done", "{back}");
+    assert_eq!(tenant_server(slug).await.as_deref(), Some("primary"));
+    let home = read_secret(&arn).await;
+    let home_client = connect_as(&home, None)
+        .await
+        .expect("the login on primary again");
+    assert_eq!(
+        count(&home_client, "SELECT count(*) FROM activity_log").await,
+        ours
+    );
+    assert!(
+        !login_on("secondary").await,
+        "the second source's login is disabled"
+    );
+    let first = get(&format!("/api/moves/{id}")).await.body;
+    assert!(first["source_dropped_at"].is_string(), "{first}");
+}
+
+#[tokio::test]
+async fn a_move_is_refused_for_what_cannot_move_and_changes_nothing() {
+    let mut cleanup = Cleanup::new();
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slugs = create_tenants_on(&mut cleanup, "nomove", 2, Some("primary")).await;
+    let (slug, deleted) = (&slugs[0], &slugs[1]);
+    let path = format!("/api/tenants/{slug}/move");
+    let cases: Vec<(String, Value, StatusCode, &str)> = vec![
+        (
+            "/api/tenants/nosuch_tenant_zz/move".into(),
+            json!({"to": "secondary"}),
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+        ),
+        (
+            path.clone(),
+            json!({"to": "primary"}),
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+        ),
+        (
+            path.clone(),
+            json!({"to": "nowhere"}),
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+        ),
+        (
+            path.clone(),
+            json!({"to": "Not A Name"}),
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+        ),
+        (
+            path.clone(),
+            json!({}),
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+        ),
+        (
+            path.clone(),
+            json!({"to": "secondary", "fast": true}),
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+        ),
+        (
+            path.clone(),
+            json!({"to": "secondary", "mode": "online"}),
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+        ),
+        (
+            path.clone(),
+            json!({"to": "secondary", "mode": 1}),
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+        ),
+    ];
+    assert_eq!(
+        delete(&format!("/api/tenants/{deleted}")).await.status,
+        StatusCode::OK
+    );
+    let mut cases = cases;
+    cases.push((
+        format!("/api/tenants/{deleted}/move"),
+        json!({"to": "secondary"}),
+        StatusCode::CONFLICT,
+        "CONFLICT",
+    ));
+    for (path, body, status, code) in cases {
+        let r = post(&path, &body).await;
+        assert_eq!(r.status, status, "{path} {body}: {}", r.text);
+        assert_eq!(r.error_code(), code, "{path} {body}: {}", r.text);
+        r.assert_no_internals();
+    }
+    let raw = request(Method::POST, &path, Some(b"not json".to_vec())).await;
+    assert_eq!(raw.status, StatusCode::BAD_REQUEST, "{}", raw.text);
+    for bad in ["not-a-uuid", "00000000-0000-0000-0000-000000000000"] {
+        assert_eq!(
+            get(&format!("/api/moves/{bad}")).await.status,
+            StatusCode::NOT_FOUND
+        );
+        let c = post(&format!("/api/moves/{bad}/cancel"), &json!({})).await;
+        assert_eq!(c.status, StatusCode::NOT_FOUND, "{}", c.text);
+    }
+    assert_eq!(
+        get("/api/moves?limit=0").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    // Nothing moved, nothing was recorded.
+    assert_eq!(tenant_server(slug).await.as_deref(), Some("primary"));
+    assert_eq!(
+        servers_with_database(&database_name(slug)).await,
+        vec!["primary"]
+    );
+    let moves = registry()
+        .await
+        .query_one("SELECT count(*) FROM moves WHERE slug = ANY($1)", &[&slugs])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(moves, 0);
+}
+
+#[tokio::test]
+async fn a_move_cancelled_before_its_switch_leaves_the_tenant_serving_where_it_was() {
+    let mut cleanup = Cleanup::new();
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slug = &create_tenants_on(&mut cleanup, "cancelmove", 1, Some("primary")).await[0];
+    let arn = get(&format!("/api/tenants/{slug}")).await.body["credentials_secret_arn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secret = read_secret(&arn).await;
+    // A table the copy cannot read: the move stops at its copy (fenced), and waits.
+    let name = database_name(slug);
+    let held = Held::on(
+        "primary",
+        &name,
+        "BEGIN; LOCK TABLE settings IN ACCESS EXCLUSIVE MODE",
+    )
+    .await;
+    let started = post(
+        &format!("/api/tenants/{slug}/move"),
+        &json!({"to": "secondary"}),
+    )
+    .await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{}", started.text);
+    let id = started.body["id"].as_str().unwrap().to_owned();
+    let at_copy = eventually(Duration::from_secs(60), || async {
+        get(&format!("/api/moves/{id}")).await.body["step"] == "copy"
+    })
+    .await;
+    assert!(at_copy, "the move reached its copy");
+    // Fenced: the login is refused on the source, and a second move or a delete is refused.
+    assert!(
+        connect_as(&secret, None).await.is_err(),
+        "writes are refused during the copy"
+    );
+    let again = post(
+        &format!("/api/tenants/{slug}/move"),
+        &json!({"to": "secondary"}),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
+    let del = delete(&format!("/api/tenants/{slug}")).await;
+    assert_eq!(del.status, StatusCode::CONFLICT, "{}", del.text);
+
+    let cancel = post(&format!("/api/moves/{id}/cancel"), &json!({})).await;
+    assert_eq!(cancel.status, StatusCode::ACCEPTED, "{}", cancel.text);
+    assert_eq!(cancel.body["cancel_requested"], true, "{}", cancel.text);
+    drop(held);
+    let over = wait_move(&id).await;
+    assert_eq!(over["state"], "cancelled", "{over}");
+    assert!(over["fence_ended_at"].is_string(), "{over}");
+    // Serving where it was: the registry, the secret, the login; nothing left on the target.
+    assert_eq!(tenant_server(slug).await.as_deref(), Some("primary"));
+    let after = read_secret(&arn).await;
+    assert_eq!(after, secret);
+    let client = connect_as(&after, None)
+        .await
+        .expect("the login works again");
+    client
+        .execute(
+            "INSERT INTO settings (key, value) VALUES ('after', '1')",
+            &[],
+        )
+        .await
+        .expect("writes work again");
+    assert_eq!(servers_with_database(&name).await, vec!["primary"]);
+    let on_target = admin_on("secondary")
+        .await
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+        .await
+        .unwrap();
+    assert!(on_target.is_none(), "no login left on the target");
+    let again = post(&format!("/api/moves/{id}/cancel"), &json!({})).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
+}
