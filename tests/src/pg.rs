@@ -155,3 +155,16 @@ pub async fn role_can_login(role: &str) -> Option<bool> {
     }
     None
 }
+
+/// A role on one local server: `None` when it has none, else whether it may log in.
+pub async fn role_can_login_on(server: &str, role: &str) -> Option<bool> {
+    admin_on(server)
+        .await
+        .query_opt(
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
+        .await
+        .expect("query pg_roles")
+        .map(|r| r.get(0))
+}

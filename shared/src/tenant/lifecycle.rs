@@ -32,6 +32,7 @@ use crate::{
     },
     tenant::{
         access::{self, Access, AccessError},
+        moves,
         registry::{tenant_from_row, TENANT_COLUMNS},
         template,
     },
@@ -311,6 +312,8 @@ pub(crate) async fn purge(db: &Database, sys: &Conn, entry: &Entry) -> Result<Te
     }
     let days = db.config().tenants.secret_recovery_days;
     access::remove(db, &admin, a, Deletion::After(days)).await?;
+    // The copies earlier moves kept on other servers go too: nothing of a purged tenant stays.
+    moves::upkeep::drop_kept_copies(db, sys, id).await?;
     let row = sys
         .locking()
         .query_one(

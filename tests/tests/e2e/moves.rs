@@ -306,8 +306,8 @@ async fn a_tenant_moves_by_copy_with_every_write_and_its_secret_following() {
         "a neighbour opened the moved database"
     );
 
-    // Deleting, restoring or purging waits for no move now; and the tenant moves back, over
-    // the copy the first move kept (dropped: it is ours by its OID).
+    // The tenant moves back, over the copy the first move kept (dropped: it is ours by its
+    // OID).
     let back = post(
         &format!("/api/tenants/{slug}/move"),
         &json!({"to": "primary", "mode": "copy"}),
@@ -331,6 +331,25 @@ async fn a_tenant_moves_by_copy_with_every_write_and_its_secret_following() {
     );
     let first = get(&format!("/api/moves/{id}")).await.body;
     assert!(first["source_dropped_at"].is_string(), "{first}");
+
+    // A purge leaves nothing of the tenant on any server: the copy the last move kept goes
+    // with the rest.
+    assert_eq!(
+        delete(&format!("/api/tenants/{slug}")).await.status,
+        StatusCode::OK
+    );
+    let purged = post(&format!("/api/tenants/{slug}/purge"), &json!({})).await;
+    assert_eq!(purged.status, StatusCode::OK, "{}", purged.text);
+    assert!(servers_with_database(&name).await.is_empty());
+    assert_eq!(
+        role_can_login(&name).await,
+        None,
+        "no login left on any server"
+    );
+    let second = get(&format!("/api/moves/{}", back["id"].as_str().unwrap()))
+        .await
+        .body;
+    assert!(second["source_dropped_at"].is_string(), "{second}");
 }
 
 #[tokio::test]

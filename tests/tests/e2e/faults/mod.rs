@@ -18,6 +18,7 @@ mod isolation;
 mod killed_create;
 mod killed_lifecycle;
 mod killed_migrate;
+mod killed_move;
 mod outages;
 mod stack;
 
@@ -77,11 +78,25 @@ async fn assert_invariants(slugs: &[String]) {
     for row in rows {
         let (slug, db, version, oid, server): (String, String, i32, Option<i64>, String) =
             (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-        // The registry names the server that holds the database, and no other holds one.
+        // The registry names the server that holds the database, and no other holds one but
+        // where a move keeps the tenant's old copy (its login disabled there).
+        let mut holders: Vec<String> = registry
+            .query(
+                "SELECT m.from_server FROM moves m JOIN tenants t ON t.id = m.tenant_id \
+                 WHERE t.slug = $1 AND m.state = 'done' AND m.source_dropped_at IS NULL",
+                &[&slug],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        holders.push(server.clone());
+        holders.sort();
         assert_eq!(
             servers_with_database(&db).await,
-            [server.as_str()],
-            "{slug}: its database is on its server only"
+            holders,
+            "{slug}: its database is on its server only (and old copies moves keep)"
         );
         let valid = admin_on(&server)
             .await
@@ -122,7 +137,12 @@ async fn assert_invariants(slugs: &[String]) {
             status.is_some() && !purged,
             "{slug}: database and row exist together"
         );
-        let login = role_can_login(&database_name(slug)).await;
+        // On the server that holds the tenant (a moved tenant's old server keeps its login
+        // disabled, with its old copy).
+        let login = match tenant_server(slug).await {
+            Some(server) => role_can_login_on(&server, &database_name(slug)).await,
+            None => role_can_login(&database_name(slug)).await,
+        };
         let secret = secret_deleting(&secret_name(slug)).await;
         match status.as_deref() {
             Some("active") => {
