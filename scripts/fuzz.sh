@@ -39,9 +39,14 @@ present() {
        WHERE datname LIKE 'dbtools\_tenant\_%' ESCAPE '\\'"
   done | sort
 }
+# A move owns its target database while it runs, and the old copy it keeps once done.
 owned() {
   "$PSQL" -Atq "$REGISTRY" -c "SELECT server || ' ' || database_name || ' ' || database_oid
-    FROM tenants WHERE server IS NOT NULL AND database_oid IS NOT NULL" | sort
+    FROM tenants WHERE server IS NOT NULL AND database_oid IS NOT NULL
+    UNION SELECT to_server || ' ' || database_name || ' ' || target_oid
+    FROM moves WHERE state = 'running'
+    UNION SELECT from_server || ' ' || database_name || ' ' || source_oid
+    FROM moves WHERE state = 'done' AND source_dropped_at IS NULL" | sort
 }
 unowned() { comm -23 <(present) <(owned); }
 provisioning() { "$PSQL" -Atq "$REGISTRY" -c "SELECT count(*) FROM tenants WHERE status = 'provisioning'"; }

@@ -9,8 +9,9 @@ emulator (cargo lambda watch) cannot carry, sent as API Gateway would hand it ov
   labelled as text. They are sent as application/octet-stream.
 
 And what would change the stack under the tests that run after the fuzzer: the stateful phase
-learns the servers' names and secrets from `GET /api/servers`, and would drain, resize or
-remove them, or register them again at other addresses (a 503: nothing listens there). Those
+learns the servers' names and secrets from `GET /api/servers`, and would drain (`PATCH` or
+`POST .../drain`), resize or remove them, or register them again at other addresses (a 503:
+nothing listens there). Those
 are valid requests doing what they should (tests/tests/e2e/servers.rs covers them); here an
 existing server's name in the path becomes a name no server has, and a secret of the stack in a
 body becomes one that does not exist.
@@ -48,7 +49,7 @@ def keep_the_servers(case):
     if not case.path.startswith("/api/servers"):
         return
     params = case.path_parameters or {}
-    if params.get("name") in STACK_SERVERS and case.method.upper() in ("PATCH", "DELETE"):
+    if params.get("name") in STACK_SERVERS and case.method.upper() in ("PATCH", "DELETE", "POST"):
         params["name"] = "fuzz-" + params["name"]
     body = case.body
     if isinstance(body, dict) and isinstance(body.get("secret_arn"), str):

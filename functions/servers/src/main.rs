@@ -1,5 +1,6 @@
 //! The fleet's servers: `GET /api/servers`, `POST /api/servers`, and `GET`, `PATCH`,
-//! `DELETE /api/servers/{name}`. See `shared::servers`.
+//! `DELETE /api/servers/{name}`, `POST /api/servers/{name}/drain`. See `shared::servers`
+//! (the drain: `shared::tenant::moves::drain`).
 
 use lambda_http::{http::Method, run, service_fn, Body, Error, Request, Response};
 use shared::{api, Database};
@@ -9,6 +10,10 @@ async fn handler(db: &Database, req: Request) -> Result<Response<Body>, Error> {
     let inv = http_support::invocation(&req);
     let body = http_support::body_bytes(&req);
     let outcome = match (req.method(), http_support::server_param(&req)) {
+        (&Method::POST, Some(name)) if name.ends_with("/drain") || drain_route(&req) => {
+            let name = name.trim_end_matches("/drain");
+            api::drain_server(db, Some(name), &inv).await
+        }
         (&Method::GET, None) => {
             let pairs = http_support::query_pairs(&req);
             api::list_servers(
@@ -26,6 +31,11 @@ async fn handler(db: &Database, req: Request) -> Result<Response<Body>, Error> {
     };
     http_support::log_request(&req, &request_id, outcome.status);
     Ok(http_support::respond(outcome, &request_id))
+}
+
+/// `POST /api/servers/{name}/drain` (the router gives the name alone).
+fn drain_route(req: &Request) -> bool {
+    req.uri().path().trim_end_matches('/').ends_with("/drain")
 }
 
 #[tokio::main]

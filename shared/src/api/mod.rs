@@ -15,7 +15,7 @@
 //! | `tenants`  | `/api/tenants`: create (and its body), list, get, delete, restore, purge   |
 //! | `servers`  | `/api/servers`: list, get, register, update, remove                        |
 //! | `runs`     | `/api/runs`: the run ledger, and one run with a page of its tenants        |
-//! | `moves`    | `/api/moves` and `POST /api/tenants/{slug}/move`: start, read, cancel      |
+//! | `moves`    | `/api/moves`, `POST /api/tenants/{slug}/move`, `POST /api/servers/{name}/drain` |
 
 mod body;
 mod deadline;
@@ -29,7 +29,7 @@ mod servers;
 mod tenants;
 
 pub use body::MAX_BODY_BYTES;
-pub use moves::{cancel_move, get_move, list_moves, start_move};
+pub use moves::{cancel_move, drain_server, get_move, list_moves, start_move};
 pub use response::ApiResponse;
 pub use runs::{get_run, list_runs};
 pub use servers::{get_server, list_servers, register_server, remove_server, update_server};

@@ -80,6 +80,19 @@ pub async fn cancel_move(db: &Database, id: &str, _inv: &Invocation) -> ApiRespo
     .await
 }
 
+/// `POST /api/servers/{name}/drain`: 202; the server is draining and its tenants' moves are
+/// started (see `tenant::moves::drain`).
+pub async fn drain_server(db: &Database, name: Option<&str>, inv: &Invocation) -> ApiResponse {
+    respond(async {
+        let name = name
+            .and_then(|n| ServerName::parse(n).ok())
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "Server not found"))?;
+        let drain = moves::drain_server(db, &name, inv.deadline).await?;
+        Ok(ApiResponse::ok(202, drain))
+    })
+    .await
+}
+
 /// An id that cannot be a move's cannot exist: 404, no SQL.
 fn move_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::from(MoveError::NotFound))
@@ -138,6 +151,9 @@ impl From<MoveError> for ApiError {
                 ApiError::new(ErrorCode::NotFound, "Tenant not found")
             }
             MoveError::NotFound => ApiError::new(ErrorCode::NotFound, "Move not found"),
+            MoveError::ServerNotFound(name) => {
+                ApiError::new(ErrorCode::NotFound, format!("Server '{name}' not found"))
+            }
             MoveError::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
             MoveError::BadTarget(message) => ApiError::validation(message, Vec::new()),
             MoveError::Unavailable(message) => {

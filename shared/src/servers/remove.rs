@@ -59,6 +59,20 @@ pub async fn remove_server(db: &Database, name: &ServerName) -> Result<ServerVie
         if tenants > 0 {
             return Ok(Err(holds_tenants()));
         }
+        // A move running to or from it needs it until it ends (see `tenant::moves`).
+        let moving: i64 = tx
+            .query_one(
+                "SELECT count(*) AS n FROM moves WHERE state = 'running' \
+                   AND (to_server = $1 OR from_server = $1)",
+                &[&name.as_str()],
+            )
+            .await?
+            .try_get("n")?;
+        if moving > 0 {
+            return Ok(Err(ServersError::Conflict(format!(
+                "Server '{name}' has tenant moves running to or from it; retry when they end"
+            ))));
+        }
         let templates: Vec<(String, i64)> = tx
             .query(
                 "SELECT name, database_oid FROM tenant_templates WHERE server = $1",

@@ -530,3 +530,112 @@ async fn a_move_cancelled_before_its_switch_leaves_the_tenant_serving_where_it_w
     let again = post(&format!("/api/moves/{id}/cancel"), &json!({})).await;
     assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
 }
+
+#[tokio::test]
+async fn a_drain_empties_a_server_within_its_budget_and_then_it_can_be_removed() {
+    let mut cleanup = Cleanup::holding_fleet().await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    // Its budget: two tenants at work at once (RegisteredCluster's migrate_concurrency).
+    let server = RegisteredCluster::start("drain", 25).await;
+    let slugs = create_tenants_on(&mut cleanup, "drain", 20, Some(&server.name)).await;
+    for slug in &slugs[..3] {
+        let secret = read_secret(&secret_name(slug)).await;
+        connect_as(&secret, None)
+            .await
+            .expect("the tenant's login")
+            .batch_execute(
+                "INSERT INTO activity_log (action) SELECT 'seed' FROM generate_series(1, 300)",
+            )
+            .await
+            .expect("seed");
+    }
+    // Samples how many of the server's tenant databases the product works in at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (stop, probe) = (stop.clone(), server.cluster.connect("postgres").await);
+        tokio::spawn(async move {
+            let mut most = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                let n: i64 = probe
+                    .query_one(
+                        "SELECT count(DISTINCT datname) FROM pg_stat_activity \
+                         WHERE application_name = 'migrate-tenant' \
+                           AND datname LIKE 'dbtools\\_tenant\\_%'",
+                        &[],
+                    )
+                    .await
+                    .map(|r| r.get(0))
+                    .unwrap_or(0);
+                most = most.max(n);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            most
+        })
+    };
+
+    let path = format!("/api/servers/{}/drain", server.name);
+    let mut started = Vec::new();
+    for _ in 0..5 {
+        let r = post(&path, &json!({})).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+        assert_eq!(r.body["state"], "draining", "{}", r.text);
+        assert_eq!(r.body["errors"], json!([]), "{}", r.text);
+        started.extend(r.body["started"].as_array().unwrap().iter().cloned());
+        if r.body["remaining"] == 0 {
+            break;
+        }
+    }
+    assert_eq!(started.len(), 20, "{started:?}");
+    assert_eq!(server_state(&server.name).await, "draining");
+    let emptied = eventually(Duration::from_secs(240), || async {
+        let n: i64 = registry()
+            .await
+            .query_one(
+                "SELECT count(*) FROM moves WHERE slug = ANY($1) AND state = 'running'",
+                &[&slugs],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n == 0
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let most = sampler.await.unwrap();
+    assert!(emptied, "every move ended");
+    for m in &started {
+        let id = m["move_id"].as_str().unwrap();
+        let mv = get(&format!("/api/moves/{id}")).await.body;
+        assert_eq!(mv["state"], "done", "{mv}");
+    }
+    assert!(most <= 2, "at most the server's budget at once: {most}");
+    assert!(most >= 1, "the sampler saw the moves at work");
+    for slug in &slugs {
+        let now = tenant_server(slug).await.expect("a server");
+        assert!(SERVERS.contains(&now.as_str()), "{slug} is on {now}");
+        let secret = read_secret(&secret_name(slug)).await;
+        let client = connect_as(&secret, None)
+            .await
+            .unwrap_or_else(|e| panic!("{slug}: its secret opens its new database: {e}"));
+        if slugs[..3].contains(slug) {
+            assert_eq!(
+                count(&client, "SELECT count(*) FROM activity_log").await,
+                300
+            );
+        }
+    }
+    let removed = request(
+        Method::DELETE,
+        &format!("/api/servers/{}", server.name),
+        None,
+    )
+    .await;
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.text);
+}
+
+async fn server_state(name: &str) -> String {
+    get(&format!("/api/servers/{name}")).await.body["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}

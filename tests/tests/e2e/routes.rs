@@ -78,7 +78,7 @@ fn openapi_routes() -> BTreeSet<(String, String)> {
 fn local_router_template_and_openapi_declare_the_same_routes() {
     let local = local_routes();
     let deployed = template_routes();
-    assert_eq!(local.len(), 17, "{local:?}");
+    assert_eq!(local.len(), 18, "{local:?}");
     assert_eq!(
         local, deployed,
         "Cargo.toml's watch router and infra/template.yaml differ"

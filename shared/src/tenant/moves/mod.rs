@@ -38,12 +38,14 @@
 //! between `prepare` and `copy` fails the move (its schema changed); it can be started again.
 
 pub(crate) mod copy;
+pub mod drain;
 pub mod drive;
 pub mod record;
 pub mod start;
 pub(crate) mod steps;
 pub mod upkeep;
 
+pub use drain::{drain_server, Drain};
 pub use drive::{advance_move, Delivered};
 pub use record::{Move, MoveState, Step};
 pub use start::{cancel_move, get_move, list_moves, start_move, MoveError, MoveMode, MoveRequest};

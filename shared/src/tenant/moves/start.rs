@@ -36,6 +36,8 @@ pub enum MoveError {
     TenantNotFound(Option<Slug>),
     #[error("move not found")]
     NotFound,
+    #[error("server '{0}' not found")]
+    ServerNotFound(String),
     /// The tenant or the move is not in a state this applies to (409).
     #[error("{0}")]
     Conflict(String),
@@ -141,7 +143,9 @@ async fn record_move(
     let target = sys
         .query_opt(
             "SELECT state, max_tenants, (SELECT count(*) FROM tenants \
-               WHERE server = servers.name AND status <> 'purged') AS holds \
+               WHERE server = servers.name AND status <> 'purged') \
+               + (SELECT count(*) FROM moves \
+                  WHERE to_server = servers.name AND state = 'running') AS holds \
              FROM servers WHERE name = $1",
             &[&to],
         )
