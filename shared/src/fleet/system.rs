@@ -49,8 +49,7 @@ pub(super) async fn step(
 /// not exist yet lacks them all).
 async fn system_pending(db: &Database) -> Result<SystemReport, MigrateAllError> {
     let all = || {
-        migrate::system_runner()
-            .get_migrations()
+        migrate::system_migrations()
             .iter()
             .map(|m| i64::from(m.version()))
             .collect::<Vec<i64>>()
@@ -67,8 +66,7 @@ async fn system_pending(db: &Database) -> Result<SystemReport, MigrateAllError> 
     };
     let history = read_history(&client).await?;
     let applied: Vec<i64> = history.iter().map(|h| h.version).collect();
-    let pending = migrate::system_runner()
-        .get_migrations()
+    let pending = migrate::system_migrations()
         .iter()
         .map(|m| i64::from(m.version()))
         .filter(|v| !applied.contains(v))

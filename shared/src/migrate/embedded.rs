@@ -38,6 +38,14 @@ pub(crate) fn system_runner() -> Runner {
         .set_abort_missing(true)
 }
 
+/// The embedded system migrations, in version order (refinery embeds them in the order of
+/// their file names, where `V10` comes before `V2`).
+pub(crate) fn system_migrations() -> Vec<Migration> {
+    let mut all = system::runner().get_migrations().to_vec();
+    all.sort_by_key(|m| m.version());
+    all
+}
+
 /// The embedded tenant migrations, in version order.
 pub(crate) fn tenant_migrations() -> Vec<Migration> {
     let mut all = tenant::runner().get_migrations().to_vec();
@@ -48,6 +56,13 @@ pub(crate) fn tenant_migrations() -> Vec<Migration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn system_migrations_come_in_version_order_past_nine() {
+        let versions: Vec<i32> = system_migrations().iter().map(|m| m.version()).collect();
+        assert!(versions.len() >= 10, "{versions:?}");
+        assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+    }
 
     #[test]
     fn tenant_migrations_are_embedded_in_order() {

@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use refinery::Runner;
 
-pub(crate) use embedded::{system_runner, tenant_runner, HISTORY_TABLE};
+pub(crate) use embedded::{system_migrations, system_runner, tenant_runner, HISTORY_TABLE};
 pub(crate) use failure::{run_failure, RunFailure};
 pub use history::latest_tenant_version;
 pub(crate) use history::{read_history, ExpectedHistory, HistoryCheck, HistoryRow};
