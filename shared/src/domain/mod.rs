@@ -212,6 +212,8 @@ pub struct Tenant {
     pub created_at: DateTime<Utc>,
     #[serde(serialize_with = "rfc3339_opt")]
     pub deleted_at: Option<DateTime<Utc>>,
+    /// The move running for it, if any (`GET /api/moves/{id}`).
+    pub move_id: Option<Uuid>,
 }
 
 pub(crate) fn rfc3339<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
@@ -352,13 +354,14 @@ mod tests {
                 .unwrap()
                 .to_utc(),
             deleted_at: None,
+            move_id: None,
         };
         assert_eq!(
             serde_json::to_value(&t).unwrap(),
             serde_json::json!({"id": "00000000-0000-0000-0000-000000000000", "name": "Acme Corp",
                 "slug": "acme", "status": "active", "database_name": "dbtools_tenant_acme",
                 "schema_version": 2, "credentials_secret_arn": null, "server": "primary",
-                "created_at": "2026-01-17T10:00:00Z", "deleted_at": null})
+                "created_at": "2026-01-17T10:00:00Z", "deleted_at": null, "move_id": null})
         );
     }
 }

@@ -14,7 +14,8 @@ use crate::{
 
 /// The columns [`tenant_from_row`] reads (by name).
 pub(crate) const TENANT_COLUMNS: &str = "id, name, slug, status, database_name, schema_version, \
-     credentials_secret_arn, server, created_at, deleted_at";
+     credentials_secret_arn, server, created_at, deleted_at, \
+     (SELECT m.id FROM moves m WHERE m.tenant_id = tenants.id AND m.state = 'running') AS move_id";
 
 pub(crate) fn tenant_from_row(row: &Row) -> Result<Tenant, DbError> {
     let status: String = row.try_get("status")?;
@@ -31,6 +32,7 @@ pub(crate) fn tenant_from_row(row: &Row) -> Result<Tenant, DbError> {
         server: row.try_get("server")?,
         created_at: row.try_get("created_at")?,
         deleted_at: row.try_get("deleted_at")?,
+        move_id: row.try_get("move_id")?,
     })
 }
 

@@ -39,7 +39,8 @@ async fn create_answers_201_with_a_ready_database() {
             "credentials_secret_arn",
             "server",
             "created_at",
-            "deleted_at"
+            "deleted_at",
+            "move_id"
         ]
     );
 

@@ -485,6 +485,9 @@ async fn a_move_cancelled_before_its_switch_leaves_the_tenant_serving_where_it_w
     })
     .await;
     assert!(at_copy, "the move reached its copy");
+    let shown = get(&format!("/api/tenants/{slug}")).await.body;
+    assert_eq!(shown["move_id"], id.as_str(), "{shown}");
+    assert_eq!(shown["server"], "primary", "{shown}");
     // Fenced: the login is refused on the source, and a second move or a delete is refused.
     assert!(
         connect_as(&secret, None).await.is_err(),
@@ -505,6 +508,7 @@ async fn a_move_cancelled_before_its_switch_leaves_the_tenant_serving_where_it_w
     drop(held);
     let over = wait_move(&id).await;
     assert_eq!(over["state"], "cancelled", "{over}");
+    assert!(get(&format!("/api/tenants/{slug}")).await.body["move_id"].is_null());
     assert!(over["fence_ended_at"].is_string(), "{over}");
     // Serving where it was: the registry, the secret, the login; nothing left on the target.
     assert_eq!(tenant_server(slug).await.as_deref(), Some("primary"));
