@@ -8,6 +8,11 @@ emulator (cargo lambda watch) cannot carry, sent as API Gateway would hand it ov
   emulator does the same only for a binary content type, and answers its own 500 to such bytes
   labelled as text. They are sent as application/octet-stream.
 
+- Now and then (a few runs in a hundred) the emulator answers a request its own bare 500
+  (`text/plain`, a problem document `https://httpstatuses.com/500`) that no function answered
+  nor logged: the functions answer JSON only. A GET answered so is sent once more and judged
+  by the second answer; any other 500 is judged as it is.
+
 And what would change the stack under the tests that run after the fuzzer: the stateful phase
 learns the servers' names and secrets from `GET /api/servers`, and would drain (`PATCH` or
 `POST .../drain`), resize or remove them, or register them again at other addresses (a 503:
@@ -17,6 +22,7 @@ existing server's name in the path becomes a name no server has, and a secret of
 body becomes one that does not exist.
 """
 import schemathesis
+from schemathesis.core.transport import Response
 
 
 @schemathesis.hook
@@ -55,3 +61,26 @@ def keep_the_servers(case):
     if isinstance(body, dict) and isinstance(body.get("secret_arn"), str):
         if body["secret_arn"].startswith(STACK_SECRETS):
             body["secret_arn"] = "fuzz/" + body["secret_arn"]
+
+
+def emulator_500(response):
+    kind = ",".join(response.headers.get("content-type", []))
+    return (
+        response.status_code == 500
+        and kind.startswith("text/plain")
+        and b"httpstatuses.com/500" in response.content
+    )
+
+
+@schemathesis.hook
+def after_call(ctx, case, response):
+    if case.method.upper() != "GET" or not emulator_500(response):
+        return
+    import requests
+
+    with requests.Session() as session:
+        again = session.send(response.request, timeout=20)
+    fresh = Response.from_requests(again, verify=response.verify)
+    print(f"the emulator's own 500 to GET {case.path}; sent again: {fresh.status_code}")
+    for slot in Response.__slots__:
+        setattr(response, slot, getattr(fresh, slot))
