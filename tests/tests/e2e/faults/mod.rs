@@ -79,23 +79,47 @@ async fn assert_invariants(slugs: &[String]) {
         let (slug, db, version, oid, server): (String, String, i32, Option<i64>, String) =
             (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
         // The registry names the server that holds the database, and no other holds one but
-        // where a move keeps the tenant's old copy (its login disabled there).
-        let mut holders: Vec<String> = registry
-            .query(
-                "SELECT m.from_server FROM moves m JOIN tenants t ON t.id = m.tenant_id \
-                 WHERE t.slug = $1 AND m.state = 'done' AND m.source_dropped_at IS NULL",
-                &[&slug],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        holders.push(server.clone());
-        holders.sort();
+        // where a move keeps the tenant's old copy (its login disabled there), or where a
+        // running move may have made its new one (closed to the login until the switch).
+        let on = |state: &'static str| {
+            let registry = &registry;
+            let slug = slug.clone();
+            async move {
+                let column = if state == "done" {
+                    "from_server"
+                } else {
+                    "to_server"
+                };
+                registry
+                    .query(
+                        &format!(
+                            "SELECT m.{column} FROM moves m JOIN tenants t ON t.id = m.tenant_id \
+                             WHERE t.slug = $1 AND m.state = $2 \
+                               AND (m.state = 'running' OR m.source_dropped_at IS NULL)"
+                        ),
+                        &[&slug, &state],
+                    )
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get::<_, String>(0))
+                    .collect::<Vec<String>>()
+            }
+        };
+        let (kept, making) = (on("done").await, on("running").await);
+        let actual = servers_with_database(&db).await;
+        let mut expected: Vec<String> = kept.clone();
+        expected.push(server.clone());
+        expected.extend(
+            making
+                .iter()
+                .filter(|s| actual.contains(&s.as_str()))
+                .cloned(),
+        );
+        expected.sort();
+        expected.dedup();
         assert_eq!(
-            servers_with_database(&db).await,
-            holders,
+            actual, expected,
             "{slug}: its database is on its server only (and old copies moves keep)"
         );
         let valid = admin_on(&server)
