@@ -14,6 +14,7 @@ pub mod database;
 pub mod domain;
 pub mod fleet;
 pub mod invocation;
+pub mod metrics;
 pub mod migrate;
 pub mod page;
 pub mod pg;

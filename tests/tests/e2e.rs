@@ -12,6 +12,7 @@ mod e2e {
     mod idempotency;
     mod isolation;
     mod live_migrations;
+    mod metrics;
     mod migrate_all;
     mod moves;
     mod provisioning_faults;

@@ -11,7 +11,7 @@ use lambda_http::{
 use shared::{
     api::ApiResponse,
     invocation::{Invocation, HTTP_BUDGET},
-    Config, Database,
+    metrics, Config, Database,
 };
 
 pub use shared::api::MAX_BODY_BYTES;
@@ -141,13 +141,34 @@ pub fn respond(api: ApiResponse, request_id: &str) -> Response<Body> {
     resp
 }
 
-/// Logs one line per request with what a reader needs to follow it.
-pub fn log_request(req: &Request, request_id: &str, status: u16) {
+/// Logs one line per request with what a reader needs to follow it, and its metrics
+/// (`Requests`, `RequestLatency` by function, route and outcome: see `shared::metrics`).
+pub fn log_request(req: &Request, request_id: &str, status: u16, started: std::time::Instant) {
     tracing::info!(
         request_id,
         method = %req.method(),
         path = %req.uri().path(),
         status,
         "request"
+    );
+    let function = req
+        .lambda_context_ref()
+        .map(|c| c.env_config.function_name.clone())
+        .unwrap_or_default();
+    let route = format!("{} {}", req.method(), metrics::route_of(req.uri().path()));
+    metrics::emit(
+        &[
+            ("Function", function.as_str()),
+            ("Route", route.as_str()),
+            ("Outcome", metrics::http_outcome(status)),
+        ],
+        &[
+            ("Requests", 1.0, metrics::Unit::Count),
+            (
+                "RequestLatency",
+                started.elapsed().as_secs_f64() * 1000.0,
+                metrics::Unit::Milliseconds,
+            ),
+        ],
     );
 }

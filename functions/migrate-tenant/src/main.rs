@@ -17,6 +17,7 @@ use shared::{
     aws::queue::QueueMessage,
     fleet::{self, Delivery},
     invocation::{Invocation, JOB_BUDGET},
+    metrics,
     tenant::moves,
     Config, Database,
 };
@@ -57,6 +58,7 @@ async fn each_record<T: DeserializeOwned>(
 ) -> SqsBatchResponse {
     let mut response = SqsBatchResponse::default();
     for record in records {
+        queue_lag(&record);
         let delivery = match record.body.as_deref() {
             Some(_) if !ready() => Delivery::Retry,
             None => Delivery::Retry,
@@ -75,6 +77,30 @@ async fn each_record<T: DeserializeOwned>(
         }
     }
     response
+}
+
+/// `QueueLag`: how long the message waited in the queue (its `SentTimestamp` until now), by
+/// kind (a tenant of a run, or a move); see `shared::metrics`.
+fn queue_lag(record: &SqsMessage) {
+    let Some(sent) = record
+        .attributes
+        .get("SentTimestamp")
+        .and_then(|t| t.parse::<i64>().ok())
+    else {
+        return;
+    };
+    let kind = match record.body.as_deref() {
+        Some(b) if b.contains("\"move_id\"") => "move",
+        _ => "tenant",
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let lag = (now - sent).max(0);
+    metrics::emit(
+        &[("Kind", kind)],
+        &[("QueueLag", lag as f64, metrics::Unit::Milliseconds)],
+    );
 }
 
 #[tokio::main]

@@ -6,6 +6,7 @@ use lambda_http::{http::Method, run, service_fn, Body, Error, Request, Response}
 use shared::{api, Database};
 
 async fn handler(db: &Database, req: Request) -> Result<Response<Body>, Error> {
+    let started = std::time::Instant::now();
     let request_id = http_support::request_id(&req);
     let inv = http_support::invocation(&req);
     let pairs = http_support::query_pairs(&req);
@@ -32,7 +33,7 @@ async fn handler(db: &Database, req: Request) -> Result<Response<Body>, Error> {
         },
         _ => api::route_not_found(),
     };
-    http_support::log_request(&req, &request_id, outcome.status);
+    http_support::log_request(&req, &request_id, outcome.status, started);
     Ok(http_support::respond(outcome, &request_id))
 }
 

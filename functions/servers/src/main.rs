@@ -6,6 +6,7 @@ use lambda_http::{http::Method, run, service_fn, Body, Error, Request, Response}
 use shared::{api, Database};
 
 async fn handler(db: &Database, req: Request) -> Result<Response<Body>, Error> {
+    let started = std::time::Instant::now();
     let request_id = http_support::request_id(&req);
     let inv = http_support::invocation(&req);
     let body = http_support::body_bytes(&req);
@@ -29,7 +30,7 @@ async fn handler(db: &Database, req: Request) -> Result<Response<Body>, Error> {
         (&Method::DELETE, Some(name)) => api::remove_server(db, Some(&name), &inv).await,
         _ => api::route_not_found(),
     };
-    http_support::log_request(&req, &request_id, outcome.status);
+    http_support::log_request(&req, &request_id, outcome.status, started);
     Ok(http_support::respond(outcome, &request_id))
 }
 

@@ -49,7 +49,9 @@
 //! | [`worker`] | `migrate-tenant`: one queued message |
 //! | [`ledger`] | the run ledger: runs and their tenants' outcomes, written as the work happens |
 //! | [`outcome`], [`report`], [`run_steps`], [`summary`], [`sanitize`] | what a run answers and logs |
+//! | [`gauges`] | after the lifecycle work: the moves' upkeep, and the fleet's gauges (tenants per server and status, servers unreachable) |
 
+mod gauges;
 mod inline;
 pub mod ledger;
 mod one_tenant;

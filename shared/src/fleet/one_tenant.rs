@@ -13,7 +13,11 @@ use super::{
     slots::{take_slot_and_lock, Held},
     tenant_db::{self, Failure},
 };
-use crate::{fleet::ledger, pg::Conn};
+use crate::{
+    fleet::ledger,
+    metrics::{self, Unit},
+    pg::Conn,
+};
 
 /// What became of one tenant's attempt.
 pub(super) enum Attempted {
@@ -266,6 +270,17 @@ async fn record(sys: &Conn, wait: Duration, slug: &str, version: i64, fingerprin
 fn finish(mut report: TenantReport, started: Instant) -> TenantReport {
     report.duration_ms = started.elapsed().as_millis() as u64;
     let r = &report;
+    metrics::emit(
+        &[("Outcome", r.status.as_str())],
+        &[
+            ("TenantMigrations", 1.0, Unit::Count),
+            (
+                "TenantMigrationDuration",
+                r.duration_ms as f64,
+                Unit::Milliseconds,
+            ),
+        ],
+    );
     if matches!(r.status, TenantOutcome::Failed | TenantOutcome::Deferred) {
         warn!(
             tenant.slug = %r.slug, status = ?r.status, from_version = ?r.from_version,

@@ -308,11 +308,7 @@ async fn before_tenants(
     let step = Instant::now();
     report.lifecycle = upkeep::run(db, sys, &servers, slugs, req.dry_run, plan.stop_at).await?;
     if !req.dry_run {
-        // Moves: a lost message sent again, old copies past their retention dropped. A
-        // failure here is logged and left for the next run (never a failed run).
-        if let Err(e) = crate::tenant::moves::upkeep(db, sys).await {
-            tracing::warn!(error = %e, "the moves upkeep could not run; the next run tries again");
-        }
+        super::gauges::after_lifecycle(db, sys, down.len()).await;
     }
     steps.lifecycle = step.elapsed();
     for server in &servers {

@@ -7,7 +7,10 @@ use std::time::Duration;
 use tracing::info;
 
 use super::report::MigrateAllReport;
-use crate::invocation::millis;
+use crate::{
+    invocation::millis,
+    metrics::{self, Unit},
+};
 
 /// Where a run's time went, step by step, for its last log line (`make bench` reads them):
 /// the system database, the fleet lock and the ledger, the servers (reachable, templates,
@@ -28,6 +31,19 @@ impl RunSteps {
     /// The run's last log line: its outcome, counts and steps.
     pub(super) fn log(&self, report: &MigrateAllReport) {
         let c = &report.counts;
+        let status = serde_json::to_value(report.status).unwrap_or_default();
+        metrics::emit(
+            &[("Status", status.as_str().unwrap_or("unknown"))],
+            &[
+                ("Runs", 1.0, Unit::Count),
+                ("RunDuration", report.duration_ms as f64, Unit::Milliseconds),
+                ("RunTenantsMigrated", c.migrated as f64, Unit::Count),
+                ("RunTenantsUpToDate", c.up_to_date as f64, Unit::Count),
+                ("RunTenantsFailed", c.failed as f64, Unit::Count),
+                ("RunTenantsDeferred", c.deferred as f64, Unit::Count),
+                ("RunTenantsNotStarted", c.not_started as f64, Unit::Count),
+            ],
+        );
         info!(
             run_id = %report.run_id,
             status = ?report.status,

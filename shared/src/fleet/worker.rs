@@ -247,6 +247,14 @@ async fn give_back(queue_url: &str, msg: &TenantMessage, unreachable: bool) -> D
 /// that ended `failed` or `halted`.
 pub const RUN_ENDED_BADLY: &str = "a queued run ended without success";
 
+/// The `Runs` metric of a queued run its last worker closed (see `metrics`).
+fn run_ended(state: RunState) {
+    crate::metrics::emit(
+        &[("Status", state.as_str())],
+        &[("Runs", 1.0, crate::metrics::Unit::Count)],
+    );
+}
+
 /// Moves the run on after an outcome (see `ledger::next`), sending the rest of the run when
 /// this worker released it, or the tenants it put in the canary wave.
 async fn move_on(
@@ -263,14 +271,17 @@ async fn move_on(
         Ok(Next::Continue) => Delivery::Done,
         Ok(Next::Closed(RunState::Completed)) => {
             info!(%run_id, "the run's last tenant is recorded; the run completed");
+            run_ended(RunState::Completed);
             Delivery::Done
         }
         Ok(Next::Closed(state)) => {
             error!(%run_id, status = state.as_str(), "{RUN_ENDED_BADLY}: a tenant failed (see GET /api/runs/{{id}})");
+            run_ended(state);
             Delivery::Done
         }
         Ok(Next::Halted(why)) => {
             error!(%run_id, status = RunState::Halted.as_str(), reason = %why, "{RUN_ENDED_BADLY}");
+            run_ended(RunState::Halted);
             Delivery::Done
         }
         Ok(Next::Send(slugs)) => {

@@ -5,7 +5,10 @@ use serde::Serialize;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::pg::{Conn, DbError};
+use crate::{
+    metrics::{self, Unit},
+    pg::{Conn, DbError},
+};
 
 /// How long a step may hold a move before migrate-all's upkeep takes its message as lost and
 /// sends it again.
@@ -219,15 +222,31 @@ pub(crate) async fn end(
     state: MoveState,
     error: Option<&str>,
 ) -> Result<(), DbError> {
-    sys.execute(
-        "UPDATE moves SET state = $2, error = coalesce($3, error), updated_at = now(), \
+    let ended = sys
+        .query_opt(
+            "UPDATE moves SET state = $2, error = coalesce($3, error), updated_at = now(), \
            finished_at = now(), \
            fence_ended_at = CASE WHEN fence_started_at IS NULL THEN NULL \
                                  ELSE coalesce(fence_ended_at, now()) END \
-         WHERE id = $1 AND state = 'running'",
-        &[&id, &state.as_str(), &error],
-    )
-    .await?;
+         WHERE id = $1 AND state = 'running' \
+         RETURNING (extract(epoch FROM fence_ended_at - fence_started_at) * 1000)::float8",
+            &[&id, &state.as_str(), &error],
+        )
+        .await?;
+    if let Some(row) = ended {
+        let refused: Option<f64> = row.try_get(0)?;
+        metrics::emit(
+            &[("Outcome", state.as_str())],
+            &[
+                ("Moves", 1.0, Unit::Count),
+                (
+                    "MoveWritesRefused",
+                    refused.unwrap_or(0.0),
+                    Unit::Milliseconds,
+                ),
+            ],
+        );
+    }
     Ok(())
 }
 
