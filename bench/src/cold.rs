@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::table::{ms, Row, Stats};
 
-const FUNCTIONS: [&str; 8] = [
+const FUNCTIONS: [&str; 9] = [
     "create-tenant",
     "list-tenants",
     "delete-tenant",
@@ -21,6 +21,7 @@ const FUNCTIONS: [&str; 8] = [
     "rotate-tenant-secret",
     "servers",
     "runs",
+    "moves",
     "migrate-tenant",
 ];
 const RSS_GOAL_MIB: f64 = 40.0;
@@ -70,6 +71,11 @@ fn first_request(function: &str, slug: &str) -> (Value, &'static str, Expect) {
         "runs" => (
             runtime::http_event("GET", "/api/runs", "", &[]),
             "GET the newest runs",
+            Expect::Status(200),
+        ),
+        "moves" => (
+            runtime::http_event("GET", "/api/moves", "", &[]),
+            "GET the newest moves",
             Expect::Status(200),
         ),
         // A message of a run the ledger does not have: read, found done with, deleted.

@@ -9,7 +9,8 @@
 //! `BENCH_LIST_TENANTS` (10000: registry rows for the list benchmark), `BENCH_FLOOR_SAMPLES`
 //! (50), `BENCH_LIST_SAMPLES` (200), `BENCH_COLD_SAMPLES` (15), and the live-migration
 //! benchmark's `BENCH_LIVE_TENANTS` (4) and `BENCH_LIVE_ROWS` (200000), and
-//! `BENCH_PLAN_ROWS` (100000: the registry rows a queued run is planned over).
+//! `BENCH_PLAN_ROWS` (100000: the registry rows a queued run is planned over), and
+//! `BENCH_MOVE_ROWS` (`10000,100000,1000000`: the sizes of the tenants moved).
 //!
 //! Set-up: `settings`, `machine`, `prepare`, `fleet`. The measures, in the table's order:
 //! `cold` (fresh, before anything else), `floor` (CREATE DATABASE strategies), `provision`,
@@ -26,6 +27,7 @@ mod live;
 mod lock_watch;
 mod machine;
 mod migrate_all;
+mod moves;
 mod pending_floor;
 mod prepare;
 mod progress;
@@ -48,14 +50,15 @@ async fn main() -> Result<()> {
     println!("{machine}");
     let mut table = Table::default();
 
-    // For working on one part: BENCH_ONLY=live, plan or cold measures only that part.
+    // For working on one part: BENCH_ONLY=live, plan, cold or move measures only that part.
     let only = std::env::var("BENCH_ONLY").ok();
-    if let Some(part @ ("live" | "plan" | "cold")) = only.as_deref() {
+    if let Some(part @ ("live" | "plan" | "cold" | "move")) = only.as_deref() {
         prepare::cleanup().await?;
         prepare::warm_up().await?;
         table.extend(match part {
             "live" => live::measure().await?,
             "plan" => fanout::planning(s.plan_rows, &s.profile).await?,
+            "move" => moves::measure(&moves::sizes()?).await?,
             _ => cold::fresh_rows(
                 &cold::measure(&s.profile, s.cold_samples, &fleet::warm_up_slug()).await?,
             ),
@@ -93,6 +96,7 @@ async fn main() -> Result<()> {
         s.plan_rows
     ));
     table.extend(fanout::planning(s.plan_rows, &s.profile).await?);
+    table.extend(moves::measure(&moves::sizes()?).await?);
 
     println!();
     println!("{machine}");
