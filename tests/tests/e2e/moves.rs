@@ -291,6 +291,18 @@ async fn a_tenant_moves_by_copy_with_every_write_and_its_secret_following() {
     assert!(!login_on("primary").await, "the source's login is disabled");
     assert!(login_on("secondary").await);
     let source = connect_on("primary", &name).await;
+    // The copy rebuilt the indexes it dropped to load faster: the same ones on both sides.
+    let indexes = "SELECT string_agg(indexdef, '; ' ORDER BY indexname) FROM pg_indexes \
+                   WHERE schemaname = 'public'";
+    let on_source: String = source.query_one(indexes, &[]).await.unwrap().get(0);
+    let on_target: String = connect_on("secondary", &name)
+        .await
+        .query_one(indexes, &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(on_target, on_source);
+    assert!(on_source.contains("activity_log_actor_idx"), "{on_source}");
     let theirs = count(&source, "SELECT count(*) FROM activity_log").await;
     let ours = count(&target, "SELECT count(*) FROM activity_log").await;
     assert!(ours >= theirs, "{ours} against {theirs}");
