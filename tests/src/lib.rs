@@ -22,7 +22,8 @@
 //! - `servers`: `/api/servers/{name}` and `Restore`;
 //! - `runs`: migrate-all's runs and report (`wait_run_end`, `run_tenant`, `report_row`);
 //! - `cluster`: clusters of a test's own (`ThrowawayCluster`, `RegisteredCluster`);
-//! - `runtime`: a Lambda Runtime API of the test's own, to run (and kill) a function binary.
+//! - `runtime`: a Lambda Runtime API of the test's own, to run (and kill) a function binary;
+//! - `wait`: `eventually`, polling for what the stack does in the background.
 
 mod aws;
 mod cluster;
@@ -36,6 +37,7 @@ pub mod runtime;
 mod servers;
 mod squatters;
 mod tenants;
+mod wait;
 
 pub use aws::*;
 pub use cluster::*;
@@ -49,3 +51,4 @@ pub use serde_json::json;
 pub use servers::*;
 pub use squatters::*;
 pub use tenants::*;
+pub use wait::*;

@@ -140,15 +140,7 @@ pub async fn connect_as(
 /// in.
 pub async fn role_can_login(role: &str) -> Option<bool> {
     for server in SERVERS {
-        let found = admin_on(server)
-            .await
-            .query_opt(
-                "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",
-                &[&role],
-            )
-            .await
-            .expect("query pg_roles")
-            .map(|r| r.get(0));
+        let found = role_can_login_on(server, role).await;
         if found.is_some() {
             return found;
         }

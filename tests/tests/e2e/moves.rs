@@ -19,23 +19,6 @@ async fn post(path: &str, body: &Value) -> Reply {
     request(Method::POST, path, Some(body.to_string().into_bytes())).await
 }
 
-async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if f().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Waits until the move is over; its last body.
 async fn wait_move(id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(90);

@@ -185,7 +185,9 @@ async fn copy_all(src: &Client, dst: &mut Client, tables: &[Table]) -> Result<Co
         pin_mut!(sink);
         while let Some(chunk) = out.try_next().await? {
             copied.bytes += i64::try_from(chunk.len()).unwrap_or(i64::MAX);
-            sink.send(chunk).await?;
+            // Buffered, not flushed per row (the server sends a message per row): the sink
+            // writes out as its buffer fills, and `finish` flushes the rest.
+            sink.feed(chunk).await?;
         }
         copied.rows += i64::try_from(sink.as_mut().finish().await?).unwrap_or(i64::MAX);
         copied.tables += 1;

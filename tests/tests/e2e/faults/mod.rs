@@ -39,23 +39,6 @@ fn stack(args: &[&str]) {
 }
 
 /// Repeats `f` until it returns true or `within` has passed.
-async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if f().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// The invariants every fault must leave intact:
 /// - every `active` row has a valid database at the latest version, recorded in the row, and
 ///   that database is the one the registry made (its OID is the row's);
