@@ -18,8 +18,6 @@
 //! | `Rotations` | Count | `Step`, `Outcome` (`ok`, `failed`) | rotate-tenant-secret, per step |
 //! | `Moves`, `MoveWritesRefused` | Count, Milliseconds | `Outcome` (`done`, `cancelled`, `failed`) | migrate-tenant, per move it ends |
 
-use std::fmt::Write as _;
-
 /// A metric's unit, as CloudWatch spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
@@ -69,9 +67,7 @@ pub fn line(
         let value = if value.is_finite() { *value } else { 0.0 };
         doc.insert((*name).into(), serde_json::Value::from(value));
     }
-    let mut out = String::new();
-    let _ = write!(out, "{}", serde_json::Value::Object(doc));
-    out
+    serde_json::Value::Object(doc).to_string()
 }
 
 /// Writes one EMF line to stdout (the function's log).

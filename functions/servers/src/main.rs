@@ -11,7 +11,7 @@ async fn handler(db: &Database, req: Request) -> Result<Response<Body>, Error> {
     let inv = http_support::invocation(&req);
     let body = http_support::body_bytes(&req);
     let outcome = match (req.method(), http_support::server_param(&req)) {
-        (&Method::POST, Some(name)) if name.ends_with("/drain") || drain_route(&req) => {
+        (&Method::POST, Some(name)) if drain_route(&req) => {
             let name = name.trim_end_matches("/drain");
             api::drain_server(db, Some(name), &inv).await
         }
@@ -34,7 +34,8 @@ async fn handler(db: &Database, req: Request) -> Result<Response<Body>, Error> {
     Ok(http_support::respond(outcome, &request_id))
 }
 
-/// `POST /api/servers/{name}/drain` (the router gives the name alone).
+/// `POST /api/servers/{name}/drain` (the router gives the name alone; without the router, the
+/// name is followed by `/drain`, trimmed above).
 fn drain_route(req: &Request) -> bool {
     req.uri().path().trim_end_matches('/').ends_with("/drain")
 }

@@ -45,7 +45,7 @@ pub async fn list_moves<'a>(
         let list = retry_once(
             db,
             inv,
-            || moves::list_moves(db, q.limit, None),
+            || moves::list_moves(db, q.limit),
             |e| matches!(e, MoveError::Db(e) if e.is_unavailable()),
         )
         .await?;

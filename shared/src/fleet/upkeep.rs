@@ -228,7 +228,7 @@ async fn one(
         let fresh = row
             .map(|r| Entry::from_row(&r, &db.config().tenants.secret_prefix))
             .transpose()?;
-        let Some(entry) = fresh.filter(|e| !e.moving && task.due(e)) else {
+        let Some(entry) = fresh.filter(|e| !e.moving() && task.due(e)) else {
             return Ok(UpkeepAction::Skipped);
         };
         let entry = &entry;

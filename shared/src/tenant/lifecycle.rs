@@ -70,15 +70,11 @@ pub(crate) struct Entry {
     pub access: Access,
     pub database_oid: Option<i64>,
     pub purge_requested: bool,
-    /// A move of the tenant is running (`tenant::moves`): nothing else changes it meanwhile.
-    pub moving: bool,
 }
 
 impl Entry {
     pub(crate) const COLUMNS: &'static str =
-        "database_oid, role_name, secret_name, purge_requested_at IS NOT NULL AS purge_requested, \
-         EXISTS (SELECT 1 FROM moves WHERE moves.tenant_id = tenants.id \
-                 AND moves.state = 'running') AS moving";
+        "database_oid, role_name, secret_name, purge_requested_at IS NOT NULL AS purge_requested";
 
     pub(crate) fn from_row(row: &Row, secret_prefix: &str) -> Result<Entry, DbError> {
         Ok(Entry {
@@ -86,12 +82,16 @@ impl Entry {
             access: Access::from_row(row, secret_prefix)?,
             database_oid: row.try_get("database_oid")?,
             purge_requested: row.try_get("purge_requested")?,
-            moving: row.try_get("moving")?,
         })
     }
 }
 
 impl Entry {
+    /// A move of the tenant is running (`tenant::moves`): nothing else changes it meanwhile.
+    pub(crate) fn moving(&self) -> bool {
+        self.tenant.move_id.is_some()
+    }
+
     /// The server that holds the tenant's database.
     pub(crate) async fn server(&self, db: &Database, sys: &Conn) -> Result<Arc<Server>, DbError> {
         let name = self.tenant.server.as_deref().ok_or_else(|| {
@@ -145,7 +145,7 @@ async fn with_entry<T>(
         let entry = load(db, &sys, slug)
             .await?
             .ok_or_else(|| LifecycleError::NotFound(Some(slug.clone())))?;
-        if entry.moving {
+        if entry.moving() {
             return Err(LifecycleError::Conflict(
                 slug.clone(),
                 format!("Tenant '{slug}' is moving to another server; retry when the move ends"),

@@ -225,7 +225,7 @@ async fn tenant_on(db: &Database, sys: &Conn, arn: &str) -> Result<Entry, Rotati
             RotationError::Invalid("not a tenant secret of this product's registry".into())
         })?;
     let entry = Entry::from_row(&row, &db.config().tenants.secret_prefix)?;
-    if entry.moving {
+    if entry.moving() {
         // Its password goes to the target's login during the move: rotated after it (Secrets
         // Manager tries the rotation again).
         return Err(RotationError::Failed(format!(

@@ -17,7 +17,8 @@ use uuid::Uuid;
 
 use crate::{
     aws::secrets::{Deletion, NewSecret, SecretState, TenantCredentials},
-    database::{Admin, Database},
+    config::ConnOverrides,
+    database::{credentials::parse_secret, Admin, Database},
     pg::{Conn, DbError},
     tenant::access::login::{Login, RoleState},
 };
@@ -270,26 +271,18 @@ pub(crate) struct Current {
 
 /// Reads the tenant's secret as it is now.
 pub(crate) async fn current(db: &Database, arn: &str) -> Result<Current, AccessError> {
-    #[derive(serde::Deserialize)]
-    struct Fields {
-        password: String,
-        host: String,
-        port: u16,
-    }
     let text = db
         .secrets()
         .value(arn, None, "AWSCURRENT")
         .await?
         .ok_or(AccessError::Foreign("secret"))?;
-    let fields: Fields = serde_json::from_str(text.expose_secret()).map_err(|_| {
-        AccessError::Db(DbError::Other(anyhow::anyhow!(
-            "the tenant's secret does not hold a password, host and port"
-        )))
-    })?;
+    // The RDS format, read as a server's admin secret is (its errors never quote a value).
+    let params =
+        parse_secret(text.expose_secret(), &ConnOverrides::default()).map_err(DbError::from)?;
     Ok(Current {
-        password: SecretString::from(fields.password),
-        host: fields.host,
-        port: fields.port,
+        password: params.password,
+        host: params.host,
+        port: params.port,
     })
 }
 

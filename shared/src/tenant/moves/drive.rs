@@ -69,10 +69,15 @@ pub async fn advance_move(db: &Database, inv: &Invocation, queue_url: &str, id: 
         return send_again(queue_url, id, later()).await;
     };
     let delivered = run_steps(db, &sys, inv, queue_url, id).await;
+    release(held).await;
+    delivered
+}
+
+/// Gives back what [`hold`] took, the last taken first.
+async fn release(held: Vec<LockGuard<'_>>) {
     for guard in held.into_iter().rev() {
         guard.release().await;
     }
-    delivered
 }
 
 /// The tenant's lock and a slot of each server's budget, or `None` (and nothing held) when
@@ -93,9 +98,7 @@ async fn hold<'c>(sys: &'c Conn, mv: &Move) -> Option<Vec<LockGuard<'c>>> {
     .await;
     if taken.is_none() {
         info!(move_id = %mv.id, "the tenant or a server's budget is busy; the move waits");
-        for guard in held.into_iter().rev() {
-            guard.release().await;
-        }
+        release(held).await;
         return None;
     }
     Some(held)

@@ -250,14 +250,11 @@ pub(crate) async fn end(
     Ok(())
 }
 
-/// The newest moves first, at most `limit`, of one tenant if `slug` is given.
-pub(crate) async fn list(sys: &Conn, limit: i64, slug: Option<&str>) -> Result<Vec<Move>, DbError> {
+/// The newest moves first, at most `limit`.
+pub(crate) async fn list(sys: &Conn, limit: i64) -> Result<Vec<Move>, DbError> {
     sys.query(
-        &format!(
-            "SELECT {MOVE_COLUMNS} FROM moves WHERE $2::text IS NULL OR slug = $2 \
-             ORDER BY created_at DESC, id DESC LIMIT $1"
-        ),
-        &[&limit, &slug],
+        &format!("SELECT {MOVE_COLUMNS} FROM moves ORDER BY created_at DESC, id DESC LIMIT $1"),
+        &[&limit],
     )
     .await?
     .iter()

@@ -51,6 +51,12 @@ pub enum MoveError {
     Db(#[from] DbError),
 }
 
+impl From<tokio_postgres::Error> for MoveError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        MoveError::Db(e.into())
+    }
+}
+
 /// Starts a move: checks the tenant and the target, records the move (its target OID chosen
 /// before anything exists) and sends its first message. Nothing is changed on any server
 /// here; the steps run in `migrate-tenant`.
@@ -113,11 +119,8 @@ async fn record_move(
         )
         .await?
         .ok_or_else(|| MoveError::TenantNotFound(Some(slug.clone())))?;
-    let status: String = row.try_get("status").map_err(DbError::from)?;
-    if let Some(id) = row
-        .try_get::<_, Option<Uuid>>("moving")
-        .map_err(DbError::from)?
-    {
+    let status: String = row.try_get("status")?;
+    if let Some(id) = row.try_get::<_, Option<Uuid>>("moving")? {
         return Err(MoveError::Conflict(format!(
             "Tenant '{slug}' is already moving (move {id})"
         )));
@@ -127,8 +130,8 @@ async fn record_move(
             "Tenant '{slug}' is {status}; only an active tenant can move"
         )));
     }
-    let from: Option<String> = row.try_get("server").map_err(DbError::from)?;
-    let source_oid: Option<i64> = row.try_get("database_oid").map_err(DbError::from)?;
+    let from: Option<String> = row.try_get("server")?;
+    let source_oid: Option<i64> = row.try_get("database_oid")?;
     let (Some(from), Some(source_oid)) = (from, source_oid) else {
         return Err(MoveError::Conflict(format!(
             "Tenant '{slug}' has no server or no recorded database to move"
@@ -151,9 +154,9 @@ async fn record_move(
         )
         .await?
         .ok_or_else(|| MoveError::BadTarget(format!("Server '{to}' not found")))?;
-    let state: String = target.try_get("state").map_err(DbError::from)?;
-    let max: i32 = target.try_get("max_tenants").map_err(DbError::from)?;
-    let holds: i64 = target.try_get("holds").map_err(DbError::from)?;
+    let state: String = target.try_get("state")?;
+    let max: i32 = target.try_get("max_tenants")?;
+    let holds: i64 = target.try_get("holds")?;
     if state != "open" {
         return Err(MoveError::BadTarget(format!(
             "Server '{to}' is {state}; a tenant moves only to an open server"
@@ -184,12 +187,11 @@ async fn record_move(
             ),
             &[
                 &Uuid::new_v4(),
-                &row.try_get::<_, Uuid>("id").map_err(DbError::from)?,
+                &row.try_get::<_, Uuid>("id")?,
                 &slug.as_str(),
                 &from,
                 &to,
-                &row.try_get::<_, String>("database_name")
-                    .map_err(DbError::from)?,
+                &row.try_get::<_, String>("database_name")?,
                 &source_oid,
                 &ownership::new_oid(),
                 &(LEASE_SECS as f64),
@@ -245,12 +247,8 @@ pub async fn get_move(db: &Database, id: Uuid) -> Result<Move, MoveError> {
     record::load(&sys, id).await?.ok_or(MoveError::NotFound)
 }
 
-/// The newest moves (of one tenant, with `slug`), at most `limit`.
-pub async fn list_moves(
-    db: &Database,
-    limit: i64,
-    slug: Option<&Slug>,
-) -> Result<Vec<Move>, MoveError> {
+/// The newest moves, at most `limit`.
+pub async fn list_moves(db: &Database, limit: i64) -> Result<Vec<Move>, MoveError> {
     let sys = db.system().await?;
-    Ok(record::list(&sys, limit, slug.map(Slug::as_str)).await?)
+    Ok(record::list(&sys, limit).await?)
 }

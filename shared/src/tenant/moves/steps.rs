@@ -291,7 +291,7 @@ async fn open_target(ctx: &Ctx<'_>) -> Result<(), StepError> {
 /// move is at `finish` and its source kept until the retention ends.
 async fn switch(ctx: &Ctx<'_>) -> Result<(), StepError> {
     let mv = ctx.mv;
-    let days = f64::from(ctx.db.config().tenants.move_retention_days);
+    let days = ctx.db.config().tenants.move_retention_days;
     let tx = ctx.sys.begin().await?;
     let switched = tx
         .execute(
@@ -308,7 +308,7 @@ async fn switch(ctx: &Ctx<'_>) -> Result<(), StepError> {
         "UPDATE moves SET step = 'finish', updated_at = now(), \
            source_drop_after = now() + make_interval(days => $2::int) \
          WHERE id = $1 AND step = 'switch' AND state = 'running'",
-        &[&mv.id, &(days as i32)],
+        &[&mv.id, &days],
     )
     .await?;
     tx.commit().await?;
