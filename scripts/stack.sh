@@ -44,7 +44,8 @@ PG_PASSWORD=postgres
 SECRET_ID=dbtools/admin
 SYSTEM_DB_NAME=${SYSTEM_DB_NAME:-dbtools}
 # The secondary server is administered as on RDS: by a role with CREATEDB and CREATEROLE that
-# is a member of pg_signal_backend, not by a superuser (the tests use the superuser to look).
+# is a member of pg_signal_backend and may replicate (RDS: rds_replication), not by a
+# superuser (the tests use the superuser to look).
 PG2_ADMIN=dbtools_admin
 PG2_ADMIN_PASSWORD=secondary-admin
 PG2_SECRET_ID=dbtools/servers/secondary
@@ -131,8 +132,10 @@ prepare_pg_dir() {
 
 # log_statement=ddl: every CREATE/ALTER ROLE the product sends is in server.log, where the
 # tests look for passwords (there must be none: the product sends SCRAM verifiers).
+# wal_level=logical and the slots and workers of a few logical replications at once: online
+# moves (secondary -> primary locally; docs/operations.md#moving-tenants). Needs a restart.
 pg_server_opts() {
-  echo "-p $(pg_port "$1") -c listen_addresses=127.0.0.1 -k $(pg_dir "$1")/run -c max_connections=300 -c shared_buffers=256MB -c client_connection_check_interval=1000 -c log_statement=ddl"
+  echo "-p $(pg_port "$1") -c listen_addresses=127.0.0.1 -k $(pg_dir "$1")/run -c max_connections=300 -c shared_buffers=256MB -c client_connection_check_interval=1000 -c log_statement=ddl -c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20 -c max_logical_replication_workers=8 -c max_worker_processes=16"
 }
 
 pg_isready_local() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$(pg_port "${1:-pg}")" 2>/dev/null; }
@@ -178,7 +181,7 @@ DO \$\$ BEGIN
     CREATE ROLE $PG2_ADMIN;
   END IF;
 END \$\$;
-ALTER ROLE $PG2_ADMIN LOGIN CREATEDB CREATEROLE PASSWORD '$PG2_ADMIN_PASSWORD';
+ALTER ROLE $PG2_ADMIN LOGIN CREATEDB CREATEROLE REPLICATION PASSWORD '$PG2_ADMIN_PASSWORD';
 GRANT pg_signal_backend TO $PG2_ADMIN;
 SQL
 }
