@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tokio_postgres::{error::SqlState, Row};
 use tracing::warn;
@@ -167,6 +168,23 @@ impl Server {
     pub(crate) async fn endpoint(&self) -> Result<(String, u16), DbError> {
         let params = self.params().await?;
         Ok((params.host.clone(), params.port))
+    }
+
+    /// A libpq connection string to `dbname` on this server as its admin, for another server
+    /// to connect with (an online move's subscription): it holds the admin's password.
+    /// `tls`: `sslmode=require` (the other server has no CA of ours to verify against).
+    pub(crate) async fn conninfo(&self, dbname: &str, tls: bool) -> Result<SecretString, DbError> {
+        let params = self.params().await?;
+        let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+        Ok(SecretString::from(format!(
+            "host={} port={} dbname={} user={} password={} sslmode={} connect_timeout=10",
+            quote(&params.host),
+            params.port,
+            quote(dbname),
+            quote(&params.user),
+            quote(params.password.expose_secret()),
+            if tls { "require" } else { "disable" },
+        )))
     }
 
     /// True while this sandbox remembers the server as unreachable.

@@ -250,23 +250,32 @@ pub(crate) async fn set_login(conn: &Conn, role: &str, can_login: bool) -> Resul
         .await
 }
 
-/// Ends every session of a login (on this server) and waits, at most a query timeout, until
-/// they are gone (a terminated backend still holds its temporary objects while it exits).
-/// Returns how many there were.
+/// Ends every session of a login (on this server) and waits, at most [`SESSION_EXIT_WAIT`],
+/// until they are gone (an exiting backend still holds its temporary objects, and a move's
+/// fence reads the WAL position after this). Polls every 5 ms: `pg_terminate_backend`'s own
+/// wait sleeps 100 ms at a time, which a move's fence would feel. Returns how many there were.
 pub(crate) async fn end_sessions(conn: &Conn, role: &str) -> Result<i64, DbError> {
     let row = conn
-        .long()
         .query_one(
-            "SELECT count(pg_terminate_backend(pid, $2)) AS ended FROM pg_stat_activity \
+            "SELECT count(pg_terminate_backend(pid)) AS ended FROM pg_stat_activity \
              WHERE usename = $1",
-            &[&role, &SESSION_EXIT_WAIT_MS],
+            &[&role],
         )
         .await?;
-    Ok(row.try_get("ended")?)
+    let ended: i64 = row.try_get("ended")?;
+    let until = std::time::Instant::now() + SESSION_EXIT_WAIT;
+    let left = "SELECT count(*) FROM pg_stat_activity WHERE usename = $1";
+    while ended > 0 && std::time::Instant::now() < until {
+        if conn.query_one(left, &[&role]).await?.try_get::<_, i64>(0)? == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    Ok(ended)
 }
 
-/// How long [`end_sessions`] waits for each backend to exit.
-const SESSION_EXIT_WAIT_MS: i64 = 1000;
+/// How long [`end_sessions`] waits for the backends to exit.
+const SESSION_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Drops a login of ours (ending its sessions first), and whatever it owns or was granted in
 /// any database of the server: what a login made where every login may connect (a large

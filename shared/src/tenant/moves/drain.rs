@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::start::{start_move, MoveError, MoveMode, MoveRequest};
+use super::{
+    record::MoveMode,
+    start::{start_move, MoveError, MoveRequest},
+};
 use crate::{
     database::Database,
     domain::{ServerName, Slug},

@@ -10,8 +10,9 @@ use tracing::{error, info, warn};
 use uuid::Uuid;
 
 use super::{
-    record::{self, Move, MoveState, Step},
-    steps::{self, Ctx, StepError},
+    context::{Ctx, StepError},
+    record::{self, Move, MoveState, Step, LEASE_SECS},
+    steps,
 };
 use crate::{
     aws::queue,
@@ -66,7 +67,7 @@ pub async fn advance_move(db: &Database, inv: &Invocation, queue_url: &str, id: 
         }
     };
     let Some(held) = hold(&sys, &mv).await else {
-        return send_again(queue_url, id, later()).await;
+        return send_again(&sys, queue_url, id, later()).await;
     };
     let delivered = run_steps(db, &sys, inv, queue_url, id).await;
     release(held).await;
@@ -123,7 +124,20 @@ async fn take_slot<'c>(sys: &'c Conn, server: &str) -> Option<LockGuard<'c>> {
     None
 }
 
-async fn send_again(queue_url: &str, id: Uuid, delay: Duration) -> Delivered {
+/// Sends the move's message again, `delay` from now, and moves its lease past that: the
+/// upkeep takes a move whose lease passed for one whose message was lost.
+async fn send_again(sys: &Conn, queue_url: &str, id: Uuid, delay: Duration) -> Delivered {
+    let lease = LEASE_SECS as f64 + delay.as_secs_f64();
+    if let Err(e) = sys
+        .execute(
+            "UPDATE moves SET lease_expires_at = now() + make_interval(secs => $2) \
+             WHERE id = $1 AND state = 'running'",
+            &[&id, &lease],
+        )
+        .await
+    {
+        warn!(move_id = %id, error = %e, "could not extend the move's lease");
+    }
     match queue::send_move(queue_url, id, delay).await {
         Ok(()) => Delivered::Done,
         Err(e) => {
@@ -147,22 +161,25 @@ async fn run_steps(
             Err(_) => return Delivered::Retry,
         };
         if inv.time_left() < MIN_STEP_TIME {
-            return send_again(queue_url, id, Duration::ZERO).await;
+            return send_again(sys, queue_url, id, Duration::ZERO).await;
         }
         let ctx = match context(db, sys, &mv, inv.deadline).await {
             Ok(ctx) => ctx,
             Err(e) => {
                 warn!(move_id = %id, error = %e, "could not read the move's tenant or servers; later");
-                return send_again(queue_url, id, later()).await;
+                return send_again(sys, queue_url, id, later()).await;
             }
         };
         let step = mv.step;
         let undoing = mv.cancel_requested && !step.switched();
+        let began = Instant::now();
         let result = if undoing {
             steps::undo(&ctx).await
         } else {
             steps::run(&ctx, step).await
         };
+        info!(move_id = %id, step = step.as_str(), undoing, ok = result.is_ok(),
+            step_ms = crate::invocation::millis(began.elapsed()), "move step ran");
         let recorded = match (result, undoing) {
             (Ok(()), true) => {
                 let state = if mv.error.is_some() {
@@ -180,11 +197,15 @@ async fn run_steps(
                     info!(move_id = %id, to = %mv.to, "tenant moved");
                     record::end(sys, id, MoveState::Done, None).await
                 }
-                _ => match step.next() {
+                _ => match step.next(mv.mode) {
                     Some(next) => record::advance(sys, id, step, next).await.map(|_| ()),
                     None => Ok(()),
                 },
             },
+            (Err(StepError::Retry(_)), false) if cancelled_meanwhile(sys, id).await => {
+                // The undo runs now, in this delivery.
+                continue;
+            }
             (Err(StepError::Retry(e)), _) => {
                 let stale = chrono::Utc::now() - mv.updated_at > PATIENCE;
                 if stale && !step.switched() && !undoing {
@@ -196,7 +217,7 @@ async fn run_steps(
                     .await
                 } else {
                     warn!(move_id = %id, step = step.as_str(), error = %error_chain(&e), "a move step must wait; later");
-                    return send_again(queue_url, id, later()).await;
+                    return send_again(sys, queue_url, id, later()).await;
                 }
             }
             (Err(StepError::Fail(reason)), false) if !step.switched() => {
@@ -206,7 +227,7 @@ async fn run_steps(
             (Err(StepError::Fail(reason)), _) => {
                 error!(move_id = %id, step = step.as_str(), %reason,
                     "a move step cannot finish; it is tried again later");
-                return send_again(queue_url, id, Duration::from_secs(60)).await;
+                return send_again(sys, queue_url, id, Duration::from_secs(60)).await;
             }
         };
         if let Err(e) = recorded {
@@ -214,6 +235,11 @@ async fn run_steps(
             return Delivered::Retry;
         }
     }
+}
+
+/// True when a cancel came while the step ran (a long wait stops for it).
+async fn cancelled_meanwhile(sys: &Conn, id: Uuid) -> bool {
+    matches!(record::load(sys, id).await, Ok(Some(mv)) if mv.cancel_requested && !mv.step.switched())
 }
 
 /// Marks the move to be undone, with the reason it failed.

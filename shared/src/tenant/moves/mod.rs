@@ -37,16 +37,19 @@
 //! for a rotation Secrets Manager retries). A migrate-all run that migrates the source
 //! between `prepare` and `copy` fails the move (its schema changed); it can be started again.
 
+pub(crate) mod context;
 pub(crate) mod copy;
 pub mod drain;
 pub mod drive;
+pub(crate) mod online;
 pub mod record;
+pub(crate) mod replication;
 pub mod start;
 pub(crate) mod steps;
 pub mod upkeep;
 
 pub use drain::{drain_server, Drain};
 pub use drive::{advance_move, Delivered};
-pub use record::{Move, MoveState, Step};
-pub use start::{cancel_move, get_move, list_moves, start_move, MoveError, MoveMode, MoveRequest};
+pub use record::{Move, MoveMode, MoveState, Step};
+pub use start::{cancel_move, get_move, list_moves, start_move, MoveError, MoveRequest};
 pub use upkeep::{upkeep, MoveUpkeep};

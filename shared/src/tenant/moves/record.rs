@@ -14,9 +14,34 @@ use crate::{
 /// sends it again.
 pub(crate) const LEASE_SECS: i64 = 120;
 
-/// The steps of a copy-mode move, in order. Before [`Step::Switch`] the source is the
-/// tenant's copy and a failure or a cancel undoes the move; from it on the move only goes
-/// forward.
+/// How a tenant moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveMode {
+    /// Writes refused while every table is copied.
+    Copy,
+    /// Logical replication from the source; writes refused only at the cut-over.
+    Online,
+}
+
+impl MoveMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MoveMode::Copy => "copy",
+            MoveMode::Online => "online",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MoveMode> {
+        [MoveMode::Copy, MoveMode::Online]
+            .into_iter()
+            .find(|mode| mode.as_str() == s)
+    }
+}
+
+/// The steps of a move, in order; each mode takes some of them ([`Step::in_mode`]). Before
+/// [`Step::Switch`] the source is the tenant's copy and a failure or a cancel undoes the move;
+/// from it on the move only goes forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
@@ -24,16 +49,22 @@ pub enum Step {
     Prepare,
     /// The target database, closed to every login, from the target's template.
     TargetDb,
+    /// The tenant's login on the target (its password from the secret), refusing logins.
+    OpenTarget,
+    /// Online: a publication on the source, a subscription on the target.
+    Replicate,
+    /// Online: the subscription's initial copy done and its lag small.
+    Sync,
     /// The tenant's login refused and its sessions ended on the source: writes stop here.
     Fence,
-    /// Every table copied (`COPY … TO STDOUT` into `COPY … FROM STDIN`), one transaction.
+    /// Online: the target applied the source's last write; the subscription ended.
+    CatchUp,
+    /// Copy: every table copied (`COPY … TO STDOUT` into `COPY … FROM STDIN`), one transaction.
     Copy,
     /// Sequence values from the source.
     Sequences,
     /// Row counts and checksums compared, table by table.
     Verify,
-    /// The tenant's login on the target (its password from the secret), refusing logins.
-    OpenTarget,
     /// One registry transaction names the target.
     Switch,
     /// The target's login opened, the secret's host and port: writes resume here.
@@ -41,14 +72,17 @@ pub enum Step {
 }
 
 impl Step {
-    pub const ALL: [Step; 9] = [
+    pub const ALL: [Step; 12] = [
         Step::Prepare,
         Step::TargetDb,
+        Step::OpenTarget,
+        Step::Replicate,
+        Step::Sync,
         Step::Fence,
+        Step::CatchUp,
         Step::Copy,
         Step::Sequences,
         Step::Verify,
-        Step::OpenTarget,
         Step::Switch,
         Step::Finish,
     ];
@@ -57,11 +91,14 @@ impl Step {
         match self {
             Step::Prepare => "prepare",
             Step::TargetDb => "target_db",
+            Step::OpenTarget => "open_target",
+            Step::Replicate => "replicate",
+            Step::Sync => "sync",
             Step::Fence => "fence",
+            Step::CatchUp => "catch_up",
             Step::Copy => "copy",
             Step::Sequences => "sequences",
             Step::Verify => "verify",
-            Step::OpenTarget => "open_target",
             Step::Switch => "switch",
             Step::Finish => "finish",
         }
@@ -71,9 +108,20 @@ impl Step {
         Step::ALL.into_iter().find(|step| step.as_str() == s)
     }
 
-    /// The step after this one (`None` after the last).
-    pub fn next(self) -> Option<Step> {
-        Step::ALL.into_iter().find(|step| *step > self)
+    /// True for the steps a move of this mode takes.
+    pub fn in_mode(self, mode: MoveMode) -> bool {
+        match self {
+            Step::Replicate | Step::Sync | Step::CatchUp => mode == MoveMode::Online,
+            Step::Copy => mode == MoveMode::Copy,
+            _ => true,
+        }
+    }
+
+    /// The step after this one in a move of `mode` (`None` after the last).
+    pub fn next(self, mode: MoveMode) -> Option<Step> {
+        Step::ALL
+            .into_iter()
+            .find(|step| *step > self && step.in_mode(mode))
     }
 
     /// True once the registry names the target: the move only goes forward.
@@ -122,7 +170,7 @@ pub struct Move {
     pub slug: String,
     pub from: String,
     pub to: String,
-    pub mode: String,
+    pub mode: MoveMode,
     pub step: Step,
     pub state: MoveState,
     pub cancel_requested: bool,
@@ -159,13 +207,15 @@ impl Move {
     pub(crate) fn from_row(row: &Row) -> Result<Move, DbError> {
         let step: String = row.try_get("step")?;
         let state: String = row.try_get("state")?;
+        let mode: String = row.try_get("mode")?;
         Ok(Move {
             id: row.try_get("id")?,
             tenant_id: row.try_get("tenant_id")?,
             slug: row.try_get("slug")?,
             from: row.try_get("from_server")?,
             to: row.try_get("to_server")?,
-            mode: row.try_get("mode")?,
+            mode: MoveMode::parse(&mode)
+                .ok_or_else(|| anyhow::anyhow!("registry holds an unknown move mode {mode:?}"))?,
             step: Step::parse(&step)
                 .ok_or_else(|| anyhow::anyhow!("registry holds an unknown move step {step:?}"))?,
             state: MoveState::parse(&state)
@@ -268,14 +318,34 @@ mod tests {
 
     #[test]
     fn steps_go_in_order_and_switch_once() {
-        let mut step = Step::Prepare;
-        let mut seen = vec![step];
-        while let Some(next) = step.next() {
-            assert!(next > step);
-            step = next;
-            seen.push(step);
+        let walk = |mode| {
+            let mut step = Step::Prepare;
+            let mut seen = vec![step];
+            while let Some(next) = step.next(mode) {
+                assert!(next > step);
+                step = next;
+                seen.push(step);
+            }
+            seen
+        };
+        let copy = walk(MoveMode::Copy);
+        let online = walk(MoveMode::Online);
+        assert!(copy.contains(&Step::Copy) && !copy.contains(&Step::Replicate));
+        assert!(!online.contains(&Step::Copy));
+        assert!(online.contains(&Step::Sync) && online.contains(&Step::CatchUp));
+        for seen in [&copy, &online] {
+            let fence = seen.iter().position(|s| *s == Step::Fence).unwrap();
+            // The login on the target exists (refusing sessions) before the fence, so that
+            // the fence holds only what must be done without writes.
+            assert!(seen[..fence].contains(&Step::OpenTarget));
+            assert_eq!(seen.last(), Some(&Step::Finish));
         }
-        assert_eq!(seen, Step::ALL);
+        let mut both: Vec<Step> = copy.iter().chain(&online).copied().collect();
+        both.sort();
+        both.dedup();
+        assert_eq!(both, Step::ALL);
+        assert_eq!(MoveMode::parse("online"), Some(MoveMode::Online));
+        assert_eq!(MoveMode::parse("fast"), None);
         for step in Step::ALL {
             assert_eq!(Step::parse(step.as_str()), Some(step));
             assert_eq!(step.switched(), step == Step::Finish);

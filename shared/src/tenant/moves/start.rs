@@ -3,7 +3,10 @@
 
 use uuid::Uuid;
 
-use super::record::{self, Move, MoveState, LEASE_SECS, MOVE_COLUMNS};
+use super::{
+    record::{self, Move, MoveMode, MoveState, LEASE_SECS, MOVE_COLUMNS},
+    replication,
+};
 use crate::{
     aws::queue,
     database::Database,
@@ -13,15 +16,6 @@ use crate::{
         ownership, DbError,
     },
 };
-
-/// How a tenant moves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MoveMode {
-    /// Writes refused while every table is copied (the only mode built so far).
-    Copy,
-    /// Logical replication, writes refused only at the cut-over (not built yet).
-    Online,
-}
 
 /// What a client asks: the server to move to, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,13 +55,6 @@ impl From<tokio_postgres::Error> for MoveError {
 /// before anything exists) and sends its first message. Nothing is changed on any server
 /// here; the steps run in `migrate-tenant`.
 pub async fn start_move(db: &Database, slug: &Slug, req: &MoveRequest) -> Result<Move, MoveError> {
-    if req.mode == MoveMode::Online {
-        return Err(MoveError::BadTarget(
-            "mode \"online\" is not available yet; use \"copy\" (writes are refused while the \
-             tenant's tables are copied)"
-                .into(),
-        ));
-    }
     let url = db.config().migrate_queue_url.clone().ok_or_else(|| {
         MoveError::Unavailable("moves need the migrate queue (MIGRATE_QUEUE_URL)".into())
     })?;
@@ -169,19 +156,24 @@ async fn record_move(
     }
     // Reachable now, or the move would only wait: a 503 to retry.
     let server = db.server(sys, to).await?;
-    if let Err(e) = server.admin().await {
-        return Err(if e.is_transient() {
-            MoveError::Unavailable(format!("Server '{to}' cannot be reached; retry later"))
-        } else {
-            e.into()
-        });
+    server.admin().await.map_err(unreachable(to))?;
+    if req.mode == MoveMode::Online {
+        let source = db.server(sys, &from).await?;
+        if let Some(why) = replication::unable(&source, &server)
+            .await
+            .map_err(unreachable(&from))?
+        {
+            return Err(MoveError::BadTarget(format!(
+                "Tenant '{slug}' cannot move online: {why}"
+            )));
+        }
     }
     let inserted = sys
         .query_one(
             &format!(
                 "INSERT INTO moves (id, tenant_id, slug, from_server, to_server, mode, step, \
                    state, database_name, source_oid, target_oid, lease_expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, 'copy', 'prepare', 'running', $6, $7, $8, \
+                 VALUES ($1, $2, $3, $4, $5, $10, 'prepare', 'running', $6, $7, $8, \
                    now() + make_interval(secs => $9)) \
                  RETURNING {MOVE_COLUMNS}"
             ),
@@ -195,6 +187,7 @@ async fn record_move(
                 &source_oid,
                 &ownership::new_oid(),
                 &(LEASE_SECS as f64),
+                &req.mode.as_str(),
             ],
         )
         .await;
@@ -204,6 +197,17 @@ async fn record_move(
             MoveError::Conflict(format!("Tenant '{slug}' is already moving")),
         ),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// A server that cannot be reached now is a 503 to retry (the move would only wait).
+fn unreachable(server: &str) -> impl Fn(DbError) -> MoveError + '_ {
+    move |e| {
+        if e.is_transient() {
+            MoveError::Unavailable(format!("Server '{server}' cannot be reached; retry later"))
+        } else {
+            e.into()
+        }
     }
 }
 

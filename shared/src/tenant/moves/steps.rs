@@ -1,92 +1,42 @@
-//! The steps of a copy-mode move, each repeatable (a step that died is run again whole) and
+//! The steps of a move (an online move's replication in `online`), each repeatable (a step that died is run again whole) and
 //! run under the tenant's lock, and the undo of a move that fails or is cancelled before its
 //! switch. The decision table is in the module documentation (`tenant::moves`).
 
-use std::{sync::Arc, time::Instant};
+use std::time::Instant;
 
 use tracing::{info, warn};
 
 use super::{
-    copy,
-    record::{Move, Step},
+    context::{fail, Ctx, StepError},
+    copy, online,
+    record::{MoveMode, Step},
+    replication,
 };
 use crate::{
-    database::{Database, Server},
     domain::TenantStatus,
     pg::{
-        error_chain,
         ownership::{self, DropOutcome},
         Conn, DbError,
     },
     tenant::{
-        access::{self, login, Access, AccessError},
+        access::{self, login},
         template,
     },
 };
-
-/// Why a step did not finish.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum StepError {
-    /// A server, Secrets Manager or the time was away: the step runs again later.
-    #[error("{0}")]
-    Retry(DbError),
-    /// The move cannot go on: before the switch it is undone. The message is for the
-    /// client (no host, no SQL).
-    #[error("{0}")]
-    Fail(String),
-}
-
-impl From<DbError> for StepError {
-    fn from(e: DbError) -> Self {
-        if e.is_transient() {
-            StepError::Retry(e)
-        } else {
-            warn!(error = %error_chain(&e), "a move step failed on PostgreSQL");
-            StepError::Fail("PostgreSQL refused a step of the move (the log has the cause)".into())
-        }
-    }
-}
-
-impl From<AccessError> for StepError {
-    fn from(e: AccessError) -> Self {
-        match e {
-            AccessError::Db(e) => e.into(),
-            AccessError::Foreign(what) => StepError::Fail(format!(
-                "a {what} of this tenant's name exists on the target that this registry did \
-                 not make"
-            )),
-        }
-    }
-}
-
-fn fail<T>(message: impl Into<String>) -> Result<T, StepError> {
-    Err(StepError::Fail(message.into()))
-}
-
-/// What every step reads: the move, the tenant's access, both servers, the time left.
-pub(crate) struct Ctx<'a> {
-    pub db: &'a Database,
-    pub sys: &'a Conn,
-    pub mv: &'a Move,
-    pub access: Access,
-    pub secret_arn: Option<String>,
-    pub status: TenantStatus,
-    pub server: Option<String>,
-    pub source: Arc<Server>,
-    pub target: Arc<Server>,
-    pub until: Instant,
-}
 
 /// Runs one step; `Ok` when it is done (the caller records the next).
 pub(crate) async fn run(ctx: &Ctx<'_>, step: Step) -> Result<(), StepError> {
     match step {
         Step::Prepare => prepare(ctx).await,
         Step::TargetDb => target_db(ctx).await,
+        Step::OpenTarget => open_target(ctx).await,
+        Step::Replicate => online::replicate(ctx).await,
+        Step::Sync => online::sync(ctx).await,
         Step::Fence => fence(ctx).await,
+        Step::CatchUp => online::catch_up(ctx).await,
         Step::Copy => copy(ctx).await,
         Step::Sequences => sequences(ctx).await,
         Step::Verify => verify(ctx).await,
-        Step::OpenTarget => open_target(ctx).await,
         Step::Switch => switch(ctx).await,
         Step::Finish => finish(ctx).await,
     }
@@ -112,6 +62,11 @@ async fn prepare(ctx: &Ctx<'_>) -> Result<(), StepError> {
             "server '{}' is no longer open to new tenants",
             mv.to
         ));
+    }
+    if mv.mode == MoveMode::Online {
+        if let Some(why) = replication::unable(&ctx.source, &ctx.target).await? {
+            return fail(why);
+        }
     }
     {
         let admin = ctx.source.admin().await?;
@@ -258,10 +213,7 @@ async fn verify(ctx: &Ctx<'_>) -> Result<(), StepError> {
     let (source, target) = connect_both(ctx).await?;
     let tables = copy::tables(&target).await?;
     for table in &tables {
-        let (theirs, ours) = tokio::try_join!(
-            copy::checksum(&source, table),
-            copy::checksum(&target, table)
-        )?;
+        let [theirs, ours] = copy::checksums(&source, &target, table).await?;
         if theirs != ours {
             warn!(move_id = %ctx.mv.id, table = %table.name, source_rows = theirs.0,
                 target_rows = ours.0, "the copy differs from the source");
@@ -329,18 +281,23 @@ async fn finish(ctx: &Ctx<'_>) -> Result<(), StepError> {
     Ok(())
 }
 
-/// Undoes a move before its switch: the target's login and database dropped (ours by the
-/// tenant's mark and the recorded OID), the source's login opened again.
+/// Undoes a move before its switch: an online move's replication ended, the target's database
+/// and login dropped (ours by the recorded OID and the tenant's mark), the source's login
+/// opened again.
 pub(crate) async fn undo(ctx: &Ctx<'_>) -> Result<(), StepError> {
     let mv = ctx.mv;
+    if mv.mode == MoveMode::Online && mv.step > Step::OpenTarget {
+        online::undo(ctx).await?;
+    }
     {
         let admin = ctx.target.admin().await?;
-        login::drop_if_ours(&admin, &ctx.access.role, ctx.access.tenant_id).await?;
+        // The database first: the login's `CONNECT` on it would keep the login from going.
         if ownership::drop_if_ours(&admin, &mv.database_name, Some(mv.target_oid)).await?
             == DropOutcome::NotOurs
         {
             warn!(move_id = %mv.id, "a database of the tenant's name on the target is not the move's; left alone");
         }
+        login::drop_if_ours(&admin, &ctx.access.role, ctx.access.tenant_id).await?;
     }
     if mv.step > Step::Fence || mv.fence_started_at.is_some() {
         let admin = ctx.source.admin().await?;
