@@ -33,14 +33,17 @@ reset:
 
 # The fault tests stop PostgreSQL, rotate its password and kill functions: they run alone.
 FAULTS := test(/^e2e::faults::/)
+# Run one at a time, after the rest: the fault tests (they kill the stack's workers) and the
+# million-row moves (their promise, a fence under a second, needs the machine to itself).
+SERIAL := $(FAULTS) | test(/_million_rows_/)
 
 ## test: formatting, lints, template lint, migration lint (squawk), unit tests, the PostgreSQL
 ## and end-to-end tests on the local stack, a bounded schemathesis run (no 5xx allowed), then
-## the fault tests one at a time
+## the fault tests and the million-row moves one at a time
 test: check lint lint-migrations nextest $(FUZZ_VENV)/.installed-$(SCHEMATHESIS_VERSION)
-	scripts/stack.sh run -- bash -c "cargo nextest run --workspace --no-fail-fast -E 'not $(FAULTS)' \
+	scripts/stack.sh run -- bash -c "cargo nextest run --workspace --no-fail-fast -E 'not ($(SERIAL))' \
 		&& scripts/fuzz.sh $(TEST_FUZZ_EXAMPLES) 1 \
-		&& cargo nextest run --workspace --no-fail-fast -j 1 -E '$(FAULTS)'"
+		&& cargo nextest run --workspace --no-fail-fast -j 1 -E '$(SERIAL)'"
 
 ## test-faults: only the fault tests (on the local stack)
 test-faults: nextest

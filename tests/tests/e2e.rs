@@ -15,6 +15,7 @@ mod e2e {
     mod metrics;
     mod migrate_all;
     mod moves;
+    mod moves_online;
     mod provisioning_faults;
     mod queue;
     mod routes;

@@ -1,24 +1,25 @@
 //! A move's worker (migrate-tenant) SIGKILLed at its steps: in the fence, in the copy (the
-//! tenant's writes refused), and in the switch's registry transaction. At each, the tenant's
+//! tenant's writes refused), in the switch's registry transaction, and, for an online move
+//! (`secondary` → `primary`), while it sets up the replication. At each, the tenant's
 //! login reaches no copy it should not, and the move's message, delivered again, finishes
 //! the move with every row on the target. A move found at its last step (as a worker killed
 //! after the switch leaves it) goes forward only.
 
 use super::*;
 
-/// A running move of `slug` to `secondary`, recorded as `POST /api/tenants/{slug}/move` would
-/// (no message sent: the test hands it to a worker it can kill).
-async fn record_move(slug: &str) -> String {
+/// A running move of `slug` to `to`, recorded as `POST /api/tenants/{slug}/move` would (no
+/// message sent: the test hands it to a worker it can kill).
+async fn record_move(slug: &str, to: &str, mode: &str) -> String {
     let row = registry()
         .await
         .query_one(
             "INSERT INTO moves (id, tenant_id, slug, from_server, to_server, mode, step, state, \
                database_name, source_oid, target_oid, lease_expires_at) \
-             SELECT gen_random_uuid(), id, slug, server, 'secondary', 'copy', 'prepare', \
+             SELECT gen_random_uuid(), id, slug, server, $2, $3, 'prepare', \
                'running', database_name, database_oid, \
                2147483648 + (random() * 2147483000)::bigint, now() + interval '10 minutes' \
              FROM tenants WHERE slug = $1 RETURNING id::text",
-            &[&slug],
+            &[&slug, &to, &mode],
         )
         .await
         .expect("record a move");
@@ -35,6 +36,18 @@ enum Catch {
     Copy,
     /// The switch's transaction waits for the tenant's row in the registry.
     Switch,
+    /// An online move's publication waits for a table of the source.
+    Replicate,
+}
+
+impl Catch {
+    /// (from, to, mode) of the move caught here.
+    fn route(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Catch::Replicate => ("secondary", "primary", "online"),
+            _ => ("primary", "secondary", "copy"),
+        }
+    }
 }
 
 async fn hold(catch: Catch, slug: &str) -> Held {
@@ -64,6 +77,14 @@ async fn hold(catch: Catch, slug: &str) -> Held {
             )
             .await
         }
+        Catch::Replicate => {
+            Held::on(
+                "secondary",
+                &name,
+                "BEGIN; LOCK TABLE settings IN ACCESS EXCLUSIVE MODE",
+            )
+            .await
+        }
     }
 }
 
@@ -74,7 +95,8 @@ async fn move_row(id: &str) -> serde_json::Value {
 async fn killed_at(catch: Catch) {
     let mut cleanup = Cleanup::new();
     let _template = test_lock(TEMPLATE_LOCK, false).await;
-    let slug = create_tenants_on(&mut cleanup, "fmove", 1, Some("primary")).await[0].clone();
+    let (from, to, mode) = catch.route();
+    let slug = create_tenants_on(&mut cleanup, "fmove", 1, Some(from)).await[0].clone();
     let arn = secret_name(&slug);
     let before = read_secret(&arn).await;
     connect_as(&before, None)
@@ -86,15 +108,20 @@ async fn killed_at(catch: Catch) {
         )
         .await
         .expect("seed");
-    let id = record_move(&slug).await;
+    let id = record_move(&slug, to, mode).await;
     let held = hold(catch, &slug).await;
     // Whatever the killed worker would send goes to a queue of the test's own.
     let own = OwnQueue::new().await;
     let event = sqs_event(&[json!({ "move_id": id })]);
     let api = runtime::RuntimeApi::start(event.clone()).await;
     let mut worker = api.spawn("migrate-tenant", &[("MIGRATE_QUEUE_URL", &own.url)]);
+    let held_on = if matches!(catch, Catch::Replicate) {
+        from
+    } else {
+        "primary"
+    };
     let caught = eventually(Duration::from_secs(60), || async {
-        lock_waiters("primary", "migrate-tenant", "").await > 0
+        lock_waiters(held_on, "migrate-tenant", "").await > 0
     })
     .await;
     assert!(
@@ -102,7 +129,7 @@ async fn killed_at(catch: Catch) {
         "{catch:?}: the worker waits where the test holds it"
     );
     worker.kill().await.expect("SIGKILL migrate-tenant");
-    await_cancelled("primary", "migrate-tenant").await;
+    await_cancelled(held_on, "migrate-tenant").await;
     drop(held);
 
     // Killed: the move is running where it stopped; the registry still names the source.
@@ -112,9 +139,10 @@ async fn killed_at(catch: Catch) {
         Catch::Fence => "fence",
         Catch::Copy => "copy",
         Catch::Switch => "switch",
+        Catch::Replicate => "replicate",
     };
     assert_eq!(stopped["step"], at, "{catch:?}: {stopped}");
-    assert_eq!(tenant_server(&slug).await.as_deref(), Some("primary"));
+    assert_eq!(tenant_server(&slug).await.as_deref(), Some(from));
     assert_eq!(
         read_secret(&arn).await,
         before,
@@ -122,13 +150,13 @@ async fn killed_at(catch: Catch) {
     );
     // The tenant's login opens no copy on the target (none is open to it yet).
     let mut on_target = before.clone();
-    let cfg: tokio_postgres::Config = pg_url_of("secondary").parse().unwrap();
+    let cfg: tokio_postgres::Config = pg_url_of(to).parse().unwrap();
     on_target["port"] = json!(cfg.get_ports()[0]);
     assert!(
         connect_as(&on_target, None).await.is_err(),
         "{catch:?}: the login reached the target before the switch"
     );
-    if !matches!(catch, Catch::Fence) {
+    if !matches!(catch, Catch::Fence | Catch::Replicate) {
         assert!(
             connect_as(&before, None).await.is_err(),
             "{catch:?}: the source is fenced"
@@ -145,7 +173,7 @@ async fn killed_at(catch: Catch) {
     let over = move_row(&id).await;
     assert!(done, "{catch:?}: the move ended: {over}");
     assert_eq!(over["state"], "done", "{catch:?}: {over}");
-    assert_eq!(tenant_server(&slug).await.as_deref(), Some("secondary"));
+    assert_eq!(tenant_server(&slug).await.as_deref(), Some(to));
     let after = read_secret(&arn).await;
     assert_eq!(after["password"], before["password"]);
     assert_eq!(after["port"], on_target["port"], "{catch:?}: {after}");
@@ -162,9 +190,24 @@ async fn killed_at(catch: Catch) {
         .get(0);
     assert_eq!(seeds, 2000, "{catch:?}: every row is on the target");
     assert_eq!(
-        role_can_login_on("primary", &database_name(&slug)).await,
+        role_can_login_on(from, &database_name(&slug)).await,
         Some(false)
     );
+    // No replication is left behind to hold the source's WAL.
+    for server in ["primary", "secondary"] {
+        let left: i64 = admin_on(server)
+            .await
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_replication_slots \
+                   WHERE slot_name LIKE 'dbtools\\_move\\_%') \
+                 + (SELECT count(*) FROM pg_subscription WHERE subname LIKE 'dbtools\\_move\\_%')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "{catch:?}: replication left on {server}");
+    }
     assert_invariants(std::slice::from_ref(&slug)).await;
 }
 
@@ -184,13 +227,18 @@ async fn a_move_killed_in_its_switch_is_finished_by_the_redelivery() {
 }
 
 #[tokio::test]
+async fn an_online_move_killed_while_it_sets_up_its_replication_is_finished_by_the_redelivery() {
+    killed_at(Catch::Replicate).await;
+}
+
+#[tokio::test]
 async fn a_move_found_after_its_switch_only_goes_forward() {
     let mut cleanup = Cleanup::new();
     let _template = test_lock(TEMPLATE_LOCK, false).await;
     let slug = create_tenants_on(&mut cleanup, "fmoveb", 1, Some("primary")).await[0].clone();
     let arn = secret_name(&slug);
     let before = read_secret(&arn).await;
-    let id = record_move(&slug).await;
+    let id = record_move(&slug, "secondary", "copy").await;
     let (status, answer) = invoke("migrate-tenant", &sqs_event(&[json!({ "move_id": id })])).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert!(
