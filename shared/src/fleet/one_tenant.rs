@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use super::{
     outcome::{Deferral, Steps, TenantOutcome, TenantReport},
-    plan::Attempt,
+    plan::{Attempt, TenantRow},
     sanitize::sanitize_db,
     slots::{take_slot_and_lock, Held},
     tenant_db::{self, Failure},
@@ -16,7 +16,7 @@ use super::{
 use crate::{
     fleet::ledger,
     metrics::{self, Unit},
-    pg::Conn,
+    pg::{Conn, DbError},
 };
 
 /// What became of one tenant's attempt.
@@ -136,7 +136,16 @@ pub(super) async fn migrate_tenant(at: &Attempt<'_>) -> Attempted {
     };
     let mut report = on_server(TenantReport::new(&tenant.slug, TenantOutcome::Failed));
     report.steps.slot = Steps::since(step);
+    // A tenant that is moving is migrated where it lands: a schema changed under an online
+    // move would not replicate (its lock is the move's only during each of its steps).
+    let moving = !plan.dry_run && pending.as_ref().is_ok_and(|p| *p) && moving(sys, tenant).await;
     let attempted = match pending {
+        Ok(true) if moving && worker => Attempted::GiveBack { unreachable: false },
+        Ok(true) if moving => {
+            let why = "the tenant is moving to another server; a later run migrates it there";
+            let report = TenantReport::deferred(&tenant.slug, Deferral::Busy, why);
+            Attempted::Done(finish(on_server(report), started))
+        }
         Ok(true) => Attempted::Done(work(at, report).await),
         Ok(false) => Attempted::NotPending,
         Err(e) => {
@@ -173,6 +182,18 @@ pub(super) async fn migrate_tenant(at: &Attempt<'_>) -> Attempted {
         slot.release(server).await;
     }
     attempted
+}
+
+/// True when the tenant has a running move (or the registry could not say: then it waits too).
+async fn moving(sys: &Conn, tenant: &TenantRow) -> bool {
+    sys.query_one(
+        "SELECT EXISTS (SELECT 1 FROM moves m JOIN tenants t ON t.id = m.tenant_id \
+           WHERE t.slug = $1 AND m.state = 'running')",
+        &[&tenant.slug],
+    )
+    .await
+    .and_then(|row| row.try_get::<_, bool>(0).map_err(DbError::from))
+    .unwrap_or(true)
 }
 
 /// The work on one tenant once it is ours: its database migrated (or inspected) within its

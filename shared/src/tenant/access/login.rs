@@ -255,23 +255,19 @@ pub(crate) async fn set_login(conn: &Conn, role: &str, can_login: bool) -> Resul
 /// fence reads the WAL position after this). Polls every 5 ms: `pg_terminate_backend`'s own
 /// wait sleeps 100 ms at a time, which a move's fence would feel. Returns how many there were.
 pub(crate) async fn end_sessions(conn: &Conn, role: &str) -> Result<i64, DbError> {
-    let row = conn
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) AS ended FROM pg_stat_activity \
-             WHERE usename = $1",
-            &[&role],
-        )
-        .await?;
-    let ended: i64 = row.try_get("ended")?;
+    let sql = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = $1";
+    let ended: i64 = conn.query_one(sql, &[&role]).await?.try_get(0)?;
     let until = std::time::Instant::now() + SESSION_EXIT_WAIT;
-    let left = "SELECT count(*) FROM pg_stat_activity WHERE usename = $1";
-    while ended > 0 && std::time::Instant::now() < until {
-        if conn.query_one(left, &[&role]).await?.try_get::<_, i64>(0)? == 0 {
-            break;
-        }
+    while ended > 0 && std::time::Instant::now() < until && sessions(conn, role).await? > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     Ok(ended)
+}
+
+/// How many sessions a login has on this server.
+pub(crate) async fn sessions(conn: &Conn, role: &str) -> Result<i64, DbError> {
+    let sql = "SELECT count(*) FROM pg_stat_activity WHERE usename = $1";
+    Ok(conn.query_one(sql, &[&role]).await?.try_get(0)?)
 }
 
 /// How long [`end_sessions`] waits for the backends to exit.

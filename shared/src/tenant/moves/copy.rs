@@ -284,7 +284,6 @@ fn row_hash(table: &Table) -> String {
                 "jsonb" => format!("jsonb_hash_extended({c}, {seed})"),
                 "timestamp" => format!("timestamp_hash_extended({c}, {seed})"),
                 "numeric" => format!("hash_numeric_extended({c}, {seed})"),
-                "bytea" => format!("hashvarlenaextended({c}, {seed})"),
                 _ => format!("hashtextextended({c}::text, {seed})"),
             };
             format!("coalesce({hashed}, {seed})")

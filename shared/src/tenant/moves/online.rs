@@ -21,9 +21,11 @@ use tracing::{info, warn};
 use super::{
     context::{fail, Ctx, StepError},
     copy,
-    replication::{drop_slot, lag, name, subscription_exists, unpublish, without_identity},
+    replication::{
+        drop_slot, end_senders, lag, name, subscription_exists, unpublish, without_identity,
+    },
 };
-use crate::{config::SslMode, domain::quote_ident, pg::DbError};
+use crate::{config::SslMode, domain::quote_ident, pg::DbError, tenant::access::login};
 
 /// How long one delivery waits for the initial copy before it sends its message again.
 const SYNC_WAIT: Duration = Duration::from_secs(60);
@@ -94,9 +96,17 @@ pub(crate) async fn replicate(ctx: &Ctx<'_>) -> Result<(), StepError> {
     drop_slot(&source, &name).await?;
     let tls = ctx.db.config().ssl_mode == SslMode::Require;
     let conninfo = ctx.source.conninfo(db, tls).await?;
-    if let Err(e) = target.batch_execute("SET log_statement = 'none'").await {
-        warn!(move_id = %ctx.mv.id, error = %e, "could not keep the subscription's statement out of the target's log");
+    // The statement holds the source admin's password: kept out of every log and view of
+    // the target (statement, error and duration logging, pg_stat_activity and
+    // pg_stat_statements), or not sent at all.
+    if let Err(e) = target.batch_execute(QUIET).await {
+        warn!(move_id = %ctx.mv.id, error = %e, "could not turn the target's statement logging off");
+        return fail(
+            "the target's admin may not turn statement logging off, which the subscription's \
+             password needs; use \"copy\"",
+        );
     }
+    time_left(&target, ctx.until).await?;
     let literal = format!("'{}'", conninfo.expose_secret().replace('\'', "''"));
     target
         .long()
@@ -104,11 +114,35 @@ pub(crate) async fn replicate(ctx: &Ctx<'_>) -> Result<(), StepError> {
             "CREATE SUBSCRIPTION {ident} CONNECTION {literal} PUBLICATION {ident} \
              WITH (slot_name = {ident}, synchronous_commit = 'on')"
         ))
-        .await?;
+        .await
+        .map_err(cut_is_retry)?;
     info!(move_id = %ctx.mv.id, tables = tables.len(), "the target subscribes to the tenant's tables");
     source.close().await;
     target.close().await;
     Ok(())
+}
+
+/// The session settings under which the subscription's statement is sent.
+const QUIET: &str = "SET standard_conforming_strings = on; SET log_statement = 'none'; \
+     SET log_min_error_statement = panic; SET log_min_duration_statement = -1; \
+     SET track_activities = off; SET pg_stat_statements.track_utility = off";
+
+/// The session's statement timeout: the time this delivery has left.
+async fn time_left(conn: &crate::pg::Conn, until: Instant) -> Result<(), DbError> {
+    let left = until.saturating_duration_since(Instant::now()).as_millis();
+    conn.batch_execute(&format!("SET statement_timeout = {}", left.max(1)))
+        .await
+}
+
+/// A statement cut at the delivery's end (or by another's lock) is tried again later.
+fn cut_is_retry(e: DbError) -> StepError {
+    if e.code() == Some(&SqlState::QUERY_CANCELED) {
+        StepError::Retry(DbError::TimedOut(
+            "a replication statement ran out of this delivery's time".into(),
+        ))
+    } else {
+        e.into()
+    }
 }
 
 /// Waits (a while, then again with a later message) until the subscription copied every
@@ -122,12 +156,15 @@ pub(crate) async fn sync(ctx: &Ctx<'_>) -> Result<(), StepError> {
             .checked_sub(Duration::from_secs(5))
             .unwrap_or(ctx.until),
     );
+    let mut first = None;
     loop {
         let Some(row) = target
             .query_opt(
                 "SELECT (SELECT count(*) FROM pg_subscription_rel r WHERE r.srsubid = s.oid) AS tables, \
                    (SELECT count(*) FROM pg_subscription_rel r \
                     WHERE r.srsubid = s.oid AND r.srsubstate = 'r') AS ready, \
+                   (SELECT coalesce(sum(pg_total_relation_size(r.srrelid)), 0)::bigint \
+                    FROM pg_subscription_rel r WHERE r.srsubid = s.oid) AS bytes, \
                    coalesce((SELECT apply_error_count + sync_error_count \
                              FROM pg_stat_subscription_stats st WHERE st.subid = s.oid), 0) AS errors \
                  FROM pg_subscription s WHERE s.subname = $1",
@@ -137,11 +174,14 @@ pub(crate) async fn sync(ctx: &Ctx<'_>) -> Result<(), StepError> {
         else {
             return fail("the move's subscription on the target is gone");
         };
-        let (tables, ready, errors): (i64, i64, i64) = (
+        let (tables, ready, bytes, errors): (i64, i64, i64, i64) = (
             row.try_get("tables").map_err(DbError::from)?,
             row.try_get("ready").map_err(DbError::from)?,
+            row.try_get("bytes").map_err(DbError::from)?,
             row.try_get("errors").map_err(DbError::from)?,
         );
+        let progress = (ready, bytes);
+        let first = *first.get_or_insert(progress);
         if errors > MAX_ERRORS {
             warn!(move_id = %ctx.mv.id, errors, "the subscription keeps failing on the target");
             return fail(
@@ -156,7 +196,10 @@ pub(crate) async fn sync(ctx: &Ctx<'_>) -> Result<(), StepError> {
                     // Outside the fence: the copied rows' hint bits set (the verify in the
                     // fence reads every row: twice as fast so) and the planner's statistics,
                     // which replication does not carry, gathered for the application.
-                    target.long().batch_execute("VACUUM (ANALYZE)").await?;
+                    time_left(&target, ctx.until).await?;
+                    if let Err(e) = target.long().batch_execute("VACUUM (ANALYZE)").await {
+                        warn!(move_id = %ctx.mv.id, error = %e, "could not vacuum the target; the check will be slower");
+                    }
                     source.close().await;
                     target.close().await;
                     return Ok(());
@@ -176,13 +219,17 @@ pub(crate) async fn sync(ctx: &Ctx<'_>) -> Result<(), StepError> {
             )));
         }
         if Instant::now() >= until {
-            // Still copying: progress, not a stuck move (the patience counts from here).
-            ctx.sys
-                .execute(
-                    "UPDATE moves SET updated_at = now() WHERE id = $1",
-                    &[&ctx.mv.id],
-                )
-                .await?;
+            // Still copying, and further than a minute ago: progress, not a stuck move (the
+            // patience counts from here). A copy that stands still (a table locked, a lag
+            // that never closes) is undone after the patience.
+            if progress.0 > first.0 || progress.1 > first.1 {
+                ctx.sys
+                    .execute(
+                        "UPDATE moves SET updated_at = now() WHERE id = $1",
+                        &[&ctx.mv.id],
+                    )
+                    .await?;
+            }
             return Err(StepError::Retry(DbError::TimedOut(format!(
                 "the initial copy goes on ({ready} of {tables} tables)"
             ))));
@@ -198,8 +245,21 @@ pub(crate) async fn catch_up(ctx: &Ctx<'_>) -> Result<(), StepError> {
     let source = ctx.source.connect(db).await?;
     let target = ctx.target.connect(db).await?;
     if subscription_exists(&target, &name).await? {
+        // No session of the login may write after the position read below: the fence ended
+        // them; one that slipped in as it did is ended here, or the step waits.
+        {
+            let admin = ctx.source.admin().await?;
+            login::end_sessions(&admin, &ctx.access.role).await?;
+            if login::sessions(&admin, &ctx.access.role).await? > 0 {
+                return Err(StepError::Retry(DbError::Unavailable(
+                    "a session of the tenant's login is still ending on the source".into(),
+                )));
+            }
+        }
+        // Where the last write was inserted (a commit acknowledged without waiting for its
+        // flush is there, not yet at the write position).
         let lsn: String = source
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
             .await?
             .try_get(0)
             .map_err(DbError::from)?;
@@ -235,29 +295,28 @@ pub(crate) async fn catch_up(ctx: &Ctx<'_>) -> Result<(), StepError> {
     Ok(())
 }
 
-/// Undoes the replication of a move before its switch: the subscription (its slot dropped
-/// with it, or, the source away, dropped on the source later: the undo is repeated until it
-/// ends), the publication and the slot.
+/// Undoes the replication of a move before its switch: the subscription (its slots dropped
+/// with it; the source away, the undo waits for it), the publication and any slot left.
 pub(crate) async fn undo(ctx: &Ctx<'_>) -> Result<(), StepError> {
     let (name, db) = (name(ctx.mv), &ctx.mv.database_name);
     match ctx.target.connect(db).await {
         Ok(target) => {
             if subscription_exists(&target, &name).await? {
+                // Stopped, its senders on the source ended (a table the tenant's login keeps
+                // locked would hold one in its initial copy), then dropped with its slots, or
+                // not at all: detached, it would leave them holding the source's WAL. A
+                // source away makes the undo wait for it.
                 let ident = quote_ident(&name);
-                if let Err(e) = target
+                target
+                    .batch_execute(&format!("ALTER SUBSCRIPTION {ident} DISABLE"))
+                    .await?;
+                let source = ctx.source.connect(db).await?;
+                end_senders(&source).await?;
+                source.close().await;
+                target
                     .long()
                     .batch_execute(&format!("DROP SUBSCRIPTION {ident}"))
-                    .await
-                {
-                    warn!(move_id = %ctx.mv.id, error = %e, "the subscription could not drop its slot; detached, the slot is dropped on the source");
-                    for sql in [
-                        format!("ALTER SUBSCRIPTION {ident} DISABLE"),
-                        format!("ALTER SUBSCRIPTION {ident} SET (slot_name = NONE)"),
-                        format!("DROP SUBSCRIPTION {ident}"),
-                    ] {
-                        target.long().batch_execute(&sql).await?;
-                    }
-                }
+                    .await?;
             }
             target.close().await;
         }

@@ -136,6 +136,19 @@ pub(crate) async fn lag(source: &Conn, name: &str) -> Result<Option<i64>, DbErro
     })
 }
 
+/// Ends the senders streaming from the replication slots of the tenant's database (only this
+/// product replicates there), for a stopped subscription to drop its slots without waiting.
+pub(crate) async fn end_senders(source: &Conn) -> Result<(), DbError> {
+    source
+        .query(
+            "SELECT pg_terminate_backend(active_pid, 1000) FROM pg_replication_slots \
+             WHERE database = current_database() AND active_pid IS NOT NULL",
+            &[],
+        )
+        .await?;
+    Ok(())
+}
+
 /// The publication (ours: made by this admin) and the slot, on the source.
 pub(crate) async fn unpublish(source: &Conn, name: &str) -> Result<(), DbError> {
     let ours = source
@@ -150,5 +163,17 @@ pub(crate) async fn unpublish(source: &Conn, name: &str) -> Result<(), DbError> 
             .batch_execute(&format!("DROP PUBLICATION {}", quote_ident(name)))
             .await?;
     }
-    drop_slot(source, name).await
+    drop_slot(source, name).await?;
+    // The initial copy's own slots (`pg_<subscription>_sync_<table>_<system>`), should a
+    // subscription have gone without them: in the tenant's database only this product
+    // replicates (its login may not).
+    source
+        .query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE database = current_database() AND slot_type = 'logical' AND NOT active \
+               AND slot_name LIKE 'pg\\_%\\_sync\\_%'",
+            &[],
+        )
+        .await?;
+    Ok(())
 }

@@ -156,6 +156,11 @@ async fn fence(ctx: &Ctx<'_>) -> Result<(), StepError> {
         login::RoleState::Ours { .. } => {
             login::set_login(&admin, &ctx.access.role, false).await?;
             login::end_sessions(&admin, &ctx.access.role).await?;
+            if login::sessions(&admin, &ctx.access.role).await? > 0 {
+                return Err(StepError::Retry(DbError::Unavailable(
+                    "a session of the tenant's login is still ending on the source".into(),
+                )));
+            }
             Ok(())
         }
         _ => fail("the tenant's login on the source is missing or not ours"),
@@ -211,7 +216,14 @@ async fn sequences(ctx: &Ctx<'_>) -> Result<(), StepError> {
 /// Row counts and checksums, table by table: a difference fails (and undoes) the move.
 async fn verify(ctx: &Ctx<'_>) -> Result<(), StepError> {
     let (source, target) = connect_both(ctx).await?;
+    // The same tables and history on both sides: a table made on the source meanwhile would
+    // otherwise go unchecked (and, online, uncopied: replication carries no DDL).
     let tables = copy::tables(&target).await?;
+    if copy::tables(&source).await? != tables
+        || copy::schema_version(&source).await? != copy::schema_version(&target).await?
+    {
+        return fail("the tenant's schema changed during the move; start the move again");
+    }
     for table in &tables {
         let [theirs, ours] = copy::checksums(&source, &target, table).await?;
         if theirs != ours {
@@ -243,6 +255,14 @@ async fn open_target(ctx: &Ctx<'_>) -> Result<(), StepError> {
 /// move is at `finish` and its source kept until the retention ends.
 async fn switch(ctx: &Ctx<'_>) -> Result<(), StepError> {
     let mv = ctx.mv;
+    // A move started by a release that made the login after `verify` reaches here without it.
+    let exists = {
+        let admin = ctx.target.admin().await?;
+        login::state(&admin, &ctx.access.role, ctx.access.tenant_id).await?
+    };
+    if !matches!(exists, login::RoleState::Ours { .. }) {
+        open_target(ctx).await?;
+    }
     let days = ctx.db.config().tenants.move_retention_days;
     let tx = ctx.sys.begin().await?;
     let switched = tx
