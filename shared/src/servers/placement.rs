@@ -36,7 +36,9 @@ pub(crate) async fn candidates(
     let rows = sys
         .query(
             "SELECT s.name, s.state, s.host, s.port, s.secret_arn, \
-                    s.max_tenants - count(t.id) FILTER (WHERE t.status <> 'purged') AS room \
+                    s.max_tenants - count(t.id) FILTER (WHERE t.status <> 'purged') \
+                      - (SELECT count(*) FROM moves m \
+                         WHERE m.to_server = s.name AND m.state = 'running') AS room \
              FROM servers s LEFT JOIN tenants t ON t.server = s.name \
              WHERE $1::text IS NULL OR s.name = $1 \
              GROUP BY s.name ORDER BY room DESC, s.name",
@@ -81,8 +83,9 @@ pub(crate) enum Claim {
 }
 
 /// Takes the server's row lock (`FOR UPDATE`, waited for within the lock timeout), then
-/// counts its tenants: a statement of its own, so its snapshot sees every tenant committed by
-/// the placements that held the lock before.
+/// counts its tenants and the moves running to it (a move takes the same lock to start): a
+/// statement of its own, so its snapshot sees every tenant and move committed by those that
+/// held the lock before.
 pub(crate) async fn claim(tx: &Tx<'_>, name: &str) -> Result<Claim, DbError> {
     let Some(row) = tx
         .locking()
@@ -101,7 +104,8 @@ pub(crate) async fn claim(tx: &Tx<'_>, name: &str) -> Result<Claim, DbError> {
     let max: i32 = row.try_get("max_tenants")?;
     let count: i64 = tx
         .query_one(
-            "SELECT count(*) AS n FROM tenants WHERE server = $1 AND status <> 'purged'",
+            "SELECT (SELECT count(*) FROM tenants WHERE server = $1 AND status <> 'purged') \
+               + (SELECT count(*) FROM moves WHERE to_server = $1 AND state = 'running') AS n",
             &[&name],
         )
         .await?

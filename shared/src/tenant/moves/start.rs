@@ -15,6 +15,7 @@ use crate::{
         locks::{self, Lock},
         ownership, DbError,
     },
+    servers::{self, Claim},
 };
 
 /// What a client asks: the server to move to, and how.
@@ -131,27 +132,13 @@ async fn record_move(
         )));
     }
     let target = sys
-        .query_opt(
-            "SELECT state, max_tenants, (SELECT count(*) FROM tenants \
-               WHERE server = servers.name AND status <> 'purged') \
-               + (SELECT count(*) FROM moves \
-                  WHERE to_server = servers.name AND state = 'running') AS holds \
-             FROM servers WHERE name = $1",
-            &[&to],
-        )
+        .query_opt("SELECT state FROM servers WHERE name = $1", &[&to])
         .await?
         .ok_or_else(|| MoveError::BadTarget(format!("Server '{to}' not found")))?;
     let state: String = target.try_get("state")?;
-    let max: i32 = target.try_get("max_tenants")?;
-    let holds: i64 = target.try_get("holds")?;
     if state != "open" {
         return Err(MoveError::BadTarget(format!(
             "Server '{to}' is {state}; a tenant moves only to an open server"
-        )));
-    }
-    if holds >= i64::from(max) {
-        return Err(MoveError::BadTarget(format!(
-            "Server '{to}' is full ({holds} of {max} tenants)"
         )));
     }
     // Reachable now, or the move would only wait: a 503 to retry.
@@ -168,7 +155,21 @@ async fn record_move(
             )));
         }
     }
-    let inserted = sys
+    // The target's room, claimed as a create claims it: under the server's row lock, counting
+    // its tenants and the moves running to it, in the transaction that records the move.
+    let tx = sys.begin().await?;
+    match servers::claim(&tx, to).await? {
+        Claim::Room => {}
+        refused => {
+            tx.rollback().await;
+            return Err(MoveError::BadTarget(match refused {
+                Claim::Full => format!("Server '{to}' is full"),
+                Claim::Gone => format!("Server '{to}' not found"),
+                _ => format!("Server '{to}' is no longer open to new tenants"),
+            }));
+        }
+    }
+    let inserted = tx
         .query_one(
             &format!(
                 "INSERT INTO moves (id, tenant_id, slug, from_server, to_server, mode, step, \
@@ -191,13 +192,21 @@ async fn record_move(
             ],
         )
         .await;
-    match inserted {
-        Ok(row) => Ok(Move::from_row(&row)?),
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => Err(
-            MoveError::Conflict(format!("Tenant '{slug}' is already moving")),
-        ),
-        Err(e) => Err(e.into()),
-    }
+    let row = match inserted {
+        Ok(row) => row,
+        Err(e) => {
+            tx.rollback().await;
+            return Err(
+                if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                    MoveError::Conflict(format!("Tenant '{slug}' is already moving"))
+                } else {
+                    e.into()
+                },
+            );
+        }
+    };
+    tx.commit().await?;
+    Ok(Move::from_row(&row)?)
 }
 
 /// A server that cannot be reached now is a 503 to retry (the move would only wait).
