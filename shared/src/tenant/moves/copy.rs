@@ -182,9 +182,11 @@ async fn copy_all(src: &Client, dst: &mut Client, tables: &[Table]) -> Result<Co
                 table.name
             ))
             .await?;
+        // FREEZE (the tables were emptied in this transaction): the rows go in frozen, their
+        // hint bits set, so the check that reads every row in the fence does not set them.
         let sink = tx
             .copy_in(&format!(
-                "COPY {} ({cols}) FROM STDIN (FORMAT binary)",
+                "COPY {} ({cols}) FROM STDIN (FORMAT binary, FREEZE)",
                 table.name
             ))
             .await?;
