@@ -64,4 +64,10 @@ pub(crate) struct Ctx<'a> {
     pub source: Arc<Server>,
     pub target: Arc<Server>,
     pub until: Instant,
+    /// The tenant's database on both servers, kept between the steps of one delivery: the
+    /// fence's steps would otherwise each open both again.
+    pub conns: &'a TenantConns,
 }
+
+/// Connections to the tenant's database on the source and the target (see [`Ctx::conns`]).
+pub(crate) type TenantConns = tokio::sync::Mutex<Option<(Conn, Conn)>>;

@@ -10,7 +10,7 @@ use tracing::{error, info, warn};
 use uuid::Uuid;
 
 use super::{
-    context::{Ctx, StepError},
+    context::{Ctx, StepError, TenantConns},
     record::{self, Move, MoveState, Step, LEASE_SECS},
     steps,
 };
@@ -69,7 +69,12 @@ pub async fn advance_move(db: &Database, inv: &Invocation, queue_url: &str, id: 
     let Some(held) = hold(&sys, &mv).await else {
         return send_again(&sys, queue_url, id, later()).await;
     };
-    let delivered = run_steps(db, &sys, inv, queue_url, id).await;
+    let conns = TenantConns::default();
+    let delivered = run_steps(db, &sys, inv, queue_url, id, &conns).await;
+    if let Some((source, target)) = conns.into_inner() {
+        source.close().await;
+        target.close().await;
+    }
     release(held).await;
     delivered
 }
@@ -153,6 +158,7 @@ async fn run_steps(
     inv: &Invocation,
     queue_url: &str,
     id: Uuid,
+    conns: &TenantConns,
 ) -> Delivered {
     loop {
         let mv = match record::load(sys, id).await {
@@ -163,7 +169,7 @@ async fn run_steps(
         if inv.time_left() < MIN_STEP_TIME {
             return send_again(sys, queue_url, id, Duration::ZERO).await;
         }
-        let ctx = match context(db, sys, &mv, inv.deadline).await {
+        let ctx = match context(db, sys, &mv, inv.deadline, conns).await {
             Ok(ctx) => ctx,
             Err(e) => {
                 warn!(move_id = %id, error = %e, "could not read the move's tenant or servers; later");
@@ -258,6 +264,7 @@ async fn context<'a>(
     sys: &'a Conn,
     mv: &'a Move,
     until: Instant,
+    conns: &'a TenantConns,
 ) -> Result<Ctx<'a>, DbError> {
     let row = sys
         .query_one(
@@ -278,5 +285,6 @@ async fn context<'a>(
         source: db.server(sys, &mv.from).await?,
         target: db.server(sys, &mv.to).await?,
         until,
+        conns,
     })
 }
