@@ -71,3 +71,23 @@ pub(crate) struct Ctx<'a> {
 
 /// Connections to the tenant's database on the source and the target (see [`Ctx::conns`]).
 pub(crate) type TenantConns = tokio::sync::Mutex<Option<(Conn, Conn)>>;
+
+impl Ctx<'_> {
+    /// The tenant's database on both servers: the delivery's connections, or new ones.
+    pub(crate) async fn tenant_dbs(&self) -> Result<(Conn, Conn), StepError> {
+        if let Some((source, target)) = self.conns.lock().await.take() {
+            if source.is_usable() && target.is_usable() {
+                return Ok((source, target));
+            }
+        }
+        let name = &self.mv.database_name;
+        let source = self.source.connect(name).await?;
+        let target = self.target.connect(name).await?;
+        Ok((source, target))
+    }
+
+    /// Keeps the connections for the delivery's next step.
+    pub(crate) async fn keep(&self, source: Conn, target: Conn) {
+        *self.conns.lock().await = Some((source, target));
+    }
+}

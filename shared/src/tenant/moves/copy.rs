@@ -122,10 +122,8 @@ pub(crate) async fn copy_tables(
 ) -> Result<Option<Copied>, DbError> {
     // The sessions' statement timeout is the query-sized default: a copy may take the whole
     // time left (the client cancels it at `until` all the same).
-    let left = until.saturating_duration_since(Instant::now()).as_millis();
     for conn in [&*source, &*target] {
-        conn.batch_execute(&format!("SET statement_timeout = {}", left.max(1)))
-            .await?;
+        time_left(conn, until).await?;
     }
     let copied = source
         .exclusive(until, async |src: &mut Client| {
@@ -207,6 +205,13 @@ async fn copy_all(src: &Client, dst: &mut Client, tables: &[Table]) -> Result<Co
     }
     tx.commit().await?;
     Ok(copied)
+}
+
+/// Sets the session's statement timeout to the time left until `until`.
+pub(crate) async fn time_left(conn: &Conn, until: Instant) -> Result<(), DbError> {
+    let left = until.saturating_duration_since(Instant::now()).as_millis();
+    conn.batch_execute(&format!("SET statement_timeout = {}", left.max(1)))
+        .await
 }
 
 /// Each sequence's `last_value` and `is_called` on the source, set on the target.

@@ -106,7 +106,7 @@ pub(crate) async fn replicate(ctx: &Ctx<'_>) -> Result<(), StepError> {
              password needs; use \"copy\"",
         );
     }
-    time_left(&target, ctx.until).await?;
+    copy::time_left(&target, ctx.until).await?;
     let literal = format!("'{}'", conninfo.expose_secret().replace('\'', "''"));
     target
         .long()
@@ -127,13 +127,6 @@ const QUIET: &str = "SET standard_conforming_strings = on; SET log_statement = '
      SET log_min_error_statement = panic; SET log_min_duration_statement = -1; \
      SET track_activities = off; SET pg_stat_statements.track_utility = off";
 
-/// The session's statement timeout: the time this delivery has left.
-async fn time_left(conn: &crate::pg::Conn, until: Instant) -> Result<(), DbError> {
-    let left = until.saturating_duration_since(Instant::now()).as_millis();
-    conn.batch_execute(&format!("SET statement_timeout = {}", left.max(1)))
-        .await
-}
-
 /// A statement cut at the delivery's end (or by another's lock) is tried again later.
 fn cut_is_retry(e: DbError) -> StepError {
     if e.code() == Some(&SqlState::QUERY_CANCELED) {
@@ -148,9 +141,8 @@ fn cut_is_retry(e: DbError) -> StepError {
 /// Waits (a while, then again with a later message) until the subscription copied every
 /// table and follows the source closely.
 pub(crate) async fn sync(ctx: &Ctx<'_>) -> Result<(), StepError> {
-    let (name, db) = (name(ctx.mv), &ctx.mv.database_name);
-    let source = ctx.source.connect(db).await?;
-    let target = ctx.target.connect(db).await?;
+    let name = name(ctx.mv);
+    let (source, target) = ctx.tenant_dbs().await?;
     let until = (Instant::now() + SYNC_WAIT).min(
         ctx.until
             .checked_sub(Duration::from_secs(5))
@@ -196,12 +188,11 @@ pub(crate) async fn sync(ctx: &Ctx<'_>) -> Result<(), StepError> {
                     // Outside the fence: the copied rows' hint bits set (the verify in the
                     // fence reads every row: twice as fast so) and the planner's statistics,
                     // which replication does not carry, gathered for the application.
-                    time_left(&target, ctx.until).await?;
+                    copy::time_left(&target, ctx.until).await?;
                     if let Err(e) = target.long().batch_execute("VACUUM (ANALYZE)").await {
                         warn!(move_id = %ctx.mv.id, error = %e, "could not vacuum the target; the check will be slower");
                     }
-                    source.close().await;
-                    target.close().await;
+                    ctx.keep(source, target).await;
                     return Ok(());
                 }
             }
@@ -241,9 +232,8 @@ pub(crate) async fn sync(ctx: &Ctx<'_>) -> Result<(), StepError> {
 /// With the tenant fenced: waits until the target applied every write the source holds, then
 /// ends the subscription (its slot goes with it) and the publication.
 pub(crate) async fn catch_up(ctx: &Ctx<'_>) -> Result<(), StepError> {
-    let (name, db) = (name(ctx.mv), &ctx.mv.database_name);
-    let source = ctx.source.connect(db).await?;
-    let target = ctx.target.connect(db).await?;
+    let name = name(ctx.mv);
+    let (source, target) = ctx.tenant_dbs().await?;
     if subscription_exists(&target, &name).await? {
         // No session of the login may write after the position read below: the fence ended
         // them; one that slipped in as it did is ended here, or the step waits.
@@ -290,8 +280,7 @@ pub(crate) async fn catch_up(ctx: &Ctx<'_>) -> Result<(), StepError> {
             .await?;
     }
     unpublish(&source, &name).await?;
-    source.close().await;
-    target.close().await;
+    ctx.keep(source, target).await;
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use crate::{
     domain::TenantStatus,
     pg::{
         ownership::{self, DropOutcome},
-        Conn, DbError,
+        DbError,
     },
     tenant::{
         access::{self, login},
@@ -171,28 +171,10 @@ async fn fence(ctx: &Ctx<'_>) -> Result<(), StepError> {
     }
 }
 
-/// The tenant's database on both servers: the delivery's connections, or new ones.
-async fn connect_both(ctx: &Ctx<'_>) -> Result<(Conn, Conn), StepError> {
-    if let Some((source, target)) = ctx.conns.lock().await.take() {
-        if source.is_usable() && target.is_usable() {
-            return Ok((source, target));
-        }
-    }
-    let name = &ctx.mv.database_name;
-    let source = ctx.source.connect(name).await?;
-    let target = ctx.target.connect(name).await?;
-    Ok((source, target))
-}
-
-/// Keeps the connections for the delivery's next step.
-async fn keep(ctx: &Ctx<'_>, source: Conn, target: Conn) {
-    *ctx.conns.lock().await = Some((source, target));
-}
-
 /// Every table, in one target transaction (see `copy`). Fails the move when the two sides'
 /// schemas differ (a run migrated the source meanwhile).
 async fn copy(ctx: &Ctx<'_>) -> Result<(), StepError> {
-    let (mut source, mut target) = connect_both(ctx).await?;
+    let (mut source, mut target) = ctx.tenant_dbs().await?;
     if copy::schema_version(&source).await? != copy::schema_version(&target).await? {
         return fail("the tenant's schema changed during the move; start the move again");
     }
@@ -209,7 +191,7 @@ async fn copy(ctx: &Ctx<'_>) -> Result<(), StepError> {
             "the copy did not finish in this invocation's time".into(),
         )));
     };
-    keep(ctx, source, target).await;
+    ctx.keep(source, target).await;
     info!(move_id = %ctx.mv.id, tables = copied.tables, rows = copied.rows, bytes = copied.bytes,
         copy_ms = crate::invocation::millis(started.elapsed()), "tenant tables copied");
     ctx.sys
@@ -222,15 +204,15 @@ async fn copy(ctx: &Ctx<'_>) -> Result<(), StepError> {
 }
 
 async fn sequences(ctx: &Ctx<'_>) -> Result<(), StepError> {
-    let (source, target) = connect_both(ctx).await?;
+    let (source, target) = ctx.tenant_dbs().await?;
     copy::copy_sequences(&source, &target).await?;
-    keep(ctx, source, target).await;
+    ctx.keep(source, target).await;
     Ok(())
 }
 
 /// Row counts and checksums, table by table: a difference fails (and undoes) the move.
 async fn verify(ctx: &Ctx<'_>) -> Result<(), StepError> {
-    let (source, target) = connect_both(ctx).await?;
+    let (source, target) = ctx.tenant_dbs().await?;
     // The same tables and history on both sides: a table made on the source meanwhile would
     // otherwise go unchecked (and, online, uncopied: replication carries no DDL).
     let tables = copy::tables(&target).await?;
@@ -250,7 +232,7 @@ async fn verify(ctx: &Ctx<'_>) -> Result<(), StepError> {
             ));
         }
     }
-    keep(ctx, source, target).await;
+    ctx.keep(source, target).await;
     Ok(())
 }
 
