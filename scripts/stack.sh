@@ -2,7 +2,8 @@
 # The local stack: two PostgreSQL clusters owned by the project (.local/pg, which holds the
 # registry and is the server `primary`; .local/pg2, registered as the server `secondary`), a
 # local Secrets Manager (moto) holding their admin secrets, moto's SQS with the migrate queue
-# and its dead-letter queue, `cargo lambda watch` serving the functions on the same paths as
+# and its dead-letter queue, moto's EventBridge with the lifecycle events' bus (a rule copies
+# every event to the queue dbtools-events), `cargo lambda watch` serving the functions on the same paths as
 # API Gateway, and a local queue trigger (scripts/queue_trigger.py) that delivers the migrate
 # queue to migrate-tenant as Lambda's event source mapping does.
 #
@@ -37,6 +38,10 @@ LAMBDA_CONCURRENCY=${LAMBDA_CONCURRENCY:-8}
 QUEUE_MAX_CONCURRENCY=${QUEUE_MAX_CONCURRENCY:-6}
 MIGRATE_QUEUE=dbtools-migrate
 MIGRATE_DLQ=dbtools-migrate-dlq
+# The lifecycle events: moto's EventBridge bus, and a rule that copies every event to a queue.
+EVENT_BUS=dbtools-events
+EVENT_QUEUE=dbtools-events
+EVENT_QUEUE_URL=
 RELEASE=${RELEASE:-}
 QUEUE_URL=
 PG_USER=postgres
@@ -213,6 +218,13 @@ start_secrets_manager() {
   put_secret
   put_pg2_secret
   create_queues
+  create_event_bus
+}
+
+# The lifecycle events' bus, and the queue its rule copies every event to (scripts/event_bus.py).
+create_event_bus() {
+  EVENT_QUEUE_URL=$(AWS_ENDPOINT_URL="$(sm_url)" "$VENV/bin/python" "$ROOT/scripts/event_bus.py" \
+    create "$EVENT_BUS" "$EVENT_QUEUE" dbtools) || die "could not create the local event bus"
 }
 
 # The migrate queue and its dead-letter queue in moto (as the SAM template makes them, with a
@@ -259,7 +271,9 @@ AWS_ACCESS_KEY_ID=local
 AWS_SECRET_ACCESS_KEY=local
 AWS_ENDPOINT_URL_SECRETS_MANAGER=$(sm_url)
 AWS_ENDPOINT_URL_SQS=$(sm_url)
+AWS_ENDPOINT_URL_EVENTBRIDGE=$(sm_url)
 MIGRATE_QUEUE_URL=$QUEUE_URL
+EVENT_BUS_NAME=$EVENT_BUS
 DB_SECRET_ID=$SECRET_ID
 DB_SSLMODE=disable
 SYSTEM_DB_NAME=$SYSTEM_DB_NAME
@@ -359,6 +373,7 @@ DBTOOLS_LOCAL_DIR=$LOCAL
 DBTOOLS_LAMBDA_PORT=$LAMBDA_PORT
 DBTOOLS_BUILD_PROFILE=$(build_mode)
 DBTOOLS_QUEUE_MAX_CONCURRENCY=$QUEUE_MAX_CONCURRENCY
+DBTOOLS_EVENT_QUEUE_URL=$EVENT_QUEUE_URL
 EOF
 }
 
@@ -416,6 +431,7 @@ case "$cmd" in
     log "                  postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG2_PORT/postgres (secondary)"
     log "  Secrets Manager $(sm_url) (secret $SECRET_ID)"
     log "  queue           $QUEUE_URL -> migrate-tenant (local trigger, at most $QUEUE_MAX_CONCURRENCY at once)"
+    log "  events          bus $EVENT_BUS -> queue $EVENT_QUEUE_URL (lifecycle events)"
     log "  logs            .local/watch.log, .local/trigger.log, .local/pg/server.log, .local/pg2/server.log, .local/moto.log"
     [ -z "$MIGRATE_ALL_FAILED" ] || log "  note            the start-up migrate-all reported failures (above)"
     log "Ctrl-C stops everything; make reset deletes the local clusters (a fresh start)."
@@ -437,6 +453,7 @@ case "$cmd" in
         || die "the stack on $(api_url) serves $running builds, $(build_mode) wanted: stop it first (or set RELEASE to match)"
       log "reusing the running stack on $(api_url)"
       QUEUE_URL=$(sed -n 's/^MIGRATE_QUEUE_URL=//p' "$LOCAL/functions.env")
+      create_event_bus
       build_functions
       start_trigger
       register_secondary

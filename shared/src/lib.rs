@@ -12,6 +12,7 @@ pub mod aws;
 pub mod config;
 pub mod database;
 pub mod domain;
+pub mod events;
 pub mod fleet;
 pub mod invocation;
 pub mod metrics;

@@ -16,6 +16,8 @@
 //!   server (`Held`), and `block_on_own_thread` for a `Drop`;
 //! - `aws`: Secrets Manager and SQS through the real SDK (`read_secret`, `put_secret`,
 //!   `sqs_event`, `OwnQueue`);
+//! - `events`: the lifecycle events on the local bus, through a rule and queue of the test's
+//!   own (`EventTap`, `event_of`);
 //! - `tenants`: tenants made through the API (`unique_slug`, `create_tenants*`) and removed
 //!   afterwards (`Cleanup`, `purge_tenant`);
 //! - `squatters`: databases of a tenant's name that the product did not make;
@@ -28,6 +30,7 @@
 mod aws;
 mod cluster;
 mod env;
+mod events;
 mod http;
 mod locks;
 mod migrations;
@@ -42,6 +45,7 @@ mod wait;
 pub use aws::*;
 pub use cluster::*;
 pub use env::*;
+pub use events::*;
 pub use http::*;
 pub use locks::*;
 pub use migrations::*;

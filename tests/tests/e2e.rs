@@ -8,6 +8,7 @@ mod e2e {
     mod api_validation;
     mod concurrency;
     mod credentials;
+    mod events;
     mod faults;
     mod idempotency;
     mod isolation;

@@ -1,7 +1,7 @@
 //! `POST /api/tenants`: create a tenant (registry row, database, migrations), answer 201.
 
 use lambda_http::{http::Method, run, service_fn, Body, Error, Request, Response};
-use shared::{api, Database};
+use shared::{api, events, Database};
 
 async fn handler(db: &Database, req: Request) -> Result<Response<Body>, Error> {
     let started = std::time::Instant::now();
@@ -10,7 +10,10 @@ async fn handler(db: &Database, req: Request) -> Result<Response<Body>, Error> {
         Method::POST => {
             let key = req.headers().get("idempotency-key").map(|v| v.as_bytes());
             let inv = http_support::invocation(&req);
-            api::create(db, http_support::body_bytes(&req), key, &inv).await
+            let outcome = api::create(db, http_support::body_bytes(&req), key, &inv).await;
+            // provisionSuccess or provisionFailure, committed with the outcome.
+            events::send_after(db, &inv).await;
+            outcome
         }
         _ => api::route_not_found(),
     };

@@ -3,7 +3,7 @@
 //! `POST /api/tenants/{slug}/purge`. See `shared::lifecycle`.
 
 use lambda_http::{http::Method, run, service_fn, Body, Error, Request, Response};
-use shared::{api, Database};
+use shared::{api, events, Database};
 
 async fn handler(db: &Database, req: Request) -> Result<Response<Body>, Error> {
     let started = std::time::Instant::now();
@@ -16,6 +16,8 @@ async fn handler(db: &Database, req: Request) -> Result<Response<Body>, Error> {
         (&Method::POST, Some("purge")) => api::purge(db, slug.as_deref(), &inv).await,
         _ => api::route_not_found(),
     };
+    // deactivateSuccess, activateSuccess or deprovisionSuccess, committed with the outcome.
+    events::send_after(db, &inv).await;
     http_support::log_request(&req, &request_id, outcome.status, started);
     Ok(http_support::respond(outcome, &request_id))
 }

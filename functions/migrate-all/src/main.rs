@@ -12,6 +12,7 @@ use std::time::Duration;
 use lambda_runtime::{run, service_fn, Diagnostic, Error, LambdaEvent};
 use serde_json::Value;
 use shared::{
+    events,
     fleet::{self, MigrateAllRequest},
     invocation::{Invocation, JOB_BUDGET},
     Config, Database,
@@ -30,9 +31,14 @@ async fn handler(db: &Database, event: LambdaEvent<Value>) -> Result<Value, Diag
         }
     };
     let req = MigrateAllRequest::from_event(event.payload).map_err(diagnostic)?;
-    let report = fleet::migrate_all(db, &req, &inv)
-        .await
-        .map_err(diagnostic)?;
+    let report = fleet::migrate_all(db, &req, &inv).await;
+    // The upkeep of the lifecycle events: the run's migrationRunFinished, and whatever a
+    // function killed between its commit and its send left behind (or, with no bus, discard).
+    events::send_after(db, &inv).await;
+    if let Err(e) = events::discard_unsent(db).await {
+        tracing::warn!(error = %e, "could not discard the unsent lifecycle events");
+    }
+    let report = report.map_err(diagnostic)?;
     let body = serde_json::to_value(&report).map_err(|e| Diagnostic {
         error_type: "Unexpected".into(),
         error_message: format!("could not serialise the report: {e}"),

@@ -15,6 +15,7 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use serde::de::DeserializeOwned;
 use shared::{
     aws::queue::QueueMessage,
+    events,
     fleet::{self, Delivery},
     invocation::{Invocation, JOB_BUDGET},
     metrics,
@@ -44,7 +45,10 @@ async fn handler(
             }
         }
     };
-    Ok(each_record(event.payload.records, ready, handle).await)
+    let response = each_record(event.payload.records, ready, handle).await;
+    // tenantMoved, or the migrationRunFinished of the run whose last tenant this was.
+    events::send_after(db, &inv).await;
+    Ok(response)
 }
 
 /// A batch, record by record while `ready` (time is left), each body read as a `T` and handed

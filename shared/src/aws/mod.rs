@@ -1,9 +1,11 @@
-//! AWS: Secrets Manager ([`secrets`]) and the fan-out queue ([`queue`]), each client made
+//! AWS: Secrets Manager ([`secrets`]), the fan-out queue ([`queue`]) and the lifecycle events'
+//! bus ([`bus`]), each client made
 //! from the SDK's shared configuration as this crate makes it: bounded calls
 //! (connect, each attempt, the whole operation), so that an unreachable endpoint is a quick
 //! error and never a hang. The SDK honours `AWS_ENDPOINT_URL` and the per-service
 //! `AWS_ENDPOINT_URL_*` variables, which is how the local stack points clients at moto.
 
+pub mod bus;
 pub mod queue;
 pub mod secret_versions;
 pub mod secrets;

@@ -35,6 +35,8 @@
 //! | `MOVE_RETENTION_DAYS` | a moved tenant's old copy is kept this long (login disabled), then dropped | `7` |
 //! | `TENANT_ROTATION_DAYS` | turn rotation on for new tenant secrets, every so many days (1-1000) | unset: off |
 //! | `TENANT_ROTATION_FUNCTION_ARN` | the rotation function (`rotate-tenant-secret`); required with `TENANT_ROTATION_DAYS` | unset |
+//! | `EVENT_BUS_NAME` | the EventBridge bus the lifecycle events go on (see [`crate::events`]) | unset: no events |
+//! | `EVENT_SOURCE` | the events' `source` (SaaS Builder Toolkit's control plane listens for its application plane's source) | `dbtools` |
 //!
 //! The secret's `dbname` (or `DB_NAME`) is the *maintenance* database: it is used only to
 //! create the system database when it does not exist yet. Default `postgres`.
@@ -126,6 +128,15 @@ pub struct Config {
     pub server_secret_prefix: String,
     /// Revoke `PUBLIC`'s privileges on the servers' shared databases (else only report them).
     pub harden_shared_databases: bool,
+    /// Where the lifecycle events go (`None`: nowhere).
+    pub events: Option<EventBus>,
+}
+
+/// The EventBridge bus of the lifecycle events, and the `source` they carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventBus {
+    pub bus: String,
+    pub source: String,
 }
 
 /// What tenant logins and secrets are made with, and when deleted tenants are purged.

@@ -6,8 +6,8 @@ use std::{path::PathBuf, time::Duration};
 use secrecy::SecretString;
 
 use super::{
-    Config, ConfigError, ConnOverrides, CredentialSource, MigrationPolicy, Rotation, SslMode,
-    TenantNames, TenantSettings, MAX_MIGRATE_CONCURRENCY,
+    Config, ConfigError, ConnOverrides, CredentialSource, EventBus, MigrationPolicy, Rotation,
+    SslMode, TenantNames, TenantSettings, MAX_MIGRATE_CONCURRENCY,
 };
 
 impl Config {
@@ -111,6 +111,10 @@ impl Config {
                     })
                 }
             },
+            events: get("EVENT_BUS_NAME").map(|bus| EventBus {
+                bus,
+                source: get("EVENT_SOURCE").unwrap_or_else(|| "dbtools".into()),
+            }),
         };
         config.check()?;
         Ok(config)

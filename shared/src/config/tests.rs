@@ -207,3 +207,28 @@ fn tenant_settings_have_defaults_and_rules() {
         assert!(e.to_string().contains(var), "{e}");
     }
 }
+
+#[test]
+fn events_go_on_the_named_bus_with_our_source_or_nowhere() {
+    let secret = ("DB_SECRET_ID", "x");
+    assert_eq!(config(&[secret]).unwrap().events, None);
+    assert_eq!(
+        config(&[secret, ("EVENT_BUS_NAME", "")]).unwrap().events,
+        None
+    );
+    let c = config(&[secret, ("EVENT_BUS_NAME", "saas")]).unwrap();
+    assert_eq!(
+        c.events,
+        Some(EventBus {
+            bus: "saas".into(),
+            source: "dbtools".into()
+        })
+    );
+    let c = config(&[
+        secret,
+        ("EVENT_BUS_NAME", "saas"),
+        ("EVENT_SOURCE", "app-plane"),
+    ])
+    .unwrap();
+    assert_eq!(c.events.map(|e| e.source).as_deref(), Some("app-plane"));
+}

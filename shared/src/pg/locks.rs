@@ -31,6 +31,8 @@ pub enum Lock {
     Fleet,
     /// refinery on the system database.
     SystemMigrations,
+    /// One sender of the lifecycle events at a time (see `events`).
+    Events,
     /// Building (or replacing) the tenant template database of a server (its name).
     Template(String),
     /// Create, delete and migrate of one tenant never interleave.
@@ -57,6 +59,7 @@ impl Lock {
         match self {
             Lock::Fleet => (NS_GLOBAL, 1, None),
             Lock::SystemMigrations => (NS_GLOBAL, 2, None),
+            Lock::Events => (NS_GLOBAL, 3, None),
             Lock::Template(server) => (NS_TEMPLATE, 0, Some(server.as_str())),
             Lock::Tenant(slug) => (NS_TENANT, 0, Some(slug.as_str())),
             Lock::Slot(slot) => (NS_SLOT, 0, Some(slot.as_str())),
@@ -131,6 +134,19 @@ pub async fn try_acquire(conn: &Conn, lock: Lock) -> Result<Option<LockGuard<'_>
     } else {
         None
     })
+}
+
+/// Waits for the lock until the end of the transaction `tx` is in, at most the session's
+/// `lock_timeout` (a lock timeout error past it). The wait shows in `pg_locks`.
+pub async fn wait_xact(tx: &Conn, lock: Lock) -> Result<(), DbError> {
+    let (ns, key, text) = lock.sql_args();
+    tx.locking()
+        .execute(
+            "SELECT pg_advisory_xact_lock($1, COALESCE(hashtext($3::text), $2))",
+            &[&ns, &key, &text],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Waits for the lock, at most `wait` (zero: one try). `None` when it stayed taken.

@@ -202,3 +202,75 @@ async fn a_create_killed_before_its_secret_is_rolled_forward_with_one() {
     assert_eq!(r.body["server"], "secondary");
     assert_invariants(&[slug]).await;
 }
+
+#[tokio::test]
+async fn a_create_killed_between_its_commit_and_its_event_has_the_event_sent_by_the_next_run() {
+    // The run below must not find another at work.
+    let mut cleanup = Cleanup::holding_fleet().await;
+    let _template = test_lock(TEMPLATE_LOCK, false).await;
+    let slug = cleanup.add(&unique_slug("fkill_ev"));
+    let tap = EventTap::slugs(&[&slug]).await;
+    // Events go out one sender at a time (the product's `Events` lock, 0x64627400/3): hold it,
+    // and the create, its tenant committed `active`, waits for it to send. Kill it there.
+    let senders = Held::on(
+        "primary",
+        "dbtools",
+        "SELECT pg_advisory_lock(1684173824, 3)",
+    )
+    .await;
+    let (api, mut child) = start_create(&slug, "primary", &format!("k-{slug}")).await;
+    wait_for_row(&slug, "active").await;
+    let waiting = eventually(Duration::from_secs(20), || async {
+        create_tenant_lock_waiters("SELECT pg_advisory_xact_lock").await == 1
+    })
+    .await;
+    assert!(waiting, "the create waits to send its event");
+    child.kill().await.expect("SIGKILL create-tenant");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            create_tenant_lock_waiters("").await == 0
+        })
+        .await,
+        "the dead client's wait was cancelled"
+    );
+    drop(senders);
+    assert!(
+        api.response.lock().await.is_none(),
+        "the killed create never answered"
+    );
+    let pending = || async {
+        registry()
+            .await
+            .query_one(
+                "SELECT count(*) FROM events WHERE detail_type = 'provisionSuccess' \
+                 AND detail ->> 'slug' = $1",
+                &[&slug],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(
+        pending().await,
+        1,
+        "the event was committed with the tenant"
+    );
+    assert!(
+        tap.receive(1, Duration::from_secs(2)).await.is_empty(),
+        "and not sent"
+    );
+
+    // The next migrate-all's upkeep sends it, once.
+    let (status, report) = invoke_migrate_all(&json!({"slugs": [slug]})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let events = tap.exactly(1).await;
+    let e = event_of(&events, "provisionSuccess");
+    let tenant = get(&format!("/api/tenants/{slug}")).await.body;
+    assert_eq!(e["detail"]["tenant_id"], tenant["id"], "{e}");
+    assert_eq!(
+        e["detail"]["credentials_secret_arn"],
+        tenant["credentials_secret_arn"]
+    );
+    assert_eq!(pending().await, 0);
+    assert_invariants(&[slug]).await;
+}

@@ -1,0 +1,182 @@
+//! The lifecycle events as a consumer sees them: a rule of the test's own on the local bus
+//! (`EVENT_BUS_NAME`) that copies the events about the test's tenants or runs to a queue of
+//! the test's own, so that tests running at once never read each other's events.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::{aws::local_aws, aws::sqs, env::var, locks::block_on_own_thread};
+
+async fn eventbridge() -> aws_sdk_eventbridge::Client {
+    aws_sdk_eventbridge::Client::new(&local_aws(&var("AWS_ENDPOINT_URL_EVENTBRIDGE")).await)
+}
+
+/// A queue that receives the events whose `detail.{field}` is one of `values`, through a rule
+/// on the stack's bus; both removed when dropped.
+pub struct EventTap {
+    url: String,
+    rule: String,
+}
+
+impl EventTap {
+    /// The events about these tenants (`detail.slug`).
+    pub async fn slugs(slugs: &[&str]) -> EventTap {
+        Self::on("slug", slugs).await
+    }
+
+    /// The events about these runs (`detail.run_id`).
+    pub async fn runs(ids: &[&str]) -> EventTap {
+        Self::on("run_id", ids).await
+    }
+
+    async fn on(field: &str, values: &[&str]) -> EventTap {
+        Self::pattern(json!({"source": ["dbtools"], "detail": {field: values}})).await
+    }
+
+    /// The events that match an EventBridge event pattern.
+    pub async fn pattern(pattern: Value) -> EventTap {
+        let name = format!("dbtools-test-events-{}", uuid::Uuid::new_v4().simple());
+        let sqs = sqs().await;
+        let url = sqs
+            .create_queue()
+            .queue_name(&name)
+            .send()
+            .await
+            .unwrap()
+            .queue_url()
+            .unwrap()
+            .to_owned();
+        let arn = sqs
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap()
+            .attributes()
+            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+            .cloned()
+            .expect("the queue's ARN");
+        let bus = var("EVENT_BUS_NAME");
+        let events = eventbridge().await;
+        events
+            .put_rule()
+            .name(&name)
+            .event_bus_name(&bus)
+            .event_pattern(pattern.to_string())
+            .send()
+            .await
+            .unwrap();
+        events
+            .put_targets()
+            .rule(&name)
+            .event_bus_name(&bus)
+            .targets(
+                aws_sdk_eventbridge::types::Target::builder()
+                    .id("queue")
+                    .arn(arn)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+        EventTap { url, rule: name }
+    }
+
+    /// The events (EventBridge's envelopes: `detail-type`, `source`, `detail`, ...) that
+    /// arrive within `within`, stopping once `n` have.
+    pub async fn receive(&self, n: usize, within: Duration) -> Vec<Value> {
+        let sqs = sqs().await;
+        let mut events = Vec::new();
+        let deadline = Instant::now() + within;
+        while events.len() < n && Instant::now() < deadline {
+            let got = sqs
+                .receive_message()
+                .queue_url(&self.url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .unwrap();
+            for m in got.messages() {
+                events.push(serde_json::from_str(m.body().unwrap()).unwrap());
+                sqs.delete_message()
+                    .queue_url(&self.url)
+                    .receipt_handle(m.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+        events
+    }
+
+    /// The events whose `detail.{field}` is `value`, among those that arrive until one does
+    /// (at most 15 s) and for a second more; the others are dropped.
+    pub async fn matching(&self, field: &str, value: &str) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut ours = Vec::new();
+        while ours.is_empty() && Instant::now() < deadline {
+            ours.extend(
+                self.receive(10, Duration::from_secs(1))
+                    .await
+                    .into_iter()
+                    .filter(|e| e["detail"][field] == value),
+            );
+        }
+        ours.extend(
+            self.receive(10, Duration::from_secs(1))
+                .await
+                .into_iter()
+                .filter(|e| e["detail"][field] == value),
+        );
+        ours
+    }
+
+    /// Exactly `n` events, then none for a second more (no duplicate, no stray event).
+    pub async fn exactly(&self, n: usize) -> Vec<Value> {
+        let events = self.receive(n, Duration::from_secs(15)).await;
+        let more = self.receive(1, Duration::from_secs(1)).await;
+        assert!(
+            events.len() == n && more.is_empty(),
+            "expected {n} events, got {events:#?} and then {more:#?}"
+        );
+        events
+    }
+}
+
+impl Drop for EventTap {
+    fn drop(&mut self) {
+        let (url, rule) = (self.url.clone(), self.rule.clone());
+        block_on_own_thread(async move {
+            let bus = var("EVENT_BUS_NAME");
+            let events = eventbridge().await;
+            let _ = events
+                .remove_targets()
+                .rule(&rule)
+                .event_bus_name(&bus)
+                .ids("queue")
+                .send()
+                .await;
+            let _ = events
+                .delete_rule()
+                .name(&rule)
+                .event_bus_name(&bus)
+                .send()
+                .await;
+            let _ = sqs().await.delete_queue().queue_url(&url).send().await;
+        });
+    }
+}
+
+/// The one event of `detail_type` among `events`.
+pub fn event_of<'a>(events: &'a [Value], detail_type: &str) -> &'a Value {
+    let of: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["detail-type"] == detail_type)
+        .collect();
+    assert_eq!(of.len(), 1, "one {detail_type} in {events:#?}");
+    of[0]
+}
