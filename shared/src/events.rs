@@ -37,6 +37,7 @@ use crate::{
     aws::bus::{self, Entry, BATCH},
     database::Database,
     invocation::Invocation,
+    metrics::{self, Unit},
     pg::{
         locks::{self, Lock},
         DbError,
@@ -91,6 +92,19 @@ pub async fn send_pending(db: &Database, deadline: Instant) -> Sent {
             events = total.sent,
             left = total.left,
             "lifecycle events sent"
+        );
+    }
+    if total.sent > 0 || total.left {
+        metrics::emit(
+            &[],
+            &[
+                ("EventsSent", total.sent as f64, Unit::Count),
+                (
+                    "EventsUndelivered",
+                    f64::from(u8::from(total.left)),
+                    Unit::Count,
+                ),
+            ],
         );
     }
     total

@@ -17,6 +17,7 @@
 //! | `QueueLag` | Milliseconds | `Kind` (`tenant`, `move`) | migrate-tenant, per message |
 //! | `Rotations` | Count | `Step`, `Outcome` (`ok`, `failed`) | rotate-tenant-secret, per step |
 //! | `Moves`, `MoveWritesRefused` | Count, Milliseconds | `Outcome` (`done`, `cancelled`, `failed`) | migrate-tenant, per move it ends |
+//! | `EventsSent`, `EventsUndelivered` | Count | — | the functions that send lifecycle events, when they sent some or left some pending (`EventsUndelivered` 1) |
 
 /// A metric's unit, as CloudWatch spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -221,5 +221,5 @@ async fn the_templates_alarms_read_metrics_the_functions_write() {
             "{name:?}: no line writes {metric} with the dimensions {dims:?}"
         );
     }
-    assert_eq!(alarms, 3, "the alarms on the functions' metrics");
+    assert_eq!(alarms, 4, "the alarms on the functions' metrics");
 }
