@@ -132,7 +132,18 @@ async fn send_batch(
 ) -> Result<(usize, bool), SendError> {
     let sys = db.system().await?;
     let tx = sys.begin().await?;
-    if let Err(e) = locks::wait_xact(&tx, Lock::Events).await {
+    // The wait for another sender ends by the deadline too (the server ends it).
+    let wait = deadline
+        .saturating_duration_since(Instant::now())
+        .min(db.config().lock_timeout)
+        .max(Duration::from_millis(1));
+    let waited = async {
+        tx.batch_execute(&format!("SET LOCAL lock_timeout = {}", wait.as_millis()))
+            .await?;
+        locks::wait_xact(&tx, Lock::Events).await
+    }
+    .await;
+    if let Err(e) = waited {
         tx.rollback().await;
         return Err(if e.is_lock_timeout() {
             SendError::Busy
