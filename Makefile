@@ -6,7 +6,7 @@ export SM_PORT ?= 5000
 export LAMBDA_PORT ?= 9000
 export RELEASE ?=
 
-.PHONY: bench fuzz dev reset test test-faults test-unit check fmt nextest tools lint lint-migrations build deploy clean
+.PHONY: bench cli fuzz dev reset test test-faults test-unit check fmt nextest tools lint lint-migrations build deploy clean
 
 # Offline template checks. cfn-lint is pinned to 1.51.0 (newer releases stopped flagging
 # invalid runtimes and architectures); aws-sam-cli pins a newer cfn-lint of its own, so each
@@ -69,6 +69,10 @@ bench:
 	$(BENCH_STACK) scripts/stack.sh wipe
 	$(BENCH_STACK) scripts/stack.sh run -- target/release/bench; status=$$?; \
 		$(BENCH_STACK) scripts/stack.sh wipe; exit $$status
+
+## cli: install the operator CLI `dbtools` into ~/.cargo/bin (docs/cli.md)
+cli:
+	cargo install --locked --path cli
 
 ## test-unit: the tests that need no stack
 test-unit:

@@ -97,9 +97,20 @@ ensure_postgres() {
   PG_BIN=$(find_pg_bin) || die "PostgreSQL installation did not provide initdb"
 }
 
+# tmux: the CLI's tests watch `dbtools runs watch` in a real terminal (capture-pane).
+ensure_tmux() {
+  command -v tmux >/dev/null && return
+  log "no tmux found; installing it with apt-get"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q tmux
+}
+
 ensure_tools() {
   ensure_venv
   ensure_postgres
+  ensure_tmux
   command -v psql >/dev/null || PATH="$PG_BIN:$PATH"
 }
 

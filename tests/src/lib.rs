@@ -23,11 +23,14 @@
 //! - `squatters`: databases of a tenant's name that the product did not make;
 //! - `servers`: `/api/servers/{name}` and `Restore`;
 //! - `runs`: migrate-all's runs and report (`wait_run_end`, `run_tenant`, `report_row`);
+//! - `cli`: the real `dbtools` binary (`dbtools`, `CliRun`) and a terminal of a test's own
+//!   (`Tmux`);
 //! - `cluster`: clusters of a test's own (`ThrowawayCluster`, `RegisteredCluster`);
 //! - `runtime`: a Lambda Runtime API of the test's own, to run (and kill) a function binary;
 //! - `wait`: `eventually`, polling for what the stack does in the background.
 
 mod aws;
+mod cli;
 mod cluster;
 mod env;
 mod events;
@@ -43,6 +46,7 @@ mod tenants;
 mod wait;
 
 pub use aws::*;
+pub use cli::*;
 pub use cluster::*;
 pub use env::*;
 pub use events::*;

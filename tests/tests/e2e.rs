@@ -6,6 +6,7 @@ mod e2e {
     mod api_create;
     mod api_read_delete;
     mod api_validation;
+    mod cli;
     mod concurrency;
     mod credentials;
     mod events;
