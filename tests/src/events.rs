@@ -135,6 +135,24 @@ impl EventTap {
         ours
     }
 
+    /// The events of `detail_type` among those that arrive until one does (at most
+    /// `within`) and for two seconds more; the others are dropped.
+    pub async fn of_type(&self, detail_type: &str, within: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        let of_type = |events: Vec<Value>| {
+            events
+                .into_iter()
+                .filter(|e| e["detail-type"] == detail_type)
+                .collect::<Vec<_>>()
+        };
+        let mut ours = Vec::new();
+        while ours.is_empty() && Instant::now() < deadline {
+            ours.extend(of_type(self.receive(10, Duration::from_secs(1)).await));
+        }
+        ours.extend(of_type(self.receive(10, Duration::from_secs(2)).await));
+        ours
+    }
+
     /// Exactly `n` events, then none for a second more (no duplicate, no stray event).
     pub async fn exactly(&self, n: usize) -> Vec<Value> {
         let events = self.receive(n, Duration::from_secs(15)).await;

@@ -12,7 +12,9 @@ async fn handler(db: &Database, req: Request) -> Result<Response<Body>, Error> {
             let inv = http_support::invocation(&req);
             let outcome = api::create(db, http_support::body_bytes(&req), key, &inv).await;
             // provisionSuccess or provisionFailure, committed with the outcome.
-            events::send_after(db, &inv).await;
+            if events::worth_sending(outcome.status) {
+                events::send_after(db, &inv).await;
+            }
             outcome
         }
         _ => api::route_not_found(),

@@ -17,7 +17,9 @@ async fn handler(db: &Database, req: Request) -> Result<Response<Body>, Error> {
         _ => api::route_not_found(),
     };
     // deactivateSuccess, activateSuccess or deprovisionSuccess, committed with the outcome.
-    events::send_after(db, &inv).await;
+    if events::worth_sending(outcome.status) {
+        events::send_after(db, &inv).await;
+    }
     http_support::log_request(&req, &request_id, outcome.status, started);
     Ok(http_support::respond(outcome, &request_id))
 }

@@ -34,9 +34,12 @@ async fn handler(db: &Database, event: LambdaEvent<Value>) -> Result<Value, Diag
     let report = fleet::migrate_all(db, &req, &inv).await;
     // The upkeep of the lifecycle events: the run's migrationRunFinished, and whatever a
     // function killed between its commit and its send left behind (or, with no bus, discard).
-    events::send_after(db, &inv).await;
-    if let Err(e) = events::discard_unsent(db).await {
-        tracing::warn!(error = %e, "could not discard the unsent lifecycle events");
+    // A dry run changes nothing, the outbox included.
+    if !req.dry_run {
+        events::send_upkeep(db, &inv).await;
+        if let Err(e) = events::discard_unsent(db).await {
+            tracing::warn!(error = %e, "could not discard the unsent lifecycle events");
+        }
     }
     let report = report.map_err(diagnostic)?;
     let body = serde_json::to_value(&report).map_err(|e| Diagnostic {

@@ -328,12 +328,25 @@ async fn the_brake_halts_a_run_and_retry_run_finishes_it_once_fixed() {
     }
     // One tenant at a time: the brake is pulled at the second failure, before the rest.
     let budget = set_budget("secondary", 1).await;
+    let ends =
+        EventTap::pattern(json!({"source": ["dbtools"], "detail-type": ["migrationRunFinished"]}))
+            .await;
     let answer =
         queue_run(json!({"slugs": slugs, "inline": false, "canary": 0, "max_failures": 1})).await;
     assert_eq!(answer["max_failures"], 1, "{answer}");
     let id = answer["run_id"].as_str().unwrap().to_owned();
     let run = wait_run_end(&id, RUN_WITHIN).await;
     assert_eq!(run["status"], "halted", "{run}");
+    // Its end went on the bus once, with the counts the ledger shows (halted included).
+    let told = ends.matching("run_id", &id).await;
+    assert_eq!(told.len(), 1, "{told:#?}");
+    let d = &told[0]["detail"];
+    assert_eq!(
+        (&d["status"], &d["attempt"]),
+        (&json!("halted"), &json!(0)),
+        "{d}"
+    );
+    assert_eq!(d["counts"], run["counts"], "{d}");
     assert!(
         run["error"].as_str().unwrap().contains("max_failures"),
         "{run}"
@@ -355,6 +368,16 @@ async fn the_brake_halts_a_run_and_retry_run_finishes_it_once_fixed() {
     let run = wait_run_end(&id, RUN_WITHIN).await;
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["counts"]["migrated"], 6, "{run}");
+    // The retry's end is told too: the same run, the next attempt.
+    let told = ends.matching("run_id", &id).await;
+    assert_eq!(told.len(), 1, "{told:#?}");
+    let d = &told[0]["detail"];
+    assert_eq!(
+        (&d["status"], &d["attempt"]),
+        (&json!("completed"), &json!(1)),
+        "{d}"
+    );
+    assert_eq!(d["counts"], run["counts"], "{d}");
     assert_eq!(run["counts"]["failed"], 0, "{run}");
     for slug in &slugs {
         assert_eq!(history_versions(slug).await, all_versions(), "{slug}");

@@ -60,23 +60,28 @@ pub(crate) async fn plan(
 /// still pending `not_started` (a message that did go out finds the run closed and does
 /// nothing). Best effort: a run left `running` stalls, and the next run closes it.
 pub(crate) async fn abandon(sys: &Conn, run_id: Uuid, why: &str) {
-    let closed = sys
-        .long()
-        .execute(
-            "WITH r AS (UPDATE runs SET status = 'failed', error = $2, finished_at = now(), \
-               updated_at = now() WHERE id = $1 AND status = 'running' RETURNING id) \
-             UPDATE run_tenants SET status = 'not_started' \
-             WHERE run_id IN (SELECT id FROM r) AND status = 'pending'",
-            &[&run_id, &why],
-        )
-        .await;
-    let counted = sys
-        .execute(
+    // One transaction: the run's end and its counts commit together (its
+    // `migrationRunFinished` event reads both at the commit).
+    let closed = async {
+        let tx = sys.begin().await?;
+        tx.long()
+            .execute(
+                "WITH r AS (UPDATE runs SET status = 'failed', error = $2, finished_at = now(), \
+                   updated_at = now() WHERE id = $1 AND status = 'running' RETURNING id) \
+                 UPDATE run_tenants SET status = 'not_started' \
+                 WHERE run_id IN (SELECT id FROM r) AND status = 'pending'",
+                &[&run_id, &why],
+            )
+            .await?;
+        tx.execute(
             &format!("UPDATE runs r SET counts = {COUNTS_SQL} WHERE r.id = $1"),
             &[&run_id],
         )
-        .await;
-    if let Err(e) = closed.and(counted) {
+        .await?;
+        tx.commit().await
+    }
+    .await;
+    if let Err(e) = closed {
         warn!(%run_id, error = %e, "could not close the run in the run ledger");
     }
 }

@@ -29,7 +29,10 @@ async fn close_dead(sys: &Conn, stall: Duration) -> Result<Option<Uuid>, DbError
             &[&stall_secs],
         )
         .await?;
-    let dead: Vec<Uuid> = sys
+    // One transaction: each run's end and its counts commit together (its
+    // `migrationRunFinished` event reads both at the commit).
+    let tx = sys.begin().await?;
+    let dead: Vec<Uuid> = tx
         .long()
         .query(
             "WITH dead AS ( \
@@ -50,13 +53,14 @@ async fn close_dead(sys: &Conn, stall: Duration) -> Result<Option<Uuid>, DbError
         .map(|r| r.try_get(0))
         .collect::<Result<_, _>>()?;
     if !dead.is_empty() {
-        sys.long()
+        tx.long()
             .execute(
                 &format!("UPDATE runs r SET counts = {COUNTS_SQL} WHERE r.id = ANY($1)"),
                 &[&dead],
             )
             .await?;
     }
+    tx.commit().await?;
     let alive = sys
         .query_opt(
             "SELECT id FROM runs WHERE status = 'running' ORDER BY started_at DESC LIMIT 1",
