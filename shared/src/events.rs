@@ -83,6 +83,9 @@ pub async fn send_upkeep(db: &Database, inv: &Invocation) -> Sent {
 /// `deadline`. Never fails the caller's operation: what could not be sent stays pending (a
 /// warning says why) for the next sender. Reads the registry as it is: it never creates nor
 /// migrates it (a registry without the outbox has nothing to send).
+///
+/// It takes the sandbox's registry connection (`Database::system_as_is`): never call it while
+/// holding that connection.
 pub async fn send_pending(db: &Database, deadline: Instant) -> Sent {
     let Some(target) = db.config().events.clone() else {
         return Sent::default();

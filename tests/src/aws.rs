@@ -124,6 +124,36 @@ pub async fn put_secret(name: &str, value: &Value) {
     }
 }
 
+/// The JSON bodies of up to `n` messages of the queue at `url`, waiting at most `within` for
+/// them; deleted once read when `delete`.
+pub async fn receive_json(url: &str, n: usize, within: Duration, delete: bool) -> Vec<Value> {
+    let sqs = sqs().await;
+    let mut bodies = Vec::new();
+    let deadline = std::time::Instant::now() + within;
+    while bodies.len() < n && std::time::Instant::now() < deadline {
+        let got = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        for m in got.messages() {
+            bodies.push(serde_json::from_str(m.body().unwrap()).unwrap());
+            if delete {
+                sqs.delete_message()
+                    .queue_url(url)
+                    .receipt_handle(m.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    bodies
+}
+
 /// A queue of the test's own in the local SQS (the local trigger does not deliver it), so that
 /// the test hands its messages to a worker of its own; deleted when dropped.
 pub struct OwnQueue {
@@ -147,22 +177,7 @@ impl OwnQueue {
 
     /// The bodies of `n` messages (waiting at most 20 s for them).
     pub async fn receive(&self, n: usize) -> Vec<Value> {
-        let sqs = sqs().await;
-        let mut bodies = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while bodies.len() < n && std::time::Instant::now() < deadline {
-            let got = sqs
-                .receive_message()
-                .queue_url(&self.url)
-                .max_number_of_messages(10)
-                .wait_time_seconds(1)
-                .send()
-                .await
-                .unwrap();
-            for m in got.messages() {
-                bodies.push(serde_json::from_str(m.body().unwrap()).unwrap());
-            }
-        }
+        let bodies = receive_json(&self.url, n, Duration::from_secs(20), false).await;
         assert_eq!(bodies.len(), n, "{bodies:?}");
         bodies
     }

@@ -6,7 +6,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::{aws::local_aws, aws::sqs, env::var, locks::block_on_own_thread};
+use crate::{
+    aws::{local_aws, receive_json, sqs},
+    env::var,
+    locks::block_on_own_thread,
+};
 
 async fn eventbridge() -> aws_sdk_eventbridge::Client {
     aws_sdk_eventbridge::Client::new(&local_aws(&var("AWS_ENDPOINT_URL_EVENTBRIDGE")).await)
@@ -88,29 +92,7 @@ impl EventTap {
     /// The events (EventBridge's envelopes: `detail-type`, `source`, `detail`, ...) that
     /// arrive within `within`, stopping once `n` have.
     pub async fn receive(&self, n: usize, within: Duration) -> Vec<Value> {
-        let sqs = sqs().await;
-        let mut events = Vec::new();
-        let deadline = Instant::now() + within;
-        while events.len() < n && Instant::now() < deadline {
-            let got = sqs
-                .receive_message()
-                .queue_url(&self.url)
-                .max_number_of_messages(10)
-                .wait_time_seconds(1)
-                .send()
-                .await
-                .unwrap();
-            for m in got.messages() {
-                events.push(serde_json::from_str(m.body().unwrap()).unwrap());
-                sqs.delete_message()
-                    .queue_url(&self.url)
-                    .receipt_handle(m.receipt_handle().unwrap())
-                    .send()
-                    .await
-                    .unwrap();
-            }
-        }
-        events
+        receive_json(&self.url, n, within, true).await
     }
 
     /// The events whose `detail.{field}` is `value`, among those that arrive until one does

@@ -8,6 +8,8 @@ use aws_sdk_eventbridge::{error::SdkError, primitives::DateTime, types::PutEvent
 use futures_util::FutureExt;
 use tokio::sync::OnceCell;
 
+use super::failure::{self, Failure};
+
 /// EventBridge's largest `PutEvents`.
 pub const BATCH: usize = 10;
 
@@ -34,20 +36,9 @@ fn classify<E, R>(e: &SdkError<E, R>) -> BusError
 where
     E: aws_sdk_eventbridge::error::ProvideErrorMetadata,
 {
-    match e {
-        SdkError::ServiceError(se) => {
-            let code = se.err().code().unwrap_or("unknown error").to_owned();
-            if code.contains("Throttl") || code.contains("Internal") {
-                BusError::Unavailable(code)
-            } else {
-                BusError::Refused(code)
-            }
-        }
-        SdkError::TimeoutError(_) => BusError::Unavailable("timed out".into()),
-        SdkError::DispatchFailure(_) => BusError::Unavailable("connection failed".into()),
-        SdkError::ResponseError(_) => BusError::Unavailable("unreadable answer".into()),
-        SdkError::ConstructionFailure(_) => BusError::Refused("bad request".into()),
-        _ => BusError::Unavailable("unknown error".into()),
+    match failure::classify(e) {
+        Failure::Passing(code) => BusError::Unavailable(code),
+        Failure::Refused(code) => BusError::Refused(code),
     }
 }
 

@@ -6,6 +6,7 @@
 //! `AWS_ENDPOINT_URL_*` variables, which is how the local stack points clients at moto.
 
 pub mod bus;
+mod failure;
 pub mod queue;
 pub mod secret_versions;
 pub mod secrets;

@@ -21,6 +21,8 @@ use tokio::sync::OnceCell;
 use tracing::warn;
 use uuid::Uuid;
 
+use super::failure::{self, Failure};
+
 /// SQS's largest batch.
 const BATCH: usize = 10;
 /// Batches in flight at once.
@@ -74,26 +76,13 @@ pub enum QueueError {
     Refused(String),
 }
 
-/// What an SDK error was, without its endpoint: the SDK's display of a dispatch failure names
-/// the URL it tried.
 fn classify<E, R>(e: &SdkError<E, R>) -> QueueError
 where
     E: aws_sdk_sqs::error::ProvideErrorMetadata,
 {
-    match e {
-        SdkError::ServiceError(se) => {
-            let code = se.err().code().unwrap_or("unknown error").to_owned();
-            if code.contains("Throttl") || code.contains("InternalError") {
-                QueueError::Unavailable(code)
-            } else {
-                QueueError::Refused(code)
-            }
-        }
-        SdkError::TimeoutError(_) => QueueError::Unavailable("timed out".into()),
-        SdkError::DispatchFailure(_) => QueueError::Unavailable("connection failed".into()),
-        SdkError::ResponseError(_) => QueueError::Unavailable("unreadable answer".into()),
-        SdkError::ConstructionFailure(_) => QueueError::Refused("bad request".into()),
-        _ => QueueError::Unavailable("unknown error".into()),
+    match failure::classify(e) {
+        Failure::Passing(code) => QueueError::Unavailable(code),
+        Failure::Refused(code) => QueueError::Refused(code),
     }
 }
 
