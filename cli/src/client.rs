@@ -1,5 +1,5 @@
-//! The HTTP side: the API's routes and the Lambda Invoke API, each call with a timeout and,
-//! when the address is not this machine, signed with SigV4 (see `sign`).
+//! The HTTP side: the API's routes and the Lambda Invoke API (`invoke`), each call with a
+//! timeout and, when the address is not this machine, signed with SigV4 (see `sign`).
 
 use std::time::Duration;
 
@@ -11,6 +11,8 @@ use crate::{
     error::CliError,
     sign::{is_local, region_of_api_host, Signer, Unsigned},
 };
+
+mod invoke;
 
 /// Where and how to call.
 pub struct Settings {
@@ -50,6 +52,20 @@ fn segment<'a>(what: &str, s: &'a str) -> Result<&'a str, CliError> {
         return Err(CliError::Usage(format!("{what} {s:?} cannot exist")));
     }
     Ok(s)
+}
+
+/// A run's or a move's id as typed: a UUID (`6f1c0a3e-...`, 36 characters). Anything else is
+/// a usage error, caught before any call.
+pub fn id_arg<'a>(what: &str, s: &'a str) -> Result<&'a str, CliError> {
+    let groups: Vec<&str> = s.split('-').collect();
+    let shape = groups.iter().map(|g| g.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12];
+    if shape && s.chars().all(|c| c == '-' || c.is_ascii_hexdigit()) {
+        Ok(s)
+    } else {
+        Err(CliError::Usage(format!(
+            "{what} {s:?}: expected a UUID such as 6f1c0a3e-2b4d-4c8e-9a10-3d5e7f901234"
+        )))
+    }
 }
 
 impl Client {
@@ -102,16 +118,32 @@ impl Client {
             }
         }
         if !query.is_empty() {
-            url.query_pairs_mut()
-                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+            url.set_query(Some(&encode_query(query)));
         }
         Ok(url)
     }
 
-    async fn signer(&self, region_hint: Option<String>) -> Result<&Signer, CliError> {
-        self.signer
-            .get_or_try_init(|| Signer::load(self.region.clone().or(region_hint)))
-            .await
+    /// Seconds given to each API call (`--timeout`); Secrets Manager gets them too.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    async fn signer(&self) -> Result<&Signer, CliError> {
+        self.signer.get_or_try_init(Signer::load).await
+    }
+
+    /// The region to sign a call to `url` for: `--region`, else the called host's
+    /// (`lambda.{region}...`), else the API host's, else the AWS configuration's.
+    async fn region_for(&self, url: &Url) -> Result<String, CliError> {
+        let named = self
+            .region
+            .clone()
+            .or_else(|| region_of_api_host(url))
+            .or_else(|| region_of_api_host(&self.api));
+        match named {
+            Some(r) => Ok(r),
+            None => self.signer().await?.region(),
+        }
     }
 
     /// Sends one request (signed for `service` unless local) and answers the status, the
@@ -129,17 +161,21 @@ impl Client {
         let body = body.unwrap_or_default();
         let mut all = headers;
         if !is_local(&url) {
-            let region = region_of_api_host(&url).or_else(|| region_of_api_host(&self.api));
-            let signer = self.signer(region).await?;
-            let signed = signer.sign(
-                &Unsigned {
-                    method: method.as_str(),
-                    url: url.as_str(),
-                    headers: &all,
-                    body: &body,
-                },
-                service,
-            )?;
+            let region = self.region_for(&url).await?;
+            let signed = self
+                .signer()
+                .await?
+                .sign(
+                    &Unsigned {
+                        method: method.as_str(),
+                        url: url.as_str(),
+                        headers: &all,
+                        body: &body,
+                    },
+                    service,
+                    &region,
+                )
+                .await?;
             all.extend(signed);
         }
         let mut req = self.http.request(method, url).timeout(timeout);
@@ -201,84 +237,30 @@ impl Client {
         let url = self.url(segments, &[])?;
         self.call(Method::POST, url, Some(body), &[]).await
     }
+}
 
-    /// Invokes migrate-all (`--function`) with `event` through the Lambda Invoke API: the
-    /// local `cargo lambda watch` (the API's own address) or `lambda.{region}.amazonaws.com`.
-    /// Answers its payload; a failed invocation is `CliError::Invocation`.
-    pub async fn invoke(&self, event: &Value) -> Result<Value, CliError> {
-        let endpoint = match &self.lambda {
-            Some(url) => url.clone(),
-            None if self.api_is_local() => self.api.clone(),
-            None => {
-                let region = match &self.region {
-                    Some(r) => r.clone(),
-                    None => match region_of_api_host(&self.api) {
-                        Some(r) => r,
-                        None => self.signer(None).await?.region.clone(),
-                    },
-                };
-                parse_url(
-                    "lambda endpoint",
-                    &format!("https://lambda.{region}.amazonaws.com"),
-                )?
+/// `k=v&k2=v2`, each key and value percent-encoded but for RFC 3986's unreserved characters
+/// (a space is `%20`, never `+`): the form SigV4 signs, so that what is sent is what is signed.
+fn encode_query(query: &[(&str, String)]) -> String {
+    fn encode(s: &str, out: &mut String) {
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
             }
-        };
-        let mut url = endpoint;
-        url.set_query(None);
-        {
-            let mut path = url.path_segments_mut().map_err(|_| {
-                CliError::Usage(format!("--lambda-endpoint {}: not a base URL", self.api))
-            })?;
-            path.pop_if_empty().extend(["2015-03-31", "functions"]);
-            path.push(segment("--function", &self.function)?);
-            path.push("invocations");
-        }
-        let what = format!(
-            "the Lambda Invoke API ({})",
-            url.origin().ascii_serialization()
-        );
-        let (status, headers, text) = self
-            .send(
-                Method::POST,
-                url,
-                Some(event.to_string().into_bytes()),
-                vec![("content-type".to_owned(), "application/json".to_owned())],
-                "lambda",
-                self.invoke_timeout,
-            )
-            .await?;
-        let payload: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let function_error = headers.contains_key("x-amz-function-error");
-        if let Some(error_type) = payload["errorType"].as_str() {
-            if function_error || !(200..300).contains(&status) {
-                return Err(CliError::Invocation {
-                    error_type: error_type.to_owned(),
-                    message: payload["errorMessage"].as_str().unwrap_or("").to_owned(),
-                });
-            }
-        }
-        if (200..300).contains(&status) && !function_error {
-            return Ok(payload);
-        }
-        // The Lambda service's own error (no such function, access denied, throttled).
-        let message = ["message", "Message", "errorMessage"]
-            .iter()
-            .find_map(|k| payload[*k].as_str())
-            .map(str::to_owned);
-        match message {
-            Some(message) => Err(CliError::Api {
-                status,
-                code: payload["Type"].as_str().unwrap_or("").to_owned(),
-                message: format!("{what}: {message}"),
-                details: Vec::new(),
-            }),
-            None => Err(CliError::Unexpected {
-                what,
-                status,
-                body: text.chars().take(500).collect(),
-            }),
         }
     }
+    let mut out = String::new();
+    for (i, (k, v)) in query.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        encode(k, &mut out);
+        out.push('=');
+        encode(v, &mut out);
+    }
+    out
 }
 
 fn transport(what: &str, e: &reqwest::Error, timeout: Duration) -> CliError {
@@ -299,5 +281,82 @@ fn transport(what: &str, e: &reqwest::Error, timeout: Duration) -> CliError {
     CliError::Transport {
         what: what.to_owned(),
         why,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(api: &str) -> Client {
+        Client::new(Settings {
+            api: api.into(),
+            lambda_endpoint: None,
+            function: "migrate-all".into(),
+            region: None,
+            timeout: Duration::from_secs(5),
+            invoke_timeout: Duration::from_secs(5),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn query_values_are_encoded_as_sigv4_signs_them() {
+        assert_eq!(
+            encode_query(&[("status", "a b+c/é".into()), ("limit", "5".into())]),
+            "status=a%20b%2Bc%2F%C3%A9&limit=5"
+        );
+        let c = client("https://abc.execute-api.eu-west-1.amazonaws.com/prod");
+        let url = c
+            .url(
+                &[("", "api"), ("run", "x y")],
+                &[("cursor", "a b".into()), ("limit", "2".into())],
+            )
+            .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://abc.execute-api.eu-west-1.amazonaws.com/prod/api/x%20y?cursor=a%20b&limit=2"
+        );
+        assert!(c.url(&[("run", "..")], &[]).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_signing_region_is_the_flag_then_the_called_host_then_the_api_host() {
+        let api = "https://abc.execute-api.eu-west-1.amazonaws.com/prod";
+        let lambda = Url::parse("https://lambda.us-west-2.amazonaws.com/").unwrap();
+        let other = Url::parse("https://example.com/").unwrap();
+        let c = client(api);
+        assert_eq!(c.region_for(&lambda).await.unwrap(), "us-west-2");
+        assert_eq!(c.region_for(&other).await.unwrap(), "eu-west-1");
+        let mut c = client(api);
+        c.region = Some("ap-south-1".into());
+        assert_eq!(c.region_for(&lambda).await.unwrap(), "ap-south-1");
+    }
+
+    #[test]
+    fn ids_must_be_uuids() {
+        let ok = "0b7e0000-0000-4000-8000-000000000000";
+        assert_eq!(id_arg("run id", ok).unwrap(), ok);
+        for bad in ["", "6f1c", "0b7e0000-0000-4000-8000-00000000000g", "../x"] {
+            let e = id_arg("run id", bad).unwrap_err();
+            assert_eq!(e.exit_code(), crate::error::EXIT_USAGE, "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_addresses_are_usage_errors() {
+        for api in ["notaurl", "ftp://x", "http://"] {
+            let e = Client::new(Settings {
+                api: api.into(),
+                lambda_endpoint: None,
+                function: "f".into(),
+                region: None,
+                timeout: Duration::from_secs(1),
+                invoke_timeout: Duration::from_secs(1),
+            })
+            .err()
+            .unwrap_or_else(|| panic!("{api} accepted"));
+            assert_eq!(e.exit_code(), crate::error::EXIT_USAGE, "{api}: {e}");
+        }
     }
 }

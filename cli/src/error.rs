@@ -4,14 +4,19 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// Exit codes (docs/cli.md, "Exit codes"). clap itself exits 2 on a usage error.
+/// Exit codes (docs/cli.md, "Exit codes").
 pub const EXIT_ERROR: u8 = 1;
-/// A run ended `failed` or `halted`, or a move ended `failed` or `cancelled`.
+/// A usage error: clap's own (unknown flag, missing argument, a value of the wrong type), and
+/// a value the CLI refuses before any call (`CliError::Usage`).
+pub const EXIT_USAGE: u8 = 2;
+/// A run ended `failed` or `halted`, or stalled; a move ended `failed` or `cancelled`, or
+/// stalled; a drain left tenants behind.
 pub const EXIT_UNSUCCESSFUL: u8 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    /// The API answered an error body: `{"error": {"code", "message", "details"}}`.
+    /// The API answered an error body: `{"error": {"code", "message", "details"}}`, or API
+    /// Gateway's own `{"message"}` (a 403 of a bad signature, a 429).
     #[error("{message}{}", details_suffix(.details))]
     Api {
         status: u16,
@@ -26,6 +31,13 @@ pub enum CliError {
         status: u16,
         body: String,
     },
+    /// An AWS service (Secrets Manager) refused: its error code and message.
+    #[error("{what} refused ({code}): {message}")]
+    Service {
+        what: String,
+        code: String,
+        message: String,
+    },
     /// No answer: refused, timed out, TLS.
     #[error("could not reach {what}: {why}")]
     Transport { what: String, why: String },
@@ -35,9 +47,18 @@ pub enum CliError {
     /// Signing or credentials.
     #[error("signing: {0}")]
     Signing(String),
-    /// A flag or value the API would refuse, caught before any call.
+    /// A flag or argument the CLI refuses before any call (exit 2, as clap's own).
     #[error("{0}")]
     Usage(String),
+    /// What the CLI read cannot be used (a secret without a host, say).
+    #[error("{0}")]
+    Invalid(String),
+    /// Stdout could not be written (a full disk); a closed pipe is `StdoutClosed`.
+    #[error("could not write to stdout: {0}")]
+    Output(String),
+    /// The reader of stdout went away (`| head`): not a failure, nothing more to say.
+    #[error("stdout closed")]
+    StdoutClosed,
     /// A run or move that ended without success (the summary was printed already).
     #[error("{0}")]
     Unsuccessful(String),
@@ -55,8 +76,8 @@ impl CliError {
     pub fn from_body(what: &str, status: u16, text: &str) -> CliError {
         let body: Value = serde_json::from_str(text).unwrap_or(Value::Null);
         let error = &body["error"];
-        match error["message"].as_str() {
-            Some(message) => CliError::Api {
+        if let Some(message) = error["message"].as_str() {
+            return CliError::Api {
                 status,
                 code: error["code"].as_str().unwrap_or("").to_owned(),
                 message: message.to_owned(),
@@ -73,18 +94,29 @@ impl CliError {
                             .collect()
                     })
                     .unwrap_or_default(),
-            },
-            None => CliError::Unexpected {
-                what: what.to_owned(),
+            };
+        }
+        // API Gateway's own answers (a signature refused, a throttle) are `{"message": ...}`.
+        if let Some(message) = body["message"].as_str().or(body["Message"].as_str()) {
+            return CliError::Api {
                 status,
-                body: text.chars().take(500).collect(),
-            },
+                code: String::new(),
+                message: format!("{what} answered HTTP {status}: {message}"),
+                details: Vec::new(),
+            };
+        }
+        CliError::Unexpected {
+            what: what.to_owned(),
+            status,
+            body: text.chars().take(500).collect(),
         }
     }
 
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Unsuccessful(_) => EXIT_UNSUCCESSFUL,
+            CliError::Usage(_) => EXIT_USAGE,
+            CliError::StdoutClosed => 0,
             // The run itself went wrong (a tenant failed, it halted, ...), not the request.
             CliError::Invocation { error_type, .. }
                 if !matches!(
@@ -101,18 +133,27 @@ impl CliError {
             _ => EXIT_ERROR,
         }
     }
-}
 
-impl CliError {
-    /// A failure worth asking again while following a run or a move: no answer, or the
-    /// API's 500/502/503/504.
+    /// A failure worth asking again while following a run or a move: no answer, a throttle
+    /// (429), or the API's 500/502/503/504.
     pub fn is_transient(&self) -> bool {
         match self {
             CliError::Transport { .. } => true,
             CliError::Api { status, .. } | CliError::Unexpected { status, .. } => {
-                matches!(status, 500 | 502 | 503 | 504)
+                matches!(status, 429 | 500 | 502 | 503 | 504)
             }
             _ => false,
+        }
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    /// A write to stdout that failed.
+    fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            CliError::StdoutClosed
+        } else {
+            CliError::Output(e.to_string())
         }
     }
 }
@@ -158,10 +199,38 @@ mod tests {
         assert_eq!(e.exit_code(), EXIT_ERROR);
         let e = CliError::from_body("the API", 502, "Bad Gateway");
         assert!(e.to_string().contains("HTTP 502"), "{e}");
+        assert!(e.is_transient());
         let e = CliError::Invocation {
             error_type: "TenantMigrationsFailed".into(),
             message: "1 of 3".into(),
         };
         assert_eq!(e.exit_code(), EXIT_UNSUCCESSFUL);
+    }
+
+    #[test]
+    fn api_gateway_messages_are_read_and_throttles_are_transient() {
+        let e = CliError::from_body(
+            "the API",
+            403,
+            r#"{"message":"The request signature we calculated does not match"}"#,
+        );
+        assert_eq!(
+            e.to_string(),
+            "the API answered HTTP 403: The request signature we calculated does not match"
+        );
+        assert!(!e.is_transient());
+        let e = CliError::from_body("the API", 429, r#"{"message":"Too Many Requests"}"#);
+        assert!(e.is_transient(), "{e}");
+    }
+
+    #[test]
+    fn usage_errors_exit_2_and_a_closed_pipe_exits_0() {
+        assert_eq!(CliError::Usage("--max-failures".into()).exit_code(), 2);
+        assert_eq!(CliError::Invalid("no host".into()).exit_code(), 1);
+        let pipe = CliError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert_eq!(pipe.exit_code(), 0);
+        let full = CliError::from(std::io::Error::other("No space left on device"));
+        assert_eq!(full.exit_code(), 1);
+        assert!(full.to_string().contains("No space left"), "{full}");
     }
 }

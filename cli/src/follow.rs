@@ -1,7 +1,7 @@
 //! Following moves (`tenants move --watch`, `servers drain --watch`): a spinner per move
 //! with its step, until every one has ended (`done`, `cancelled` or `failed`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
@@ -14,8 +14,14 @@ use crate::{
 
 const POLL: Duration = Duration::from_secs(1);
 
-/// Polls `GET /api/moves/{id}` for each move until all have ended; their last state.
-pub async fn moves(ctx: &Ctx, ids: &[String]) -> Result<Vec<Value>, CliError> {
+/// Polls `GET /api/moves/{id}` for each move until all have ended, or one has made no
+/// progress (its `updated_at`) for `stall_after`, when it is left as it was (still
+/// `running`: `check_moves` reports it); their last state.
+pub async fn moves(
+    ctx: &Ctx,
+    ids: &[String],
+    stall_after: Duration,
+) -> Result<Vec<Value>, CliError> {
     let target = match ctx.output {
         Output::Table => ProgressDrawTarget::stderr(),
         Output::Json => ProgressDrawTarget::hidden(),
@@ -33,19 +39,35 @@ pub async fn moves(ctx: &Ctx, ids: &[String]) -> Result<Vec<Value>, CliError> {
         })
         .collect();
     let mut last: Vec<Value> = vec![Value::Null; ids.len()];
+    // Each move's last progress (its `updated_at`), and when it was seen.
+    let mut progress: Vec<(String, Instant)> = vec![(String::new(), Instant::now()); ids.len()];
+    let mut stalled = vec![false; ids.len()];
     loop {
         let mut running = 0;
         for (i, id) in ids.iter().enumerate() {
-            if is_over(&last[i]) {
+            if is_over(&last[i]) || stalled[i] {
                 continue;
             }
             let segments = [("", "api"), ("", "moves"), ("move", id.as_str())];
             let mv = patiently(10, POLL, || ctx.client.get(&segments, &[])).await?;
             bars[i].set_prefix(mv["slug"].as_str().unwrap_or(id).to_owned());
-            bars[i].set_message(describe(&mv));
+            let updated_at = output::cell(&mv["updated_at"]);
+            if updated_at != progress[i].0 {
+                progress[i] = (updated_at, Instant::now());
+            }
             if is_over(&mv) {
+                bars[i].set_message(describe(&mv));
                 bars[i].finish();
+            } else if progress[i].1.elapsed() >= stall_after {
+                stalled[i] = true;
+                bars[i].set_message(format!(
+                    "{}: no progress for {} s",
+                    describe(&mv),
+                    stall_after.as_secs()
+                ));
+                bars[i].abandon();
             } else {
+                bars[i].set_message(describe(&mv));
                 running += 1;
             }
             last[i] = mv;
@@ -81,34 +103,33 @@ fn describe(mv: &Value) -> String {
 }
 
 /// One move, as the API answered it.
-pub fn print_move(ctx: &Ctx, mv: &Value) {
+pub fn print_move(ctx: &Ctx, mv: &Value) -> Result<(), CliError> {
     match ctx.output {
         Output::Json => output::print_json(mv),
-        Output::Table => println!(
-            "{}",
-            output::fields(
-                mv,
-                &[
-                    "id",
-                    "slug",
-                    "from",
-                    "to",
-                    "mode",
-                    "step",
-                    "state",
-                    "writes_refused_ms",
-                    "rows_copied",
-                    "error",
-                    "created_at",
-                    "finished_at"
-                ]
-            )
-        ),
+        Output::Table => output::print(&output::fields(
+            mv,
+            &[
+                "id",
+                "slug",
+                "from",
+                "to",
+                "mode",
+                "step",
+                "state",
+                "writes_refused_ms",
+                "rows_copied",
+                "cancel_requested",
+                "error",
+                "created_at",
+                "updated_at",
+                "finished_at",
+            ],
+        )),
     }
 }
 
 /// Several moves: a table, or `{"moves": [...]}`.
-pub fn print_moves(ctx: &Ctx, moves: &[Value]) {
+pub fn print_moves(ctx: &Ctx, moves: &[Value]) -> Result<(), CliError> {
     match ctx.output {
         Output::Json => output::print_json(&json!({ "moves": moves })),
         Output::Table => {
@@ -118,6 +139,7 @@ pub fn print_moves(ctx: &Ctx, moves: &[Value]) {
                     output::cells(
                         m,
                         &[
+                            "id",
                             "slug",
                             "from",
                             "to",
@@ -129,21 +151,19 @@ pub fn print_moves(ctx: &Ctx, moves: &[Value]) {
                     )
                 })
                 .collect();
-            println!(
-                "{}",
-                output::table(
-                    &[
-                        "slug",
-                        "from",
-                        "to",
-                        "state",
-                        "step",
-                        "writes_refused_ms",
-                        "error"
-                    ],
-                    rows
-                )
-            );
+            output::print(&output::table(
+                &[
+                    "id",
+                    "slug",
+                    "from",
+                    "to",
+                    "state",
+                    "step",
+                    "writes_refused_ms",
+                    "error",
+                ],
+                rows,
+            ))
         }
     }
 }
@@ -153,7 +173,15 @@ pub fn check_moves(moves: &[Value]) -> Result<(), CliError> {
     let bad: Vec<String> = moves
         .iter()
         .filter(|m| m["state"] != "done")
-        .map(|m| format!("{} {}", output::cell(&m["slug"]), output::cell(&m["state"])))
+        .map(|m| match m["state"].as_str() {
+            Some("running") => format!(
+                "{} still running with no progress since {} (see `dbtools moves show {}`)",
+                output::cell(&m["slug"]),
+                output::cell(&m["updated_at"]),
+                output::cell(&m["id"])
+            ),
+            _ => format!("{} {}", output::cell(&m["slug"]), output::cell(&m["state"])),
+        })
         .collect();
     if bad.is_empty() {
         Ok(())

@@ -2,13 +2,16 @@
 //! API (signed with SigV4 when the API is not this machine's) and invokes migrate-all through
 //! the Lambda Invoke API. See docs/cli.md.
 //!
-//! Layout: this file holds the top of the command tree and the dispatch; `tenants`, `servers`
-//! and `runs` each own their subcommands; `client` (HTTP) and `sign` (SigV4) talk to AWS;
-//! `output` prints tables or JSON; `watch` follows runs and `follow` follows moves.
+//! Layout: this file holds the top of the command tree and the dispatch; `tenants`, `servers`,
+//! `moves` and `runs` each own their subcommands; `client` (HTTP) and `sign` (SigV4) talk to AWS;
+//! `output` prints tables or JSON; `ledger` reads and shows runs, `watch` follows them and
+//! `follow` follows moves; `secret` reads a tenant's secret.
 
 mod client;
 mod error;
 mod follow;
+mod ledger;
+mod moves;
 mod output;
 mod runs;
 mod secret;
@@ -50,11 +53,13 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
 
-    /// Seconds to wait for each API call's answer.
-    #[arg(long, global = true, env = "DBTOOLS_TIMEOUT", default_value_t = 30)]
+    /// Seconds to wait for each API call's answer (and each Secrets Manager call's).
+    #[arg(long, global = true, env = "DBTOOLS_TIMEOUT", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
 
-    /// The AWS region to sign for (default: the API's host, else the AWS configuration).
+    /// The AWS region to sign for (default: the called host's, else the API host's, else the
+    /// AWS configuration's). Secrets Manager is always asked in the secret's own region.
     #[arg(long, global = true)]
     region: Option<String>,
 
@@ -74,8 +79,15 @@ struct Cli {
     lambda_endpoint: Option<String>,
 
     /// Seconds to wait for a migrate-all invocation (an inline run takes up to 15 minutes).
-    #[arg(long, global = true, default_value_t = 960)]
+    #[arg(long, global = true, default_value_t = 960,
+          value_parser = clap::value_parser!(u64).range(1..))]
     invoke_timeout: u64,
+
+    /// A watch (`runs watch`, any `--watch`) gives up, exit 3, on a run or move whose
+    /// `updated_at` has not changed for this many seconds (the product's RUN_STALL_SECS).
+    #[arg(long, global = true, env = "DBTOOLS_STALL_AFTER", default_value_t = 900,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    stall_after: u64,
 
     #[command(subcommand)]
     command: Command,
@@ -89,15 +101,20 @@ enum Command {
     /// PostgreSQL servers: list, get, add, set, remove, drain.
     #[command(subcommand)]
     Servers(servers::ServersCmd),
+    /// Moves of tenants between servers: list, show, cancel.
+    #[command(subcommand)]
+    Moves(moves::MovesCmd),
     /// migrate-all runs: start, list, show, watch, retry.
     #[command(subcommand)]
     Runs(runs::RunsCmd),
 }
 
-/// What every command gets: the client and the output format.
+/// What every command gets: the client, the output format, and how long a watch waits for
+/// progress.
 pub struct Ctx {
     pub client: Client,
     pub output: Output,
+    pub stall_after: Duration,
 }
 
 async fn dispatch(cli: Cli) -> Result<(), CliError> {
@@ -106,16 +123,18 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         lambda_endpoint: cli.lambda_endpoint,
         function: cli.function,
         region: cli.region,
-        timeout: Duration::from_secs(cli.timeout.max(1)),
-        invoke_timeout: Duration::from_secs(cli.invoke_timeout.max(1)),
+        timeout: Duration::from_secs(cli.timeout),
+        invoke_timeout: Duration::from_secs(cli.invoke_timeout),
     })?;
     let ctx = Ctx {
         client,
         output: cli.output,
+        stall_after: Duration::from_secs(cli.stall_after),
     };
     match cli.command {
         Command::Tenants(cmd) => tenants::run(&ctx, cmd).await,
         Command::Servers(cmd) => servers::run(&ctx, cmd).await,
+        Command::Moves(cmd) => moves::run(&ctx, cmd).await,
         Command::Runs(cmd) => runs::run(&ctx, cmd).await,
     }
 }
@@ -125,6 +144,8 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli).await {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head`): what it wanted was written.
+        Err(CliError::StdoutClosed) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code())
@@ -144,7 +165,7 @@ mod tests {
     }
 
     #[test]
-    fn flags_map_as_documented() {
+    fn global_flags_parse_anywhere_and_bad_values_are_usage_errors() {
         let cli = Cli::try_parse_from([
             "dbtools",
             "runs",
@@ -157,10 +178,20 @@ mod tests {
             "10%",
             "--output",
             "json",
+            "--stall-after",
+            "60",
         ])
         .unwrap();
         assert_eq!(cli.output, Output::Json);
-        assert!(Cli::try_parse_from(["dbtools", "tenants", "move", "acme"]).is_err());
-        assert!(Cli::try_parse_from(["dbtools", "runs", "start", "--inline", "--queue"]).is_err());
+        assert_eq!((cli.stall_after, cli.timeout), (60, 30));
+        let usage = |args: &[&str]| {
+            let e = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}: {e}");
+        };
+        usage(&["dbtools", "tenants", "move", "acme"]);
+        usage(&["dbtools", "runs", "start", "--inline", "--queue"]);
+        usage(&["dbtools", "--timeout", "0", "tenants", "list"]);
+        usage(&["dbtools", "--stall-after", "0", "runs", "watch", "x"]);
+        usage(&["dbtools", "moves", "show"]);
     }
 }

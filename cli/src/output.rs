@@ -1,8 +1,12 @@
 //! `--output table|json`: JSON prints the API's body as it came (pretty); tables pick the
 //! columns an operator reads.
 
+use std::io::Write;
+
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use serde_json::Value;
+
+use crate::error::CliError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -12,11 +16,20 @@ pub enum Output {
     Json,
 }
 
+/// Prints `text` and a newline on stdout. Unlike `println!`, a failed write is an error, not
+/// a panic: a closed pipe (`| head`) is `StdoutClosed` (exit 0), anything else exit 1.
+pub fn print(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    out.flush()?;
+    Ok(())
+}
+
 /// Prints `value` as pretty JSON on stdout.
-pub fn print_json(value: &Value) {
+pub fn print_json(value: &Value) -> Result<(), CliError> {
     match serde_json::to_string_pretty(value) {
-        Ok(text) => println!("{text}"),
-        Err(_) => println!("{value}"),
+        Ok(text) => print(&text),
+        Err(_) => print(&value.to_string()),
     }
 }
 

@@ -12,7 +12,9 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use crate::{
+    client::id_arg,
     error::CliError,
+    ledger,
     output::{self, Output},
     watch, Ctx,
 };
@@ -48,7 +50,8 @@ pub enum RunsCmd {
         all: bool,
     },
     /// Follow a run live: a bar per wave and per server (migrated / deferred / failed /
-    /// pending, rate, time left). Exits 3 if the run ends failed or halted.
+    /// pending, rate, time left). Exits 3 if the run ends failed, halted or skipped, or
+    /// makes no progress for --stall-after seconds.
     Watch {
         id: String,
         /// Seconds between two looks at the ledger.
@@ -160,6 +163,7 @@ pub async fn run(ctx: &Ctx, cmd: RunsCmd) -> Result<(), CliError> {
             invoke_and_report(ctx, &event, args.run.watch).await
         }
         RunsCmd::Retry { id, run } => {
+            id_arg("run id", &id)?;
             let mut event = json!({ "retry_run": id });
             run.apply(&mut event)?;
             invoke_and_report(ctx, &event, run.watch).await
@@ -171,7 +175,7 @@ pub async fn run(ctx: &Ctx, cmd: RunsCmd) -> Result<(), CliError> {
             }
             let page = ctx.client.get(&[("", "api"), ("", "runs")], &query).await?;
             match ctx.output {
-                Output::Json => output::print_json(&page),
+                Output::Json => output::print_json(&page)?,
                 Output::Table => {
                     let rows = page["runs"]
                         .as_array()
@@ -188,22 +192,19 @@ pub async fn run(ctx: &Ctx, cmd: RunsCmd) -> Result<(), CliError> {
                                 .collect()
                         })
                         .unwrap_or_default();
-                    println!(
-                        "{}",
-                        output::table(
-                            &[
-                                "id",
-                                "status",
-                                "mode",
-                                "started_at",
-                                "finished_at",
-                                "counts"
-                            ],
-                            rows
-                        )
-                    );
+                    output::print(&output::table(
+                        &[
+                            "id",
+                            "status",
+                            "mode",
+                            "started_at",
+                            "finished_at",
+                            "counts",
+                        ],
+                        rows,
+                    ))?;
                     if let Some(n) = page["next_cursor"].as_str() {
-                        println!("more: --cursor {n}");
+                        output::print(&format!("more: --cursor {n}"))?;
                     }
                 }
             }
@@ -215,25 +216,27 @@ pub async fn run(ctx: &Ctx, cmd: RunsCmd) -> Result<(), CliError> {
             limit,
             all,
         } => {
+            id_arg("run id", &id)?;
             let (run, tenants) =
-                watch::fetch_run(&ctx.client, &id, status.as_deref(), limit, all).await?;
+                ledger::fetch_run(&ctx.client, &id, status.as_deref(), limit, all).await?;
             match ctx.output {
                 Output::Json => {
                     let mut shown = run;
                     shown["tenants"] = json!(tenants);
-                    output::print_json(&shown);
+                    output::print_json(&shown)?;
                 }
                 Output::Table => {
-                    println!("{}", watch::run_fields(&run));
-                    println!("{}", watch::tenant_table(&tenants));
+                    output::print(&ledger::run_fields(&run))?;
+                    output::print(&ledger::tenant_table(&tenants))?;
                     if let Some(n) = run["next_cursor"].as_str() {
-                        println!("more tenants: --all (next cursor {n})");
+                        output::print(&format!("more tenants: --all (next cursor {n})"))?;
                     }
                 }
             }
             Ok(())
         }
         RunsCmd::Watch { id, interval } => {
+            id_arg("run id", &id)?;
             // A NaN or infinite interval (which f64 parsing accepts) would panic below.
             let secs = if interval.is_finite() {
                 interval.clamp(0.2, 60.0)
@@ -241,7 +244,7 @@ pub async fn run(ctx: &Ctx, cmd: RunsCmd) -> Result<(), CliError> {
                 1.0
             };
             let every = Duration::from_secs_f64(secs);
-            watch::watch(ctx, &id, every).await
+            watch::watch(ctx, &id, every, ctx.stall_after).await
         }
     }
 }
@@ -252,8 +255,8 @@ async fn invoke_and_report(ctx: &Ctx, event: &Value, follow: bool) -> Result<(),
     let status = report["status"].as_str().unwrap_or("");
     let run_id = report["run_id"].as_str().map(str::to_owned);
     match ctx.output {
-        Output::Json => output::print_json(&report),
-        Output::Table => print_report(&report),
+        Output::Json => output::print_json(&report)?,
+        Output::Table => print_report(&report)?,
     }
     if status == "already_running" {
         return Err(CliError::Unsuccessful(format!(
@@ -261,45 +264,38 @@ async fn invoke_and_report(ctx: &Ctx, event: &Value, follow: bool) -> Result<(),
             output::cell(&report["error"])
         )));
     }
+    // A run that failed or halted in the invocation is its error (exit 3), not a report.
     match (follow, run_id) {
         (true, Some(id)) if matches!(status, "queued" | "running") => {
-            watch::watch(ctx, &id, Duration::from_secs(1)).await
+            watch::watch(ctx, &id, Duration::from_secs(1), ctx.stall_after).await
         }
-        _ if status == "halted" => Err(CliError::Unsuccessful(format!(
-            "the run halted: {}",
-            output::cell(&report["error"])
-        ))),
         _ => Ok(()),
     }
 }
 
-fn print_report(report: &Value) {
+fn print_report(report: &Value) -> Result<(), CliError> {
     let mut shown = report.clone();
     shown["counts"] = json!(output::counts(&report["counts"]));
-    println!(
-        "{}",
-        output::fields(
-            &shown,
-            &[
-                "run_id",
-                "status",
-                "mode",
-                "dry_run",
-                "latest_version",
-                "canary",
-                "max_failures",
-                "concurrency",
-                "counts",
-                "tenants_omitted",
-                "error",
-                "duration_ms"
-            ]
-        )
-    );
-    if let Some(tenants) = report["tenants"].as_array() {
-        if !tenants.is_empty() {
-            println!("{}", watch::tenant_table(tenants));
-        }
+    output::print(&output::fields(
+        &shown,
+        &[
+            "run_id",
+            "status",
+            "mode",
+            "dry_run",
+            "latest_version",
+            "canary",
+            "max_failures",
+            "concurrency",
+            "counts",
+            "tenants_omitted",
+            "error",
+            "duration_ms",
+        ],
+    ))?;
+    match report["tenants"].as_array() {
+        Some(tenants) if !tenants.is_empty() => output::print(&ledger::tenant_table(tenants)),
+        _ => Ok(()),
     }
 }
 

@@ -52,7 +52,9 @@ pub enum ServersCmd {
     /// Mark a server draining and move each of its active tenants away.
     Drain {
         name: String,
-        /// Follow the moves it started until they end; exits 3 if one fails or is cancelled.
+        /// Follow the moves it started, and those already running from it, until they end;
+        /// exits 3 if one fails, is cancelled or stalls, or if the drain left tenants
+        /// (`remaining`, `errors`).
         #[arg(long)]
         watch: bool,
     },
@@ -83,34 +85,31 @@ pub async fn run(ctx: &Ctx, cmd: ServersCmd) -> Result<(), CliError> {
         ServersCmd::List => {
             let page = c.get(&[("", "api"), ("", "servers")], &[]).await?;
             match ctx.output {
-                Output::Json => output::print_json(&page),
+                Output::Json => output::print_json(&page)?,
                 Output::Table => {
                     let rows = page["servers"]
                         .as_array()
                         .map(|ss| ss.iter().map(server_row).collect())
                         .unwrap_or_default();
-                    println!(
-                        "{}",
-                        output::table(
-                            &[
-                                "name",
-                                "state",
-                                "host",
-                                "port",
-                                "tenants",
-                                "room",
-                                "max_tenants",
-                                "migrate_concurrency"
-                            ],
-                            rows
-                        )
-                    );
+                    output::print(&output::table(
+                        &[
+                            "name",
+                            "state",
+                            "host",
+                            "port",
+                            "tenants",
+                            "room",
+                            "max_tenants",
+                            "migrate_concurrency",
+                        ],
+                        rows,
+                    ))?;
                 }
             }
         }
         ServersCmd::Get { name } => {
             let server = c.get(&path(&name), &[]).await?;
-            print_server(ctx, &server);
+            print_server(ctx, &server)?;
         }
         ServersCmd::Add {
             name,
@@ -124,7 +123,7 @@ pub async fn run(ctx: &Ctx, cmd: ServersCmd) -> Result<(), CliError> {
                               "max_tenants": max_tenants,
                               "migrate_concurrency": migrate_concurrency});
             let server = c.post(&[("", "api"), ("", "servers")], &body).await?;
-            print_server(ctx, &server);
+            print_server(ctx, &server)?;
         }
         ServersCmd::Set {
             name,
@@ -156,12 +155,12 @@ pub async fn run(ctx: &Ctx, cmd: ServersCmd) -> Result<(), CliError> {
             let server = c
                 .call(reqwest::Method::PATCH, url, Some(&Value::Object(body)), &[])
                 .await?;
-            print_server(ctx, &server);
+            print_server(ctx, &server)?;
         }
         ServersCmd::Remove { name } => {
             let url = c.url(&path(&name), &[])?;
             let server = c.call(reqwest::Method::DELETE, url, None, &[]).await?;
-            print_server(ctx, &server);
+            print_server(ctx, &server)?;
         }
         ServersCmd::Drain { name, watch } => {
             let drain = c
@@ -175,9 +174,9 @@ pub async fn run(ctx: &Ctx, cmd: ServersCmd) -> Result<(), CliError> {
                     &json!({}),
                 )
                 .await?;
-            print_drain(ctx, &drain);
+            print_drain(ctx, &drain)?;
             if watch {
-                let ids: Vec<String> = drain["started"]
+                let mut ids: Vec<String> = drain["started"]
                     .as_array()
                     .map(|s| {
                         s.iter()
@@ -185,20 +184,58 @@ pub async fn run(ctx: &Ctx, cmd: ServersCmd) -> Result<(), CliError> {
                             .collect()
                     })
                     .unwrap_or_default();
-                let ended = follow::moves(ctx, &ids).await?;
-                follow::print_moves(ctx, &ended);
-                if drain["remaining"].as_i64().is_some_and(|n| n > 0) {
-                    eprintln!(
-                        "{} tenants were not started (no time or no room): run `dbtools servers \
-                         drain {name}` again",
-                        drain["remaining"]
-                    );
+                // The moves an earlier drain (or an operator) started from it, still at work.
+                for id in running_moves_from(ctx, &name).await? {
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                    }
                 }
+                let ended = follow::moves(ctx, &ids, ctx.stall_after).await?;
+                follow::print_moves(ctx, &ended)?;
                 follow::check_moves(&ended)?;
+                drain_left(&name, &drain)?;
             }
         }
     }
     Ok(())
+}
+
+/// The ids of the moves from `server` still `running` (`GET /api/moves`: the 500 newest).
+async fn running_moves_from(ctx: &Ctx, server: &str) -> Result<Vec<String>, CliError> {
+    let page = ctx
+        .client
+        .get(&[("", "api"), ("", "moves")], &[("limit", "500".into())])
+        .await?;
+    Ok(page["moves"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .filter(|m| m["from"] == server && m["state"] == "running")
+                .filter_map(|m| m["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Fails (exit 3) when the drain left tenants on the server: `remaining` ones (no time or no
+/// room) or `errors`.
+fn drain_left(name: &str, drain: &Value) -> Result<(), CliError> {
+    let remaining = drain["remaining"].as_i64().unwrap_or(0);
+    let errors: Vec<String> = drain["errors"]
+        .as_array()
+        .map(|es| es.iter().map(output::cell).collect())
+        .unwrap_or_default();
+    if remaining == 0 && errors.is_empty() {
+        return Ok(());
+    }
+    let mut why = format!("{remaining} tenants were not started");
+    if !errors.is_empty() {
+        why.push_str(&format!(" ({})", errors.join("; ")));
+    }
+    Err(CliError::Unsuccessful(format!(
+        "the drain of {name} is not over: {why}; run `dbtools servers drain {name} --watch` \
+         again"
+    )))
 }
 
 fn path(name: &str) -> [(&str, &str); 3] {
@@ -215,7 +252,7 @@ fn server_row(s: &Value) -> Vec<String> {
     row
 }
 
-fn print_server(ctx: &Ctx, server: &Value) {
+fn print_server(ctx: &Ctx, server: &Value) -> Result<(), CliError> {
     match ctx.output {
         Output::Json => output::print_json(server),
         Output::Table => {
@@ -223,30 +260,27 @@ fn print_server(ctx: &Ctx, server: &Value) {
             if server["tenants"].is_object() {
                 shown["tenants"] = json!(output::counts(&server["tenants"]));
             }
-            println!("{}", output::fields(&shown, SERVER_FIELDS));
+            output::print(&output::fields(&shown, SERVER_FIELDS))
         }
     }
 }
 
-fn print_drain(ctx: &Ctx, drain: &Value) {
+fn print_drain(ctx: &Ctx, drain: &Value) -> Result<(), CliError> {
     match ctx.output {
         // With --watch the moves follow as JSON too (one document each).
         Output::Json => output::print_json(drain),
         Output::Table => {
-            println!(
-                "{}",
-                output::fields(
-                    drain,
-                    &[
-                        "server",
-                        "state",
-                        "moving",
-                        "remaining",
-                        "not_movable",
-                        "errors"
-                    ]
-                )
-            );
+            output::print(&output::fields(
+                drain,
+                &[
+                    "server",
+                    "state",
+                    "moving",
+                    "remaining",
+                    "not_movable",
+                    "errors",
+                ],
+            ))?;
             let rows: Vec<Vec<String>> = drain["started"]
                 .as_array()
                 .map(|s| {
@@ -256,9 +290,9 @@ fn print_drain(ctx: &Ctx, drain: &Value) {
                 })
                 .unwrap_or_default();
             if rows.is_empty() {
-                println!("no move started");
+                output::print("no move started")
             } else {
-                println!("{}", output::table(&["slug", "to", "move_id"], rows));
+                output::print(&output::table(&["slug", "to", "move_id"], rows))
             }
         }
     }

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use crate::{
     error::CliError,
-    follow,
+    follow, ledger,
     output::{self, Output},
     secret, Ctx,
 };
@@ -48,7 +48,8 @@ pub enum TenantsCmd {
         #[arg(long)]
         show_password: bool,
     },
-    /// Move a tenant to another server (202: the move runs in the background).
+    /// Move a tenant to another server (202: the move runs in the background; `dbtools moves`
+    /// follows and cancels it).
     Move {
         slug: String,
         /// The server to move it to.
@@ -58,7 +59,7 @@ pub enum TenantsCmd {
         /// replication; writes refused only for the final catch-up).
         #[arg(long, value_enum, default_value_t = MoveMode::Copy)]
         mode: MoveMode,
-        /// Follow the move until it ends; exits 3 if it fails or is cancelled.
+        /// Follow the move until it ends; exits 3 if it fails, is cancelled or stalls.
         #[arg(long)]
         watch: bool,
     },
@@ -128,25 +129,25 @@ pub async fn run(ctx: &Ctx, cmd: TenantsCmd) -> Result<(), CliError> {
             let tenant = c
                 .call(reqwest::Method::POST, url, Some(&body), &extra)
                 .await?;
-            print_tenant(ctx, &tenant);
+            print_tenant(ctx, &tenant)?;
         }
         TenantsCmd::List(args) => list(ctx, args).await?,
         TenantsCmd::Get { slug } => {
             let tenant = c.get(&path(&slug), &[]).await?;
-            print_tenant(ctx, &tenant);
+            print_tenant(ctx, &tenant)?;
         }
         TenantsCmd::Delete { slug } => {
             let url = c.url(&path(&slug), &[])?;
             let tenant = c.call(reqwest::Method::DELETE, url, None, &[]).await?;
-            print_tenant(ctx, &tenant);
+            print_tenant(ctx, &tenant)?;
         }
         TenantsCmd::Restore { slug } => {
             let tenant = c.post(&action(&slug, "restore"), &json!({})).await?;
-            print_tenant(ctx, &tenant);
+            print_tenant(ctx, &tenant)?;
         }
         TenantsCmd::Purge { slug } => {
             let tenant = c.post(&action(&slug, "purge"), &json!({})).await?;
-            print_tenant(ctx, &tenant);
+            print_tenant(ctx, &tenant)?;
         }
         TenantsCmd::Credentials {
             slug,
@@ -155,23 +156,20 @@ pub async fn run(ctx: &Ctx, cmd: TenantsCmd) -> Result<(), CliError> {
             let tenant = c.get(&path(&slug), &[]).await?;
             let creds = secret::tenant_credentials(c, &tenant, show_password).await?;
             match ctx.output {
-                Output::Json => output::print_json(&creds),
-                Output::Table => println!(
-                    "{}",
-                    output::fields(
-                        &creds,
-                        &[
-                            "slug",
-                            "connection_string",
-                            "host",
-                            "port",
-                            "dbname",
-                            "username",
-                            "password",
-                            "secret_arn"
-                        ]
-                    )
-                ),
+                Output::Json => output::print_json(&creds)?,
+                Output::Table => output::print(&output::fields(
+                    &creds,
+                    &[
+                        "slug",
+                        "connection_string",
+                        "host",
+                        "port",
+                        "dbname",
+                        "username",
+                        "password",
+                        "secret_arn",
+                    ],
+                ))?,
             }
         }
         TenantsCmd::Move {
@@ -189,13 +187,13 @@ pub async fn run(ctx: &Ctx, cmd: TenantsCmd) -> Result<(), CliError> {
                 .await?;
             if watch {
                 let id = mv["id"].as_str().unwrap_or_default().to_owned();
-                let ended = follow::moves(ctx, &[id]).await?;
+                let ended = follow::moves(ctx, &[id], ctx.stall_after).await?;
                 for mv in &ended {
-                    follow::print_move(ctx, mv);
+                    follow::print_move(ctx, mv)?;
                 }
                 follow::check_moves(&ended)?;
             } else {
-                follow::print_move(ctx, &mv);
+                follow::print_move(ctx, &mv)?;
             }
         }
     }
@@ -210,16 +208,17 @@ fn action<'a>(slug: &'a str, what: &'a str) -> [(&'a str, &'a str); 4] {
     [("", "api"), ("", "tenants"), ("tenant", slug), ("", what)]
 }
 
-fn print_tenant(ctx: &Ctx, tenant: &Value) {
+fn print_tenant(ctx: &Ctx, tenant: &Value) -> Result<(), CliError> {
     match ctx.output {
         Output::Json => output::print_json(tenant),
-        Output::Table => println!("{}", output::fields(tenant, TENANT_FIELDS)),
+        Output::Table => output::print(&output::fields(tenant, TENANT_FIELDS)),
     }
 }
 
 async fn list(ctx: &Ctx, args: ListArgs) -> Result<(), CliError> {
     let mut tenants = Vec::new();
     let mut cursor = args.cursor;
+    let mut seen = std::collections::HashSet::new();
     let next = loop {
         let mut query = vec![("limit", args.limit.to_string())];
         if let Some(s) = &args.status {
@@ -235,12 +234,18 @@ async fn list(ctx: &Ctx, args: ListArgs) -> Result<(), CliError> {
         tenants.extend(page["tenants"].as_array().cloned().unwrap_or_default());
         let next = page["next_cursor"].as_str().map(str::to_owned);
         match next {
-            Some(n) if args.all => cursor = Some(n),
+            Some(n) if args.all => {
+                // A cursor seen before would page forever.
+                if !seen.insert(n.clone()) {
+                    return Err(ledger::repeated_cursor(&n));
+                }
+                cursor = Some(n);
+            }
             other => break other,
         }
     };
     match ctx.output {
-        Output::Json => output::print_json(&json!({"tenants": tenants, "next_cursor": next})),
+        Output::Json => output::print_json(&json!({"tenants": tenants, "next_cursor": next}))?,
         Output::Table => {
             let rows = tenants
                 .iter()
@@ -258,15 +263,12 @@ async fn list(ctx: &Ctx, args: ListArgs) -> Result<(), CliError> {
                     )
                 })
                 .collect();
-            println!(
-                "{}",
-                output::table(
-                    &["slug", "name", "status", "server", "version", "created_at"],
-                    rows
-                )
-            );
+            output::print(&output::table(
+                &["slug", "name", "status", "server", "version", "created_at"],
+                rows,
+            ))?;
             if let Some(n) = next {
-                println!("more: --cursor {n} (or --all)");
+                output::print(&format!("more: --cursor {n} (or --all)"))?;
             }
         }
     }

@@ -4,101 +4,22 @@
 //! (`migrated`, `deferred`, `failed`, `pending`, and any other outcome that occurs). Without a
 //! terminal a line is printed each time the counts change.
 
-use std::{collections::BTreeMap, io::IsTerminal, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io::IsTerminal,
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, Utc};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 
 use crate::{
-    client::Client,
     error::{patiently, CliError},
+    ledger::{fetch_run, run_fields, tenant_table},
     output::{self, Output},
     Ctx,
 };
-
-/// The run and its tenants: one page of `limit`, or every page with `all`.
-pub async fn fetch_run(
-    client: &Client,
-    id: &str,
-    status: Option<&str>,
-    limit: u32,
-    all: bool,
-) -> Result<(Value, Vec<Value>), CliError> {
-    let mut tenants = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut query = vec![("limit", limit.to_string())];
-        if let Some(s) = status {
-            query.push(("status", s.to_owned()));
-        }
-        if let Some(c) = &cursor {
-            query.push(("cursor", c.clone()));
-        }
-        let mut run = client
-            .get(&[("", "api"), ("", "runs"), ("run", id)], &query)
-            .await?;
-        if let Some(Value::Array(page)) = run.get_mut("tenants").map(Value::take) {
-            tenants.extend(page);
-        }
-        match run["next_cursor"].as_str() {
-            Some(next) if all => cursor = Some(next.to_owned()),
-            _ => {
-                if let Some(map) = run.as_object_mut() {
-                    map.remove("tenants");
-                }
-                return Ok((run, tenants));
-            }
-        }
-    }
-}
-
-/// The run's own fields, as a two-column table.
-pub fn run_fields(run: &Value) -> String {
-    let mut shown = run.clone();
-    shown["counts"] = json!(output::counts(&run["counts"]));
-    output::fields(
-        &shown,
-        &[
-            "id",
-            "status",
-            "mode",
-            "wave",
-            "canary",
-            "max_failures",
-            "latest_version",
-            "counts",
-            "error",
-            "started_at",
-            "updated_at",
-            "finished_at",
-        ],
-    )
-}
-
-/// Tenants of a run or a report.
-pub fn tenant_table(tenants: &[Value]) -> String {
-    let rows = tenants
-        .iter()
-        .map(|t| {
-            let mut row = output::cells(t, &["slug", "server", "status", "wave"]);
-            row.push(format!(
-                "{} -> {}",
-                output::cell(&t["from_version"]),
-                output::cell(&t["to_version"])
-            ));
-            row.push(output::cell(&t["pending"]));
-            row.push(output::cell(&t["error"]));
-            row
-        })
-        .collect();
-    output::table(
-        &[
-            "slug", "server", "status", "wave", "version", "pending", "error",
-        ],
-        rows,
-    )
-}
 
 /// A group of the run's tenants (the whole run, a wave, a server) and its outcomes.
 #[derive(Default)]
@@ -130,7 +51,8 @@ impl Tally {
     }
 }
 
-/// Seconds the run has been at work: from `started_at` to `finished_at`, or to now.
+/// Seconds the run has been at work: from `started_at` to `finished_at`, or to now (shown on
+/// the header; not the rate, which a retry's new work would skew).
 fn run_elapsed(run: &Value) -> Option<f64> {
     let at = |k: &str| {
         run[k]
@@ -143,23 +65,21 @@ fn run_elapsed(run: &Value) -> Option<f64> {
     Some(secs.max(0.001))
 }
 
-/// `0.8/s eta 5s`: the group's tenants with an outcome per second since the run started, and
-/// the time its pending tenants take at that rate.
-fn pace(t: &Tally, elapsed: Option<f64>) -> String {
-    let done = (t.total() - t.get("pending")) as f64;
+/// `0.8/s eta 5s`: the group's tenants that got an outcome per second since the watch first
+/// saw the group (`seen`: seconds ago, and how many had an outcome then), and the time its
+/// pending tenants take at that rate. Before any change is seen the rate is `-` (and the
+/// time left `?`).
+fn pace(t: &Tally, (secs, then): (f64, u64)) -> String {
+    let done = t.total() - t.get("pending");
     let pending = t.get("pending") as f64;
-    let Some(secs) = elapsed else {
-        return format!("{:>7} eta {:<4}", "-", "-");
+    let rate = (secs > 0.0 && done > then).then(|| (done - then) as f64 / secs);
+    let eta = match rate {
+        _ if pending == 0.0 => "0s".to_owned(),
+        Some(r) => human(pending / r),
+        None => "?".to_owned(),
     };
-    let rate = done / secs;
-    let eta = if pending == 0.0 {
-        "0s".to_owned()
-    } else if rate <= 0.0 {
-        "?".to_owned()
-    } else {
-        human(pending / rate)
-    };
-    format!("{:>7} eta {eta:<4}", format!("{rate:.1}/s"))
+    let rate = rate.map_or_else(|| "-".to_owned(), |r| format!("{r:.1}/s"));
+    format!("{rate:>7} eta {eta:<4}")
 }
 
 /// `42s`, `7m`, `3h`.
@@ -195,9 +115,15 @@ fn tally(tenants: &[Value]) -> Vec<(String, Tally)> {
     groups
 }
 
-/// Follows run `id` until it is no longer `running`; prints its summary; fails (exit 3) if
-/// it ended `failed` or `halted`.
-pub async fn watch(ctx: &Ctx, id: &str, every: Duration) -> Result<(), CliError> {
+/// Follows run `id` until it is no longer `running`, or has made no progress for
+/// `stall_after`; prints its summary; fails (exit 3) if it ended `failed`, `halted` or
+/// `skipped`, or stalled.
+pub async fn watch(
+    ctx: &Ctx,
+    id: &str,
+    every: Duration,
+    stall_after: Duration,
+) -> Result<(), CliError> {
     let live = ctx.output == Output::Table && std::io::stderr().is_terminal();
     let multi = MultiProgress::with_draw_target(if live {
         ProgressDrawTarget::stderr()
@@ -214,19 +140,25 @@ pub async fn watch(ctx: &Ctx, id: &str, every: Duration) -> Result<(), CliError>
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
     let mut bars: BTreeMap<String, ProgressBar> = BTreeMap::new();
+    // When the watch first saw each group, and how many of its tenants had an outcome then.
+    let mut first_seen: BTreeMap<String, (Instant, u64)> = BTreeMap::new();
     let mut last_line = String::new();
-    let (run, tenants) = loop {
-        let (run, tenants) =
-            patiently(10, every, || fetch_run(&ctx.client, id, None, 500, true)).await?;
-        let status = run["status"].as_str().unwrap_or("unknown").to_owned();
-        let elapsed = run_elapsed(&run);
+    // The last progress seen (the run's `updated_at` and its counts), and when.
+    let mut progress = (String::new(), Instant::now());
+    let mut draw = |run: &Value, tenants: &[Value]| {
+        let status = run["status"].as_str().unwrap_or("unknown");
         header.set_message(format!(
             "run {id}: {status} ({} mode, wave {}, {} since it started)",
             output::cell(&run["mode"]),
             output::cell(&run["wave"]),
-            elapsed.map(human).unwrap_or_else(|| "-".into())
+            run_elapsed(run).map(human).unwrap_or_else(|| "-".into())
         ));
-        for (name, t) in tally(&tenants) {
+        let mut total_described = String::new();
+        for (name, t) in tally(tenants) {
+            let done = t.total() - t.get("pending");
+            let (at, then) = *first_seen
+                .entry(name.clone())
+                .or_insert((Instant::now(), done));
             let bar = bars.entry(name.clone()).or_insert_with(|| {
                 let bar = multi.add(ProgressBar::new(t.total()));
                 bar.set_style(style.clone());
@@ -234,17 +166,39 @@ pub async fn watch(ctx: &Ctx, id: &str, every: Duration) -> Result<(), CliError>
                 bar
             });
             bar.set_length(t.total());
-            bar.set_position(t.total() - t.get("pending"));
-            bar.set_message(format!("{}  {}", pace(&t, elapsed), t.describe()));
-            if name == "total" && !live && ctx.output == Output::Table {
-                let line = format!("run {id} {status}: {}", t.describe());
-                if line != last_line {
-                    eprintln!("{line}");
-                    last_line = line;
-                }
+            bar.set_position(done);
+            let seen = (at.elapsed().as_secs_f64(), then);
+            bar.set_message(format!("{}  {}", pace(&t, seen), t.describe()));
+            if name == "total" {
+                total_described = t.describe();
             }
         }
-        if status != "running" {
+        if !live && ctx.output == Output::Table {
+            let line = format!("run {id} {status}: {total_described}");
+            if line != last_line {
+                eprintln!("{line}");
+                last_line = line;
+            }
+        }
+        total_described
+    };
+    let fetch = || patiently(10, every, || fetch_run(&ctx.client, id, None, 500, true));
+    let mut stalled = None;
+    let (run, tenants) = loop {
+        let (run, tenants) = fetch().await?;
+        let described = draw(&run, &tenants);
+        if run["status"] != "running" {
+            // The pages were read one after the other, the status from the last one: read
+            // them all again, now that the run is over, for the final bars and summary.
+            let (run, tenants) = fetch().await?;
+            draw(&run, &tenants);
+            break (run, tenants);
+        }
+        let mark = format!("{} {described}", output::cell(&run["updated_at"]));
+        if mark != progress.0 {
+            progress = (mark, Instant::now());
+        } else if progress.1.elapsed() >= stall_after {
+            stalled = Some(output::cell(&run["updated_at"]));
             break (run, tenants);
         }
         tokio::time::sleep(every).await;
@@ -254,27 +208,49 @@ pub async fn watch(ctx: &Ctx, id: &str, every: Duration) -> Result<(), CliError>
     }
     header.abandon();
     let status = run["status"].as_str().unwrap_or("unknown").to_owned();
+    let run_error = run["error"].clone();
+    print_summary(ctx, run, tenants)?;
+    if let Some(updated_at) = stalled {
+        return Err(CliError::Unsuccessful(format!(
+            "run {id} is still running but has made no progress for {} s (last at \
+             {updated_at}): its invocation may have ended without closing it. The next \
+             `dbtools runs start` closes it (failed) once it is stalled (RUN_STALL_SECS); \
+             then `dbtools runs retry {id}`",
+            stall_after.as_secs()
+        )));
+    }
+    match status.as_str() {
+        "failed" | "halted" => Err(CliError::Unsuccessful(format!("run {id} ended {status}"))),
+        // Another run was at work: this one did nothing.
+        "skipped" => Err(CliError::Unsuccessful(format!(
+            "run {id} was skipped: {}",
+            output::cell(&run_error)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The run as it ended: the run with every tenant (JSON), or its fields and the tenants that
+/// were not migrated or up to date (table).
+fn print_summary(ctx: &Ctx, run: Value, tenants: Vec<Value>) -> Result<(), CliError> {
     match ctx.output {
         Output::Json => {
             let mut shown = run;
             shown["tenants"] = json!(tenants);
-            output::print_json(&shown);
+            output::print_json(&shown)
         }
         Output::Table => {
-            println!("{}", run_fields(&run));
+            output::print(&run_fields(&run))?;
             let notable: Vec<Value> = tenants
                 .into_iter()
                 .filter(|t| !matches!(t["status"].as_str(), Some("migrated" | "up_to_date")))
                 .collect();
             if !notable.is_empty() {
-                println!("{}", tenant_table(&notable));
+                output::print(&tenant_table(&notable))?;
             }
+            Ok(())
         }
     }
-    if matches!(status.as_str(), "failed" | "halted") {
-        return Err(CliError::Unsuccessful(format!("run {id} ended {status}")));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -307,9 +283,13 @@ mod tests {
             total.describe(),
             "migrated 1  deferred 0  failed 1  pending 1  up_to_date 1"
         );
-        // Three with an outcome in 6 s: 0.5/s, the last one in 2 s.
-        assert_eq!(pace(total, Some(6.0)), "  0.5/s eta 2s  ");
-        assert_eq!(pace(total, None).trim(), "- eta -");
+        // Three got an outcome in the 6 s watched: 0.5/s, the last one in 2 s.
+        assert_eq!(pace(total, (6.0, 0)), "  0.5/s eta 2s  ");
+        // One of them had it before the watch began: 2 in 4 s.
+        assert_eq!(pace(total, (4.0, 1)), "  0.5/s eta 2s  ");
+        // No change seen yet: no rate, no time left.
+        assert_eq!(pace(total, (6.0, 3)).trim(), "- eta ?");
+        assert_eq!(pace(total, (0.0, 0)).trim(), "- eta ?");
         let run =
             json!({"started_at": "2026-12-06T10:00:00Z", "finished_at": "2026-12-06T10:01:30Z"});
         assert_eq!(run_elapsed(&run), Some(90.0));

@@ -82,10 +82,26 @@ impl CliRun {
     }
 }
 
+/// Where a `dbtools` run's stdout goes.
+pub enum Stdout {
+    /// Read, as `CliRun::stdout`.
+    Captured,
+    /// A pipe whose reader is gone before `dbtools` writes (`dbtools ... | head`, once `head`
+    /// has had enough): a write fails with EPIPE.
+    ClosedPipe,
+    /// `/dev/full`: every write fails with ENOSPC.
+    DevFull,
+}
+
 /// Runs `dbtools` with `args` against the local stack's API (`DBTOOLS_API`), each API call
 /// given 120 s as the tests' own client gives it (a function `cargo lambda watch` starts on
 /// demand may wait for the build lock); at most three minutes in all.
 pub async fn dbtools(args: &[&str]) -> CliRun {
+    dbtools_to(args, Stdout::Captured).await
+}
+
+/// `dbtools`, its stdout sent to `stdout`.
+pub async fn dbtools_to(args: &[&str], stdout: Stdout) -> CliRun {
     let bin = dbtools_bin().clone();
     let mut cmd = tokio::process::Command::new(bin);
     cmd.args(args)
@@ -93,9 +109,20 @@ pub async fn dbtools(args: &[&str]) -> CliRun {
         .env("DBTOOLS_TIMEOUT", "120")
         .env_remove("DBTOOLS_LAMBDA_ENDPOINT")
         .env_remove("DBTOOLS_MIGRATE_FUNCTION")
+        .env_remove("DBTOOLS_STALL_AFTER")
         .stdin(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(180), cmd.output())
+    match stdout {
+        Stdout::Captured | Stdout::ClosedPipe => cmd.stdout(Stdio::piped()),
+        Stdout::DevFull => cmd.stdout(std::fs::File::create("/dev/full").expect("/dev/full")),
+    };
+    let mut child = cmd.spawn().expect("run dbtools");
+    if let Stdout::ClosedPipe = stdout {
+        // The reader goes away at once; dbtools writes only after the API has answered.
+        drop(child.stdout.take());
+    }
+    let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
         .await
         .unwrap_or_else(|_| panic!("dbtools {args:?} still running after 3 minutes"))
         .expect("run dbtools");

@@ -143,6 +143,41 @@ async fn tenant_commands_create_read_move_and_end_a_tenant() {
     assert!(moved.stdout.contains("done"), "{}", moved.stdout);
     assert_eq!(tenant_server(&slug).await.as_deref(), Some("secondary"));
 
+    // The move in `moves list` and `moves show`; a finished move cannot be cancelled.
+    let moves = dbtools(&["--output", "json", "moves", "list", "--limit", "500"])
+        .await
+        .ok()
+        .json();
+    let mv = moves["moves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["slug"] == slug.as_str())
+        .unwrap_or_else(|| panic!("the move of {slug} is listed: {moves}"))
+        .clone();
+    assert_eq!(
+        (&mv["from"], &mv["to"], &mv["state"]),
+        (&json!("primary"), &json!("secondary"), &json!("done")),
+        "{mv}"
+    );
+    let move_id = mv["id"].as_str().unwrap().to_owned();
+    let listed = dbtools(&["moves", "list"]).await.ok();
+    assert!(listed.stdout.contains(&move_id), "{}", listed.stdout);
+    let shown_move = dbtools(&["moves", "show", &move_id]).await.ok();
+    for needle in [slug.as_str(), "secondary", "done", "writes_refused_ms"] {
+        assert!(
+            shown_move.stdout.contains(needle),
+            "{needle}: {}",
+            shown_move.stdout
+        );
+    }
+    dbtools(&["moves", "cancel", &move_id])
+        .await
+        .fails(1, "The move is done; only a running move can be cancelled");
+    dbtools(&["moves", "show", "0b7e0000-0000-4000-8000-000000000000"])
+        .await
+        .fails(1, "error: Move not found");
+
     // Errors: the API's message, exit 1.
     dbtools(&["tenants", "get", "no_such_tenant_cli"])
         .await
@@ -150,12 +185,34 @@ async fn tenant_commands_create_read_move_and_end_a_tenant() {
     dbtools(&["tenants", "create", "Bad-Slug"])
         .await
         .fails(1, "slug:");
-    dbtools(&["tenants", "restore", &slug])
-        .await
-        .fails(1, "error: ");
+    dbtools(&["tenants", "restore", &slug]).await.fails(
+        1,
+        &format!("Tenant '{slug}' is active; only a deleted tenant can be restored"),
+    );
     dbtools(&["--api", "http://127.0.0.1:1", "tenants", "list"])
         .await
         .fails(1, "could not reach");
+    // Usage errors, caught before any call: exit 2.
+    dbtools(&["--api", "notaurl", "tenants", "list"])
+        .await
+        .fails(2, "--api \"notaurl\"");
+    dbtools(&["--timeout", "0", "tenants", "list"])
+        .await
+        .fails(2, "--timeout");
+    dbtools(&["moves", "show", "not-a-move"])
+        .await
+        .fails(2, "move id \"not-a-move\": expected a UUID");
+
+    // Stdout: a reader gone (`| head`) is no failure; a full disk is one, said plainly.
+    let closed = dbtools_to(&["tenants", "get", &slug], Stdout::ClosedPipe).await;
+    assert_eq!(closed.code, 0, "{closed:#?}");
+    assert!(!closed.stderr.contains("panicked"), "{closed:#?}");
+    dbtools_to(&["tenants", "get", &slug], Stdout::DevFull)
+        .await
+        .fails(
+            1,
+            "error: could not write to stdout: No space left on device",
+        );
 
     // Delete, restore, delete, purge: each seen in the registry.
     let deleted = dbtools(&["--output", "json", "tenants", "delete", &slug])
@@ -282,7 +339,7 @@ async fn server_commands_add_set_drain_and_remove_a_server() {
     );
     dbtools(&["servers", "set", &name])
         .await
-        .fails(1, "nothing to change");
+        .fails(2, "nothing to change");
     dbtools(&["servers", "get", "no-such-server"])
         .await
         .fails(1, "Server 'no-such-server' not found");
@@ -293,9 +350,10 @@ async fn server_commands_add_set_drain_and_remove_a_server() {
         .await
         .ok();
     assert_eq!(tenant_server(&slug).await.as_deref(), Some(name.as_str()));
-    dbtools(&["servers", "remove", &name])
-        .await
-        .fails(1, "error: ");
+    dbtools(&["servers", "remove", &name]).await.fails(
+        1,
+        &format!("Server '{name}' holds tenants; drain it and purge them first"),
+    );
     let drained = dbtools(&["servers", "drain", &name, "--watch"]).await.ok();
     assert!(drained.stdout.contains(&slug), "{}", drained.stdout);
     assert!(drained.stdout.contains("done"), "{}", drained.stdout);
@@ -310,7 +368,7 @@ async fn server_commands_add_set_drain_and_remove_a_server() {
     assert_eq!(removed["name"], name.as_str());
     dbtools(&["servers", "get", &name])
         .await
-        .fails(1, "not found");
+        .fails(1, &format!("Server '{name}' not found"));
     drop(cluster);
 }
 
@@ -413,6 +471,15 @@ async fn run_commands_start_show_watch_and_retry_a_run() {
     dbtools(&["runs", "show", "0b7e0000-0000-4000-8000-000000000000"])
         .await
         .fails(1, "Run not found");
+    dbtools(&["runs", "show", "6f1c"])
+        .await
+        .fails(2, "run id \"6f1c\": expected a UUID");
+    dbtools(&["runs", "retry", &id, "--max-failures", "ten"])
+        .await
+        .fails(
+            2,
+            "--max-failures \"ten\": a count (3) or a percentage (10%)",
+        );
 
     // Repaired, the run is retried (queued, followed to its end): it completes.
     connect_tenant(broken)
@@ -434,9 +501,13 @@ async fn run_commands_start_show_watch_and_retry_a_run() {
         assert_eq!(registry_row(slug).await, Some(("active".into(), latest())));
         assert_eq!(history_versions(slug).await, all_versions(), "{slug}");
     }
-    dbtools(&["runs", "retry", &id])
-        .await
-        .fails(1, "InvalidRequest");
+    dbtools(&["runs", "retry", &id]).await.fails(
+        1,
+        &format!(
+            "migrate-all failed (InvalidRequest): invalid event: retry_run: run {id} is \
+             completed and has no tenant to retry"
+        ),
+    );
 }
 
 #[tokio::test]
@@ -449,13 +520,15 @@ async fn runs_watch_draws_a_queued_run_moving_in_a_terminal() {
         undo_v4(slug).await;
     }
     // Every tenant's lock held: the queue's workers give their messages back (waiting is no
-    // failure), so the run stays where it is until the test lets go.
-    let locks = registry().await;
+    // failure), so the run stays where it is until the test lets go. Each lock is a `Held`
+    // session on the registry's database (where the product takes it): released when
+    // dropped, even if the test fails on the way.
+    let registry_db = std::env::var("SYSTEM_DB_NAME").unwrap_or_else(|_| "dbtools".into());
+    let mut locks = Vec::new();
     for slug in &slugs {
-        locks
-            .execute("SELECT pg_advisory_lock(1684173825, hashtext($1))", &[slug])
-            .await
-            .unwrap();
+        // A slug is lowercase letters, digits and `_`: safe as a literal.
+        let sql = format!("SELECT pg_advisory_lock(1684173825, hashtext('{slug}'))");
+        locks.push(Some(Held::on("primary", &registry_db, &sql).await));
     }
     let started = dbtools(&[
         "--output",
@@ -497,15 +570,24 @@ async fn runs_watch_draws_a_queued_run_moving_in_a_terminal() {
         "{start}"
     );
 
+    // Nothing moves while every lock is held: a watch told to give up after 2 s without
+    // progress ends, exit 3, naming the run.
+    let stalled = dbtools(&[
+        "--stall-after",
+        "2",
+        "runs",
+        "watch",
+        &id,
+        "--interval",
+        "0.5",
+    ])
+    .await
+    .fails(3, "has made no progress for 2 s");
+    assert!(stalled.stderr.contains(&id), "{stalled:#?}");
+
     // Middle: three let go, migrated; one still held.
-    for slug in &slugs[..3] {
-        locks
-            .execute(
-                "SELECT pg_advisory_unlock(1684173825, hashtext($1))",
-                &[slug],
-            )
-            .await
-            .unwrap();
+    for held in &mut locks[..3] {
+        drop(held.take());
     }
     let middle = wait_pane(
         &tmux,
@@ -519,13 +601,7 @@ async fn runs_watch_draws_a_queued_run_moving_in_a_terminal() {
     assert!(middle.contains("running"), "{middle}");
 
     // End: the last one migrated, the run completed, the watch exits 0.
-    locks
-        .execute(
-            "SELECT pg_advisory_unlock(1684173825, hashtext($1))",
-            &[&slugs[3]],
-        )
-        .await
-        .unwrap();
+    drop(locks.pop());
     let end = wait_pane(&tmux, "the watch ends", |p| p.contains("completed")).await;
     let t = total_line(&end);
     assert_eq!(
