@@ -50,15 +50,17 @@ async fn main() -> Result<()> {
     println!("{machine}");
     let mut table = Table::default();
 
-    // For working on one part: BENCH_ONLY=live, plan, cold or move measures only that part.
+    // For working on one part: BENCH_ONLY=live, plan, cold, move or create measures only that
+    // part.
     let only = std::env::var("BENCH_ONLY").ok();
-    if let Some(part @ ("live" | "plan" | "cold" | "move")) = only.as_deref() {
+    if let Some(part @ ("live" | "plan" | "cold" | "move" | "create")) = only.as_deref() {
         prepare::cleanup().await?;
         prepare::warm_up().await?;
         table.extend(match part {
             "live" => live::measure().await?,
             "plan" => fanout::planning(s.plan_rows, &s.profile).await?,
             "move" => moves::measure(&moves::sizes()?).await?,
+            "create" => provision::measure(s.tenants, s.floor_samples).await?,
             _ => cold::fresh_rows(
                 &cold::measure(&s.profile, s.cold_samples, &fleet::warm_up_slug()).await?,
             ),

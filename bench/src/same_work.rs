@@ -6,7 +6,8 @@
 //! `PUBLIC` revoked, the database opened, `CONNECT`), its secret written to the same Secrets
 //! Manager (the same JSON, description and tags), and the registry rows (a row inserted
 //! `provisioning`, then marked `active`, in a table of the registry's database shaped like
-//! the product's). What a `POST` adds on top: the HTTP and the emulator's invoke, the
+//! the product's), then its `provisionSuccess` event put on the same bus (one `PutEvents`, the
+//! same detail). What a `POST` adds on top: the HTTP and the emulator's invoke, the
 //! placement, the tenant lock, the ownership proof and its reads.
 //!
 //! Sampled between the provisioning requests, as `floor`.
@@ -29,8 +30,8 @@ pub struct SameWork {
     secrets: aws_sdk_secretsmanager::Client,
     template: String,
     made: Vec<String>,
-    /// Per sample: database, login, secret, registry (ms).
-    steps: Vec<[f64; 4]>,
+    /// Per sample: database, login, secret, registry, event (ms).
+    steps: Vec<[f64; 5]>,
 }
 
 fn elapsed_ms(started: Instant) -> f64 {
@@ -162,7 +163,20 @@ impl SameWork {
             )
             .await?;
         let registry = elapsed_ms(started);
-        self.steps.push([database, login, secret, registry]);
+
+        let started = Instant::now();
+        e2e::put_event(
+            "provisionSuccess",
+            &serde_json::json!({
+                "tenant_id": id, "slug": name, "name": name, "status": "active",
+                "server": self.server, "database_name": name, "credentials_secret_arn": arn,
+                "schema_version": 4, "event_id": uuid::Uuid::new_v4(),
+                "occurred_at": "2026-12-06T10:00:01.120000+00:00",
+            }),
+        )
+        .await;
+        let event = elapsed_ms(started);
+        self.steps.push([database, login, secret, registry, event]);
         Ok(())
     }
 
@@ -175,10 +189,10 @@ impl SameWork {
         Stats::of(self.totals()).p50
     }
 
-    /// The p50 of each step: database, login, secret, registry.
-    pub fn step_p50s(&self) -> [f64; 4] {
+    /// The p50 of each step: database, login, secret, registry, event.
+    pub fn step_p50s(&self) -> [f64; 5] {
         let at = |i: usize| Stats::of(self.steps.iter().map(|s| s[i]).collect()).p50;
-        [at(0), at(1), at(2), at(3)]
+        [at(0), at(1), at(2), at(3), at(4)]
     }
 
     /// Drops what the samples made: databases, logins, secrets, rows.
@@ -200,20 +214,21 @@ impl SameWork {
     }
 
     pub fn row(&self) -> Row {
-        let [database, login, secret, registry] = self.step_p50s();
+        let [database, login, secret, registry, event] = self.step_p50s();
         Row::info(
             &format!(
-                "same-work floor on {}: template copy + login + secret + registry rows (p50 of {})",
+                "same-work floor on {}: template copy + login + secret + registry rows + event (p50 of {})",
                 self.server,
                 self.steps.len()
             ),
             format!("{} ms", ms(self.p50())),
             format!(
-                "database {} + login {} + secret {} + registry {} ms",
+                "database {} + login {} + secret {} + registry {} + event {} ms",
                 ms(database),
                 ms(login),
                 ms(secret),
-                ms(registry)
+                ms(registry),
+                ms(event)
             ),
         )
     }

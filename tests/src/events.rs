@@ -171,6 +171,26 @@ impl Drop for EventTap {
     }
 }
 
+/// Puts one event on the stack's bus as the product would (`source` `dbtools`): the bench's
+/// same-work floor of a create, which also tells its outcome.
+pub async fn put_event(detail_type: &str, detail: &Value) {
+    let out = eventbridge()
+        .await
+        .put_events()
+        .entries(
+            aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+                .event_bus_name(var("EVENT_BUS_NAME"))
+                .source("dbtools")
+                .detail_type(detail_type)
+                .detail(detail.to_string())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("PutEvents: {e:?}"));
+    assert_eq!(out.failed_entry_count(), 0, "{out:?}");
+}
+
 /// The one event of `detail_type` among `events`.
 pub fn event_of<'a>(events: &'a [Value], detail_type: &str) -> &'a Value {
     let of: Vec<&Value> = events
