@@ -133,37 +133,18 @@ pub fn print_moves(ctx: &Ctx, moves: &[Value]) -> Result<(), CliError> {
     match ctx.output {
         Output::Json => output::print_json(&json!({ "moves": moves })),
         Output::Table => {
-            let rows = moves
-                .iter()
-                .map(|m| {
-                    output::cells(
-                        m,
-                        &[
-                            "id",
-                            "slug",
-                            "from",
-                            "to",
-                            "state",
-                            "step",
-                            "writes_refused_ms",
-                            "error",
-                        ],
-                    )
-                })
-                .collect();
-            output::print(&output::table(
-                &[
-                    "id",
-                    "slug",
-                    "from",
-                    "to",
-                    "state",
-                    "step",
-                    "writes_refused_ms",
-                    "error",
-                ],
-                rows,
-            ))
+            const COLUMNS: [&str; 8] = [
+                "id",
+                "slug",
+                "from",
+                "to",
+                "state",
+                "step",
+                "writes_refused_ms",
+                "error",
+            ];
+            let rows = moves.iter().map(|m| output::cells(m, &COLUMNS)).collect();
+            output::print(&output::table(&COLUMNS, rows))
         }
     }
 }
