@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::{
-    aws::{local_aws, receive_json, sqs},
+    aws::{local_aws, receive_json, sqs, OwnQueue},
     env::var,
     locks::block_on_own_thread,
 };
@@ -17,10 +17,11 @@ async fn eventbridge() -> aws_sdk_eventbridge::Client {
 }
 
 /// A queue that receives the events whose `detail.{field}` is one of `values`, through a rule
-/// on the stack's bus; both removed when dropped.
+/// on the stack's bus; both removed when dropped (the rule first).
 pub struct EventTap {
-    url: String,
     rule: String,
+    /// Dropped after the rule is removed (a queue of the test's own, deleted when dropped).
+    queue: OwnQueue,
 }
 
 impl EventTap {
@@ -41,19 +42,11 @@ impl EventTap {
     /// The events that match an EventBridge event pattern.
     pub async fn pattern(pattern: Value) -> EventTap {
         let name = format!("dbtools-test-events-{}", uuid::Uuid::new_v4().simple());
-        let sqs = sqs().await;
-        let url = sqs
-            .create_queue()
-            .queue_name(&name)
-            .send()
+        let queue = OwnQueue::new().await;
+        let arn = sqs()
             .await
-            .unwrap()
-            .queue_url()
-            .unwrap()
-            .to_owned();
-        let arn = sqs
             .get_queue_attributes()
-            .queue_url(&url)
+            .queue_url(&queue.url)
             .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
             .send()
             .await
@@ -86,13 +79,13 @@ impl EventTap {
             .send()
             .await
             .unwrap();
-        EventTap { url, rule: name }
+        EventTap { rule: name, queue }
     }
 
     /// The events (EventBridge's envelopes: `detail-type`, `source`, `detail`, ...) that
     /// arrive within `within`, stopping once `n` have.
     pub async fn receive(&self, n: usize, within: Duration) -> Vec<Value> {
-        receive_json(&self.url, n, within, true).await
+        receive_json(&self.queue.url, n, within, true).await
     }
 
     /// The events whose `detail.{field}` is `value`, among those that arrive until one does
@@ -149,7 +142,7 @@ impl EventTap {
 
 impl Drop for EventTap {
     fn drop(&mut self) {
-        let (url, rule) = (self.url.clone(), self.rule.clone());
+        let rule = self.rule.clone();
         block_on_own_thread(async move {
             let bus = var("EVENT_BUS_NAME");
             let events = eventbridge().await;
@@ -166,7 +159,6 @@ impl Drop for EventTap {
                 .event_bus_name(&bus)
                 .send()
                 .await;
-            let _ = sqs().await.delete_queue().queue_url(&url).send().await;
         });
     }
 }
